@@ -1,0 +1,257 @@
+"""Acquisition protocols: every knob of a DCE-MRI acquisition, with units and checks.
+
+A :class:`Protocol` is immutable and always valid: it is built through
+:meth:`Protocol.from_mapping` (or :func:`preset`) which checks every value and names the
+offending key. Times are in s, angles in degrees, TR in s, dose in mmol/kg, injection
+rate in mL/s, field strength in T.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from phantomdce.dro.config import (
+    ConfigError,
+    as_bool,
+    as_float,
+    as_floats,
+    as_int,
+    as_str,
+    unknown_key,
+)
+
+__all__ = ["Protocol", "PRESETS", "preset", "PROTOCOL_FIELDS", "AGENT_CONCENTRATION_M"]
+
+#: Molar concentration of commercial formulations, mol/L (product labels).
+AGENT_CONCENTRATION_M = {"gadobutrol": 1.0, "gadoterate": 0.5, "gadoteridol": 0.5}
+
+AIF_NAMES = ("parker", "weinmann", "georgiou", "orton", "head_and_neck")
+SAMPLING = ("instant", "average")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one protocol key is checked, with its units and meaning."""
+
+    units: str
+    description: str
+    check: Callable[[str, Any], Any]
+
+
+def _pos(units: str) -> Callable[[str, Any], float]:
+    return lambda p, v: as_float(p, v, units=units, lo=0.0, lo_open=True)
+
+
+def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda p, v: None if v is None else check(p, v)
+
+
+PROTOCOL_FIELDS: dict[str, FieldSpec] = {
+    "dt": FieldSpec("s", "temporal resolution (frame interval)", _pos("s")),
+    "n_baseline": FieldSpec(
+        "1", "number of pre-contrast frames", lambda p, v: as_int(p, v, lo=1)
+    ),
+    "duration": FieldSpec("s", "total acquisition time of the dynamic series", _pos("s")),
+    "bat": FieldSpec(
+        "s",
+        "bolus arrival time from the start of the series (default n_baseline * dt)",
+        _optional(lambda p, v: as_float(p, v, units="s", lo=0.0)),
+    ),
+    "fa": FieldSpec(
+        "deg",
+        "flip angle of the dynamic series",
+        lambda p, v: as_float(p, v, units="deg", lo=0.0, hi=90.0, lo_open=True, hi_open=True),
+    ),
+    "tr": FieldSpec("s", "repetition time", _pos("s")),
+    "flip_angles": FieldSpec(
+        "deg",
+        "flip angles of the variable-flip-angle T1 map",
+        lambda p, v: as_floats(
+            p, v, min_len=2, units="deg", lo=0.0, hi=90.0, lo_open=True, hi_open=True
+        ),
+    ),
+    "b1": FieldSpec(
+        "1", "transmit field scale (actual / nominal flip angle)", _pos("(actual/nominal)")
+    ),
+    "field_strength": FieldSpec(
+        "T",
+        "main field strength",
+        lambda p, v: as_float(p, v, units="T", lo=0.0, lo_open=True, hi=11.7),
+    ),
+    "agent": FieldSpec(
+        "", "contrast agent", lambda p, v: as_str(p, v, choices=AGENT_CONCENTRATION_M)
+    ),
+    "r1": FieldSpec(
+        "/mM/s",
+        "relaxivity (default: the agent's plasma value at the field strength)",
+        _optional(_pos("/mM/s")),
+    ),
+    "dose": FieldSpec("mmol/kg", "contrast agent dose", _pos("mmol/kg")),
+    "weight": FieldSpec("kg", "body weight (sets the injected volume)", _pos("kg")),
+    "injection_rate": FieldSpec(
+        "mL/s",
+        "injection rate (none: the population AIF as published)",
+        _optional(_pos("mL/s")),
+    ),
+    "saline_flush": FieldSpec(
+        "", "saline flush after the contrast injection", lambda p, v: as_bool(p, v)
+    ),
+    "hct": FieldSpec(
+        "1",
+        "haematocrit",
+        lambda p, v: as_float(p, v, lo=0.0, hi=1.0, hi_open=True),
+    ),
+    "snr": FieldSpec(
+        "1",
+        "mean pre-contrast signal / noise SD per channel (inf: no noise)",
+        lambda p, v: as_float(p, v, lo=0.0, lo_open=True, allow_inf=True),
+    ),
+    "sampling": FieldSpec(
+        "", "frame value: instantaneous or window-averaged", lambda p, v: as_str(p, v, choices=SAMPLING)
+    ),
+    "aif": FieldSpec("", "population AIF", lambda p, v: as_str(p, v, choices=AIF_NAMES)),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An acquisition protocol. Build it with :meth:`from_mapping` or :func:`preset`.
+
+    Attributes are in package units: see :data:`PROTOCOL_FIELDS` for units and meaning.
+    The defaults are the ESNR 2022 head-and-neck recommendations (preset ``esnr2022``).
+    """
+
+    dt: float = 5.0
+    n_baseline: int = 5
+    duration: float = 300.0
+    bat: float | None = None
+    fa: float = 15.0
+    tr: float = 0.004
+    flip_angles: tuple[float, ...] = (5.0, 15.0, 30.0)
+    b1: float = 1.0
+    field_strength: float = 3.0
+    agent: str = "gadobutrol"
+    r1: float | None = None
+    dose: float = 0.1
+    weight: float = 75.0
+    injection_rate: float | None = 2.0
+    saline_flush: bool = True
+    hct: float = 0.42
+    snr: float = 20.0
+    sampling: str = "instant"
+    aif: str = "parker"
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, base: Protocol | None = None, path: str = "protocol"
+    ) -> Protocol:
+        """Build a protocol from a mapping of keys to values, checking each one.
+
+        Parameters
+        ----------
+        values : mapping
+            Protocol keys (see :data:`PROTOCOL_FIELDS`) to values in package units.
+        base : Protocol, optional
+            Values not given are taken from here (default: the ``esnr2022`` preset).
+        path : str, optional
+            Key path used in error messages.
+
+        Returns
+        -------
+        Protocol
+
+        Raises
+        ------
+        ConfigError
+            An unknown key, a value of the wrong type or out of range, or an inconsistent
+            combination (e.g. a duration shorter than the baseline).
+        """
+        base = base if base is not None else cls()
+        out = dataclasses.asdict(base)
+        for key, value in values.items():
+            if key not in PROTOCOL_FIELDS:
+                raise unknown_key(path, key, PROTOCOL_FIELDS)
+            out[key] = PROTOCOL_FIELDS[key].check(f"{path}.{key}", value)
+        proto = cls(**out)
+        proto._consistency(path)
+        return proto
+
+    def _consistency(self, path: str) -> None:
+        if self.n_frames <= self.n_baseline:
+            raise ConfigError(
+                f"{path}.duration = {self.duration!r}: expected a duration (s) longer than the"
+                f" baseline, n_baseline * dt = {self.n_baseline} * {self.dt} ="
+                f" {self.n_baseline * self.dt} s, so that post-contrast frames exist"
+            )
+        if self.bat is not None and self.bat >= self.duration:
+            raise ConfigError(
+                f"{path}.bat = {self.bat!r}: expected a bolus arrival (s) before the end of the"
+                f" acquisition ({self.duration} s)"
+            )
+
+    def replace(self, path: str = "protocol", **changes: Any) -> Protocol:
+        """Return a checked copy with some values changed."""
+        return Protocol.from_mapping(changes, base=self, path=path)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of dynamic frames: frames at ``k * dt`` for ``k * dt < duration``."""
+        return int(np.floor(self.duration / self.dt - 1e-9)) + 1
+
+    @property
+    def frame_times(self) -> np.ndarray:
+        """Frame acquisition times ``k * dt`` in s."""
+        return self.dt * np.arange(self.n_frames, dtype=np.float64)
+
+    @property
+    def bolus_arrival(self) -> float:
+        """Bolus arrival time in s (``bat``, or ``n_baseline * dt`` when not set)."""
+        return float(self.n_baseline * self.dt if self.bat is None else self.bat)
+
+    @property
+    def relaxivity(self) -> float:
+        """Relaxivity r1 in /mM/s (explicit ``r1`` or the agent's value at this field)."""
+        if self.r1 is not None:
+            return self.r1
+        from phantomdce.signal import relaxivity
+
+        return float(relaxivity(self.agent, self.field_strength))
+
+    @property
+    def injection_volume(self) -> float:
+        """Injected contrast volume in mL: dose * weight / formulation concentration."""
+        return self.dose * self.weight / AGENT_CONCENTRATION_M[self.agent]
+
+    def as_attrs(self) -> dict[str, Any]:
+        """All values (with derived ones) as plain types for storage in attributes."""
+        d = dataclasses.asdict(self)
+        d["flip_angles"] = list(self.flip_angles)
+        d["bat"] = self.bolus_arrival
+        d["r1"] = self.relaxivity
+        d["n_frames"] = self.n_frames
+        d["injection_volume"] = self.injection_volume
+        return {k: ("none" if v is None else v) for k, v in d.items()}
+
+    @staticmethod
+    def units() -> dict[str, str]:
+        """Units of every protocol key."""
+        return {k: f.units for k, f in PROTOCOL_FIELDS.items()}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ESNR 2022 (Table 2): temporal resolution <= 5 s, 5 pre-contrast frames, >= 5 min,
+    # VFA with >= 3 angles in 5-30 deg, injection >= 2 mL/s with a saline flush, 1.5 or 3 T.
+    "esnr2022": {},
+}
+
+
+def preset(name: str) -> Protocol:
+    """Return a named protocol preset (``"esnr2022"``: the recommended values)."""
+    if name not in PRESETS:
+        raise ConfigError(f"protocol.preset = {name!r}: expected one of {sorted(PRESETS)}")
+    return Protocol.from_mapping(PRESETS[name])

@@ -1,0 +1,281 @@
+"""Scenario files: a base protocol, a tissue grid and sweep axes, in TOML.
+
+Example::
+
+    name = "quick"
+    seed = 20221
+    replicates = 50
+
+    [protocol]
+    preset = "esnr2022"
+    snr = 20.0
+
+    [tissue]
+    model = "extended_tofts"
+    Ktrans = [0.05, 0.1, 0.2, 0.4]   # /min
+    ve = [0.1, 0.3, 0.5]
+    vp = [0.02, 0.05]
+
+    [sweep]
+    dt = [2.0, 5.0, 10.0]            # s
+
+The simulator expands the Cartesian product of the sweep axes into cases (in the order the
+axes are written); each case has every combination of tissue values times ``replicates``
+noise replicates as its voxels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phantomdce.dro.config import (
+    ConfigError,
+    as_floats,
+    as_int,
+    as_str,
+    unknown_key,
+)
+from phantomdce.dro.protocol import PROTOCOL_FIELDS, Protocol, preset
+from phantomdce.params import MODELS, PARAMETERS
+
+__all__ = ["Scenario", "Case", "TissueGrid", "load_scenario", "parse_scenario"]
+
+TOP_KEYS = ("name", "description", "seed", "replicates", "protocol", "tissue", "sweep")
+TISSUE_EXTRA = ("T10", "m0")
+
+
+@dataclass(frozen=True)
+class TissueGrid:
+    """Tissue values: each key maps to one or more values; voxels take every combination.
+
+    Attributes
+    ----------
+    model : str
+        Kinetic model of the tissue (see :data:`phantomdce.params.MODELS`).
+    axes : dict of str to tuple of float
+        Parameter values in package units (Ktrans and ps in /min, fp in mL/100mL/min,
+        ve and vp 0-1, T10 in s, m0 arbitrary units). ``T10`` absent means "the native T1
+        of tumour at the case's field strength".
+    """
+
+    model: str
+    axes: dict[str, tuple[float, ...]]
+
+    @property
+    def size(self) -> int:
+        """Number of distinct tissues (product of the axis lengths)."""
+        return int(np.prod([len(v) for v in self.axes.values()], dtype=np.int64))
+
+    def table(self, protocol: Protocol) -> dict[str, np.ndarray]:
+        """Every combination of values, one array per key, length :attr:`size`.
+
+        ``T10`` defaults to the tumour native T1 at the protocol's field strength and
+        ``m0`` to 1000 (arbitrary units).
+        """
+        axes = dict(self.axes)
+        if "T10" not in axes:
+            from phantomdce.signal import native_t1
+
+            axes["T10"] = (float(native_t1("tumour", protocol.field_strength)),)
+        axes.setdefault("m0", (1000.0,))
+        keys = list(axes)
+        grids = np.meshgrid(*[np.asarray(axes[k], dtype=np.float64) for k in keys], indexing="ij")
+        return {k: g.ravel() for k, g in zip(keys, grids, strict=True)}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of the sweep: its index, the swept values and the full protocol."""
+
+    index: int
+    values: dict[str, Any]
+    protocol: Protocol
+
+    @property
+    def name(self) -> str:
+        """Node name in the DRO store, ``case_0000``."""
+        return f"case_{self.index:04d}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario. Build it with :func:`load_scenario` or :func:`parse_scenario`."""
+
+    name: str
+    description: str
+    seed: int
+    replicates: int
+    protocol: Protocol
+    tissue: TissueGrid
+    sweep: dict[str, tuple[Any, ...]]
+    source: dict[str, Any]
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the canonical scenario content."""
+        blob = json.dumps(self.source, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def n_voxels(self) -> int:
+        """Voxels per case: distinct tissues times replicates."""
+        return self.tissue.size * self.replicates
+
+    def cases(self) -> list[Case]:
+        """Expand the Cartesian product of the sweep axes into checked cases."""
+        keys = list(self.sweep)
+        out = []
+        for i, combo in enumerate(itertools.product(*[self.sweep[k] for k in keys])):
+            values = dict(zip(keys, combo, strict=True))
+            label = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base protocol"
+            try:
+                proto = Protocol.from_mapping(values, base=self.protocol)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep case {i} ({label}): {exc}") from None
+            out.append(Case(i, values, proto))
+        return out
+
+
+def _check_table(path: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path} = {value!r}: expected a table")
+    return value
+
+
+def _parse_tissue(raw: Mapping[str, Any]) -> TissueGrid:
+    model = as_str("tissue.model", raw.get("model", "extended_tofts"), choices=MODELS)
+    spec = MODELS[model]
+    allowed = set(spec.parameters) | set(TISSUE_EXTRA) | {"model"}
+    other = set(PARAMETERS) - allowed
+    axes: dict[str, tuple[float, ...]] = {}
+    for key, value in raw.items():
+        if key == "model":
+            continue
+        if key in other:
+            raise ConfigError(
+                f"tissue.{key} = {value!r}: {key!r} is not a parameter of the {model!r} model;"
+                f" expected only {list(spec.parameters) + list(TISSUE_EXTRA)}"
+            )
+        if key not in allowed:
+            raise unknown_key("tissue", key, sorted(allowed))
+        units = PARAMETERS[key].units if key in PARAMETERS else "a.u."
+        lo, hi = (PARAMETERS[key].lower, PARAMETERS[key].upper) if key in PARAMETERS else (0, None)
+        strict = key in ("T10", "m0") or (key == "ve" and model in ("tofts", "extended_tofts"))
+        strict = strict or (key in ("vp", "ve") and model in ("2cxm", "2cum"))
+        values = value if isinstance(value, list) else [value]
+        axes[key] = as_floats(f"tissue.{key}", values, units=units, lo=lo, hi=hi, lo_open=strict)
+    missing = [p for p in spec.parameters if p not in axes]
+    if missing:
+        raise ConfigError(
+            f"tissue: the {model!r} model needs {list(spec.parameters)}; missing {missing}"
+        )
+    if "ve" in axes and "vp" in axes and max(axes["ve"]) + max(axes["vp"]) > 1.0:
+        raise ConfigError(
+            f"tissue.ve = {list(axes['ve'])}, tissue.vp = {list(axes['vp'])}: expected"
+            f" ve + vp <= 1 for every combination (largest is {max(axes['ve']) + max(axes['vp'])})"
+        )
+    return TissueGrid(model, axes)
+
+
+def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenario:
+    """Validate a scenario given as a mapping (the parsed TOML).
+
+    Parameters
+    ----------
+    data : mapping
+        Top-level keys ``name``, ``description``, ``seed``, ``replicates`` and the tables
+        ``protocol``, ``tissue`` and ``sweep``.
+    default_name : str, optional
+        Name used when ``name`` is absent.
+
+    Returns
+    -------
+    Scenario
+
+    Raises
+    ------
+    ConfigError
+        The first invalid key, naming its path, value and what was expected. Every case
+        of the sweep is checked too, so nothing is simulated from an invalid scenario.
+    """
+    for key in data:
+        if key not in TOP_KEYS:
+            raise unknown_key("", key, TOP_KEYS)
+    name = as_str("name", data.get("name", default_name))
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"description = {description!r}: expected a string")
+    seed = as_int("seed", data.get("seed", 0), lo=0)
+    replicates = as_int("replicates", data.get("replicates", 1), lo=1)
+
+    raw_proto = dict(_check_table("protocol", data.get("protocol", {})))
+    base_name = as_str("protocol.preset", raw_proto.pop("preset", "esnr2022"))
+    try:
+        base = preset(base_name)
+    except ConfigError:
+        raise ConfigError(
+            f"protocol.preset = {base_name!r}: expected one of the presets ['esnr2022']"
+        ) from None
+    protocol = Protocol.from_mapping(raw_proto, base=base)
+
+    tissue = _parse_tissue(_check_table("tissue", data.get("tissue", {})))
+
+    sweep: dict[str, tuple[Any, ...]] = {}
+    for key, values in _check_table("sweep", data.get("sweep", {})).items():
+        if key not in PROTOCOL_FIELDS:
+            raise unknown_key("sweep", key, PROTOCOL_FIELDS)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"sweep.{key} = {values!r}: expected a non-empty list of {key} values"
+            )
+        check = PROTOCOL_FIELDS[key].check
+        sweep[key] = tuple(check(f"sweep.{key}[{i}]", v) for i, v in enumerate(values))
+
+    source = {
+        "name": name,
+        "description": description,
+        "seed": seed,
+        "replicates": replicates,
+        "protocol": protocol.as_attrs(),
+        "tissue": {"model": tissue.model, **{k: list(v) for k, v in tissue.axes.items()}},
+        "sweep": {k: list(v) for k, v in sweep.items()},
+    }
+    scenario = Scenario(name, description, seed, replicates, protocol, tissue, sweep, source)
+    scenario.cases()  # check every combination before any work
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario TOML file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.toml`` file.
+
+    Returns
+    -------
+    Scenario
+
+    Raises
+    ------
+    ConfigError
+        Invalid TOML or an invalid value (the message names the key path).
+    FileNotFoundError
+        The file does not exist.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_scenario(data, default_name=path.stem)

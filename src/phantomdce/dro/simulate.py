@@ -1,0 +1,269 @@
+"""The DRO simulator: one case of a scenario to an :class:`xarray.Dataset`.
+
+Ground truth first (continuous-time tissue curves, :mod:`phantomdce.dro.truth`), then the
+noise-free SPGR signal, then Rician noise. Noise is drawn in fixed blocks of
+:data:`NOISE_BLOCK_VOXELS` voxels from a generator keyed by ``(seed, case index, stream,
+block)``, so every voxel's noise is the same however the work is split.
+
+Voxel ``v`` has tissue ``v // replicates`` and replicate ``v % replicates``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import phantomdce
+from phantomdce.aif import Injection, plasma_aif
+from phantomdce.dro.protocol import AGENT_CONCENTRATION_M, Protocol
+from phantomdce.dro.scenario import Case, Scenario
+from phantomdce.dro.truth import TRUTH_STEP_S, aif_on_grid, tissue_truth, truth_grid, window_mean
+from phantomdce.noise import add_rician_noise, rng_for
+from phantomdce.params import MODELS, PARAMETERS
+from phantomdce.signal import r1_from_concentration, spgr, vfa_signal
+
+__all__ = ["NOISE_BLOCK_VOXELS", "simulate_case", "case_aif", "SNR_DEFINITION"]
+
+#: Voxels per noise block: the unit of random-stream assignment (part of the store format).
+NOISE_BLOCK_VOXELS = 1024
+#: Stream ids for :func:`phantomdce.noise.rng_for`.
+STREAM_DYNAMIC, STREAM_VFA = 0, 1
+#: Largest number of grid values held at once per batch of tissues.
+_BATCH_ELEMENTS = 4_000_000
+
+SNR_DEFINITION = (
+    "snr = noise-free pre-contrast signal of the dynamic series (spgr at R10, fa, tr, b1) /"
+    " sigma, sigma = SD of each of the real and imaginary Gaussian noise channels; the VFA"
+    " images share the same sigma (same receiver)"
+)
+
+
+def case_injection(protocol: Protocol) -> Injection | None:
+    """The injection of a protocol (None: the population AIF as published)."""
+    if protocol.injection_rate is None:
+        return None
+    return Injection.from_dose(
+        protocol.dose,
+        weight_kg=protocol.weight,
+        agent_concentration_mol_l=AGENT_CONCENTRATION_M[protocol.agent],
+        rate_ml_s=protocol.injection_rate,
+        saline_flush=protocol.saline_flush,
+    )
+
+
+def case_aif(protocol: Protocol):
+    """The true continuous plasma AIF of a protocol, as a function of time in s (mM)."""
+    injection = case_injection(protocol)
+    bat = protocol.bolus_arrival
+
+    def aif(t: np.ndarray) -> np.ndarray:
+        return plasma_aif(
+            protocol.aif, t, bat=bat, hct=protocol.hct, dose=protocol.dose, injection=injection
+        )
+
+    return aif
+
+
+def _derived(model: str, table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parameters implied by the model's own (kep; Ktrans and kep of the 2CXM/2CUM)."""
+    out: dict[str, np.ndarray] = {}
+    if model in ("tofts", "extended_tofts"):
+        out["kep"] = table["Ktrans"] / table["ve"]
+    elif model in ("2cxm", "2cum"):
+        fp = table["fp"] / 100.0  # /min
+        ps = table["ps"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["Ktrans"] = np.where(fp + ps > 0, fp * ps / (fp + ps), 0.0)
+            if model == "2cxm":
+                out["kep"] = out["Ktrans"] / table["ve"]
+    return out
+
+
+def _truth_and_signal(
+    model: str, table: Mapping[str, np.ndarray], protocol: Protocol
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise-free frame values per tissue: (ct (n, n_t), signal (n, n_t), ca (n_t,))."""
+    average = protocol.sampling == "average"
+    grid = truth_grid(
+        protocol.frame_times,
+        bat=protocol.bolus_arrival,
+        window=protocol.dt if average else 0.0,
+    )
+    ca_grid = aif_on_grid(grid, case_aif(protocol))
+    ca = window_mean(grid, ca_grid) if average else ca_grid[grid.frame_idx]
+    n = table["T10"].size
+    r10 = 1.0 / table["T10"]
+    r1 = protocol.relaxivity
+    ct = np.empty((n, protocol.n_frames))
+    sig = np.empty((n, protocol.n_frames))
+    batch = max(1, _BATCH_ELEMENTS // grid.t.size)
+    names = MODELS[model].parameters
+    for a in range(0, n, batch):
+        b = min(n, a + batch)
+        params = {k: table[k][a:b] for k in names}
+        c_grid = tissue_truth(model, params, grid=grid, ca_grid=ca_grid)
+        if average:
+            ct[a:b] = window_mean(grid, c_grid)
+            s_grid = spgr(
+                r1_from_concentration(c_grid, r10=r10[a:b, None], r1_relaxivity=r1),
+                fa=protocol.fa,
+                tr=protocol.tr,
+                m0=table["m0"][a:b, None],
+                b1=protocol.b1,
+            )
+            sig[a:b] = window_mean(grid, s_grid)
+        else:
+            ct[a:b] = c_grid[:, grid.frame_idx]
+            sig[a:b] = spgr(
+                r1_from_concentration(ct[a:b], r10=r10[a:b, None], r1_relaxivity=r1),
+                fa=protocol.fa,
+                tr=protocol.tr,
+                m0=table["m0"][a:b, None],
+                b1=protocol.b1,
+            )
+    return ct, sig, ca
+
+
+def _noisy(
+    clean: np.ndarray,
+    tissue_of_voxel: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    seed: int,
+    case_index: int,
+    stream: int,
+    voxels: range,
+) -> np.ndarray:
+    """Per-voxel noisy copies of the per-tissue clean rows, block by block."""
+    out = np.empty((len(voxels), clean.shape[1]))
+    if not np.isfinite(sigma).all() or np.all(sigma == 0):
+        np.take(clean, tissue_of_voxel[voxels.start : voxels.stop], axis=0, out=out)
+        return out
+    first = voxels.start // NOISE_BLOCK_VOXELS
+    last = (voxels.stop - 1) // NOISE_BLOCK_VOXELS
+    for block in range(first, last + 1):
+        lo = max(voxels.start, block * NOISE_BLOCK_VOXELS)
+        hi = min(voxels.stop, (block + 1) * NOISE_BLOCK_VOXELS)
+        b_lo = block * NOISE_BLOCK_VOXELS
+        b_hi = min((block + 1) * NOISE_BLOCK_VOXELS, tissue_of_voxel.size)
+        rows = tissue_of_voxel[b_lo:b_hi]
+        rng = rng_for(seed, case_index, stream, block)
+        if lo == b_lo and hi == b_hi:
+            dst = out[lo - voxels.start : hi - voxels.start]
+            np.take(clean, rows, axis=0, out=dst)
+            add_rician_noise(dst, sigma[rows, None], rng=rng, out=dst)
+        else:  # partial block: draw the whole block so the values do not depend on the split
+            full = np.take(clean, rows, axis=0)
+            add_rician_noise(full, sigma[rows, None], rng=rng, out=full)
+            out[lo - voxels.start : hi - voxels.start] = full[lo - b_lo : hi - b_lo]
+    return out
+
+
+def simulate_case(
+    scenario: Scenario, case: Case, *, voxels: range | None = None
+) -> xr.Dataset:
+    """Simulate one case of a scenario.
+
+    Parameters
+    ----------
+    scenario : Scenario
+        The validated scenario (tissue grid, replicates, seed).
+    case : Case
+        One case from :meth:`Scenario.cases`.
+    voxels : range, optional
+        Subset of voxels to simulate (default all). The values of a voxel do not depend on
+        which subset it was simulated in.
+
+    Returns
+    -------
+    xarray.Dataset
+        Coordinates ``time`` (s), ``voxel``, ``flip_angle`` (deg), per-voxel ``tissue`` and
+        ``replicate`` indices; truth (the model's parameters, derived ``kep``/``Ktrans``,
+        ``T10`` in s, ``m0``), ``ct`` (voxel, time, mM, noise-free), ``ca`` (time, mM,
+        true plasma AIF), ``signal`` (voxel, time) and ``vfa_signal`` (voxel, flip_angle).
+        Every protocol value, unit, seed, scenario hash and package version is in attrs.
+    """
+    protocol = case.protocol
+    model = scenario.tissue.model
+    table = scenario.tissue.table(protocol)
+    n_tissue = table["T10"].size
+    n_vox = n_tissue * scenario.replicates
+    voxels = range(n_vox) if voxels is None else voxels
+    if voxels.step != 1 or voxels.start < 0 or voxels.stop > n_vox or len(voxels) == 0:
+        raise ValueError(f"voxels={voxels!r}: expected a contiguous range within [0, {n_vox})")
+    tissue_of_voxel = np.repeat(np.arange(n_tissue), scenario.replicates)
+    sel = tissue_of_voxel[voxels.start : voxels.stop]
+
+    ct, sig_clean, ca = _truth_and_signal(model, table, protocol)
+    r10 = 1.0 / table["T10"]
+    s_pre = spgr(r10, fa=protocol.fa, tr=protocol.tr, m0=table["m0"], b1=protocol.b1)
+    sigma = s_pre / protocol.snr if np.isfinite(protocol.snr) else np.zeros_like(s_pre)
+    vfa_clean = vfa_signal(
+        r10, flip_angles=np.asarray(protocol.flip_angles), tr=protocol.tr,
+        m0=table["m0"], b1=protocol.b1,
+    )
+    common = {"seed": scenario.seed, "case_index": case.index, "voxels": voxels}
+    signal = _noisy(sig_clean, tissue_of_voxel, sigma, stream=STREAM_DYNAMIC, **common)
+    vfa = _noisy(vfa_clean, tissue_of_voxel, sigma, stream=STREAM_VFA, **common)
+
+    truth = {k: table[k] for k in (*MODELS[model].parameters, "T10", "m0")}
+    truth.update(_derived(model, table))
+    data_vars: dict[str, Any] = {}
+    for name, values in truth.items():
+        units = PARAMETERS[name].units if name in PARAMETERS else "a.u."
+        long_name = PARAMETERS[name].long_name if name in PARAMETERS else "equilibrium magnetisation"
+        data_vars[name] = (
+            "voxel",
+            values[sel],
+            {"units": units, "long_name": long_name, "role": "truth"},
+        )
+    data_vars["ct"] = (
+        ("voxel", "time"),
+        ct[sel],
+        {"units": "mM", "long_name": "tissue concentration (noise-free truth)", "role": "truth"},
+    )
+    data_vars["ca"] = (
+        "time",
+        ca,
+        {"units": "mM", "long_name": "plasma arterial input function (truth)", "role": "truth"},
+    )
+    data_vars["signal"] = (
+        ("voxel", "time"),
+        signal,
+        {"units": "a.u.", "long_name": "dynamic SPGR magnitude signal", "role": "measurement"},
+    )
+    data_vars["vfa_signal"] = (
+        ("voxel", "flip_angle"),
+        vfa,
+        {"units": "a.u.", "long_name": "variable flip angle SPGR signal", "role": "measurement"},
+    )
+    coords = {
+        "time": ("time", protocol.frame_times, {"units": "s", "long_name": "frame time"}),
+        "voxel": ("voxel", np.arange(voxels.start, voxels.stop)),
+        "flip_angle": (
+            "flip_angle",
+            np.asarray(protocol.flip_angles),
+            {"units": "deg", "long_name": "VFA nominal flip angle"},
+        ),
+        "tissue": ("voxel", sel, {"long_name": "index into the tissue grid"}),
+        "replicate": ("voxel", np.arange(voxels.start, voxels.stop) % scenario.replicates),
+    }
+    attrs = {
+        **protocol.as_attrs(),
+        "protocol_units": protocol.units(),
+        "model": model,
+        "case_index": case.index,
+        "case_values": {k: v for k, v in case.values.items()},
+        "seed": scenario.seed,
+        "replicates": scenario.replicates,
+        "scenario": scenario.name,
+        "scenario_hash": scenario.hash,
+        "phantomdce_version": phantomdce.__version__,
+        "noise_block_voxels": NOISE_BLOCK_VOXELS,
+        "truth_grid_step_s": TRUTH_STEP_S,
+        "snr_definition": SNR_DEFINITION,
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
