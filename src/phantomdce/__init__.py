@@ -26,6 +26,7 @@ def open_dro(path):
     -------
     xarray.DataTree
         Root holds the ``cases`` table; one child node per case.
+
     """
     from phantomdce.dro.store import open_dro as _open
 

@@ -45,6 +45,7 @@ def expconv_sum(t, ca, vp, amps, rates, out):
     amps : (n, m) float64, /s.
     rates : (n, m) float64, /s, >= 0 (0 gives the running integral).
     out : (n, n_t) float64, written in place, mM.
+
     """
     n = out.shape[0]
     n_t = t.shape[0]

@@ -45,10 +45,11 @@ FP_UNIT = 1.0 / 6000.0  # mL/100mL/min -> /s
 def _as_param(name: str, value: ArrayLike) -> NDArray[np.float64]:
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}={value!r}: expected finite values")
+        bad = float(arr[~np.isfinite(arr)].flat[0])
+        raise ValueError(f"{name}={bad!r}: expected finite values")
     p = PARAMETERS["Ktrans" if name == "ktrans" else name]
     if np.any(arr < p.lower):
-        bad = arr[arr < p.lower].flat[0]
+        bad = float(arr[arr < p.lower].flat[0])
         raise ValueError(f"{name}={bad!r}: expected a value >= {p.lower} ({p.units})")
     return arr
 
@@ -80,6 +81,7 @@ def irf_terms(model: str, **params: ArrayLike) -> tuple[NDArray, NDArray, NDArra
     >>> vp, amps, rates = irf_terms("tofts", ktrans=0.3, ve=0.5)
     >>> float(amps[0] * 60), float(rates[0] * 60)
     (0.3, 0.6)
+
     """
     if model not in MODELS:
         raise ValueError(f"model={model!r}: expected one of {sorted(MODELS)}")
@@ -97,7 +99,8 @@ def irf_terms(model: str, **params: ArrayLike) -> tuple[NDArray, NDArray, NDArra
     if model in ("tofts", "extended_tofts"):
         ve = v["ve"]
         if np.any(ve <= 0):
-            raise ValueError(f"ve={ve[ve <= 0].flat[0]!r}: expected ve > 0 for the {model} model")
+            bad = float(ve[ve <= 0].flat[0])
+            raise ValueError(f"ve={bad!r}: expected ve > 0 for the {model} model")
         ktrans = v["ktrans"] * PER_MIN
         vp_term = v["vp"] if model == "extended_tofts" else zero
         return vp_term, ktrans[..., None], (ktrans / ve)[..., None]
@@ -107,7 +110,8 @@ def irf_terms(model: str, **params: ArrayLike) -> tuple[NDArray, NDArray, NDArra
     ps = v["ps"] * PER_MIN
     vp = v["vp"]
     if np.any(vp <= 0):
-        raise ValueError(f"vp={vp[vp <= 0].flat[0]!r}: expected vp > 0 for the {model} model")
+        bad = float(vp[vp <= 0].flat[0])
+        raise ValueError(f"vp={bad!r}: expected vp > 0 for the {model} model")
     if model == "2cum":
         kp = (fp + ps) / vp
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -118,7 +122,8 @@ def irf_terms(model: str, **params: ArrayLike) -> tuple[NDArray, NDArray, NDArra
     # 2CXM: eigen-decomposition of the two-compartment system (Sourbron & Buckley 2013)
     ve = v["ve"]
     if np.any(ve <= 0):
-        raise ValueError(f"ve={ve[ve <= 0].flat[0]!r}: expected ve > 0 for the 2cxm model")
+        bad = float(ve[ve <= 0].flat[0])
+        raise ValueError(f"ve={bad!r}: expected ve > 0 for the 2cxm model")
     kp = (fp + ps) / vp
     ke = ps / ve
     kb = fp / vp
@@ -183,6 +188,7 @@ def convolve_irf(
     -------
     ndarray, shape ``S + (n_t,)``
         Output concentration in mM.
+
     """
     t = _check_time_axis(t, strict=not allow_jumps)
     ca = np.asarray(ca, dtype=np.float64)
@@ -240,6 +246,7 @@ def tofts(t: ArrayLike, ca: ArrayLike, *, ktrans: ArrayLike, ve: ArrayLike) -> N
     >>> ct = tofts(t, ca, ktrans=[0.1, 0.2], ve=0.3)
     >>> ct.shape
     (2, 301)
+
     """
     return _model("tofts", t, ca, ktrans=ktrans, ve=ve)
 
@@ -274,6 +281,7 @@ def extended_tofts(
     >>> ca = np.exp(-t / 100.0)
     >>> float(extended_tofts(t, ca, ktrans=0.0, ve=0.2, vp=0.1)[0])
     0.1
+
     """
     return _model("extended_tofts", t, ca, ktrans=ktrans, ve=ve, vp=vp)
 
@@ -303,6 +311,7 @@ def patlak(t: ArrayLike, ca: ArrayLike, *, ktrans: ArrayLike, vp: ArrayLike) -> 
     >>> t = np.array([0.0, 60.0])
     >>> float(patlak(t, np.ones(2), ktrans=0.1, vp=0.0)[-1])  # 0.1 /min * 1 mM * 1 min
     0.1
+
     """
     return _model("patlak", t, ca, ktrans=ktrans, vp=vp)
 
@@ -339,6 +348,7 @@ def two_cxm(
     >>> ct = two_cxm(t, np.ones_like(t), fp=50.0, ps=0.1, ve=0.2, vp=0.05)
     >>> round(float(ct[-1]), 3)  # steady state vp + ve for a constant input of 1 mM
     0.25
+
     """
     return _model("2cxm", t, ca, fp=fp, ps=ps, ve=ve, vp=vp)
 
@@ -373,6 +383,7 @@ def two_cum(
     >>> ct = two_cum(t, np.ones_like(t), fp=60.0, ps=0.0, vp=0.1)
     >>> round(float(ct[-1]), 6)  # no uptake: plasma compartment fills to vp
     0.1
+
     """
     return _model("2cum", t, ca, fp=fp, ps=ps, vp=vp)
 

@@ -26,6 +26,7 @@ class Parameter:
         Units the package uses for this parameter everywhere.
     lower, upper : float
         Physically admissible range (inclusive).
+
     """
 
     symbol: str

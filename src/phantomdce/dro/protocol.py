@@ -53,9 +53,7 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 
 PROTOCOL_FIELDS: dict[str, FieldSpec] = {
     "dt": FieldSpec("s", "temporal resolution (frame interval)", _pos("s")),
-    "n_baseline": FieldSpec(
-        "1", "number of pre-contrast frames", lambda p, v: as_int(p, v, lo=1)
-    ),
+    "n_baseline": FieldSpec("1", "number of pre-contrast frames", lambda p, v: as_int(p, v, lo=1)),
     "duration": FieldSpec("s", "total acquisition time of the dynamic series", _pos("s")),
     "bat": FieldSpec(
         "s",
@@ -112,7 +110,9 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
         lambda p, v: as_float(p, v, lo=0.0, lo_open=True, allow_inf=True),
     ),
     "sampling": FieldSpec(
-        "", "frame value: instantaneous or window-averaged", lambda p, v: as_str(p, v, choices=SAMPLING)
+        "",
+        "frame value: instantaneous or window-averaged",
+        lambda p, v: as_str(p, v, choices=SAMPLING),
     ),
     "aif": FieldSpec("", "population AIF", lambda p, v: as_str(p, v, choices=AIF_NAMES)),
 }
@@ -170,6 +170,7 @@ class Protocol:
         ConfigError
             An unknown key, a value of the wrong type or out of range, or an inconsistent
             combination (e.g. a duration shorter than the baseline).
+
         """
         base = base if base is not None else cls()
         out = dataclasses.asdict(base)

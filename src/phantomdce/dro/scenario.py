@@ -65,6 +65,7 @@ class TissueGrid:
         Parameter values in package units (Ktrans and ps in /min, fp in mL/100mL/min,
         ve and vp 0-1, T10 in s, m0 arbitrary units). ``T10`` absent means "the native T1
         of tumour at the case's field strength".
+
     """
 
     model: str
@@ -206,6 +207,7 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     ConfigError
         The first invalid key, naming its path, value and what was expected. Every case
         of the sweep is checked too, so nothing is simulated from an invalid scenario.
+
     """
     for key in data:
         if key not in TOP_KEYS:
@@ -272,6 +274,7 @@ def load_scenario(path: str | Path) -> Scenario:
         Invalid TOML or an invalid value (the message names the key path).
     FileNotFoundError
         The file does not exist.
+
     """
     path = Path(path)
     try:

@@ -162,9 +162,7 @@ def _noisy(
     return out
 
 
-def simulate_case(
-    scenario: Scenario, case: Case, *, voxels: range | None = None
-) -> xr.Dataset:
+def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None) -> xr.Dataset:
     """Simulate one case of a scenario.
 
     Parameters
@@ -185,6 +183,7 @@ def simulate_case(
         ``T10`` in s, ``m0``), ``ct`` (voxel, time, mM, noise-free), ``ca`` (time, mM,
         true plasma AIF), ``signal`` (voxel, time) and ``vfa_signal`` (voxel, flip_angle).
         Every protocol value, unit, seed, scenario hash and package version is in attrs.
+
     """
     protocol = case.protocol
     model = scenario.tissue.model
@@ -202,8 +201,11 @@ def simulate_case(
     s_pre = spgr(r10, fa=protocol.fa, tr=protocol.tr, m0=table["m0"], b1=protocol.b1)
     sigma = s_pre / protocol.snr if np.isfinite(protocol.snr) else np.zeros_like(s_pre)
     vfa_clean = vfa_signal(
-        r10, flip_angles=np.asarray(protocol.flip_angles), tr=protocol.tr,
-        m0=table["m0"], b1=protocol.b1,
+        r10,
+        flip_angles=np.asarray(protocol.flip_angles),
+        tr=protocol.tr,
+        m0=table["m0"],
+        b1=protocol.b1,
     )
     common = {"seed": scenario.seed, "case_index": case.index, "voxels": voxels}
     signal = _noisy(sig_clean, tissue_of_voxel, sigma, stream=STREAM_DYNAMIC, **common)
@@ -214,7 +216,9 @@ def simulate_case(
     data_vars: dict[str, Any] = {}
     for name, values in truth.items():
         units = PARAMETERS[name].units if name in PARAMETERS else "a.u."
-        long_name = PARAMETERS[name].long_name if name in PARAMETERS else "equilibrium magnetisation"
+        long_name = (
+            PARAMETERS[name].long_name if name in PARAMETERS else "equilibrium magnetisation"
+        )
         data_vars[name] = (
             "voxel",
             values[sel],

@@ -57,9 +57,12 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict]:
     enc = {}
     for name, var in ds.data_vars.items():
         if "voxel" in var.dims:
-            enc[name] = {"chunks": tuple(
-                min(_VOXEL_CHUNK, ds.sizes[d]) if d == "voxel" else ds.sizes[d] for d in var.dims
-            )}
+            enc[name] = {
+                "chunks": tuple(
+                    min(_VOXEL_CHUNK, ds.sizes[d]) if d == "voxel" else ds.sizes[d]
+                    for d in var.dims
+                )
+            }
     return enc
 
 
@@ -87,6 +90,7 @@ def write_dro(
     -------
     Path
         The store's path.
+
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -133,6 +137,7 @@ def open_dro(path: str | Path) -> xr.DataTree:
     -------
     xarray.DataTree
         The root's dataset is the ``cases`` table; children are the cases.
+
     """
     path = Path(path)
     if not path.exists():

@@ -46,6 +46,7 @@ class TruthGrid:
         Node index of each frame time (instant sampling).
     lo_idx, hi_idx : ndarray (n_frames,)
         Node indices of each frame's window edges (average sampling).
+
     """
 
     t: NDArray[np.float64]
@@ -78,6 +79,7 @@ def truth_grid(
     Returns
     -------
     TruthGrid
+
     """
     frame_times = np.asarray(frame_times, dtype=np.float64)
     half = 0.5 * window
@@ -159,6 +161,7 @@ def tissue_truth(
     -------
     ndarray (n, n_grid)
         Tissue concentration in mM at every grid node.
+
     """
     vp_term, amps, rates = irf_terms(model, **params)
     return convolve_irf(grid.t, ca_grid, vp_term, amps, rates, allow_jumps=True)
