@@ -51,7 +51,7 @@ def _summary(path: Path) -> str:
     header = f"  {'case':<10}" + "".join(f"{k:>16}" for k in keys)
     header += f"{'frames':>8}{'peak ca mM':>12}{'peak ct mM':>12}{'SNR':>8}"
     lines.append(header)
-    for name in root["case"].values:
+    for name in root["case_name"].values:
         ds = tree[str(name)].ds
         row = f"  {name!s:<10}" + "".join(f"{ds.attrs[k]!s:>16}" for k in keys)
         ct_peak = float(np.asarray(ds["ct"].max()))
@@ -87,7 +87,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_export_nifti(args: argparse.Namespace) -> int:
     from phantomdce.dro.nifti import export_nifti
 
-    written = export_nifti(args.store, args.output, case=args.case)
+    written = export_nifti(args.store, args.output, case=args.case, overwrite=args.overwrite)
     for p in written:
         print(p)
     return 0
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="DRO .zarr store")
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--case", default=None, help="case node name (default: the first case)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export")
     p.set_defaults(func=_cmd_export_nifti)
     return parser
 

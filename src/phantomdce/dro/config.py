@@ -47,7 +47,8 @@ def as_float(
     lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
     hi_s = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
     rng = " and ".join(s for s in (lo_s, hi_s) if s)
-    expected = "a finite number" + (f" {rng}" if rng else "") + u
+    kind = "a number (inf allowed)" if allow_inf else "a finite number"
+    expected = kind + (f" {rng}" if rng else "") + u
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(path, value, expected)
     v = float(value)

@@ -29,7 +29,7 @@ ZARR_FORMAT = 2
 
 
 def cases_table(scenario: Scenario) -> xr.Dataset:
-    """The root dataset: one row per case with the swept values, plus provenance attrs."""
+    """The root dataset: one row per case (``case_name`` and the swept values) plus provenance."""
     cases = scenario.cases()
     names = np.array([c.name for c in cases])
     data = {}
@@ -50,7 +50,10 @@ def cases_table(scenario: Scenario) -> xr.Dataset:
         "phantomdce_version": phantomdce.__version__,
         "sweep_keys": list(scenario.sweep),
     }
-    return xr.Dataset(data, coords={"case": ("case", names)}, attrs=attrs)
+    # case names are a variable, not an index: an indexed coordinate on the root would be
+    # inherited by every case node of the DataTree
+    data["case_name"] = ("case", names, {"long_name": "node name of the case"})
+    return xr.Dataset(data, attrs=attrs)
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict]:
@@ -136,7 +139,8 @@ def open_dro(path: str | Path) -> xr.DataTree:
     Returns
     -------
     xarray.DataTree
-        The root's dataset is the ``cases`` table; children are the cases.
+        The root's dataset is the ``cases`` table (dimension ``case``: ``case_name`` and
+        one variable per swept protocol key); children are the cases, by name.
 
     """
     path = Path(path)
