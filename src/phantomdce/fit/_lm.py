@@ -1,0 +1,385 @@
+"""Numba kernels of the batched Levenberg-Marquardt fitter (private).
+
+Each voxel is fitted independently by bounded Levenberg-Marquardt with analytic
+Jacobians. The models are evaluated exactly for a piecewise-linear AIF by recursion over
+its segments; the recursion also gives ``G(k) = int (t-u) ca(u) exp(-k (t-u)) du``, the
+derivative of ``F(k) = int ca(u) exp(-k (t-u)) du`` with respect to the rate (dF/dk = -G).
+
+Internal units: time in s, rates and flows in /s. Parameter vectors per model:
+
+=====  ================  =============================
+code   model             theta
+=====  ================  =============================
+0      tofts             Ktrans (/s), ve
+1      extended_tofts    Ktrans (/s), ve, vp
+2      patlak            Ktrans (/s), vp
+3      2cxm              Fp (/s), PS (/s), ve, vp
+4      2cum              Fp (/s), PS (/s), vp
+=====  ================  =============================
+
+With ``fit_delay`` a last parameter, the arterial delay in s, shifts the AIF:
+``ca(t - delay)`` by linear interpolation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+MODEL_CODES = {"tofts": 0, "extended_tofts": 1, "patlak": 2, "2cxm": 3, "2cum": 4}
+N_PARAMS = {0: 2, 1: 3, 2: 2, 3: 4, 4: 3}
+
+_SERIES = 0.1
+
+
+@njit(cache=True, inline="always")
+def _weights(x):
+    """Return ``(exp(-x), h, p1, p2)`` for ``x = k D`` on a segment of length ``D``.
+
+    ``h = I0 / D``, ``p1 = I1 / D**2``, ``p2 = I2 / D**3`` with
+    ``Im = int_0^D u**m exp(-k u) du``; a power series below ``x = 0.1`` avoids cancellation.
+    """
+    e = math.exp(-x)
+    if x < _SERIES:
+        h = 0.0
+        p1 = 0.0
+        p2 = 0.0
+        term = 1.0  # (-x)^n / n!
+        for n in range(12):
+            h += term / (n + 1)
+            p1 += term / (n + 2)
+            p2 += term / (n + 3)
+            term *= -x / (n + 1)
+        return e, h, p1, p2
+    h = -math.expm1(-x) / x
+    p1 = (1.0 - e * (1.0 + x)) / (x * x)
+    p2 = (2.0 - e * (x * x + 2.0 * x + 2.0)) / (x * x * x)
+    return e, h, p1, p2
+
+
+@njit(cache=True)
+def _conv_fg(t, ca, k, f, g):
+    """F and G of a piecewise-linear input for one rate k (/s), written into f, g."""
+    n = t.shape[0]
+    f[0] = 0.0
+    g[0] = 0.0
+    last = -1.0
+    e = h = p1 = p2 = 0.0
+    for i in range(n - 1):
+        d = t[i + 1] - t[i]
+        if d != last:
+            e, h, p1, p2 = _weights(k * d)
+            last = d
+        c0 = ca[i]
+        c1 = ca[i + 1]
+        f[i + 1] = e * f[i] + d * (c1 * h + (c0 - c1) * p1)
+        g[i + 1] = e * (g[i] + d * f[i]) + d * d * (c1 * p1 + (c0 - c1) * p2)
+
+
+@njit(cache=True)
+def _shift(t, ca, delay, out, slope):
+    """AIF delayed by ``delay`` s (linear interpolation, zero before t[0]) and its slope."""
+    n = t.shape[0]
+    j = 0
+    for i in range(n):
+        ts = t[i] - delay
+        if ts <= t[0]:
+            out[i] = ca[0] if ts == t[0] else 0.0
+            slope[i] = 0.0
+            continue
+        if ts >= t[n - 1]:
+            out[i] = ca[n - 1]
+            slope[i] = 0.0
+            continue
+        while j < n - 2 and t[j + 1] < ts:
+            j += 1
+        while j > 0 and t[j] > ts:
+            j -= 1
+        w = (ts - t[j]) / (t[j + 1] - t[j])
+        out[i] = ca[j] + w * (ca[j + 1] - ca[j])
+        slope[i] = (ca[j + 1] - ca[j]) / (t[j + 1] - t[j])
+
+
+@njit(cache=True)
+def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
+    """Model curve and Jacobian (n_t, n_params) at theta; w is (9, n_t) scratch."""
+    n = t.shape[0]
+    f1 = w[0]
+    g1 = w[1]
+    f2 = w[2]
+    g2 = w[3]
+    cad = w[4]
+    slope = w[5]
+    s1 = w[6]  # convolutions of the AIF's slope: exact delay derivative of the sampled model
+    s2 = w[7]
+    scratch = w[8]
+    if fit_delay:
+        _shift(t, ca, theta[theta.shape[0] - 1], cad, slope)
+    else:
+        for i in range(n):
+            cad[i] = ca[i]
+            slope[i] = 0.0
+    di = theta.shape[0] - 1  # delay column when fitted
+    if code <= 1:
+        kt = theta[0]
+        ve = theta[1]
+        kep = kt / ve
+        _conv_fg(t, cad, kep, f1, g1)
+        vp = theta[2] if code == 1 else 0.0
+        if fit_delay:
+            _conv_fg(t, slope, kep, s1, scratch)
+        for i in range(n):
+            model[i] = vp * cad[i] + kt * f1[i]
+            jac[i, 0] = f1[i] - kt * g1[i] / ve
+            jac[i, 1] = kt * kt * g1[i] / (ve * ve)
+            if code == 1:
+                jac[i, 2] = cad[i]
+            if fit_delay:
+                jac[i, di] = -(kt * s1[i] + vp * slope[i])
+    elif code == 2:
+        kt = theta[0]
+        vp = theta[1]
+        _conv_fg(t, cad, 0.0, f1, g1)
+        if fit_delay:
+            _conv_fg(t, slope, 0.0, s1, scratch)
+        for i in range(n):
+            model[i] = vp * cad[i] + kt * f1[i]
+            jac[i, 0] = f1[i]
+            jac[i, 1] = cad[i]
+            if fit_delay:
+                jac[i, di] = -(kt * s1[i] + vp * slope[i])
+    elif code == 3:
+        fp = theta[0]
+        ps = theta[1]
+        ve = theta[2]
+        vp = theta[3]
+        kp = (fp + ps) / vp
+        ke = ps / ve
+        s = kp + ke
+        p = ke * fp / vp
+        root = math.sqrt(max(s * s - 4.0 * p, 0.0))
+        kplus = 0.5 * (s + root)
+        kminus = p / kplus if kplus > 0 else 0.0
+        dd = kplus - kminus
+        vv = ve + vp
+        nn = kplus * vv - fp
+        am = kminus * nn / dd if dd > 0 else 0.0
+        ap = fp - am
+        _conv_fg(t, cad, kplus, f1, g1)
+        _conv_fg(t, cad, kminus, f2, g2)
+        if fit_delay:
+            _conv_fg(t, slope, kplus, s1, scratch)
+            _conv_fg(t, slope, kminus, s2, scratch)
+        # partial derivatives of s and p with respect to (fp, ps, ve, vp)
+        ds0 = 1.0 / vp
+        ds1 = 1.0 / vp + 1.0 / ve
+        ds2 = -ps / (ve * ve)
+        ds3 = -(fp + ps) / (vp * vp)
+        dp0 = ps / (ve * vp)
+        dp1 = fp / (ve * vp)
+        dp2 = -p / ve
+        dp3 = -p / vp
+        dkp = np.empty(4)
+        dkm = np.empty(4)
+        dam = np.empty(4)
+        dsv = (ds0, ds1, ds2, ds3)
+        dpv = (dp0, dp1, dp2, dp3)
+        for q in range(4):
+            droot = (s * dsv[q] - 2.0 * dpv[q]) / root if root > 0 else 0.0
+            dkp[q] = 0.5 * (dsv[q] + droot)
+            dkm[q] = (dpv[q] * kplus - p * dkp[q]) / (kplus * kplus) if kplus > 0 else 0.0
+            dfp = 1.0 if q == 0 else 0.0
+            dvv = 1.0 if q >= 2 else 0.0
+            dnn = dkp[q] * vv + kplus * dvv - dfp
+            ddd = dkp[q] - dkm[q]
+            if dd > 0:
+                dam[q] = (dkm[q] * nn + kminus * dnn) / dd - kminus * nn * ddd / (dd * dd)
+            else:
+                dam[q] = 0.0
+        for i in range(n):
+            model[i] = ap * f1[i] + am * f2[i]
+            for q in range(4):
+                dfp = 1.0 if q == 0 else 0.0
+                jac[i, q] = (
+                    (dfp - dam[q]) * f1[i]
+                    - ap * g1[i] * dkp[q]
+                    + dam[q] * f2[i]
+                    - am * g2[i] * dkm[q]
+                )
+            if fit_delay:
+                jac[i, di] = -(ap * s1[i] + am * s2[i])
+    else:
+        fp = theta[0]
+        ps = theta[1]
+        vp = theta[2]
+        tot = fp + ps
+        kp = tot / vp
+        a1 = fp * fp / tot if tot > 0 else 0.0
+        a2 = fp * ps / tot if tot > 0 else 0.0
+        _conv_fg(t, cad, kp, f1, g1)
+        _conv_fg(t, cad, 0.0, f2, g2)
+        if fit_delay:
+            _conv_fg(t, slope, kp, s1, scratch)
+            _conv_fg(t, slope, 0.0, s2, scratch)
+        t2 = tot * tot if tot > 0 else 1.0
+        da1_fp = fp * (fp + 2.0 * ps) / t2
+        da1_ps = -fp * fp / t2
+        da2_fp = ps * ps / t2
+        da2_ps = fp * fp / t2
+        for i in range(n):
+            model[i] = a1 * f1[i] + a2 * f2[i]
+            jac[i, 0] = da1_fp * f1[i] - a1 * g1[i] / vp + da2_fp * f2[i]
+            jac[i, 1] = da1_ps * f1[i] - a1 * g1[i] / vp + da2_ps * f2[i]
+            jac[i, 2] = a1 * g1[i] * kp / vp
+            if fit_delay:
+                jac[i, di] = -(a1 * s1[i] + a2 * s2[i])
+
+
+@njit(cache=True)
+def _solve_spd(a, b, out):
+    """Solve a small symmetric positive definite system by Cholesky; False if not SPD."""
+    n = a.shape[0]
+    lo = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            s = a[i, j]
+            for k in range(j):
+                s -= lo[i, k] * lo[j, k]
+            if i == j:
+                if s <= 0.0:
+                    return False
+                lo[i, i] = math.sqrt(s)
+            else:
+                lo[i, j] = s / lo[j, j]
+    y = np.empty(n)
+    for i in range(n):
+        s = b[i]
+        for k in range(i):
+            s -= lo[i, k] * y[k]
+        y[i] = s / lo[i, i]
+    for i in range(n - 1, -1, -1):
+        s = y[i]
+        for k in range(i + 1, n):
+            s -= lo[k, i] * out[k]
+        out[i] = s / lo[i, i]
+    return True
+
+
+@njit(cache=True)
+def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
+    """Fit one voxel from one start; returns (sse, n_iter)."""
+    n = t.shape[0]
+    p = theta0.shape[0]
+    w = np.empty((9, n))
+    model = np.empty(n)
+    jac = np.empty((n, p))
+    model_n = np.empty(n)
+    jac_n = np.empty((n, p))
+    theta = theta0.copy()
+    for q in range(p):
+        theta[q] = min(max(theta[q], lo[q]), hi[q])
+    _model_jac(code, theta, t, ca, fit_delay, w, model, jac)
+    sse = 0.0
+    for i in range(n):
+        r = y[i] - model[i]
+        sse += r * r
+    lam = 1e-3
+    jtj = np.empty((p, p))
+    jtr = np.empty(p)
+    a = np.empty((p, p))
+    step = np.empty(p)
+    trial = np.empty(p)
+    it = 0
+    for it in range(max_iter):  # noqa: B007 - the count is returned
+        for q in range(p):
+            s = 0.0
+            for i in range(n):
+                s += jac[i, q] * (y[i] - model[i])
+            jtr[q] = s
+            for q2 in range(q + 1):
+                s = 0.0
+                for i in range(n):
+                    s += jac[i, q] * jac[i, q2]
+                jtj[q, q2] = s
+                jtj[q2, q] = s
+        improved = False
+        while lam < 1e12:
+            for q in range(p):
+                for q2 in range(p):
+                    a[q, q2] = jtj[q, q2]
+                a[q, q] = jtj[q, q] * (1.0 + lam) + 1e-300
+            if not _solve_spd(a, jtr, step):
+                lam *= 10.0
+                continue
+            for q in range(p):
+                trial[q] = min(max(theta[q] + step[q], lo[q]), hi[q])
+            _model_jac(code, trial, t, ca, fit_delay, w, model_n, jac_n)
+            sse_n = 0.0
+            for i in range(n):
+                r = y[i] - model_n[i]
+                sse_n += r * r
+            if sse_n < sse and math.isfinite(sse_n):
+                rel = (sse - sse_n) / max(sse, 1e-300)
+                change = 0.0
+                for q in range(p):
+                    change = max(change, abs(trial[q] - theta[q]) / (abs(theta[q]) + 1e-12))
+                    theta[q] = trial[q]
+                for i in range(n):
+                    model[i] = model_n[i]
+                    for q in range(p):
+                        jac[i, q] = jac_n[i, q]
+                sse = sse_n
+                lam = max(lam * 0.1, 1e-12)
+                improved = True
+                break
+            lam *= 10.0
+        if not improved or rel < 1e-12 or change < 1e-10:
+            break
+    for q in range(p):
+        theta_out[q] = theta[q]
+    return sse, it + 1
+
+
+@njit(cache=True)
+def _fit_voxel(code, t, ca, y, starts, lo, hi, fit_delay, max_iter, out):
+    """Fit one voxel from every start; keep the best. out: params..., sse."""
+    p = lo.shape[0]
+    best = np.inf
+    theta = np.empty(p)
+    for s in range(starts.shape[0]):
+        sse, _ = _fit_one(code, t, ca, y, starts[s], lo, hi, fit_delay, max_iter, theta)
+        if sse < best:
+            best = sse
+            for q in range(p):
+                out[q] = theta[q]
+    out[p] = best
+
+
+@njit(cache=True)
+def fit_serial(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
+    """Fit every voxel (rows of ys; starts (n_vox, n_starts, p)) one after another."""
+    for v in range(ys.shape[0]):
+        if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
+            _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
+
+
+@njit(cache=True, parallel=True)
+def fit_parallel(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
+    """As :func:`fit_serial`, voxels shared across numba's threads."""
+    for v in prange(ys.shape[0]):
+        if out[v, 0] == out[v, 0]:
+            _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
+
+
+@njit(cache=True)
+def model_and_jacobian(code, theta, t, ca, fit_delay):
+    """Model curve and Jacobian at theta (for tests of the analytic derivatives)."""
+    n = t.shape[0]
+    p = theta.shape[0]
+    w = np.empty((9, n))
+    model = np.empty(n)
+    jac = np.empty((n, p))
+    _model_jac(code, theta, t, ca, fit_delay, w, model, jac)
+    return model, jac
