@@ -5,13 +5,17 @@ PS in /min, Fp in mL/100mL/min, volume fractions 0-1, angles in degrees, TR in s
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from phantomdce.fit.registry import FitterInfo
 
 try:
     __version__ = version("phantomdce")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "open_dro"]
+__all__ = ["__version__", "open_dro", "list_fitters", "get_fitter"]
 
 
 def open_dro(path):
@@ -31,3 +35,44 @@ def open_dro(path):
     from phantomdce.dro.store import open_dro as _open
 
     return _open(path)
+
+
+def list_fitters() -> list["FitterInfo"]:
+    """Every registered fitter, built-in and plug-in, sorted by name.
+
+    Returns
+    -------
+    list of phantomdce.fit.registry.FitterInfo
+        Name, version, model, input, method, source and instance of each fitter.
+
+    See Also
+    --------
+    phantomdce.fit.registry.list_fitters
+
+    """
+    from phantomdce.fit.registry import list_fitters as _list
+
+    return _list()
+
+
+def get_fitter(name_or_spec: str) -> Any:
+    """The fitter registered under a name, or loaded from a ``"module:attribute"`` spec.
+
+    Parameters
+    ----------
+    name_or_spec : str
+        A registry name (see ``phantomdce fitters``) or ``"module:attribute"``.
+
+    Returns
+    -------
+    object
+        The fitter instance.
+
+    See Also
+    --------
+    phantomdce.fit.registry.get_fitter
+
+    """
+    from phantomdce.fit.registry import get_fitter as _get
+
+    return _get(name_or_spec)

@@ -93,6 +93,30 @@ def _cmd_export_nifti(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fitters(args: argparse.Namespace) -> int:
+    from phantomdce.fit.registry import DuplicateFitterError, list_fitters
+
+    try:
+        infos = list_fitters()
+    except DuplicateFitterError as exc:
+        print(f"phantomdce: error: {exc}", file=sys.stderr)
+        return 2
+    columns = ("name", "model", "input", "method", "version", "source")
+    rows = [{c: getattr(info, c) for c in columns} for info in infos]
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return 0
+    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in columns}
+    print("  ".join(f"{c:<{widths[c]}}" for c in columns).rstrip())
+    for r in rows:
+        print("  ".join(f"{r[c]:<{widths[c]}}" for c in columns).rstrip())
+    if not rows:
+        print("(no fitters installed)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``phantomdce`` command."""
     parser = argparse.ArgumentParser(
@@ -115,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", default=None, help="case node name (default: the first case)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export")
     p.set_defaults(func=_cmd_export_nifti)
+
+    p = sub.add_parser("fitters", help="list the built-in and plug-in fitters")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_fitters)
     return parser
 
 
