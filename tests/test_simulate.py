@@ -33,7 +33,7 @@ def make(replicates=3, snr=20.0, sweep=None, model="extended_tofts", **protocol)
 def test_case_contents_units_and_provenance():
     sc = make(sweep={"dt": [2.0, 5.0]})
     ds = simulate_case(sc, sc.cases()[1])
-    assert ds.sizes == {"voxel": 16 * 3, "time": 60, "flip_angle": 3}
+    assert ds.sizes == {"voxel": 16 * 3, "time": 60, "flip_angle": 3, "arterial_voxel": 20}
     assert ds["Ktrans"].attrs["units"] == "/min" and ds["T10"].attrs["units"] == "s"
     assert ds["ct"].attrs["units"] == "mM" and ds["time"].attrs["units"] == "s"
     assert ds["flip_angle"].attrs["units"] == "deg"

@@ -115,6 +115,16 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
         lambda p, v: as_str(p, v, choices=SAMPLING),
     ),
     "aif": FieldSpec("", "population AIF", lambda p, v: as_str(p, v, choices=AIF_NAMES)),
+    "arterial_voxels": FieldSpec(
+        "1",
+        "simulated arterial (carotid) voxels for AIF measurement (0: none)",
+        lambda p, v: as_int(p, v, lo=0, hi=100_000),
+    ),
+    "blood_fraction": FieldSpec(
+        "1",
+        "blood volume fraction of each arterial voxel (partial volume; rest is muscle)",
+        lambda p, v: as_float(p, v, lo=0.0, hi=1.0, lo_open=True),
+    ),
 }
 
 
@@ -145,6 +155,8 @@ class Protocol:
     snr: float = 20.0
     sampling: str = "instant"
     aif: str = "parker"
+    arterial_voxels: int = 20
+    blood_fraction: float = 1.0
 
     @classmethod
     def from_mapping(

@@ -20,17 +20,27 @@ import phantomdce
 from phantomdce.aif import Injection, plasma_aif
 from phantomdce.dro.protocol import AGENT_CONCENTRATION_M, Protocol
 from phantomdce.dro.scenario import Case, Scenario
-from phantomdce.dro.truth import TRUTH_STEP_S, aif_on_grid, tissue_truth, truth_grid, window_mean
+from phantomdce.dro.truth import (
+    TRUTH_STEP_S,
+    TruthGrid,
+    aif_on_grid,
+    tissue_truth,
+    truth_grid,
+    window_mean,
+)
 from phantomdce.noise import add_rician_noise, rng_for
 from phantomdce.params import MODELS, PARAMETERS
-from phantomdce.signal import r1_from_concentration, spgr, vfa_signal
+from phantomdce.signal import native_t1, r1_from_concentration, spgr, vfa_signal
 
-__all__ = ["NOISE_BLOCK_VOXELS", "simulate_case", "case_aif", "SNR_DEFINITION"]
+__all__ = ["NOISE_BLOCK_VOXELS", "simulate_case", "case_aif", "arterial_truth", "SNR_DEFINITION"]
 
 #: Voxels per noise block: the unit of random-stream assignment (part of the store format).
 NOISE_BLOCK_VOXELS = 1024
 #: Stream ids for :func:`phantomdce.noise.rng_for`.
-STREAM_DYNAMIC, STREAM_VFA = 0, 1
+STREAM_DYNAMIC, STREAM_VFA, STREAM_ARTERIAL = 0, 1, 2
+#: Proton density (equilibrium magnetisation, a.u.) of blood and of the muscle that
+#: surrounds an arterial voxel; equal to the default tissue m0 (an assumption).
+M0_BLOOD = M0_MUSCLE = 1000.0
 #: Largest number of grid values held at once per batch of tissues.
 _BATCH_ELEMENTS = 4_000_000
 
@@ -82,18 +92,62 @@ def _derived(model: str, table: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
+def _grid_and_aif(protocol: Protocol) -> tuple[TruthGrid, np.ndarray]:
+    grid = truth_grid(
+        protocol.frame_times,
+        bat=protocol.bolus_arrival,
+        window=protocol.dt if protocol.sampling == "average" else 0.0,
+    )
+    return grid, aif_on_grid(grid, case_aif(protocol))
+
+
+def _at_frames(protocol: Protocol, grid: TruthGrid, values: np.ndarray) -> np.ndarray:
+    """Frame values of a grid quantity: point samples, or window means."""
+    if protocol.sampling == "average":
+        return window_mean(grid, values)
+    return values[..., grid.frame_idx]
+
+
+def arterial_truth(protocol: Protocol) -> tuple[np.ndarray, np.ndarray, float]:
+    """Noise-free arterial-voxel signal at the frames.
+
+    An arterial voxel holds blood (fraction ``blood_fraction``; whole-blood concentration
+    ``Cp (1 - Hct)``, native T1 of blood at the field) and non-enhancing muscle (the rest),
+    whose magnetisations add (partial volume). Relaxivity in blood is taken equal to the
+    protocol's ``r1`` (an assumption).
+
+    Returns
+    -------
+    signal : ndarray (n_t,)
+        Noise-free signal, a.u.
+    cb : ndarray (n_t,)
+        Whole-blood concentration at the frames, mM.
+    s_pre : float
+        Pre-contrast signal of the voxel, a.u.
+    """
+    grid, ca_grid = _grid_and_aif(protocol)
+    f = protocol.blood_fraction
+    r10_blood = 1.0 / native_t1("blood", protocol.field_strength)
+    r10_muscle = 1.0 / native_t1("muscle", protocol.field_strength)
+    cb_grid = ca_grid * (1.0 - protocol.hct)
+    kw = {"fa": protocol.fa, "tr": protocol.tr, "b1": protocol.b1}
+    muscle = (1.0 - f) * spgr(r10_muscle, m0=M0_MUSCLE, **kw)
+    blood = f * spgr(
+        r1_from_concentration(cb_grid, r10=r10_blood, r1_relaxivity=protocol.relaxivity),
+        m0=M0_BLOOD,
+        **kw,
+    )
+    s_pre = float(f * spgr(r10_blood, m0=M0_BLOOD, **kw) + muscle)
+    return _at_frames(protocol, grid, blood + muscle), _at_frames(protocol, grid, cb_grid), s_pre
+
+
 def _truth_and_signal(
     model: str, table: Mapping[str, np.ndarray], protocol: Protocol
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Noise-free frame values per tissue: (ct (n, n_t), signal (n, n_t), ca (n_t,))."""
     average = protocol.sampling == "average"
-    grid = truth_grid(
-        protocol.frame_times,
-        bat=protocol.bolus_arrival,
-        window=protocol.dt if average else 0.0,
-    )
-    ca_grid = aif_on_grid(grid, case_aif(protocol))
-    ca = window_mean(grid, ca_grid) if average else ca_grid[grid.frame_idx]
+    grid, ca_grid = _grid_and_aif(protocol)
+    ca = _at_frames(protocol, grid, ca_grid)
     n = table["T10"].size
     r10 = 1.0 / table["T10"]
     r1 = protocol.relaxivity
@@ -181,7 +235,8 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
         Coordinates ``time`` (s), ``voxel``, ``flip_angle`` (deg), per-voxel ``tissue`` and
         ``replicate`` indices; truth (the model's parameters, derived ``kep``/``Ktrans``,
         ``T10`` in s, ``m0``), ``ct`` (voxel, time, mM, noise-free), ``ca`` (time, mM,
-        true plasma AIF), ``signal`` (voxel, time) and ``vfa_signal`` (voxel, flip_angle).
+        true plasma AIF), ``signal`` (voxel, time), ``vfa_signal`` (voxel, flip_angle) and,
+        when ``arterial_voxels > 0``, ``arterial_signal`` (arterial_voxel, time).
         Every protocol value, unit, seed, scenario hash and package version is in attrs.
 
     """
@@ -210,6 +265,20 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     common = {"seed": scenario.seed, "case_index": case.index, "voxels": voxels}
     signal = _noisy(sig_clean, tissue_of_voxel, sigma, stream=STREAM_DYNAMIC, **common)
     vfa = _noisy(vfa_clean, tissue_of_voxel, sigma, stream=STREAM_VFA, **common)
+
+    n_art = protocol.arterial_voxels
+    if n_art:
+        art_clean, _, art_pre = arterial_truth(protocol)
+        art_sigma = np.full(1, art_pre / protocol.snr if np.isfinite(protocol.snr) else 0.0)
+        arterial = _noisy(
+            art_clean[None, :],
+            np.zeros(n_art, dtype=np.int64),
+            art_sigma,
+            seed=scenario.seed,
+            case_index=case.index,
+            stream=STREAM_ARTERIAL,
+            voxels=range(n_art),
+        )
 
     truth = {k: table[k] for k in (*MODELS[model].parameters, "T10", "m0")}
     truth.update(_derived(model, table))
@@ -244,6 +313,16 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
         vfa,
         {"units": "a.u.", "long_name": "variable flip angle SPGR signal", "role": "measurement"},
     )
+    if n_art:
+        data_vars["arterial_signal"] = (
+            ("arterial_voxel", "time"),
+            arterial,
+            {
+                "units": "a.u.",
+                "long_name": "SPGR signal of arterial voxels (blood + muscle partial volume)",
+                "role": "measurement",
+            },
+        )
     coords = {
         "time": ("time", protocol.frame_times, {"units": "s", "long_name": "frame time"}),
         "voxel": ("voxel", np.arange(voxels.start, voxels.stop)),
