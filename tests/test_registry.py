@@ -227,6 +227,15 @@ SPEC_MODULE = """
 """
 
 
+def test_spec_with_several_fitters_is_not_one_fitter(plugins, tmp_path, monkeypatch):
+    plugins()
+    (tmp_path / "spec_fitters_mod.py").write_text(textwrap.dedent(SPEC_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "spec_fitters_mod", raising=False)
+    with pytest.raises(ValueError, match="provides 2 fitters"):
+        registry.get_fitter("spec_fitters_mod:several")
+
+
 def test_module_attribute_spec(plugins, tmp_path, monkeypatch):
     plugins(FakeEntryPoint("dup", FakeFitter("spec_a")))
     (tmp_path / "spec_fitters_mod.py").write_text(textwrap.dedent(SPEC_MODULE))
@@ -240,10 +249,13 @@ def test_module_attribute_spec(plugins, tmp_path, monkeypatch):
 
     (info,) = registry.resolve_fitters(["spec_fitters_mod:SpecFitter"])
     assert info.source == "spec spec_fitters_mod:SpecFitter"
-    with pytest.raises(ValueError, match="provides 2 fitters"):
+    # a spec may not reuse a registered name: 'spec_a' comes from the acme-dce plug-in too
+    with pytest.raises(DuplicateFitterError, match=r"spec spec_fitters_mod.*acme-dce 0.3.0"):
         registry.get_fitter("spec_fitters_mod:several")
-    with pytest.raises(DuplicateFitterError, match=r"acme-dce 0.3.0.*spec spec_fitters_mod"):
+    with pytest.raises(DuplicateFitterError, match=r"spec spec_fitters_mod.*acme-dce 0.3.0"):
         registry.resolve_fitters(["spec_a", "spec_fitters_mod:several"])
+    with pytest.raises(ModuleNotFoundError, match="cannot import module 'no_such_module_xyz'"):
+        registry.get_fitter("no_such_module_xyz:Fitter")
     with pytest.raises(TypeError, match="attribute 'name'"):
         registry.get_fitter("spec_fitters_mod:not_a_fitter")
     with pytest.raises(AttributeError, match="no attribute 'Missing'"):

@@ -202,3 +202,25 @@ def test_cli_simulate_prints_a_summary(tmp_path, capsys):
     assert "scenario 'cli'" in text and "2 cases x 4 voxels" in text and "case_0001" in text
     assert main(["simulate", str(toml), "-o", str(out), "-q"]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_list_valued_sweep_is_stored_as_text(tmp_path):
+    sc = make(sweep={"flip_angles": [[2.0, 10.0], [5.0, 15.0, 30.0]]})
+    write_dro(sc, tmp_path / "fa.zarr")
+    tree = phantomdce.open_dro(tmp_path / "fa.zarr")
+    assert list(tree.ds["flip_angles"].values) == ["[2.0, 10.0]", "[5.0, 15.0, 30.0]"]
+    assert tree["case_0001"].ds.sizes["flip_angle"] == 3
+
+
+def test_overwrite_never_replaces_something_else(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("hi")
+    with pytest.raises(FileExistsError, match="not a phantomdce DRO store"):
+        write_dro(make(), precious, overwrite=True)
+    assert (precious / "notes.txt").read_text() == "hi"
+    with pytest.raises(FileNotFoundError, match="not a phantomdce DRO store"):
+        phantomdce.open_dro(precious)
+    write_dro(make(), tmp_path / "d.zarr")
+    write_dro(make(replicates=2), tmp_path / "d.zarr", overwrite=True)  # a store: replaced
+    assert phantomdce.open_dro(tmp_path / "d.zarr")["case_0000"].ds.sizes["voxel"] == 32

@@ -13,25 +13,23 @@ import phantomdce
 __all__ = ["main"]
 
 
-def _progress(quiet: bool):
-    if quiet:
-        return None
-    start = time.perf_counter()
+def _progress(quiet: bool, desc: str = "simulating", unit: str = "case"):
+    """A progress callback ``(done, total)`` and its closer.
 
-    def report(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / total)
-        elapsed = time.perf_counter() - start
-        eta = elapsed / done * (total - done)
-        sys.stderr.write(
-            f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} cases"
-            f"  {elapsed:5.1f} s elapsed, ~{eta:4.0f} s left"
-        )
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    A tqdm bar on stderr when it is a terminal; nothing when ``quiet`` or redirected.
+    """
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    from tqdm import tqdm
 
-    return report
+    bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
 
 
 def _summary(path: Path) -> str:
@@ -45,18 +43,23 @@ def _summary(path: Path) -> str:
         f" model {root.attrs['model']}, seed {root.attrs['seed']},"
         f" phantomdce {root.attrs['phantomdce_version']}",
         f"  {root.sizes['case']} cases x {root.attrs['n_voxels_per_case']} voxels"
-        f" ({root.attrs['replicates']} noise replicates per tissue)",
+        f" ({root.attrs['replicates']} noise replicates per tissue);"
+        " max ca, max ct: largest true plasma AIF and noise-free tissue concentration",
     ]
     keys = list(root.attrs.get("sweep_keys", []))
-    header = f"  {'case':<10}" + "".join(f"{k:>16}" for k in keys)
-    header += f"{'frames':>8}{'peak ca mM':>12}{'peak ct mM':>12}{'SNR':>8}"
+    units = {k: root[k].attrs.get("units", "") for k in keys}
+    header = f"  {'case':<10}" + "".join(
+        f"{k + (f' [{units[k]}]' if units[k] not in ('', '1') else ''):>18}" for k in keys
+    )
+    header += f"{'frames':>8}{'max ca mM':>11}{'max ct mM':>11}"
+    header += "" if "snr" in keys else f"{'SNR':>8}"
     lines.append(header)
     for name in root["case_name"].values:
         ds = tree[str(name)].ds
-        row = f"  {name!s:<10}" + "".join(f"{ds.attrs[k]!s:>16}" for k in keys)
+        row = f"  {name!s:<10}" + "".join(f"{ds.attrs[k]!s:>18}" for k in keys)
         ct_peak = float(np.asarray(ds["ct"].max()))
-        row += f"{ds.sizes['time']:>8}{float(ds['ca'].max()):>12.3f}{ct_peak:>12.3f}"
-        row += f"{ds.attrs['snr']!s:>8}"
+        row += f"{ds.sizes['time']:>8}{float(ds['ca'].max()):>11.3f}{ct_peak:>11.3f}"
+        row += "" if "snr" in keys else f"{ds.attrs['snr']!s:>8}"
         lines.append(row)
     return "\n".join(lines)
 
@@ -76,7 +79,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     t0 = time.perf_counter()
-    write_dro(scenario, out, overwrite=args.overwrite, progress=_progress(args.quiet))
+    update, close = _progress(args.quiet)
+    try:
+        write_dro(scenario, out, overwrite=args.overwrite, progress=update)
+    finally:
+        close()
     elapsed = time.perf_counter() - t0
     print(_summary(out))
     n = n_cases * scenario.n_voxels
@@ -84,10 +91,89 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_summary(rows: list[dict], params: tuple[str, ...] = ("Ktrans", "ve", "vp")) -> str:
+    lines = [
+        f"  {'case':<10} {'fitter':<28} {'param':<7} {'bias':>10} {'rel bias %':>11}"
+        f" {'CV %':>8} {'within tol':>11} {'failures':>9} {'s/voxel':>9}"
+    ]
+    for r in rows:
+        if r["parameter"] not in params:
+            continue
+        lines.append(
+            f"  {r['case']:<10} {r['fitter']:<28} {r['parameter']:<7} {r['bias']:>10.4g}"
+            f" {r['rel_bias_pct']:>11.3g} {r['cv_pct']:>8.3g} {r['within_tol']:>11.2f}"
+            f" {r['failure_rate']:>9.3f} {r['fit_time_per_voxel_s']:>9.2g}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from phantomdce.engine.run import execute, finalize, plan_run
+
+    fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
+    plan = plan_run(args.scenario, args.output, fitters=fitters)
+    pending = plan.pending()
+    if not args.quiet:
+        resumed = len(plan.units) - len(pending)
+        note = f", resuming: {resumed} of {len(plan.units)} chunks already done" if resumed else ""
+        print(
+            f"run {plan.scenario.name!r}: {len(plan.scenario.cases())} cases x"
+            f" {plan.scenario.n_voxels} voxels, fitters {', '.join(i.name for i in plan.fitters)}"
+            f" -> {plan.out}{note}",
+            file=sys.stderr,
+        )
+    update, close = _progress(args.quiet, "fitting", "chunk")
+    t0 = time.perf_counter()
+    try:
+        execute(plan, scheduler=args.scheduler, workers=args.workers, progress=update)
+    finally:
+        close()
+    rows = finalize(plan)
+    elapsed = time.perf_counter() - t0
+    print(f"results: {plan.out}/estimates.zarr, {plan.out}/metrics.csv")
+    print(_metrics_summary(rows))
+    failures = (plan.out / "failures.csv").read_text().strip().splitlines()[1:]
+    if failures:
+        print(f"  {len(failures)} fitter chunks failed: see {plan.out}/failures.csv")
+    n = len(plan.scenario.cases()) * plan.scenario.n_voxels
+    print(f"  {n} voxel curves in {elapsed:.1f} s")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    import json
+
+    from phantomdce.engine.gate import make_baseline
+
+    baseline = make_baseline(args.run)
+    Path(args.output).write_text(json.dumps(baseline, indent=1))
+    print(f"baseline of {len(baseline['metrics'])} metrics rows written to {args.output}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from phantomdce.engine.gate import check_run
+
+    baseline = json.loads(Path(args.baseline).read_text())
+    regressions = check_run(args.run, baseline)
+    if not regressions:
+        print(f"check passed: {len(baseline['metrics'])} rows no worse than {args.baseline}")
+        return 0
+    print(f"check FAILED: {len(regressions)} regressions against {args.baseline}")
+    for r in regressions:
+        print(f"  {r}")
+    return 1
+
+
 def _cmd_export_nifti(args: argparse.Namespace) -> int:
     from phantomdce.dro.nifti import export_nifti
 
-    written = export_nifti(args.store, args.output, case=args.case, overwrite=args.overwrite)
+    try:
+        written = export_nifti(args.store, args.output, case=args.case, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        raise FileExistsError(str(exc).replace("pass overwrite=True", "use --overwrite")) from None
     for p in written:
         print(p)
     return 0
@@ -132,6 +218,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("run", help="simulate, estimate and fit a scenario; store metrics")
+    p.add_argument("scenario", help="scenario TOML file")
+    p.add_argument("-o", "--output", required=True, help="result directory")
+    p.add_argument(
+        "--fitters", default=None, help="comma-separated fitter names or module:attribute specs"
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="'processes' or 'threads' (dask, local) or a dask.distributed address"
+        " (tcp://host:8786); default: this process",
+    )
+    p.add_argument("--workers", type=int, default=None, help="workers for local dask schedulers")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (for CI)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("baseline", help="save the accuracy of a finished run as a baseline")
+    p.add_argument("run", help="result directory of `phantomdce run`")
+    p.add_argument("-o", "--output", required=True, help="baseline JSON file")
+    p.set_defaults(func=_cmd_baseline)
+
+    p = sub.add_parser("check", help="fail (exit 1) if a run is less accurate than a baseline")
+    p.add_argument("run", help="result directory of `phantomdce run`")
+    p.add_argument("--baseline", required=True, help="baseline JSON from `phantomdce baseline`")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("export-nifti", help="export one case of a DRO store as NIfTI + JSON")
     p.add_argument("store", help="DRO .zarr store")

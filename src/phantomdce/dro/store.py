@@ -35,8 +35,12 @@ def cases_table(scenario: Scenario) -> xr.Dataset:
     data = {}
     for key in scenario.sweep:
         values = [c.values[key] for c in cases]
-        if any(v is None for v in values):
-            values = ["none" if v is None else v for v in values]
+        if any(v is None or isinstance(v, tuple | list) for v in values):
+            # list-valued keys (flip_angles) and "none" are stored as text, e.g. "[5.0, 15.0]"
+            values = [
+                "none" if v is None else (str(list(v)) if isinstance(v, tuple | list) else str(v))
+                for v in values
+            ]
         data[key] = ("case", np.asarray(values), {"units": scenario.protocol.units()[key]})
     attrs = {
         "scenario": scenario.name,
@@ -98,6 +102,10 @@ def write_dro(
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+    if path.exists() and not _is_dro(path):
+        raise FileExistsError(
+            f"{path} exists and is not a phantomdce DRO store: refusing to replace it"
+        )
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -128,6 +136,17 @@ def write_dro(
     return path
 
 
+def _is_dro(path: Path) -> bool:
+    """Whether ``path`` is a DRO store written by :func:`write_dro`."""
+    attrs = path / ".zattrs"
+    if not path.is_dir() or not attrs.exists():
+        return False
+    try:
+        return "phantomdce_version" in json.loads(attrs.read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def open_dro(path: str | Path) -> xr.DataTree:
     """Open a DRO store (lazily; arrays load on access).
 
@@ -146,4 +165,6 @@ def open_dro(path: str | Path) -> xr.DataTree:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such DRO store")
+    if not _is_dro(path):
+        raise FileNotFoundError(f"{path}: not a phantomdce DRO store (no DRO metadata found)")
     return xr.open_datatree(path, engine="zarr")

@@ -236,7 +236,16 @@ def _load_spec(spec: str) -> list[FitterInfo]:
     module_name, attr = module_name.strip(), attr.strip()
     if not module_name or not attr:
         raise ValueError(f"fitter spec {spec!r}: expected 'module:attribute'")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ModuleNotFoundError(
+                f"fitter spec {spec!r}: cannot import module {module_name!r} (is its folder"
+                " on sys.path or PYTHONPATH, or is the package installed?)",
+                name=exc.name,
+            ) from None
+        raise
     obj: Any = module
     try:
         for part in attr.split("."):
@@ -246,7 +255,15 @@ def _load_spec(spec: str) -> list[FitterInfo]:
             f"fitter spec {spec!r}: module {module_name!r} has no attribute {attr!r}"
         ) from None
     source = f"spec {module_name}:{attr}"
-    return [FitterInfo.from_fitter(f, source) for f in _checked(obj, source=source)]
+    infos = [FitterInfo.from_fitter(f, source) for f in _checked(obj, source=source)]
+    registry = _registry()
+    for info in infos:
+        if info.name in registry:
+            other = registry[info.name]
+            raise DuplicateFitterError(
+                f"duplicate fitter name {info.name!r}: from {source} and from {other.source}"
+            )
+    return infos
 
 
 def _resolve_one(name_or_spec: str) -> list[FitterInfo]:
