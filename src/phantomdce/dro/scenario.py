@@ -31,7 +31,7 @@ import itertools
 import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from phantomdce.params import MODELS, PARAMETERS
 
 __all__ = ["Scenario", "Case", "TissueGrid", "load_scenario", "parse_scenario"]
 
-TOP_KEYS = ("name", "description", "seed", "replicates", "protocol", "tissue", "sweep")
+TOP_KEYS = ("name", "description", "seed", "replicates", "protocol", "tissue", "sweep", "fit")
 TISSUE_EXTRA = ("T10", "m0")
 
 
@@ -119,10 +119,14 @@ class Scenario:
     tissue: TissueGrid
     sweep: dict[str, tuple[Any, ...]]
     source: dict[str, Any]
+    fit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
-        """SHA-256 (first 16 hex digits) of the canonical scenario content."""
+        """SHA-256 (first 16 hex digits) of the canonical DRO content.
+
+        The ``[fit]`` table does not change the DRO and is not part of it.
+        """
         blob = json.dumps(self.source, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -194,7 +198,8 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     ----------
     data : mapping
         Top-level keys ``name``, ``description``, ``seed``, ``replicates`` and the tables
-        ``protocol``, ``tissue`` and ``sweep``.
+        ``protocol``, ``tissue``, ``sweep`` and ``fit`` (kept as given here; the benchmark
+        engine checks it, see :mod:`phantomdce.engine.config`).
     default_name : str, optional
         Name used when ``name`` is absent.
 
@@ -251,7 +256,8 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         "tissue": {"model": tissue.model, **{k: list(v) for k, v in tissue.axes.items()}},
         "sweep": {k: list(v) for k, v in sweep.items()},
     }
-    scenario = Scenario(name, description, seed, replicates, protocol, tissue, sweep, source)
+    fit = dict(_check_table("fit", data.get("fit", {})))
+    scenario = Scenario(name, description, seed, replicates, protocol, tissue, sweep, source, fit)
     scenario.cases()  # check every combination before any work
     return scenario
 

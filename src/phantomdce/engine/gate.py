@@ -1,0 +1,167 @@
+"""The regression gate: a baseline of a run's accuracy, and a check against it.
+
+``phantomdce baseline OUT -o baseline.json`` keeps, for every case, fitter and parameter,
+the bias, SD over noise replicates and failure rate of a finished run, with the
+tolerances. ``phantomdce check OUT --baseline baseline.json`` compares a new run of the
+*same scenario* and lists everything that got worse:
+
+- bias: ``|bias_new| > |bias_base| + max(bias_atol, bias_rtol * |bias_base|)``
+- precision: ``sd_new > sd_base * (1 + sd_rtol) + bias_atol``
+- failures: ``failure_rate_new > failure_rate_base + failure_atol``
+- a case, fitter or parameter of the baseline missing from the new run.
+
+``bias_atol`` defaults to a tenth of the OSIPI tolerance of each parameter (Ktrans
+0.0005 /min, ve 0.005, vp 0.0025, fp 0.5 mL/100mL/min, ps and kep 0.0005 /min, delay 0.1
+s); ``bias_rtol`` and ``sd_rtol`` to 10%; ``failure_atol`` to 0.01. Runs are seeded, so an
+unchanged fitter reproduces its baseline exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import phantomdce
+from phantomdce.dro.config import ConfigError
+
+__all__ = ["Tolerances", "make_baseline", "check_run", "Regression"]
+
+#: A tenth of the OSIPI absolute tolerance of each parameter (package units).
+DEFAULT_BIAS_ATOL = {
+    "Ktrans": 0.0005,
+    "ve": 0.005,
+    "vp": 0.0025,
+    "fp": 0.5,
+    "ps": 0.0005,
+    "kep": 0.0005,
+    "delay": 0.1,
+    "T10": 0.005,
+}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse a metric may get before the check fails (see the module docstring)."""
+
+    bias_atol: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_BIAS_ATOL))
+    bias_rtol: float = 0.10
+    sd_rtol: float = 0.10
+    failure_atol: float = 0.01
+
+
+@dataclass(frozen=True)
+class Regression:
+    """One thing that got worse."""
+
+    case: str
+    fitter: str
+    parameter: str
+    metric: str
+    baseline: float
+    current: float
+    allowed: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.case} {self.fitter} {self.parameter}: {self.metric} {self.current:.6g}"
+            f" (baseline {self.baseline:.6g}, allowed up to {self.allowed:.6g})"
+        )
+
+
+def _read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / "metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics; is {out} a finished `phantomdce run`?")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("case", "fitter", "parameter"):
+                row[key] = float(value) if value not in ("", "nan") else math.nan
+    return rows
+
+
+def _run_meta(out: Path) -> dict[str, Any]:
+    path = out / "run.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a phantomdce run directory")
+    return json.loads(path.read_text())
+
+
+def make_baseline(out: str | Path, tolerances: Tolerances | None = None) -> dict[str, Any]:
+    """The baseline of a finished run (a JSON-ready dict)."""
+    out = Path(out)
+    meta = _run_meta(out)
+    tol = tolerances or Tolerances()
+    keep = ("bias", "sd", "failure_rate", "rel_bias_pct", "cv_pct")
+    return {
+        "scenario_name": meta["scenario_name"],
+        "scenario_hash": meta["scenario_hash"],
+        "fitters": meta["fitters"],
+        "phantomdce_version": phantomdce.__version__,
+        "tolerances": asdict(tol),
+        "metrics": [
+            {
+                "case": r["case"],
+                "fitter": r["fitter"],
+                "parameter": r["parameter"],
+                **{k: r[k] for k in keep},
+            }
+            for r in _read_metrics(out)
+        ],
+    }
+
+
+def check_run(
+    out: str | Path, baseline: dict[str, Any], tolerances: Tolerances | None = None
+) -> list[Regression]:
+    """Everything in a run that is worse than its baseline (empty: the check passes).
+
+    Raises
+    ------
+    ConfigError
+        The baseline was made from a different scenario.
+    """
+    out = Path(out)
+    meta = _run_meta(out)
+    if baseline.get("scenario_hash") != meta["scenario_hash"]:
+        raise ConfigError(
+            f"the baseline was made from scenario {baseline.get('scenario_name')!r} (hash"
+            f" {baseline.get('scenario_hash')}) but {out} is a run of"
+            f" {meta['scenario_name']!r} (hash {meta['scenario_hash']}): a baseline only"
+            " applies to a run of the same scenario"
+        )
+    tol = tolerances or Tolerances(**baseline.get("tolerances", {}))
+    current = {(r["case"], r["fitter"], r["parameter"]): r for r in _read_metrics(out)}
+    found: list[Regression] = []
+    for base in baseline["metrics"]:
+        key = (base["case"], base["fitter"], base["parameter"])
+        now = current.get(key)
+        if now is None:
+            found.append(Regression(*key, "missing from the run", math.nan, math.nan, math.nan))
+            continue
+        atol = tol.bias_atol.get(base["parameter"], 0.0)
+        b0, b1 = abs(base["bias"]), abs(now["bias"])
+        allowed = b0 + max(atol, tol.bias_rtol * b0)
+        if _worse(b1, allowed, b0):
+            found.append(Regression(*key, "|bias|", b0, b1, allowed))
+        allowed = base["sd"] * (1 + tol.sd_rtol) + atol
+        if _worse(now["sd"], allowed, base["sd"]):
+            found.append(Regression(*key, "sd", base["sd"], now["sd"], allowed))
+        allowed = base["failure_rate"] + tol.failure_atol
+        if _worse(now["failure_rate"], allowed, base["failure_rate"]):
+            found.append(
+                Regression(*key, "failure_rate", base["failure_rate"], now["failure_rate"], allowed)
+            )
+    return found
+
+
+def _worse(value: float, allowed: float, base: float) -> bool:
+    """Worse than allowed; a metric that became NaN where the baseline had one is worse."""
+    if math.isnan(value):
+        return not math.isnan(base)
+    return value > allowed if not math.isnan(allowed) else False

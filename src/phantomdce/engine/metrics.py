@@ -1,0 +1,481 @@
+"""Accuracy and precision metrics of one benchmark case (one fitter, one parameter).
+
+A *case* holds, for one fitter and one parameter, arrays over voxels:
+
+``estimate``
+    fitted value (float, NaN where the fitter failed), in the parameter's units
+    (see :data:`phantomdce.params.PARAMETERS`);
+``truth``
+    the true value, same units (must be finite);
+``success``
+    the fitter's own success flag (bool);
+``tissue``
+    index of the tissue-grid point of the voxel (int);
+``replicate``
+    index of the noise replicate of the voxel (int, ``R`` distinct values).
+
+Voxel order is free: tissues and replicates are read from the index arrays only.
+
+Definitions
+-----------
+A voxel is *valid* when ``success`` is True and ``estimate`` is finite; the others are
+*failed*. Errors are ``e = estimate - truth``, in the parameter's units. Unless said otherwise
+a metric uses the valid voxels only. Per tissue ``t``, over its valid voxels: ``m_t`` is the
+mean estimate and ``s_t`` the sample standard deviation (ddof=1) of the estimates; ``y_t`` is
+the tissue's truth. "param" below means the parameter's units.
+
+===================== ======================================================= =====
+metric                formula                                                 unit
+===================== ======================================================= =====
+n_voxels              number of voxels, valid or not                          1
+n_success             number of valid voxels                                  1
+failure_rate          ``1 - n_success / n_voxels``                            1
+bias                  ``mean(e)``                                             param
+rel_bias_pct          ``100 mean(e / truth)``, valid voxels with truth != 0   %
+median_error          ``median(e)``                                           param
+sd                    ``sqrt(mean_t s_t^2)``: pooled SD over noise replicates param
+                      (tissues with >= 2 valid replicates)
+cv_pct                ``100 sqrt(mean_t (s_t / |m_t|)^2)`` (tissues with      %
+                      >= 2 valid replicates and ``m_t != 0``)
+rmse                  ``sqrt(mean(e^2))``                                     param
+loa_low, loa_high     ``mean(e) -/+ 1.96 SD(e)``, ddof=1 (Bland-Altman 95 %   param
+                      limits of agreement)
+ccc                   Lin's concordance correlation of ``m_t`` vs ``y_t``,    1
+                      one point per tissue with a valid voxel, population
+                      moments: ``2 cov / (var_m + var_y + (mean_m-mean_y)^2)``
+within_tol            fraction of ALL voxels with                             1
+                      ``|e| <= atol + rtol |truth|``; failed voxels count as
+                      outside; ``(atol, rtol)`` from :data:`TOLERANCES`
+fit_time_per_voxel_s  ``fit_time_s / n_voxels``                               s
+bias_ci_low/high      95 % percentile CI of ``bias``, block bootstrap over    param
+                      noise replicates (below)
+===================== ======================================================= =====
+
+``y_t`` is the mean truth over all voxels of tissue ``t`` (the truth is constant within a
+tissue). ``ccc`` is NaN with fewer than two tissues or when both ``m_t`` and ``y_t`` are
+constant. Every metric that cannot be computed (no valid voxel, too few tissues or
+replicates, ...) is NaN; no function here emits a ``RuntimeWarning``.
+
+Bootstrap of the bias
+---------------------
+The tissue grid is a fixed design; the noise replicates are independent. Each block is one
+replicate ``r`` across every tissue: ``S_r = sum`` and ``N_r = count`` of the valid errors of
+replicate ``r``. One bootstrap draw picks ``R`` replicate indices ``r_1..r_R`` with
+replacement and gives ``sum_i S_{r_i} / sum_i N_{r_i}`` (draws with no valid voxel are
+dropped). The interval is the 2.5 and 97.5 percentiles of ``n_boot`` draws, drawn from
+``numpy.random.default_rng(seed)``: the global random state is never used. It measures the
+noise uncertainty of the bias on this fixed tissue grid (tissue-to-tissue differences of the
+error are part of the bias, not of its uncertainty). With one replicate it is NaN.
+
+Tolerances
+----------
+``|estimate - truth| <= atol + rtol |truth|`` with ``(atol, rtol)`` from :data:`TOLERANCES`.
+Those of Ktrans, ps, ve, vp, fp and delay are OSIPI's (DCE-DSC-MRI Code Collection tests);
+those of kep (as Ktrans) and T10 (5 % relative, as OSIPI's R1 tolerance) are phantomdce's.
+The comparison is inclusive and evaluated in floating point exactly as written.
+
+Examples
+--------
+>>> import numpy as np
+>>> est = np.array([11.0, 12.0, 13.0, 18.0, 22.0, np.nan])
+>>> m = case_metrics(est, [10, 10, 10, 20, 20, 20], [True] * 6, [0, 0, 0, 1, 1, 1],
+...                  [0, 1, 2, 0, 1, 2], parameter="fp", fit_time_s=3.0)
+>>> m["n_success"], m["bias"], m["median_error"], m["fit_time_per_voxel_s"]
+(5.0, 1.2, 2.0, 0.5)
+>>> round(m["within_tol"], 4)
+0.8333
+>>> metric_units("fp")["bias"]
+'mL/100mL/min'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from phantomdce.params import PARAMETERS
+
+__all__ = [
+    "METRICS",
+    "TOLERANCES",
+    "block_bootstrap_bias_ci",
+    "case_metrics",
+    "metric_units",
+    "metrics_table",
+]
+
+#: Column order of the metrics table (and the keys :func:`case_metrics` returns).
+METRICS: tuple[str, ...] = (
+    "n_voxels",
+    "n_success",
+    "failure_rate",
+    "bias",
+    "rel_bias_pct",
+    "median_error",
+    "sd",
+    "cv_pct",
+    "rmse",
+    "loa_low",
+    "loa_high",
+    "ccc",
+    "within_tol",
+    "fit_time_per_voxel_s",
+    "bias_ci_low",
+    "bias_ci_high",
+)
+
+#: ``(atol, rtol)`` per parameter, in the parameter's units: a voxel is within tolerance when
+#: ``|estimate - truth| <= atol + rtol * |truth|``. OSIPI's: Ktrans, ps, ve, vp, fp, delay.
+#: phantomdce's: kep (as Ktrans) and T10 (5 % relative, as OSIPI's R1 tolerance).
+TOLERANCES: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "Ktrans": (0.005, 0.1),
+        "ps": (0.005, 0.1),
+        "ve": (0.05, 0.0),
+        "vp": (0.025, 0.0),
+        "fp": (5.0, 0.1),
+        "delay": (1.0, 0.0),
+        "kep": (0.005, 0.1),
+        "T10": (0.0, 0.05),
+    }
+)
+
+#: Two-sided 95 % normal quantile used by the limits of agreement.
+_Z95 = 1.96
+
+_COUNT_METRICS = ("n_voxels", "n_success")
+_DIMENSIONLESS = ("failure_rate", "ccc", "within_tol")
+_PERCENT = ("rel_bias_pct", "cv_pct")
+_ERROR_TYPE = (
+    "bias",
+    "median_error",
+    "sd",
+    "rmse",
+    "loa_low",
+    "loa_high",
+    "bias_ci_low",
+    "bias_ci_high",
+)
+
+
+def _check_parameter(parameter: str) -> None:
+    if parameter not in PARAMETERS or parameter not in TOLERANCES:
+        known = ", ".join(p for p in PARAMETERS if p in TOLERANCES)
+        raise ValueError(f"unknown parameter {parameter!r}; expected one of: {known}")
+
+
+def metric_units(parameter: str) -> dict[str, str]:
+    """Return the unit of every metric for ``parameter``.
+
+    Parameters
+    ----------
+    parameter : str
+        Parameter symbol, a key of :data:`phantomdce.params.PARAMETERS`.
+
+    Returns
+    -------
+    dict of str to str
+        Keys in :data:`METRICS` order. Error-type metrics (bias, median_error, sd, rmse,
+        limits of agreement, bias CI) carry the parameter's units; ``rel_bias_pct`` and
+        ``cv_pct`` are ``"%"``; counts, rates, ``ccc`` and ``within_tol`` are ``"1"``;
+        ``fit_time_per_voxel_s`` is ``"s"``.
+
+    Raises
+    ------
+    ValueError
+        If ``parameter`` is unknown.
+
+    Examples
+    --------
+    >>> metric_units("Ktrans")["rmse"], metric_units("Ktrans")["cv_pct"]
+    ('/min', '%')
+    """
+    _check_parameter(parameter)
+    units = PARAMETERS[parameter].units
+    out: dict[str, str] = {}
+    for name in METRICS:
+        if name in _ERROR_TYPE:
+            out[name] = units
+        elif name in _PERCENT:
+            out[name] = "%"
+        elif name == "fit_time_per_voxel_s":
+            out[name] = "s"
+        else:
+            out[name] = "1"
+    return out
+
+
+def _mean(x: NDArray[np.float64]) -> float:
+    """Mean of a 1-D array, NaN (without a warning) when empty."""
+    return float(np.mean(x)) if x.size else math.nan
+
+
+def _percentile_ci(draws: NDArray[np.float64], level: float) -> tuple[float, float]:
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return math.nan, math.nan
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def block_bootstrap_bias_ci(
+    error: ArrayLike,
+    replicate: ArrayLike,
+    *,
+    n_boot: int = 1000,
+    seed: int | np.random.Generator = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean error, resampling replicates.
+
+    Parameters
+    ----------
+    error : array_like of float
+        Error ``estimate - truth`` of each voxel, in the parameter's units; non-finite values
+        mark excluded (failed) voxels.
+    replicate : array_like of int
+        Noise-replicate index of each voxel (same shape as ``error``); any distinct values.
+    n_boot : int, optional
+        Number of bootstrap draws; ``0`` returns NaN without drawing.
+    seed : int or numpy.random.Generator, optional
+        Seed of ``numpy.random.default_rng`` (or a generator, which is advanced).
+    level : float, optional
+        Confidence level, in (0, 1).
+
+    Returns
+    -------
+    low, high : float
+        Interval bounds, in the units of ``error``. NaN with fewer than two replicates, no
+        finite error, or ``n_boot == 0``.
+
+    Notes
+    -----
+    Each block is one replicate across all tissues (see the module docstring). Draws are
+    vectorised through an ``(n_boot, R)`` index array.
+
+    Examples
+    --------
+    >>> block_bootstrap_bias_ci([1.0, 3.0, 2.0, 4.0], [0, 0, 1, 1], seed=1)
+    (2.0, 3.0)
+    """
+    err = np.asarray(error, dtype=float).ravel()
+    rep = np.asarray(replicate).ravel()
+    if err.shape != rep.shape:
+        raise ValueError("error and replicate must have the same number of elements")
+    if n_boot < 0:
+        raise ValueError("n_boot must be >= 0")
+    if not 0.0 < level < 1.0:
+        raise ValueError("level must be in (0, 1)")
+    _, rep_idx = np.unique(rep, return_inverse=True)
+    n_rep = int(rep_idx.max()) + 1 if rep_idx.size else 0
+    valid = np.isfinite(err)
+    if n_rep < 2 or n_boot == 0 or not valid.any():
+        return math.nan, math.nan
+    sums = np.bincount(rep_idx[valid], weights=err[valid], minlength=n_rep)
+    counts = np.bincount(rep_idx[valid], minlength=n_rep).astype(float)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, n_rep, size=(n_boot, n_rep))
+    boot_sums = sums[draw].sum(axis=1)
+    boot_counts = counts[draw].sum(axis=1)
+    boot = np.full(n_boot, math.nan)
+    np.divide(boot_sums, boot_counts, out=boot, where=boot_counts > 0)
+    return _percentile_ci(boot, level)
+
+
+def _ccc(x: NDArray[np.float64], y: NDArray[np.float64]) -> float:
+    """Lin's concordance correlation coefficient with population (ddof=0) moments."""
+    if x.size < 2:
+        return math.nan
+    mx, my = x.mean(), y.mean()
+    vx = float(np.mean((x - mx) ** 2))
+    vy = float(np.mean((y - my) ** 2))
+    if vx == 0.0 and vy == 0.0:
+        return math.nan
+    cov = float(np.mean((x - mx) * (y - my)))
+    return 2.0 * cov / (vx + vy + float(mx - my) ** 2)
+
+
+def case_metrics(
+    estimate: ArrayLike,
+    truth: ArrayLike,
+    success: ArrayLike,
+    tissue: ArrayLike,
+    replicate: ArrayLike,
+    *,
+    parameter: str,
+    fit_time_s: float = math.nan,
+    n_boot: int = 1000,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, float]:
+    """Compute every metric of one case (one fitter, one parameter).
+
+    Parameters
+    ----------
+    estimate : array_like of float
+        Fitted values per voxel, in the parameter's units; NaN where the fit failed.
+    truth : array_like of float
+        True values per voxel, same units; must be finite.
+    success : array_like of bool
+        Fitter success flag per voxel.
+    tissue : array_like of int
+        Tissue-grid index per voxel.
+    replicate : array_like of int
+        Noise-replicate index per voxel.
+    parameter : str
+        Parameter symbol (a key of :data:`phantomdce.params.PARAMETERS`); selects the
+        tolerance and the units.
+    fit_time_s : float, optional
+        Wall time of the fit of the whole case, in s (NaN if unknown).
+    n_boot : int, optional
+        Number of bootstrap draws for the bias CI (``0`` skips it: NaN).
+    seed : int or numpy.random.Generator, optional
+        Seed of the bootstrap generator; the same seed gives the same interval.
+
+    Returns
+    -------
+    dict of str to float
+        One entry per name in :data:`METRICS` (in that order); definitions and units in the
+        module docstring and :func:`metric_units`. NaN where a metric cannot be computed.
+
+    Raises
+    ------
+    ValueError
+        If the arrays differ in shape, ``truth`` is not finite, or ``parameter`` is unknown.
+    """
+    _check_parameter(parameter)
+    est = np.asarray(estimate, dtype=float)
+    shape = est.shape
+    arrays = {
+        "truth": np.asarray(truth, dtype=float),
+        "success": np.asarray(success, dtype=bool),
+        "tissue": np.asarray(tissue),
+        "replicate": np.asarray(replicate),
+    }
+    for name, arr in arrays.items():
+        if arr.shape != shape:
+            raise ValueError(f"{name} has shape {arr.shape}, estimate has shape {shape}")
+    est = est.ravel()
+    tru = arrays["truth"].ravel()
+    ok = arrays["success"].ravel()
+    tis = arrays["tissue"].ravel()
+    rep = arrays["replicate"].ravel()
+    if not np.all(np.isfinite(tru)):
+        raise ValueError("truth must be finite")
+
+    n_voxels = est.size
+    valid = ok & np.isfinite(est)
+    n_success = int(valid.sum())
+    err_all = np.where(valid, est - tru, math.nan)
+    err = err_all[valid]
+    tru_v = tru[valid]
+    est_v = est[valid]
+
+    out: dict[str, float] = dict.fromkeys(METRICS, math.nan)
+    out["n_voxels"] = float(n_voxels)
+    out["n_success"] = float(n_success)
+    if n_voxels:
+        out["failure_rate"] = 1.0 - n_success / n_voxels
+        out["fit_time_per_voxel_s"] = float(fit_time_s) / n_voxels
+        atol, rtol = TOLERANCES[parameter]
+        inside = valid & (np.abs(err_all) <= atol + rtol * np.abs(tru))
+        out["within_tol"] = float(inside.sum()) / n_voxels
+
+    if n_success:
+        bias = float(err.mean())
+        out["bias"] = bias
+        nonzero = tru_v != 0
+        if nonzero.any():
+            out["rel_bias_pct"] = 100.0 * float(np.mean(err[nonzero] / tru_v[nonzero]))
+        out["median_error"] = float(np.median(err))
+        out["rmse"] = math.sqrt(float(np.mean(err**2)))
+        if n_success >= 2:
+            half_width = _Z95 * float(np.std(err, ddof=1))
+            out["loa_low"] = bias - half_width
+            out["loa_high"] = bias + half_width
+
+        # Per-tissue statistics (tissues indexed 0..T-1 via np.unique).
+        _, tis_idx = np.unique(tis, return_inverse=True)
+        n_tis = int(tis_idx.max()) + 1
+        t_valid = tis_idx[valid]
+        n_t = np.bincount(t_valid, minlength=n_tis).astype(float)
+        has = n_t > 0
+        mean_t = np.zeros(n_tis)
+        sum_t = np.bincount(t_valid, weights=est_v, minlength=n_tis)
+        np.divide(sum_t, n_t, out=mean_t, where=has)
+        ss_t = np.bincount(t_valid, weights=(est_v - mean_t[t_valid]) ** 2, minlength=n_tis)
+        two = n_t >= 2
+        var_t = ss_t[two] / (n_t[two] - 1.0)
+        out["sd"] = math.sqrt(_mean(var_t))
+        m2 = mean_t[two]
+        cv_ok = m2 != 0
+        out["cv_pct"] = 100.0 * math.sqrt(_mean(var_t[cv_ok] / m2[cv_ok] ** 2))
+        truth_t = np.bincount(tis_idx, weights=tru, minlength=n_tis) / np.bincount(
+            tis_idx, minlength=n_tis
+        )
+        out["ccc"] = _ccc(mean_t[has], truth_t[has])
+
+        low, high = block_bootstrap_bias_ci(err_all, rep, n_boot=n_boot, seed=seed)
+        out["bias_ci_low"] = low
+        out["bias_ci_high"] = high
+    return out
+
+
+def _format_value(name: str, value: Any) -> str:
+    number = float(value)
+    if math.isnan(number):
+        return ""
+    if name in _COUNT_METRICS and number.is_integer():
+        return str(int(number))
+    return repr(number)
+
+
+def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Format metric rows as CSV text in long format.
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        One mapping per (case, fitter, parameter) with keys ``case``, ``fitter``,
+        ``parameter`` and every name in :data:`METRICS`; other keys are ignored.
+
+    Returns
+    -------
+    str
+        CSV with header ``case,fitter,parameter,<METRICS...>`` and LF line endings.
+        Numbers are written with ``repr(float(value))`` (round-trip precision); the counts
+        ``n_voxels`` and ``n_success`` as integers; NaN as an empty field (read back as NaN
+        by ``pandas.read_csv``); infinities as ``inf``/``-inf``.
+
+    Raises
+    ------
+    KeyError
+        If a row lacks one of the required keys.
+
+    Examples
+    --------
+    >>> row = {"case": "c1", "fitter": "lsq", "parameter": "ve"}
+    >>> row.update(dict.fromkeys(METRICS, float("nan")), n_voxels=6, bias=0.1)
+    >>> print(metrics_table([row]).splitlines()[1])
+    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,
+    """
+    header = ("case", "fitter", "parameter", *METRICS)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for i, row in enumerate(rows):
+        missing = [key for key in header if key not in row]
+        if missing:
+            raise KeyError(f"row {i} lacks {', '.join(missing)}")
+        writer.writerow(
+            [str(row["case"]), str(row["fitter"]), str(row["parameter"])]
+            + [_format_value(name, row[name]) for name in METRICS]
+        )
+    return buf.getvalue()

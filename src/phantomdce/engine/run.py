@@ -1,0 +1,611 @@
+"""The benchmark engine: simulate, estimate and fit every case of a scenario, store it all.
+
+Work is split into units of one case and one chunk of ``chunk_voxels`` voxels. A unit
+simulates its voxels (their values do not depend on the split), runs the estimation
+pipeline and every fitter, writes the estimates into its own region of
+``OUT/estimates.zarr`` and then, atomically, a marker ``OUT/progress/<case>_<chunk>.json``.
+A run started again skips every unit with a marker, so an interrupted run (even by
+SIGKILL) ends with the same results as an uninterrupted one. Memory is bounded by the
+chunk, not the sweep.
+
+Units run in this process by default; ``scheduler="processes"`` or ``"threads"`` uses
+dask's local schedulers, and the address of a ``dask.distributed`` scheduler
+(``tcp://host:8786``) runs them on that cluster.
+
+Layout of ``OUT/``:
+
+- ``run.json``: scenario (TOML text and parsed), fit settings, fitters with versions and
+  sources, identities (scenario hash, run identity), package version.
+- ``estimates.zarr``: an :class:`xarray.DataTree`; the root holds the cases table; each
+  case node holds ``<parameter>`` (fitter, voxel) estimates in package units, ``success``
+  (fitter, voxel), ``true_<parameter>`` (voxel) ground truth, ``tissue`` and ``replicate``
+  indices and ``fit_time_s`` (fitter, chunk).
+- ``metrics.csv``: one row per case, fitter and parameter (see
+  :mod:`phantomdce.engine.metrics`); ``failures.csv``: one row per failed fitter chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import phantomdce
+from phantomdce.dro.config import ConfigError
+from phantomdce.dro.scenario import Scenario, parse_scenario
+from phantomdce.dro.simulate import simulate_case
+from phantomdce.engine.config import FitConfig
+from phantomdce.params import MODELS, PARAMETERS
+
+__all__ = ["RunPlan", "plan_run", "execute", "finalize", "run", "ResultDirError"]
+
+#: Parameters every run stores estimates for (NaN where a fitter has none).
+ESTIMATED = ("Ktrans", "ve", "vp", "fp", "ps", "kep", "delay")
+
+
+class ResultDirError(ConfigError):
+    """The output directory holds something else than this run."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked run: what to do and where.
+
+    Attributes
+    ----------
+    out : Path
+        Result directory.
+    raw : dict
+        The scenario as parsed from TOML (what workers re-read).
+    scenario : Scenario
+        The checked scenario.
+    fit : FitConfig
+        Checked fit settings.
+    fitters : list of FitterInfo
+        Resolved fitters.
+    units : list of tuple
+        ``(case_index, chunk_index, voxel_start, voxel_stop)`` for every unit.
+    """
+
+    out: Path
+    raw: dict[str, Any]
+    scenario: Scenario
+    fit: FitConfig
+    fitters: list
+    units: list[tuple[int, int, int, int]]
+
+    @property
+    def store(self) -> Path:
+        """Path of ``estimates.zarr``."""
+        return self.out / "estimates.zarr"
+
+    def marker(self, case_index: int, chunk_index: int) -> Path:
+        """Path of a unit's completion marker."""
+        return self.out / "progress" / f"case_{case_index:04d}_chunk_{chunk_index:05d}.json"
+
+    def pending(self) -> list[tuple[int, int, int, int]]:
+        """Units without a completion marker."""
+        return [u for u in self.units if not self.marker(u[0], u[1]).exists()]
+
+
+def _read_raw(path: str | Path) -> tuple[dict[str, Any], str]:
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw.setdefault("name", path.stem)
+    return raw, text
+
+
+def _truth_names(scenario: Scenario) -> list[str]:
+    case = scenario.cases()[0]
+    ds = simulate_case(scenario, case, voxels=range(0, 1))
+    return [
+        n
+        for n, v in ds.data_vars.items()
+        if v.attrs.get("role") == "truth" and v.dims == ("voxel",)
+    ]
+
+
+def _run_json(plan: RunPlan, toml_text: str) -> dict[str, Any]:
+    versions = {i.name: i.version for i in plan.fitters}
+    return {
+        "scenario_name": plan.scenario.name,
+        "scenario_hash": plan.scenario.hash,
+        "run_identity": plan.fit.identity(versions),
+        "chunk_voxels": plan.fit.chunk_voxels,
+        "scenario_toml": toml_text,
+        "scenario": plan.scenario.source,
+        "fit": plan.fit.as_dict(),
+        "fitters": [
+            {
+                "name": i.name,
+                "version": i.version,
+                "model": i.model,
+                "input": i.input,
+                "method": i.method,
+                "source": i.source,
+            }
+            for i in plan.fitters
+        ],
+        "phantomdce_version": phantomdce.__version__,
+    }
+
+
+def _check_existing(out: Path, meta: dict[str, Any]) -> bool:
+    """True if ``out`` already holds this run (resume); raise if it holds another."""
+    if not out.exists():
+        return False
+    run_file = out / "run.json"
+    if not run_file.exists():
+        if any(out.iterdir()):
+            raise ResultDirError(
+                f"{out} is not empty and holds no phantomdce run: choose an empty or new directory"
+            )
+        return False
+    old = json.loads(run_file.read_text())
+    if old.get("scenario_hash") != meta["scenario_hash"]:
+        raise ResultDirError(
+            f"{out} holds results of a different scenario ({old.get('scenario_name')!r}, hash"
+            f" {old.get('scenario_hash')}; this one is {meta['scenario_name']!r}, hash"
+            f" {meta['scenario_hash']}): refusing to mix them; choose another directory"
+        )
+    if old.get("run_identity") != meta["run_identity"]:
+        raise ResultDirError(
+            f"{out} holds results of the same scenario with other fit settings or fitter"
+            f" versions (run {old.get('run_identity')}, this run {meta['run_identity']}):"
+            " refusing to mix them; choose another directory"
+        )
+    if old.get("chunk_voxels") != meta["chunk_voxels"]:
+        raise ResultDirError(
+            f"{out} was run with chunk_voxels = {old.get('chunk_voxels')}; resume it with the"
+            f" same value (asked {meta['chunk_voxels']})"
+        )
+    return True
+
+
+def plan_run(
+    scenario_path: str | Path, out: str | Path, *, fitters: list[str] | None = None
+) -> RunPlan:
+    """Check everything and prepare (or reopen) the result directory.
+
+    Parameters
+    ----------
+    scenario_path : str or Path
+        Scenario TOML file.
+    out : str or Path
+        Result directory (created; or an earlier run of the same scenario, resumed).
+    fitters : list of str, optional
+        Fitter names or ``module:attribute`` specs, overriding ``[fit] fitters``.
+
+    Returns
+    -------
+    RunPlan
+
+    Raises
+    ------
+    ConfigError
+        A bad scenario value, an unknown fitter, or a result directory that holds
+        something else; nothing is written in that case.
+    """
+    raw, text = _read_raw(scenario_path)
+    scenario = parse_scenario(raw)
+    fit = FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=fitters)
+    infos = fit.resolve()
+    n_vox = scenario.n_voxels
+    step = fit.chunk_voxels
+    units = [
+        (case.index, k, a, min(a + step, n_vox))
+        for case in scenario.cases()
+        for k, a in enumerate(range(0, n_vox, step))
+    ]
+    plan = RunPlan(Path(out), raw, scenario, fit, infos, units)
+    meta = _run_json(plan, text)
+    if not _check_existing(plan.out, meta):
+        _create_store(plan, meta)
+    return plan
+
+
+def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
+    import zarr
+
+    from phantomdce.dro.store import cases_table
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    tmp = plan.out / "estimates.zarr.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    root_ds = cases_table(plan.scenario)
+    root_ds.attrs.update(
+        {"run_identity": meta["run_identity"], "fitters": [i.name for i in plan.fitters]}
+    )
+    root_ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
+    group = zarr.open_group(str(tmp), mode="a", zarr_format=2)
+    n_vox = plan.scenario.n_voxels
+    n_fit = len(plan.fitters)
+    step = plan.fit.chunk_voxels
+    n_chunks = -(-n_vox // step)
+    truth = _truth_names(plan.scenario)
+    names = np.array([i.name for i in plan.fitters])
+
+    def arr(g, name, shape, chunks, dtype, dims, fill, **attrs):
+        g.create_array(
+            name=name,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            fill_value=fill,
+            attributes={"_ARRAY_DIMENSIONS": list(dims), **attrs},
+        )
+
+    for case in plan.scenario.cases():
+        g = group.create_group(case.name)
+        g.attrs.update(
+            {
+                **case.protocol.as_attrs(),
+                "case_index": case.index,
+                "case_values": case.values,
+                "model": plan.scenario.tissue.model,
+            }
+        )
+        arr(g, "fitter", (n_fit,), (n_fit,), names.dtype, ["fitter"], "")
+        g["fitter"][:] = names
+        arr(g, "voxel", (n_vox,), (n_vox,), "i8", ["voxel"], None)
+        g["voxel"][:] = np.arange(n_vox)
+        for name in ("tissue", "replicate"):
+            arr(g, name, (n_vox,), (step,), "i8", ["voxel"], -1)
+        for name in truth:
+            p = PARAMETERS.get(name)
+            arr(
+                g,
+                f"true_{name}",
+                (n_vox,),
+                (step,),
+                "f8",
+                ["voxel"],
+                np.nan,
+                units=p.units if p else "a.u.",
+                long_name=f"true {name}",
+            )
+        for name in ESTIMATED:
+            arr(
+                g,
+                name,
+                (n_fit, n_vox),
+                (n_fit, step),
+                "f8",
+                ["fitter", "voxel"],
+                np.nan,
+                units=PARAMETERS[name].units,
+                long_name=f"estimated {PARAMETERS[name].long_name}",
+            )
+        arr(g, "success", (n_fit, n_vox), (n_fit, step), bool, ["fitter", "voxel"], None)
+        arr(
+            g,
+            "fit_time_s",
+            (n_fit, n_chunks),
+            (n_fit, 1),
+            "f8",
+            ["fitter", "chunk"],
+            np.nan,
+            units="s",
+            long_name="wall time of each fitter on each chunk",
+        )
+    (plan.out / "progress").mkdir(exist_ok=True)
+    tmp.rename(plan.store)
+    _atomic_write(plan.out / "run.json", json.dumps(meta, indent=2, default=str))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# -- one unit of work --------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _load(raw_json: str, fitters: tuple[str, ...]) -> tuple[Scenario, FitConfig, list]:
+    raw = json.loads(raw_json)
+    scenario = parse_scenario(raw)
+    fit = FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=list(fitters))
+    return scenario, fit, fit.resolve()
+
+
+def _fit_isolated(spec: str, info, data: xr.Dataset, timeout: float) -> xr.Dataset:
+    with tempfile.TemporaryDirectory(prefix="phantomdce-fit-") as tmp:
+        src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
+        with open(src, "wb") as fh:
+            pickle.dump({"spec": spec, "name": info.name, "sys_path": sys.path, "data": data}, fh)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "phantomdce.engine._child", str(src), str(dst)],
+                timeout=timeout,
+                check=False,
+                capture_output=True,
+            )
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"ran past the time limit of {timeout:g} s per chunk") from None
+        if not dst.exists():
+            raise RuntimeError("the fitter's process ended without a result (crashed)")
+        with open(dst, "rb") as fh:
+            outcome = pickle.load(fh)
+    if "error" in outcome:
+        raise RuntimeError(outcome["error"])
+    return outcome["result"]
+
+
+def _collect(result: Any, info, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Check a fitter's output; raise ValueError naming what is wrong."""
+    if not isinstance(result, xr.Dataset):
+        raise ValueError(f"returned {type(result).__name__}, expected an xarray.Dataset")
+    if "success" not in result:
+        raise ValueError("returned no 'success' variable")
+    needed = MODELS[info.model].parameters
+    missing = [p for p in needed if p not in result]
+    if missing:
+        raise ValueError(f"returned no {missing} (model {info.model!r} has {list(needed)})")
+    est = {}
+    for name in (*needed, *(p for p in ("delay",) if p in result)):
+        values = np.asarray(result[name].values, dtype=np.float64).reshape(-1)
+        if values.size != n:
+            raise ValueError(f"returned {values.size} values of {name!r} for {n} voxels")
+        est[name] = values
+    success = np.asarray(result["success"].values).reshape(-1)
+    if success.size != n:
+        raise ValueError(f"returned {success.size} success flags for {n} voxels")
+    success = success.astype(bool) & np.all([np.isfinite(v) for v in est.values()], axis=0)
+    if "Ktrans" in est and "ve" in est:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est["kep"] = est["Ktrans"] / est["ve"]
+    return est, success
+
+
+def run_unit(job: dict[str, Any]) -> dict[str, Any]:
+    """Do one unit: simulate, estimate, fit, write its region and marker.
+
+    Parameters
+    ----------
+    job : dict
+        ``out``, ``raw_json``, ``fitters`` (names/specs), ``case_index``, ``chunk_index``,
+        ``start``, ``stop``, ``sys_path``.
+
+    Returns
+    -------
+    dict
+        ``fit_time_s`` and ``errors`` per fitter.
+    """
+    import zarr
+
+    for path in job["sys_path"]:
+        if path not in sys.path:
+            sys.path.append(path)
+    scenario, fit, infos = _load(job["raw_json"], tuple(job["fitters"]))
+    case = scenario.cases()[job["case_index"]]
+    a, b, k = job["start"], job["stop"], job["chunk_index"]
+    ds = simulate_case(scenario, case, voxels=range(a, b))
+    data = fit.pipeline(ds)
+    n = b - a
+    n_fit = len(infos)
+    block = {name: np.full((n_fit, n), np.nan) for name in ESTIMATED}
+    success = np.zeros((n_fit, n), dtype=bool)
+    times = np.full(n_fit, np.nan)
+    errors: dict[str, str] = {}
+    for f, (spec, info) in enumerate(zip(job["fitters"], infos, strict=True)):
+        isolate = fit.isolate == "all" or (fit.isolate == "plugins" and info.source != "builtin")
+        t0 = time.perf_counter()
+        try:
+            view = data.copy(deep=True)
+            if isolate:
+                result = _fit_isolated(spec, info, view, fit.timeout_s)
+            else:
+                result = info.fitter.fit(view)
+            est, ok = _collect(result, info, n)
+            for name, values in est.items():
+                block[name][f] = np.where(ok, values, np.nan)
+            success[f] = ok
+        except Exception as exc:  # noqa: BLE001 - a plug-in's failure is recorded, not raised
+            errors[info.name] = f"{type(exc).__name__}: {exc}"
+        times[f] = time.perf_counter() - t0
+    group = zarr.open_group(str(Path(job["out"]) / "estimates.zarr"), mode="r+", zarr_format=2)
+    g = group[case.name]
+    g["tissue"][a:b] = ds["tissue"].values
+    g["replicate"][a:b] = ds["replicate"].values
+    for name, var in ds.data_vars.items():
+        if f"true_{name}" in g:
+            g[f"true_{name}"][a:b] = var.values
+    for name, values in block.items():
+        g[name][:, a:b] = values
+    g["success"][:, a:b] = success
+    g["fit_time_s"][:, k] = times
+    record = {
+        "case": case.name,
+        "chunk": k,
+        "voxels": [a, b],
+        "fit_time_s": {i.name: float(t) for i, t in zip(infos, times, strict=True)},
+        "errors": errors,
+    }
+    marker = Path(job["out"]) / "progress" / f"case_{case.index:04d}_chunk_{k:05d}.json"
+    _atomic_write(marker, json.dumps(record))
+    return record
+
+
+# -- execution ---------------------------------------------------------------------------
+
+
+def _jobs(plan: RunPlan, units: Iterable[tuple[int, int, int, int]]) -> list[dict[str, Any]]:
+    raw_json = json.dumps(plan.raw, sort_keys=True, default=str)
+    return [
+        {
+            "out": str(plan.out.resolve()),
+            "raw_json": raw_json,
+            "fitters": list(plan.fit.fitters),
+            "case_index": c,
+            "chunk_index": k,
+            "start": a,
+            "stop": b,
+            "sys_path": list(sys.path),
+        }
+        for c, k, a, b in units
+    ]
+
+
+def execute(
+    plan: RunPlan,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every pending unit of a plan.
+
+    Parameters
+    ----------
+    plan : RunPlan
+        From :func:`plan_run`.
+    scheduler : str, optional
+        None (this process), ``"processes"`` or ``"threads"`` (dask local schedulers), or
+        the address of a ``dask.distributed`` scheduler.
+    workers : int, optional
+        Workers for the dask local schedulers.
+    progress : callable, optional
+        Called as ``progress(done, total)``.
+
+    Returns
+    -------
+    list of dict
+        The records of the units run now.
+    """
+    jobs = _jobs(plan, plan.pending())
+    total = len(jobs)
+    done: list[dict[str, Any]] = []
+
+    def tick(record):
+        done.append(record)
+        if progress is not None:
+            progress(len(done), total)
+
+    if not jobs:
+        return done
+    if scheduler is None or scheduler in ("local", "sync", "synchronous"):
+        for job in jobs:
+            tick(run_unit(job))
+    elif scheduler in ("processes", "threads"):
+        import dask
+
+        tasks = [dask.delayed(run_unit)(job) for job in jobs]
+        for record in dask.compute(*tasks, scheduler=scheduler, num_workers=workers):
+            tick(record)
+    else:
+        from dask.distributed import Client, as_completed
+
+        with Client(scheduler) as client:
+            futures = client.map(run_unit, jobs, pure=False)
+            for future in as_completed(futures):
+                tick(future.result())
+    return done
+
+
+def run(
+    scenario_path: str | Path,
+    out: str | Path,
+    *,
+    fitters: list[str] | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Plan, execute and finalize a run; returns the metrics rows.
+
+    See :func:`plan_run`, :func:`execute` and :func:`finalize`.
+    """
+    plan = plan_run(scenario_path, out, fitters=fitters)
+    execute(plan, scheduler=scheduler, workers=workers, progress=progress)
+    return finalize(plan)
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+
+def open_results(out: str | Path) -> xr.DataTree:
+    """Open ``OUT/estimates.zarr`` of a run."""
+    return xr.open_datatree(Path(out) / "estimates.zarr", engine="zarr", consolidated=False)
+
+
+def finalize(plan: RunPlan) -> list[dict[str, Any]]:
+    """Compute the metrics of a finished run and write ``metrics.csv`` and ``failures.csv``."""
+    from phantomdce.engine.metrics import case_metrics, metrics_table
+
+    missing = plan.pending()
+    if missing:
+        raise RuntimeError(f"{len(missing)} units are not finished: run again to complete them")
+    tree = open_results(plan.out)
+    rows = []
+    failures = []
+    for case in plan.scenario.cases():
+        ds = tree[case.name].to_dataset().load()
+        for f, info in enumerate(plan.fitters):
+            est_names = [*MODELS[info.model].parameters]
+            if "Ktrans" in est_names and "ve" in est_names:
+                est_names.append("kep")
+            if np.isfinite(ds["delay"].values[f]).any():
+                est_names.append("delay")
+            total_time = float(np.nansum(ds["fit_time_s"].values[f]))
+            for name in est_names:
+                truth = _truth_for(ds, name)
+                if truth is None:
+                    continue
+                row = {"case": case.name, "fitter": info.name, "parameter": name}
+                row.update(
+                    case_metrics(
+                        ds[name].values[f],
+                        truth,
+                        ds["success"].values[f],
+                        ds["tissue"].values,
+                        ds["replicate"].values,
+                        parameter=name,
+                        fit_time_s=total_time,
+                        seed=plan.scenario.seed,
+                    )
+                )
+                rows.append(row)
+    for marker in sorted((plan.out / "progress").glob("*.json")):
+        record = json.loads(marker.read_text())
+        for fitter, message in record["errors"].items():
+            failures.append((record["case"], record["chunk"], *record["voxels"], fitter, message))
+    (plan.out / "metrics.csv").write_text(metrics_table(rows))
+    lines = ["case,chunk,voxel_start,voxel_stop,fitter,error"]
+    lines += [",".join([*map(str, r[:5]), json.dumps(r[5])]) for r in failures]
+    (plan.out / "failures.csv").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def _truth_for(ds: xr.Dataset, name: str) -> np.ndarray | None:
+    """Truth of a parameter; vp is 0 for tissue models without a plasma compartment."""
+    if f"true_{name}" in ds:
+        return ds[f"true_{name}"].values
+    if name == "vp":
+        return np.zeros(ds.sizes["voxel"])
+    if name == "delay":
+        return np.zeros(ds.sizes["voxel"])
+    return None

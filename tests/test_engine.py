@@ -1,0 +1,241 @@
+"""The benchmark engine: runs, resume, scale-out, fault isolation, the gate, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phantomdce.cli import main
+from phantomdce.dro.config import ConfigError
+from phantomdce.engine.gate import check_run, make_baseline
+from phantomdce.engine.run import execute, finalize, open_results, plan_run, run
+from phantomdce.testing import assert_fitter_accuracy
+
+PLUGINS = str(Path(__file__).parent / "engine_plugins")
+
+SCENARIO = """
+name = "engine"
+seed = 11
+replicates = {replicates}
+
+[protocol]
+snr = 25.0
+dt = 4.0
+duration = 240.0
+
+[tissue]
+model = "extended_tofts"
+Ktrans = [0.1, 0.3]
+ve = [0.2, 0.4]
+vp = [0.02, 0.06]
+
+[sweep]
+dt = [2.0, 6.0]
+
+[fit]
+fitters = {fitters}
+chunk_voxels = {chunk}
+timeout_s = {timeout}
+"""
+
+
+def scenario(tmp_path, name="s.toml", *, replicates=20, fitters=None, chunk=64, timeout=600):
+    fitters = fitters or ["nlls_extended_tofts", "llsq_extended_tofts"]
+    path = tmp_path / name
+    path.write_text(
+        SCENARIO.format(
+            replicates=replicates, fitters=json.dumps(fitters), chunk=chunk, timeout=timeout
+        )
+    )
+    return path
+
+
+def estimates(out):
+    tree = open_results(out)
+    return {
+        case: {k: tree[case].ds[k].values for k in ("Ktrans", "ve", "vp", "success")}
+        for case in ("case_0000", "case_0001")
+    }
+
+
+def metrics_without_timing(out):
+    """metrics.csv rows without the wall-clock column (the only one that may differ)."""
+    lines = (Path(out) / "metrics.csv").read_text().splitlines()
+    col = lines[0].split(",").index("fit_time_per_voxel_s")
+    return [",".join(v for i, v in enumerate(line.split(",")) if i != col) for line in lines]
+
+
+def assert_same(a, b):
+    for case in a:
+        for k in a[case]:
+            np.testing.assert_array_equal(a[case][k], b[case][k])
+
+
+def test_run_stores_estimates_truth_and_metrics(tmp_path):
+    rows = run(scenario(tmp_path), tmp_path / "out")
+    out = tmp_path / "out"
+    tree = open_results(out)
+    case = tree["case_0000"].ds
+    assert list(case["fitter"].values) == ["nlls_extended_tofts", "llsq_extended_tofts"]
+    assert case["Ktrans"].dims == ("fitter", "voxel") and case.sizes["voxel"] == 160
+    assert case["Ktrans"].attrs["units"] == "/min"
+    np.testing.assert_array_equal(case["true_Ktrans"].values[:20], 0.1)
+    assert case["success"].values.all()
+    err = case["Ktrans"].sel(fitter="nlls_extended_tofts") - case["true_Ktrans"]
+    assert abs(float(err.mean())) < 0.02
+    text = (out / "metrics.csv").read_text().splitlines()
+    assert text[0].startswith("case,fitter,parameter,n_voxels,n_success,failure_rate,bias")
+    assert len(text) - 1 == len(rows) == 2 * 2 * 4  # cases x fitters x (Ktrans, ve, vp, kep)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["fitters"][0]["source"] == "builtin" and meta["scenario_name"] == "engine"
+
+
+def test_results_do_not_depend_on_chunking(tmp_path):
+    run(scenario(tmp_path, "a.toml", chunk=1000), tmp_path / "a")
+    run(scenario(tmp_path, "b.toml", chunk=37), tmp_path / "b")
+    assert_same(estimates(tmp_path / "a"), estimates(tmp_path / "b"))
+    assert metrics_without_timing(tmp_path / "a") == metrics_without_timing(tmp_path / "b")
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_one_and_two_distributed_workers_give_identical_estimates(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    path = scenario(tmp_path, chunk=40)
+    stores = {}
+    for n in (1, 2):
+        with distributed.LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
+            run(path, tmp_path / f"w{n}", scheduler=cluster.scheduler_address)
+        stores[n] = estimates(tmp_path / f"w{n}")
+    run(path, tmp_path / "local")
+    assert_same(stores[1], stores[2])
+    assert_same(stores[1], estimates(tmp_path / "local"))
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    path = scenario(tmp_path, replicates=60, chunk=16, fitters=["nlls_extended_tofts", "nlls_2cxm"])
+    out = tmp_path / "killed"
+    code = (
+        f"from phantomdce.cli import main; main(['run', {str(path)!r}, '-o', {str(out)!r}, '-q'])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    progress = out / "progress"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.exists() and len(list(progress.glob("*.json"))) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    plan = plan_run(path, out)
+    n_done = len(plan.units) - len(plan.pending())
+    assert 4 <= n_done < len(plan.units), "the run should have been killed midway"
+    assert not (out / "metrics.csv").exists()
+    execute(plan)
+    finalize(plan)
+    run(path, tmp_path / "clean")
+    assert_same(estimates(out), estimates(tmp_path / "clean"))
+    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
+
+
+def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(PLUGINS)
+    fitters = [
+        "nlls_extended_tofts",
+        "acme_faulty:Raises",
+        "acme_faulty:ReturnsNaN",
+        "acme_faulty:WrongShape",
+        "acme_faulty:NotADataset",
+        "acme_faulty:Hangs",
+    ]
+    path = scenario(tmp_path, replicates=4, chunk=32, fitters=fitters, timeout=4)
+    t0 = time.perf_counter()
+    run(path, tmp_path / "out")
+    elapsed = time.perf_counter() - t0
+    case = open_results(tmp_path / "out")["case_0000"].ds
+    ok = case["success"].values
+    assert ok[0].all()  # the built-in is untouched by its neighbours
+    assert not ok[1:].any()
+    assert np.isnan(case["Ktrans"].values[1:]).all()
+    failures = (tmp_path / "out" / "failures.csv").read_text()
+    assert "acme_raises" in failures and "acme solver exploded" in failures
+    assert "acme_shape" in failures and "returned 3 values of 'Ktrans' for 32 voxels" in failures
+    assert "acme_int" in failures and "returned int, expected an xarray.Dataset" in failures
+    assert "acme_hangs" in failures and "time limit of 4 s" in failures
+    assert "acme_nan" not in failures  # NaN estimates are failed voxels, not a failed chunk
+    assert elapsed < 4 * 2 * 2 + 60  # each of 4 chunks stopped at the limit
+
+
+def test_gate_fails_a_degraded_fitter_and_passes_an_unchanged_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(PLUGINS)
+    monkeypatch.delenv("ACME_DEGRADE", raising=False)
+    path = scenario(tmp_path, fitters=["acme_faulty:Degradable"], chunk=256)
+    assert main(["run", str(path), "-o", str(tmp_path / "base"), "-q"]) == 0
+    assert main(["baseline", str(tmp_path / "base"), "-o", str(tmp_path / "b.json")]) == 0
+    assert main(["run", str(path), "-o", str(tmp_path / "same"), "-q"]) == 0
+    assert main(["check", str(tmp_path / "same"), "--baseline", str(tmp_path / "b.json")]) == 0
+    monkeypatch.setenv("ACME_DEGRADE", "1")
+    assert main(["run", str(path), "-o", str(tmp_path / "worse"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "worse"), "--baseline", str(tmp_path / "b.json")]) == 1
+    report = capsys.readouterr().out
+    assert "check FAILED" in report
+    assert "case_0000 acme_et Ktrans: |bias|" in report and "case_0001 acme_et Ktrans" in report
+    assert "acme_et ve" not in report  # ve was not degraded
+
+
+def test_baseline_of_another_scenario_is_refused(tmp_path):
+    run(scenario(tmp_path), tmp_path / "a")
+    baseline = make_baseline(tmp_path / "a")
+    other = scenario(tmp_path, "o.toml", replicates=21)
+    run(other, tmp_path / "b")
+    with pytest.raises(ConfigError, match="a baseline only applies to a run of the same scenario"):
+        check_run(tmp_path / "b", baseline)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (("snr = 25.0", "snr = 'high'"), "protocol.snr = 'high'"),
+        (("dt = 4.0", "dtt = 4.0"), "unknown key 'protocol.dtt'"),
+        (("dt = [2.0, 6.0]", "dt = []"), "sweep.dt = []: expected a non-empty list"),
+        (('"llsq_extended_tofts"', '"llsq_extended_toft"'), "fit.fitters: unknown fitter"),
+        (("chunk_voxels = 64", "chunk_voxel = 64"), "unknown key 'fit.chunk_voxel'"),
+        (("[fit]", "[fit]\npipeline = {aif = 'carotid'}"), "fit.pipeline.aif = 'carotid'"),
+    ],
+)
+def test_bad_scenarios_fail_before_any_work(tmp_path, capsys, patch, message):
+    path = scenario(tmp_path)
+    path.write_text(path.read_text().replace(*patch))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "-o", str(out), "-q"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_directory_with_other_content_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("...")
+    assert main(["run", str(scenario(tmp_path)), "-o", str(out), "-q"]) == 2
+    assert "holds no phantomdce run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_assert_fitter_accuracy(tmp_path):
+    path = scenario(tmp_path, replicates=10)
+    from phantomdce.fit.nlls import NLLSFitter
+
+    rows = assert_fitter_accuracy(
+        NLLSFitter("extended_tofts"), path, max_abs_rel_bias_pct={"Ktrans": 10}
+    )
+    assert {r["parameter"] for r in rows} >= {"Ktrans", "ve", "vp"}
+    with pytest.raises(AssertionError, match=r"case_0000 Ktrans: \|relative bias\|"):
+        assert_fitter_accuracy("nlls_tofts", path)  # Tofts on data with a plasma volume
