@@ -148,21 +148,56 @@ def test_llsq_numba_equals_numpy_and_is_exact_up_to_integration():
     )
 
 
+OWN_MODEL_TRUTH = {
+    "tofts": {"ktrans": [0.1, 0.3], "ve": [0.2, 0.4]},
+    "extended_tofts": {"ktrans": [0.1, 0.3], "ve": [0.2, 0.4], "vp": 0.03},
+    "patlak": {"ktrans": [0.02, 0.05], "vp": [0.03, 0.08]},
+    "2cxm": {"fp": [20.0, 60.0], "ps": [0.1, 0.3], "ve": [0.2, 0.4], "vp": 0.05},
+    "2cum": {"fp": [20.0, 60.0], "ps": [0.1, 0.3], "vp": 0.05},
+}
+
+
 def test_builtins_satisfy_the_contract_and_never_modify_input():
     rng = np.random.default_rng(2)
-    ct = K.extended_tofts(T, CA, ktrans=[0.1, 0.3], ve=[0.2, 0.4], vp=0.03)
-    ct = ct + rng.normal(0, 0.01, ct.shape)
-    data = dataset(ct)
     for fitter in builtin_fitters():
         check_fitter(fitter)
+        ct = K.MODEL_FUNCTIONS[fitter.model](T, CA, **OWN_MODEL_TRUTH[fitter.model])
+        data = dataset(ct + rng.normal(0, 0.005, ct.shape))
         before = copy.deepcopy(data)
         out = fitter.fit(data)
         xr.testing.assert_identical(data, before)
         assert out.sizes == {"voxel": 2}
-        assert out["success"].dtype == bool and out["success"].all()
+        assert out["success"].dtype == bool and out["success"].all(), fitter.name
         for name in out.data_vars:
             if name != "success":
                 assert "units" in out[name].attrs
+
+
+def test_pure_noise_fits_at_a_search_bound_are_not_successes():
+    from phantomdce.fit.nlls import at_search_bound
+
+    rng = np.random.default_rng(4)
+    data = dataset(rng.normal(0, 0.05, (300, T.size)))
+    out = NLLSFitter("2cxm").fit(data)
+    assert out["success"].mean() < 0.2
+    est, _ = nlls(T, data["ct"].values, CA, model="2cxm")
+    flagged = at_search_bound("2cxm", est)
+    np.testing.assert_array_equal(out["success"].values, ~flagged & np.isfinite(est["fp"]))
+    # a physical zero is a valid estimate: Tofts data with no plasma volume
+    et = NLLSFitter("extended_tofts").fit(dataset(K.tofts(T, CA, ktrans=0.2, ve=0.3)[None]))
+    assert et["vp"].values[0] == pytest.approx(0.0, abs=1e-9) and et["success"].values[0]
+
+
+def test_too_few_frames_is_a_clear_error():
+    t = T[:4]
+    with pytest.raises(ValueError, match="2cxm model has 4 parameters and needs at least 5"):
+        nlls(t, K.tofts(t, CA[:4], ktrans=0.1, ve=0.2)[None], CA[:4], model="2cxm")
+
+
+def test_direct_nlls_gives_nan_for_unfittable_rows():
+    ct = np.stack([K.tofts(T, CA, ktrans=0.2, ve=0.3), np.full(T.size, np.nan)])
+    est, sse = nlls(T, ct, CA, model="tofts")
+    assert np.isfinite(est["Ktrans"][0]) and np.isnan(est["Ktrans"][1]) and np.isnan(sse[1])
 
 
 @pytest.mark.parametrize(
@@ -175,7 +210,8 @@ def test_builtins_satisfy_the_contract_and_never_modify_input():
     ],
 )
 def test_bad_voxels_fail_alone(fitter):
-    good = K.extended_tofts(T, CA, ktrans=0.2, ve=0.3, vp=0.05)
+    truth = {k: np.atleast_1d(v)[0] for k, v in OWN_MODEL_TRUTH[fitter.model].items()}
+    good = K.MODEL_FUNCTIONS[fitter.model](T, CA, **truth)
     ct = np.stack([good, good, good, good, good])
     ct[1, 40] = np.nan  # NaN
     ct[2] = 0.0  # all zeros

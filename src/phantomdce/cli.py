@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"phantomdce: error: {exc}", file=sys.stderr)
         return 2
 

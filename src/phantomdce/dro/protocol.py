@@ -47,6 +47,22 @@ def _pos(units: str) -> Callable[[str, Any], float]:
     return lambda p, v: as_float(p, v, units=units, lo=0.0, lo_open=True)
 
 
+#: Field strengths (T) at which relaxivities and native T1 values are tabulated.
+FIELD_STRENGTHS = (1.5, 3.0)
+#: Longest dynamic series simulated, s (the truth grid has 100 nodes per second).
+MAX_DURATION_S = 3600.0
+
+
+def _field(path: str, value: Any) -> float:
+    v = as_float(path, value, units="T", lo=0.0, lo_open=True)
+    if v not in FIELD_STRENGTHS:
+        raise ConfigError(
+            f"{path} = {value!r}: expected one of {list(FIELD_STRENGTHS)} T (the field"
+            " strengths with tabulated relaxivity and native T1)"
+        )
+    return v
+
+
 def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return lambda p, v: None if v is None else check(p, v)
 
@@ -54,7 +70,11 @@ def _optional(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
 PROTOCOL_FIELDS: dict[str, FieldSpec] = {
     "dt": FieldSpec("s", "temporal resolution (frame interval)", _pos("s")),
     "n_baseline": FieldSpec("1", "number of pre-contrast frames", lambda p, v: as_int(p, v, lo=1)),
-    "duration": FieldSpec("s", "total acquisition time of the dynamic series", _pos("s")),
+    "duration": FieldSpec(
+        "s",
+        "total acquisition time of the dynamic series",
+        lambda p, v: as_float(p, v, units="s", lo=0.0, lo_open=True, hi=MAX_DURATION_S),
+    ),
     "bat": FieldSpec(
         "s",
         "bolus arrival time from the start of the series (default n_baseline * dt)",
@@ -78,8 +98,8 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
     ),
     "field_strength": FieldSpec(
         "T",
-        "main field strength",
-        lambda p, v: as_float(p, v, units="T", lo=0.0, lo_open=True, hi=11.7),
+        "main field strength (relaxivities and native T1 are tabulated at 1.5 and 3 T)",
+        lambda p, v: _field(p, v),
     ),
     "agent": FieldSpec(
         "", "contrast agent", lambda p, v: as_str(p, v, choices=AGENT_CONCENTRATION_M)
@@ -200,6 +220,12 @@ class Protocol:
                 f"{path}.duration = {self.duration!r}: expected a duration (s) longer than the"
                 f" baseline, n_baseline * dt = {self.n_baseline} * {self.dt} ="
                 f" {self.n_baseline * self.dt} s, so that post-contrast frames exist"
+            )
+        largest = max(self.fa, *self.flip_angles)
+        if self.b1 * largest >= 180.0:
+            raise ConfigError(
+                f"{path}.b1 = {self.b1!r}: the actual flip angle b1 * {largest} deg ="
+                f" {self.b1 * largest:g} deg; expected b1 * flip angle < 180 deg"
             )
         if self.bat is not None and self.bat >= self.duration:
             raise ConfigError(

@@ -36,6 +36,8 @@ _STRICT = {("2cxm", "vp"): 1e-4, ("2cum", "vp"): 1e-4}
 _SCALE = {"Ktrans": PER_MIN, "ps": PER_MIN, "fp": FP_UNIT, "ve": 1.0, "vp": 1.0, "delay": 1.0}
 #: Delay values (s) every voxel is started from when the delay is fitted.
 DELAY_STARTS = (0.0, 4.0, 8.0, 14.0)
+#: Bounds that are physical values, not limits of the search: an estimate there is valid.
+PHYSICAL_BOUNDS = {("Ktrans", "lower"), ("vp", "lower"), ("ps", "lower")}
 
 
 def _names(model: str, fit_delay: bool) -> list[str]:
@@ -116,9 +118,15 @@ def nlls(
     Returns
     -------
     estimates : dict of str to ndarray (n_vox,)
-        Parameters in package units (Ktrans, ps /min; fp mL/100mL/min; delay s).
+        Parameters in package units (Ktrans, ps /min; fp mL/100mL/min; delay s); NaN for
+        a voxel that cannot be fitted (see :func:`phantomdce.fit._common.screen_voxels`).
     sse : ndarray (n_vox,)
-        Residual sum of squares, mM^2.
+        Residual sum of squares, mM^2 (NaN where not fitted).
+
+    Raises
+    ------
+    ValueError
+        Fewer frames than parameters + 1: the fit would be undetermined.
     """
     if model not in MODELS:
         raise ValueError(f"model={model!r}: expected one of {sorted(MODELS)}")
@@ -127,6 +135,14 @@ def nlls(
     ct = np.ascontiguousarray(ct, dtype=np.float64)
     n_vox = ct.shape[0]
     names = _names(model, fit_delay)
+    if t.size <= len(names):
+        raise ValueError(
+            f"time has {t.size} frames: the {model} model"
+            f"{' with delay' if fit_delay else ''} has {len(names)} parameters and needs at"
+            f" least {len(names) + 1} frames"
+        )
+    bad = screen_voxels(ct)
+    ct = np.where(bad[:, None], 0.0, ct)
     lo, hi = _bounds(model, names)
     scale = np.array([_SCALE[n] for n in names])
     base = _starts(model, t, ct, ca, n_vox)
@@ -139,15 +155,41 @@ def nlls(
                 starts[:, k, q] = (d if n == "delay" else s[n]) * scale[q]
             k += 1
     out = np.zeros((n_vox, len(names) + 1))
+    out[bad, 0] = np.nan  # the kernel skips voxels marked NaN
     kernel = _lm.fit_parallel if parallel else _lm.fit_serial
     kernel(_lm.MODEL_CODES[model], t, ca, ct, starts, lo, hi, fit_delay, max_iter, out)
+    out[bad] = np.nan
     est = {n: out[:, q] / scale[q] for q, n in enumerate(names)}
     return est, out[:, -1]
+
+
+def at_search_bound(model: str, estimates: dict[str, np.ndarray]) -> np.ndarray:
+    """Voxels with a parameter at a limit of the search (not a physical zero).
+
+    Such a fit did not find a minimum inside the admissible region (typically a curve
+    with no information on that parameter, such as pure noise), so it is not a success.
+    """
+    out = np.zeros(next(iter(estimates.values())).shape, dtype=bool)
+    for name, values in estimates.items():
+        lo, hi = BOUNDS[name]
+        if name in ("ve", "vp") and model in ("2cxm", "2cum"):
+            lo = max(lo, _STRICT.get((model, name), lo))
+        tol = 1e-6 * (hi - lo)
+        with np.errstate(invalid="ignore"):
+            if (name, "lower") not in PHYSICAL_BOUNDS:
+                out |= values <= lo + tol
+            out |= values >= hi - tol
+    return out
 
 
 @dataclass(frozen=True)
 class NLLSFitter:
     """Nonlinear least-squares fitter (batched Levenberg-Marquardt), a built-in plug-in.
+
+    ``success`` is False for a voxel that cannot be fitted (non-finite, no positive value,
+    flat) and for a fit that ends with a parameter at a limit of the search (see
+    :data:`BOUNDS`; the physical zeros of Ktrans, vp and ps are valid estimates), which is
+    what pure-noise curves do.
 
     Parameters
     ----------
@@ -185,15 +227,15 @@ class NLLSFitter:
     def fit(self, data: xr.Dataset) -> xr.Dataset:
         """Fit every voxel of one case (see :mod:`phantomdce.fit.base`)."""
         t, ct, ca = check_inputs(data)
-        bad = screen_voxels(ct)
         est, sse = nlls(
             t,
-            np.where(bad[:, None], 0.0, ct),
+            ct,
             ca,
             model=self.model,
             fit_delay=self.fit_delay,
             parallel=self.parallel,
             max_iter=self.max_iter,
         )
-        success = ~bad & np.isfinite(sse) & np.all([np.isfinite(v) for v in est.values()], axis=0)
+        finite = np.isfinite(sse) & np.all([np.isfinite(v) for v in est.values()], axis=0)
+        success = finite & ~at_search_bound(self.model, est)
         return result_dataset(data, est, success, {"fitter": self.name, "method": self.method})

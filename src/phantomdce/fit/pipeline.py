@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from phantomdce.aif import AIFS, plasma_aif
+from phantomdce.aif import AIFS, Injection, plasma_aif
 from phantomdce.fit.t1 import vfa_t1_linear, vfa_t1_nonlinear
 from phantomdce.signal import concentration_from_signal, native_t1
 
@@ -67,8 +67,10 @@ class Pipeline:
     population_aif : str
         Name of the population AIF used when ``aif = "population"``.
     population_bat : float or None
-        Assumed bolus arrival (s) for the population AIF; None uses the protocol's
-        nominal ``bat`` attribute.
+        Assumed bolus arrival (s) for the population AIF; None uses the nominal arrival of
+        the protocol, ``n_baseline * dt`` (never the simulated arrival itself).
+    population_injection : bool
+        Reshape the population AIF with the protocol's injection (rate, volume, flush).
     hct : float
         Haematocrit assumed when converting blood to plasma (population and measured AIF).
     """
@@ -79,6 +81,7 @@ class Pipeline:
     aif: str = "true"
     population_aif: str = "parker"
     population_bat: float | None = None
+    population_injection: bool = False
     hct: float = 0.42
 
     def __post_init__(self) -> None:
@@ -156,9 +159,22 @@ class Pipeline:
         if self.aif == "true":
             return np.asarray(case["ca"].values, dtype=np.float64)
         if self.aif == "population":
-            bat = float(attrs["bat"]) if self.population_bat is None else self.population_bat
+            nominal = int(attrs["n_baseline"]) * float(attrs["dt"])
+            bat = nominal if self.population_bat is None else self.population_bat
+            injection = None
+            if self.population_injection and attrs.get("injection_rate", "none") != "none":
+                injection = Injection(
+                    rate_ml_s=float(attrs["injection_rate"]),
+                    volume_ml=float(attrs["injection_volume"]),
+                    saline_flush=bool(attrs["saline_flush"]),
+                )
             return plasma_aif(
-                self.population_aif, t, bat=bat, hct=self.hct, dose=float(attrs["dose"])
+                self.population_aif,
+                t,
+                bat=bat,
+                hct=self.hct,
+                dose=float(attrs["dose"]),
+                injection=injection,
             )
         if "arterial_signal" not in case:
             raise ValueError(
