@@ -91,16 +91,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _metrics_summary(rows: list[dict], params: tuple[str, ...] = ("Ktrans", "ve", "vp")) -> str:
+def _metrics_summary(
+    rows: list[dict],
+    labels: dict[str, str] | None = None,
+    params: tuple[str, ...] = ("Ktrans", "ve", "vp"),
+) -> str:
+    labels = labels or {}
+    width = max([10, *(len(v) for v in labels.values())])
     lines = [
-        f"  {'case':<10} {'fitter':<28} {'param':<7} {'bias':>10} {'rel bias %':>11}"
+        f"  {'case':<{width}} {'fitter':<28} {'param':<7} {'bias':>10} {'rel bias %':>11}"
         f" {'CV %':>8} {'within tol':>11} {'failures':>9} {'s/voxel':>9}"
     ]
     for r in rows:
         if r["parameter"] not in params:
             continue
         lines.append(
-            f"  {r['case']:<10} {r['fitter']:<28} {r['parameter']:<7} {r['bias']:>10.4g}"
+            f"  {labels.get(r['case'], r['case']):<{width}} {r['fitter']:<28}"
+            f" {r['parameter']:<7} {r['bias']:>10.4g}"
             f" {r['rel_bias_pct']:>11.3g} {r['cv_pct']:>8.3g} {r['within_tol']:>11.2f}"
             f" {r['failure_rate']:>9.3f} {r['fit_time_per_voxel_s']:>9.2g}"
         )
@@ -131,7 +138,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rows = finalize(plan)
     elapsed = time.perf_counter() - t0
     print(f"results: {plan.out}/estimates.zarr, {plan.out}/metrics.csv")
-    print(_metrics_summary(rows))
+    labels = {
+        c.name: " ".join(f"{k}={v}" for k, v in c.values.items()) or c.name
+        for c in plan.scenario.cases()
+    }
+    print("  bias in the parameter's units (Ktrans /min; ve, vp fractions); CV over replicates")
+    print(_metrics_summary(rows, labels))
     failures = (plan.out / "failures.csv").read_text().strip().splitlines()[1:]
     if failures:
         print(f"  {len(failures)} fitter chunks failed: see {plan.out}/failures.csv")
