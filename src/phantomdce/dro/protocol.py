@@ -80,6 +80,17 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
         "bolus arrival time from the start of the series (default n_baseline * dt)",
         _optional(lambda p, v: as_float(p, v, units="s", lo=0.0)),
     ),
+    "bat_phase": FieldSpec(
+        "1",
+        "bolus arrival after the baseline, as a fraction of dt (when bat is not set):"
+        " bat = (n_baseline + bat_phase) * dt; sweep it to randomise the sampling phase",
+        lambda p, v: as_float(p, v, lo=0.0, hi=1.0, hi_open=True),
+    ),
+    "aif_scale": FieldSpec(
+        "1",
+        "amplitude factor of the subject's true AIF (inter-subject variation)",
+        lambda p, v: as_float(p, v, lo=0.0, lo_open=True, hi=10.0),
+    ),
     "fa": FieldSpec(
         "deg",
         "flip angle of the dynamic series",
@@ -160,6 +171,8 @@ class Protocol:
     n_baseline: int = 5
     duration: float = 300.0
     bat: float | None = None
+    bat_phase: float = 0.0
+    aif_scale: float = 1.0
     fa: float = 15.0
     tr: float = 0.004
     flip_angles: tuple[float, ...] = (5.0, 15.0, 30.0)
@@ -249,8 +262,10 @@ class Protocol:
 
     @property
     def bolus_arrival(self) -> float:
-        """Bolus arrival time in s (``bat``, or ``n_baseline * dt`` when not set)."""
-        return float(self.n_baseline * self.dt if self.bat is None else self.bat)
+        """Bolus arrival in s: ``bat``, or ``(n_baseline + bat_phase) * dt`` when not set."""
+        if self.bat is None:
+            return float((self.n_baseline + self.bat_phase) * self.dt)
+        return float(self.bat)
 
     @property
     def relaxivity(self) -> float:

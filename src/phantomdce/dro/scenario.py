@@ -49,7 +49,18 @@ from phantomdce.params import MODELS, PARAMETERS
 
 __all__ = ["Scenario", "Case", "TissueGrid", "load_scenario", "parse_scenario"]
 
-TOP_KEYS = ("name", "description", "seed", "replicates", "protocol", "tissue", "sweep", "fit")
+TOP_KEYS = (
+    "name",
+    "description",
+    "seed",
+    "replicates",
+    "protocol",
+    "tissue",
+    "sweep",
+    "zip",
+    "fit",
+    "recommendation",
+)
 TISSUE_EXTRA = ("T10", "m0")
 
 
@@ -120,6 +131,8 @@ class Scenario:
     sweep: dict[str, tuple[Any, ...]]
     source: dict[str, Any]
     fit: dict[str, Any] = field(default_factory=dict)
+    zip: tuple[tuple[str, ...], ...] = ()
+    recommendation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
@@ -135,12 +148,30 @@ class Scenario:
         """Voxels per case: distinct tissues times replicates."""
         return self.tissue.size * self.replicates
 
+    def axes(self) -> list[tuple[str, ...]]:
+        """Sweep axes in order: a linked ``zip`` group is one axis of several keys."""
+        linked = {k: g for g in self.zip for k in g}
+        axes: list[tuple[str, ...]] = []
+        for key in self.sweep:
+            group = linked.get(key, (key,))
+            if group not in axes:
+                axes.append(group)
+        return axes
+
     def cases(self) -> list[Case]:
-        """Expand the Cartesian product of the sweep axes into checked cases."""
-        keys = list(self.sweep)
+        """Expand the Cartesian product of the sweep axes into checked cases.
+
+        Keys linked by ``zip`` advance together (their lists have the same length).
+        """
+        axes = self.axes()
+        columns = [list(zip(*[self.sweep[k] for k in group], strict=True)) for group in axes]
         out = []
-        for i, combo in enumerate(itertools.product(*[self.sweep[k] for k in keys])):
-            values = dict(zip(keys, combo, strict=True))
+        for i, combo in enumerate(itertools.product(*columns)):
+            values = {
+                k: v
+                for group, vals in zip(axes, combo, strict=True)
+                for k, v in zip(group, vals, strict=True)
+            }
             label = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base protocol"
             try:
                 proto = Protocol.from_mapping(values, base=self.protocol)
@@ -256,8 +287,45 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         "tissue": {"model": tissue.model, **{k: list(v) for k, v in tissue.axes.items()}},
         "sweep": {k: list(v) for k, v in sweep.items()},
     }
+    groups = data.get("zip", [])
+    if not isinstance(groups, list) or not all(
+        isinstance(g, list) and len(g) >= 2 and all(isinstance(k, str) for k in g) for g in groups
+    ):
+        raise ConfigError(
+            f"zip = {groups!r}: expected a list of lists of at least two sweep keys,"
+            ' e.g. zip = [["field_strength", "snr"]]'
+        )
+    seen: set[str] = set()
+    for gi, group in enumerate(groups):
+        for key in group:
+            if key not in sweep:
+                raise ConfigError(f"zip[{gi}] names {key!r}: expected a key of [sweep]")
+            if key in seen:
+                raise ConfigError(f"zip[{gi}] names {key!r} again: a key can be in one group")
+            seen.add(key)
+        lengths = {len(sweep[k]) for k in group}
+        if len(lengths) > 1:
+            detail = ", ".join(f"{k}: {len(sweep[k])}" for k in group)
+            raise ConfigError(
+                f"zip[{gi}] = {group!r}: expected sweep lists of the same length ({detail})"
+            )
+    if groups:
+        source["zip"] = groups
     fit = dict(_check_table("fit", data.get("fit", {})))
-    scenario = Scenario(name, description, seed, replicates, protocol, tissue, sweep, source, fit)
+    recommendation = dict(_check_table("recommendation", data.get("recommendation", {})))
+    scenario = Scenario(
+        name,
+        description,
+        seed,
+        replicates,
+        protocol,
+        tissue,
+        sweep,
+        source,
+        fit,
+        tuple(tuple(g) for g in groups),
+        recommendation,
+    )
     scenario.cases()  # check every combination before any work
     return scenario
 

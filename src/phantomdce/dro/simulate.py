@@ -69,8 +69,10 @@ def case_aif(protocol: Protocol):
     injection = case_injection(protocol)
     bat = protocol.bolus_arrival
 
+    scale = protocol.aif_scale
+
     def aif(t: np.ndarray) -> np.ndarray:
-        return plasma_aif(
+        return scale * plasma_aif(
             protocol.aif, t, bat=bat, hct=protocol.hct, dose=protocol.dose, injection=injection
         )
 

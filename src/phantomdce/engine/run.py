@@ -181,7 +181,11 @@ def _check_existing(out: Path, meta: dict[str, Any]) -> bool:
 
 
 def plan_run(
-    scenario_path: str | Path, out: str | Path, *, fitters: list[str] | None = None
+    scenario_path: str | Path,
+    out: str | Path,
+    *,
+    fitters: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> RunPlan:
     """Check everything and prepare (or reopen) the result directory.
 
@@ -193,6 +197,8 @@ def plan_run(
         Result directory (created; or an earlier run of the same scenario, resumed).
     fitters : list of str, optional
         Fitter names or ``module:attribute`` specs, overriding ``[fit] fitters``.
+    overrides : dict, optional
+        Top-level scenario keys to replace (a study's ``replicates``, for example).
 
     Returns
     -------
@@ -205,6 +211,9 @@ def plan_run(
         something else; nothing is written in that case.
     """
     raw, text = _read_raw(scenario_path)
+    if overrides:
+        raw = {**raw, **overrides}
+        text += "\n# overridden by the study: " + json.dumps(overrides, sort_keys=True) + "\n"
     scenario = parse_scenario(raw)
     fit = FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=fitters)
     infos = fit.resolve()

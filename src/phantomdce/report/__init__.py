@@ -1,0 +1,1 @@
+"""Study reports: verdicts on recommendations, figures, HTML and Markdown."""

@@ -1,0 +1,108 @@
+"""Data structures passed from the study results to the report (no heavy imports).
+
+A study is a set of scenarios, one per recommendation. Each scenario file carries a
+``[recommendation]`` table (see :class:`Recommendation`); its run's estimates are pooled by
+the value of the swept knob (over nuisance axes such as the sampling phase) into
+:class:`KnobRow` rows, and per tissue into :class:`TissueRow` rows for error maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Recommendation", "KnobRow", "TissueRow", "RecommendationResult", "Criterion"]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommendation of the guideline, as a scenario states it.
+
+    Attributes
+    ----------
+    id : str
+        Short identifier, e.g. ``"temporal_resolution"``.
+    title : str
+        Heading, e.g. ``"Temporal resolution"``.
+    text : str
+        The recommendation as the guideline words it (e.g. "<= 5 s").
+    knob : str
+        What the scenario sweeps: a protocol key (``"dt"``), ``"fitter"`` or a pipeline
+        setting; rows are grouped by its value.
+    knob_label : str
+        Axis label with units, e.g. ``"temporal resolution (s)"``.
+    kind : str
+        ``"max"`` (the recommendation is an upper limit: smaller values are stricter),
+        ``"min"`` (a lower limit: larger values are stricter) or ``"category"``.
+    threshold : float or None
+        The recommended limit for ``"max"``/``"min"`` knobs (drawn on the figures).
+    recommended : list
+        Knob values that follow the recommendation (for ``"category"``: the recommended
+        categories; for ordered knobs: the recommended setting(s) to judge, e.g. ``[5.0]``).
+    parameters : list of str
+        Parameters judged (default Ktrans, ve, vp, kep).
+    notes : str
+        Free text shown under the verdict (e.g. what the literature reports).
+    """
+
+    id: str
+    title: str
+    text: str
+    knob: str
+    knob_label: str
+    kind: str
+    threshold: float | None
+    recommended: list[Any]
+    parameters: list[str] = field(default_factory=lambda: ["Ktrans", "ve", "vp", "kep"])
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """Accuracy criterion per parameter (default: |rel bias| <= 10%, CV <= 20%)."""
+
+    max_abs_rel_bias_pct: dict[str, float] = field(
+        default_factory=lambda: {"Ktrans": 10.0, "ve": 10.0}
+    )
+    max_cv_pct: dict[str, float] = field(default_factory=lambda: {"Ktrans": 20.0, "ve": 20.0})
+
+
+@dataclass(frozen=True)
+class KnobRow:
+    """Metrics of one fitter and parameter at one knob value, pooled over nuisance axes.
+
+    ``metrics`` holds the keys of :data:`phantomdce.engine.metrics.METRICS` plus
+    ``rel_bias_ci_low`` and ``rel_bias_ci_high`` (bootstrap 95% CI of the relative bias, %).
+    """
+
+    knob_value: Any
+    fitter: str
+    parameter: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TissueRow:
+    """Mean relative error (%) and CV (%) of one tissue (grid point) at one knob value."""
+
+    knob_value: Any
+    fitter: str
+    parameter: str
+    truth: dict[str, float]  # the tissue's true parameters, e.g. {"Ktrans": 0.1, "ve": 0.2}
+    mean_rel_error_pct: float
+    cv_pct: float
+    n: int
+
+
+@dataclass
+class RecommendationResult:
+    """Everything the report shows for one recommendation."""
+
+    recommendation: Recommendation
+    scenario: str
+    knob_values: list[Any]
+    fitters: list[str]
+    rows: list[KnobRow]
+    tissues: list[TissueRow]
+    scatter: dict[tuple[Any, str, str], tuple[list[float], list[float]]]
+    """(knob value, fitter, parameter) -> (truth, estimate) samples for error-vs-truth plots."""

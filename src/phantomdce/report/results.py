@@ -1,0 +1,230 @@
+"""Collect a study's results into what the report shows (:mod:`phantomdce.report.model`).
+
+Each run directory whose scenario has a ``[recommendation]`` table contributes to that
+recommendation. Estimates are pooled over every case with the same knob value (other
+sweep axes, such as the sampling phase, are nuisance axes averaged over): replicates of
+different cases count as different noise blocks in the bootstrap. Several runs may share a
+recommendation ``id``, each with a fixed ``knob_value`` (for a knob that is not a protocol
+key, such as the AIF source of the pipeline); ``knob = "fitter"`` makes the fitters the
+categories.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phantomdce.dro.config import ConfigError
+from phantomdce.engine.metrics import block_bootstrap_bias_ci, case_metrics
+from phantomdce.params import MODELS
+from phantomdce.report.model import KnobRow, Recommendation, RecommendationResult, TissueRow
+
+__all__ = ["collect_results", "parse_recommendation", "run_dirs"]
+
+REC_KEYS = (
+    "id",
+    "title",
+    "text",
+    "knob",
+    "knob_label",
+    "kind",
+    "threshold",
+    "recommended",
+    "parameters",
+    "notes",
+    "knob_value",
+    "order",
+)
+_SCATTER_MAX = 1500
+
+
+def parse_recommendation(raw: dict[str, Any], where: str) -> tuple[Recommendation, Any, int]:
+    """Check a ``[recommendation]`` table; returns it, its fixed knob value and its order."""
+    for key in raw:
+        if key not in REC_KEYS:
+            raise ConfigError(f"{where}: unknown key 'recommendation.{key}'; expected {REC_KEYS}")
+    for key in ("id", "title", "text", "knob", "kind"):
+        if not isinstance(raw.get(key), str):
+            raise ConfigError(f"{where}: recommendation.{key} = {raw.get(key)!r}: expected text")
+    if raw["kind"] not in ("max", "min", "category"):
+        raise ConfigError(
+            f"{where}: recommendation.kind = {raw['kind']!r}: expected 'max', 'min' or 'category'"
+        )
+    rec = Recommendation(
+        id=raw["id"],
+        title=raw["title"],
+        text=raw["text"],
+        knob=raw["knob"],
+        knob_label=raw.get("knob_label", raw["knob"]),
+        kind=raw["kind"],
+        threshold=raw.get("threshold"),
+        recommended=[knob_label(v) for v in raw.get("recommended", [])],
+        parameters=list(raw.get("parameters", ["Ktrans", "ve", "vp", "kep"])),
+        notes=raw.get("notes", ""),
+    )
+    return rec, raw.get("knob_value"), int(raw.get("order", 100))
+
+
+def run_dirs(out: str | Path) -> list[Path]:
+    """Run directories under ``out`` (``out`` itself if it is one)."""
+    out = Path(out)
+    if (out / "run.json").exists():
+        return [out]
+    return sorted(p.parent for p in out.glob("*/run.json"))
+
+
+def knob_label(value: Any) -> Any:
+    """A hashable, printable knob value: lists become text such as ``"[5, 15, 30]"``."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    return value
+
+
+def _case_knob(values: dict[str, Any], knob: str, fixed: Any) -> Any:
+    if fixed is not None:
+        return fixed
+    return knob_label(values.get(knob))
+
+
+def _pooled(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def collect_results(out: str | Path, *, seed: int = 0) -> list[RecommendationResult]:
+    """Every recommendation found under a study (or run) output directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        No run directory, or no run with a ``[recommendation]`` table.
+    """
+    from phantomdce.engine.run import open_results
+
+    dirs = run_dirs(out)
+    if not dirs:
+        raise FileNotFoundError(f"{out}: no phantomdce run found (no run.json)")
+    groups: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        meta = json.loads((d / "run.json").read_text())
+        raw = tomllib.loads(meta["scenario_toml"])
+        if "recommendation" not in raw:
+            continue
+        rec, fixed, order = parse_recommendation(raw["recommendation"], str(d))
+        g = groups.setdefault(rec.id, {"rec": rec, "order": order, "runs": []})
+        g["runs"].append((d, meta, fixed))
+    if not groups:
+        raise FileNotFoundError(f"{out}: no run has a [recommendation] table to report on")
+    results = []
+    for g in sorted(groups.values(), key=lambda g: (g["order"], g["rec"].id)):
+        results.append(_collect_one(g["rec"], g["runs"], open_results, seed))
+    return results
+
+
+def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> RecommendationResult:
+    pools: dict[tuple[Any, str, str], list[dict[str, np.ndarray]]] = {}
+    knob_values: list[Any] = []
+    fitters: list[str] = []
+    scenarios = []
+    block = 0
+    for run_dir, meta, fixed in runs:
+        scenarios.append(meta["scenario_name"])
+        estimated = {f["name"]: _estimated(f["model"]) for f in meta["fitters"]}
+        tree = open_results(run_dir)
+        for case_name in sorted(tree.children):
+            ds = tree[case_name].to_dataset().load()
+            knob = _case_knob(ds.attrs.get("case_values", {}), rec.knob, fixed)
+            replicate = ds["replicate"].values + block
+            block += int(ds["replicate"].values.max()) + 1
+            for f, fitter in enumerate(ds["fitter"].values.tolist()):
+                key_value = fitter if rec.knob == "fitter" else knob
+                label = "fitted model" if rec.knob == "fitter" else fitter
+                if key_value not in knob_values:
+                    knob_values.append(key_value)
+                if label not in fitters:
+                    fitters.append(label)
+                for name in rec.parameters:
+                    truth = _truth(ds, name)
+                    if truth is None or name not in ds or name not in estimated[fitter]:
+                        continue
+                    pools.setdefault((key_value, label, name), []).append(
+                        {
+                            "estimate": ds[name].values[f],
+                            "truth": truth,
+                            "success": ds["success"].values[f],
+                            "tissue": ds["tissue"].values,
+                            "replicate": replicate,
+                            **{
+                                f"t_{p}": _truth(ds, p)
+                                for p in ("Ktrans", "ve", "vp")
+                                if _truth(ds, p) is not None
+                            },
+                        }
+                    )
+    if all(isinstance(v, int | float) for v in knob_values):
+        knob_values = sorted(knob_values)
+    rows, tissues, scatter = [], [], {}
+    rng = np.random.default_rng(seed)
+    for (knob, fitter, name), chunks in pools.items():
+        p = _pooled(chunks)
+        m = case_metrics(
+            p["estimate"],
+            p["truth"],
+            p["success"],
+            p["tissue"],
+            p["replicate"],
+            parameter=name,
+            seed=seed,
+        )
+        ok = p["success"] & np.isfinite(p["estimate"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.where(
+                ok & (p["truth"] != 0), 100 * (p["estimate"] - p["truth"]) / p["truth"], np.nan
+            )
+        lo, hi = block_bootstrap_bias_ci(rel, p["replicate"], seed=seed)
+        m["rel_bias_ci_low"], m["rel_bias_ci_high"] = lo, hi
+        rows.append(KnobRow(knob, fitter, name, m))
+        tissues.extend(_tissue_rows(knob, fitter, name, p, rel, ok))
+        idx = np.flatnonzero(ok)
+        if idx.size > _SCATTER_MAX:
+            idx = np.sort(rng.choice(idx, _SCATTER_MAX, replace=False))
+        scatter[(knob, fitter, name)] = (p["truth"][idx].tolist(), p["estimate"][idx].tolist())
+    return RecommendationResult(
+        rec, ", ".join(scenarios), knob_values, fitters, rows, tissues, scatter
+    )
+
+
+def _estimated(model: str) -> set[str]:
+    names = set(MODELS[model].parameters)
+    if {"Ktrans", "ve"} <= names:
+        names.add("kep")
+    return names
+
+
+def _truth(ds, name: str) -> np.ndarray | None:
+    if f"true_{name}" in ds:
+        return ds[f"true_{name}"].values
+    if name == "vp":
+        return np.zeros(ds.sizes["voxel"])
+    return None
+
+
+def _tissue_rows(knob, fitter, name, p, rel, ok) -> list[TissueRow]:
+    out = []
+    for tissue in np.unique(p["tissue"]):
+        sel = p["tissue"] == tissue
+        good = sel & ok
+        est = p["estimate"][good]
+        truth = {k[2:]: float(p[k][sel][0]) for k in p if k.startswith("t_")}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_rel = float(np.nanmean(rel[good])) if good.any() else float("nan")
+            cv = (
+                float(100 * est.std(ddof=1) / abs(est.mean()))
+                if est.size > 1 and est.mean() != 0
+                else float("nan")
+            )
+        out.append(TissueRow(knob, fitter, name, truth, mean_rel, cv, int(good.sum())))
+    return out
