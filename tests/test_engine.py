@@ -239,3 +239,26 @@ def test_assert_fitter_accuracy(tmp_path):
     assert {r["parameter"] for r in rows} >= {"Ktrans", "ve", "vp"}
     with pytest.raises(AssertionError, match=r"case_0000 Ktrans: \|relative bias\|"):
         assert_fitter_accuracy("nlls_tofts", path)  # Tofts on data with a plasma volume
+
+
+def test_cases_keep_the_written_axis_order(tmp_path):
+    """Sweep axes written in non-alphabetical order: every stored case is that case."""
+    from phantomdce.dro.scenario import load_scenario
+    from phantomdce.dro.simulate import simulate_case
+
+    path = scenario(tmp_path, chunk=1000)
+    path.write_text(
+        path.read_text().replace("dt = [2.0, 6.0]", "snr = [10.0, 40.0]\ndt = [2.0, 6.0]")
+    )
+    run(path, tmp_path / "out")
+    tree = open_results(tmp_path / "out")
+    sc = load_scenario(path)
+    for case in sc.cases():
+        stored = tree[case.name].ds
+        assert stored.attrs["case_values"] == case.values
+        fresh = simulate_case(sc, case)
+        from phantomdce.engine.config import FitConfig
+
+        fit = FitConfig.from_mapping(sc.fit, model=sc.tissue.model)
+        est = fit.resolve()[0].fitter.fit(fit.pipeline(fresh))
+        np.testing.assert_array_equal(stored["Ktrans"].values[0], est["Ktrans"].values)

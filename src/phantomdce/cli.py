@@ -115,6 +115,10 @@ def _metrics_summary(
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from phantomdce.engine.study import is_study
+
+    if is_study(args.scenario):
+        return _cmd_run_study(args)
     from phantomdce.engine.run import execute, finalize, plan_run
 
     fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
@@ -149,6 +153,85 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  {len(failures)} fitter chunks failed: see {plan.out}/failures.csv")
     n = len(plan.scenario.cases()) * plan.scenario.n_voxels
     print(f"  {n} voxel curves in {elapsed:.1f} s")
+    if args.report:
+        _write_report(plan.out, Path(args.report), argv_command(args))
+    return 0
+
+
+def argv_command(args: argparse.Namespace) -> str:
+    """The command line that produced a result, for the report's header."""
+    import shlex
+
+    return "phantomdce " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def _cmd_run_study(args: argparse.Namespace) -> int:
+    from phantomdce.engine.study import load_study, run_study
+
+    study = load_study(args.scenario)
+    fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
+    if not args.quiet:
+        print(
+            f"study {study.name!r}: {len(study.scenarios)} scenarios -> {args.output}",
+            file=sys.stderr,
+        )
+    bars: dict[str, tuple] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        if name not in bars:
+            for _, close in bars.values():
+                close()
+            bars[name] = _progress(args.quiet, name, "chunk")
+        update = bars[name][0]
+        if update is not None:
+            update(done, total)
+
+    t0 = time.perf_counter()
+    try:
+        rows = run_study(
+            args.scenario,
+            args.output,
+            fitters=fitters,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            progress=progress,
+        )
+    finally:
+        for _, close in bars.values():
+            close()
+    print(f"study {study.name!r}: {len(rows)} scenarios in {time.perf_counter() - t0:.1f} s")
+    for name, r in rows.items():
+        print(f"  {Path(args.output) / name}/metrics.csv ({len(r)} rows)")
+    if args.report:
+        _write_report(Path(args.output), Path(args.report), argv_command(args))
+    return 0
+
+
+def _write_report(out: Path, dest: Path, command: str) -> None:
+    from phantomdce.report.model import Criterion
+    from phantomdce.report.render import write_report
+    from phantomdce.report.results import collect_results
+    from phantomdce.report.verdict import judge_all
+
+    results = collect_results(out)
+    criterion = Criterion()
+    paths = write_report(
+        results,
+        dest,
+        criterion=criterion,
+        title=f"phantomdce report: {out.name}",
+        command=command,
+        version=phantomdce.__version__,
+    )
+    print("verdicts (criterion: |relative bias| <= 10% and CV <= 20% for Ktrans and ve):")
+    for result in results:
+        for v in judge_all(result, criterion):
+            print(f"  {result.recommendation.title} [{v.fitter}]: {v.summary}")
+    print(f"report: {paths['html']}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    _write_report(Path(args.run), Path(args.output), argv_command(args))
     return 0
 
 
@@ -245,7 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, help="workers for local dask schedulers")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (for CI)")
+    p.add_argument(
+        "--report", default=None, metavar="DIR", help="also write the study report into DIR"
+    )
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="write the HTML and Markdown report of a run or study")
+    p.add_argument("run", help="result directory of `phantomdce run` (a run or a study)")
+    p.add_argument("-o", "--output", required=True, help="report directory")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("baseline", help="save the accuracy of a finished run as a baseline")
     p.add_argument("run", help="result directory of `phantomdce run`")
@@ -275,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from phantomdce.dro.config import ConfigError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:

@@ -286,6 +286,8 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         "protocol": protocol.as_attrs(),
         "tissue": {"model": tissue.model, **{k: list(v) for k, v in tissue.axes.items()}},
         "sweep": {k: list(v) for k, v in sweep.items()},
+        # the hash is taken with sorted keys; the axis order decides the case order
+        "sweep_order": list(sweep),
     }
     groups = data.get("zip", [])
     if not isinstance(groups, list) or not all(

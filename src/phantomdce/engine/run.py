@@ -384,8 +384,12 @@ def _collect(result: Any, info, n: int) -> tuple[dict[str, np.ndarray], np.ndarr
     if success.size != n:
         raise ValueError(f"returned {success.size} success flags for {n} voxels")
     success = success.astype(bool) & np.all([np.isfinite(v) for v in est.values()], axis=0)
-    if "Ktrans" in est and "ve" in est:
-        with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if "fp" in est and "ps" in est and "Ktrans" not in est:
+            # the two-compartment models' Ktrans, Fp PS / (Fp + PS), as the truth defines it
+            fp = est["fp"] / 100.0
+            est["Ktrans"] = fp * est["ps"] / (fp + est["ps"])
+        if "Ktrans" in est and "ve" in est:
             est["kep"] = est["Ktrans"] / est["ve"]
     return est, success
 
@@ -411,6 +415,11 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
             sys.path.append(path)
     scenario, fit, infos = _load(job["raw_json"], tuple(job["fitters"]))
     case = scenario.cases()[job["case_index"]]
+    if "case_values" in job and case.values != job["case_values"]:
+        raise RuntimeError(
+            f"case {job['case_index']} expands to {case.values} in the worker but to"
+            f" {job['case_values']} in the plan: the scenario was not passed faithfully"
+        )
     a, b, k = job["start"], job["stop"], job["chunk_index"]
     ds = simulate_case(scenario, case, voxels=range(a, b))
     data = fit.pipeline(ds)
@@ -463,13 +472,16 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jobs(plan: RunPlan, units: Iterable[tuple[int, int, int, int]]) -> list[dict[str, Any]]:
-    raw_json = json.dumps(plan.raw, sort_keys=True, default=str)
+    # key order matters: the sweep axes expand in the order they are written
+    raw_json = json.dumps(plan.raw, default=str)
+    cases = plan.scenario.cases()
     return [
         {
             "out": str(plan.out.resolve()),
             "raw_json": raw_json,
             "fitters": list(plan.fit.fitters),
             "case_index": c,
+            "case_values": cases[c].values,
             "chunk_index": k,
             "start": a,
             "stop": b,
@@ -575,6 +587,8 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
         ds = tree[case.name].to_dataset().load()
         for f, info in enumerate(plan.fitters):
             est_names = [*MODELS[info.model].parameters]
+            if "fp" in est_names and "ps" in est_names:
+                est_names.insert(0, "Ktrans")
             if "Ktrans" in est_names and "ve" in est_names:
                 est_names.append("kep")
             if np.isfinite(ds["delay"].values[f]).any():

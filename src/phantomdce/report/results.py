@@ -199,6 +199,8 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
 
 def _estimated(model: str) -> set[str]:
     names = set(MODELS[model].parameters)
+    if {"fp", "ps"} <= names:
+        names.add("Ktrans")  # derived by the engine: Fp PS / (Fp + PS)
     if {"Ktrans", "ve"} <= names:
         names.add("kep")
     return names

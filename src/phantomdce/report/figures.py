@@ -1,0 +1,455 @@
+"""Figures of a recommendation's results: bias and CV against the knob, error maps, scatter.
+
+Every function returns a :class:`matplotlib.figure.Figure` drawn on an Agg canvas (no
+``pyplot``, no global state, no display needed). matplotlib is imported inside the
+functions, so importing this module stays light.
+
+All percentages are relative to the true value; parameter units come from
+:data:`phantomdce.params.PARAMETERS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from phantomdce.params import PARAMETERS
+from phantomdce.report.model import Criterion, RecommendationResult
+from phantomdce.report.verdict import _key, _same, format_knob_value
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["error_map_figure", "figure_to_png", "knob_figure", "scatter_figure"]
+
+_DPI = 110
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_REC_COLOUR = "0.15"
+_OK_COLOUR = "tab:green"
+_MAX_SCATTER_POINTS = 4000
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_png(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes at its own dpi.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        Figure to render.
+
+    Returns
+    -------
+    bytes
+        The PNG file content.
+    """
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    return buf.getvalue()
+
+
+def _unit_suffix(parameter: str) -> str:
+    spec = PARAMETERS.get(parameter)
+    if spec is None or spec.units in ("", "1"):
+        return ""
+    return f" ({spec.units})"
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
+
+
+def _parameters_with_rows(result: RecommendationResult) -> list[str]:
+    present = {row.parameter for row in result.rows}
+    order = list(result.recommendation.parameters)
+    order += [p for p in ("Ktrans", "ve", "vp", "kep") if p not in order]
+    return [p for p in order if p in present]
+
+
+def _fitters(result: RecommendationResult) -> list[str]:
+    out = list(result.fitters)
+    out += sorted({r.fitter for r in result.rows} - set(out))
+    return out
+
+
+def _categories(result: RecommendationResult) -> tuple[list[Any], list[Hashable]]:
+    """Knob values of a category knob in the result's order (extras from the rows last)."""
+    values: list[Any] = []
+    keys: list[Hashable] = []
+    for v in [*result.knob_values, *(r.knob_value for r in result.rows)]:
+        k = _key(v, "category")
+        if not any(_same(k, known) for known in keys):
+            values.append(v)
+            keys.append(k)
+    return values, keys
+
+
+def _position(value: Any, kind: str, cat_keys: list[Hashable]) -> float:
+    if kind != "category":
+        return float(value)
+    k = _key(value, kind)
+    return float(next(i for i, known in enumerate(cat_keys) if _same(known, k)))
+
+
+def _metric(metrics: dict[str, float], name: str) -> float:
+    try:
+        return float(metrics.get(name, math.nan))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _maybe_symlog(ax: Axes, values: np.ndarray, limit: float | None) -> None:
+    """Switch to a symmetric log axis when outliers would squash the acceptance band."""
+    finite = np.abs(values[np.isfinite(values)])
+    scale = max(limit or 10.0, 10.0)
+    if finite.size and finite.max() > 10 * scale:
+        ax.set_yscale("symlog", linthresh=2 * scale, linscale=1.5)
+
+
+def knob_figure(
+    result: RecommendationResult,
+    criterion: Criterion | None = None,
+    *,
+    fitters: list[str] | None = None,
+) -> Figure:
+    """Relative bias (with 95 % CI) and CV of each parameter against the swept knob.
+
+    Parameters
+    ----------
+    result : RecommendationResult
+        Results of one recommendation.
+    criterion : Criterion, optional
+        Shaded as the acceptance region of each parameter it covers, in %
+        (default ``Criterion()``).
+    fitters : list of str, optional
+        Fitters to draw (default: all of the result), one line each.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row per parameter (Ktrans, ve, vp, kep as present), columns relative bias (%)
+        and CV (%); the recommended threshold (ordered knobs) or categories (category knobs)
+        drawn as vertical dashed lines; one figure legend listing the fitters.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.transforms import blended_transform_factory
+
+    criterion = Criterion() if criterion is None else criterion
+    rec = result.recommendation
+    kind = rec.kind
+    fitters = _fitters(result) if fitters is None else list(fitters)
+    params = _parameters_with_rows(result)
+    nrows = max(len(params), 1)
+    fig = _new_figure(9.0, max(4.0, 2.2 * nrows + 1.4))
+    fig.suptitle(
+        f"{rec.title}: relative bias and CV against {rec.knob_label}\nrecommendation: {rec.text}",
+        fontsize=11,
+    )
+    if not params:
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no results to show", ha="center", va="center")
+        return fig
+
+    cat_values, cat_keys = _categories(result) if kind == "category" else ([], [])
+    xs_all = (
+        [float(_key(v, kind)) for v in [*result.knob_values, *(r.knob_value for r in result.rows)]]
+        if kind != "category"
+        else list(range(len(cat_values)))
+    )
+    span = (max(xs_all) - min(xs_all)) if len(xs_all) > 1 else 1.0
+    span = span or 1.0
+    step = 0.012 * span if kind != "category" else 0.09
+    colours = [f"C{i % 10}" for i in range(len(fitters))]
+
+    # recommended positions
+    rec_x: list[float] = []
+    if kind == "category":
+        for v in rec.recommended:
+            k = _key(v, kind)
+            rec_x += [float(i) for i, known in enumerate(cat_keys) if _same(known, k)]
+    elif rec.threshold is not None:
+        rec_x = [float(rec.threshold)]
+
+    axes = fig.subplots(nrows, 2, sharex=True, squeeze=False)
+    for r, p in enumerate(params):
+        ax_b, ax_c = axes[r]
+        bias_lim = criterion.max_abs_rel_bias_pct.get(p)
+        cv_lim = criterion.max_cv_pct.get(p)
+        if bias_lim is not None:
+            ax_b.axhspan(-bias_lim, bias_lim, color=_OK_COLOUR, alpha=0.13, lw=0)
+        if cv_lim is not None:
+            ax_c.axhspan(0, cv_lim, color=_OK_COLOUR, alpha=0.13, lw=0)
+        ax_b.axhline(0.0, color="0.5", lw=0.7)
+        all_b, all_c = [], []
+        for i, f in enumerate(fitters):
+            rows = [row for row in result.rows if row.fitter == f and row.parameter == p]
+            if not rows:
+                continue
+            pts = sorted(
+                (
+                    _position(row.knob_value, kind, cat_keys),
+                    _metric(row.metrics, "rel_bias_pct"),
+                    _metric(row.metrics, "rel_bias_ci_low"),
+                    _metric(row.metrics, "rel_bias_ci_high"),
+                    _metric(row.metrics, "cv_pct"),
+                )
+                for row in rows
+            )
+            x, rb, lo, hi, cv = (np.array(c, dtype=float) for c in zip(*pts, strict=True))
+            x = x + (i - (len(fitters) - 1) / 2) * step
+            yerr = np.nan_to_num(np.clip(np.vstack([rb - lo, hi - rb]), 0, None), nan=0.0)
+            style = {
+                "color": colours[i],
+                "marker": _MARKERS[i % len(_MARKERS)],
+                "ms": 5,
+                "lw": 1.4,
+                "ls": "none" if kind == "category" else "-",
+                "label": f,
+            }
+            ax_b.errorbar(x, rb, yerr=yerr, capsize=2.5, elinewidth=1, **style)
+            ax_c.plot(x, cv, **style)
+            all_b += [*rb, *lo, *hi]
+            all_c += list(cv)
+        _maybe_symlog(ax_b, np.array(all_b, dtype=float), bias_lim)
+        _maybe_symlog(ax_c, np.array(all_c, dtype=float), cv_lim)
+        for ax in (ax_b, ax_c):
+            for xr in rec_x:
+                ax.axvline(xr, color=_REC_COLOUR, ls="--", lw=1.2)
+            ax.grid(True, lw=0.4, alpha=0.5)
+        ax_b.set_ylabel(f"{p}\nrelative bias (%)")
+        ax_c.set_ylabel(f"{p}\nCV (%)")
+        if r == 0:
+            ax_b.set_title("relative bias, with 95% CI", fontsize=10)
+            ax_c.set_title("coefficient of variation", fontsize=10)
+            for ax in (ax_b, ax_c):
+                trans = blended_transform_factory(ax.transData, ax.transAxes)
+                for xr in rec_x:
+                    ax.text(
+                        xr, 0.98, "recommended" if kind == "category" else " recommended",
+                        transform=trans, ha="center" if kind == "category" else "left",
+                        va="top", fontsize=8, color=_REC_COLOUR,
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+                    )  # fmt: skip
+
+    for ax in axes[-1]:
+        ax.set_xlabel(rec.knob_label)
+        if kind == "category":
+            ax.set_xticks(range(len(cat_values)))
+            ax.set_xticklabels([str(v) for v in cat_values], rotation=20, ha="right")
+            for i in {int(x) for x in rec_x}:
+                ax.get_xticklabels()[i].set_fontweight("bold")
+        else:
+            ticks = sorted({float(v) for v in xs_all})
+            if len(ticks) <= 16:
+                ax.set_xticks(ticks)
+                ax.set_xticklabels([f"{t:g}" for t in ticks])
+
+    handles: list[Any] = [
+        Line2D(
+            [],
+            [],
+            color=colours[i],
+            marker=_MARKERS[i % len(_MARKERS)],
+            label=f,
+            ls="none" if kind == "category" else "-",
+        )
+        for i, f in enumerate(fitters)
+    ]
+    if rec_x:
+        handles.append(Line2D([], [], color=_REC_COLOUR, ls="--", label="recommended"))
+    handles.append(Patch(color=_OK_COLOUR, alpha=0.3, label="accuracy criterion met"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
+    return fig
+
+
+def _tissue_axes(truths: list[dict[str, float]]) -> tuple[str | None, str | None, list[str]]:
+    keys: list[str] = []
+    for t in truths:
+        keys += [k for k in t if k not in keys]
+    x = "Ktrans" if "Ktrans" in keys else (keys[0] if keys else None)
+    rest = [k for k in keys if k != x]
+    y = "ve" if "ve" in rest else (rest[0] if rest else None)
+    others = [k for k in rest if k != y]
+    return x, y, others
+
+
+def _finite_sorted(values: Any) -> list[float]:
+    return sorted({float(v) for v in values if v is not None and math.isfinite(float(v))})
+
+
+def error_map_figure(
+    result: RecommendationResult,
+    fitter: str,
+    knob_value: Any,
+    parameter: str = "Ktrans",
+) -> Figure:
+    """QIBA-style map of the mean relative error of a parameter over the Ktrans x ve grid.
+
+    Parameters
+    ----------
+    result : RecommendationResult
+        Results of one recommendation (its ``tissues`` rows are used).
+    fitter : str
+        Fitter shown.
+    knob_value : Any
+        Knob value (setting) shown.
+    parameter : str, optional
+        Parameter whose error is mapped (default ``"Ktrans"``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Heat map of the mean relative error (%) with true Ktrans (/min) on x and true ve on y,
+        averaged (weighted by the number of estimates) over the other tissue axes such as vp;
+        diverging colour map centred at 0, values written in the cells, labelled colour bar.
+        Cells without a finite value are grey.
+    """
+    rec = result.recommendation
+    kind = rec.kind
+    key = _key(knob_value, kind)
+    rows = [
+        t
+        for t in result.tissues
+        if t.fitter == fitter and t.parameter == parameter and _same(_key(t.knob_value, kind), key)
+    ]
+    setting = format_knob_value(knob_value, rec.knob_label)
+    fig = _new_figure(9.0, 6.0)
+    ax = fig.add_subplot()
+    xname, yname, others = _tissue_axes([t.truth for t in rows])
+    over = f", averaged over {', '.join(others)}" if others else ""
+    ax.set_title(
+        f"{rec.title}: mean relative error of {parameter} over the tissue grid{over}\n"
+        f"{fitter}, {rec.knob_label.split(' (')[0]} = {setting}",
+        fontsize=10,
+    )
+    if not rows or xname is None:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no tissue results for this setting", ha="center", va="center")
+        return fig
+
+    xs = _finite_sorted(t.truth.get(xname, math.nan) for t in rows)
+    ys = _finite_sorted(t.truth.get(yname, math.nan) for t in rows) if yname else [0.0]
+    sums = np.zeros((len(ys), len(xs)))
+    weights = np.zeros((len(ys), len(xs)))
+    for t in rows:
+        xv = t.truth.get(xname, math.nan)
+        yv = t.truth.get(yname, math.nan) if yname else 0.0
+        err = float(t.mean_rel_error_pct)
+        if xv not in xs or yv not in ys or not math.isfinite(err):
+            continue
+        w = float(t.n) if t.n and t.n > 0 else 1.0
+        sums[ys.index(yv), xs.index(xv)] += w * err
+        weights[ys.index(yv), xs.index(xv)] += w
+    grid = np.full_like(sums, np.nan)
+    np.divide(sums, weights, out=grid, where=weights > 0)
+
+    import matplotlib as mpl
+
+    finite = np.abs(grid[np.isfinite(grid)])
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    cmap = mpl.colormaps["RdBu_r"].with_extremes(bad="0.8")
+    mesh = ax.pcolormesh(
+        np.ma.masked_invalid(grid), cmap=cmap, vmin=-vmax, vmax=vmax, edgecolors="white", lw=0.5
+    )
+    if grid.size <= 400:
+        for (i, j), val in np.ndenumerate(grid):
+            text = "n/a" if not math.isfinite(val) else _fmt_pct(val)
+            dark = math.isfinite(val) and abs(val) > 0.6 * vmax
+            ax.text(
+                j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8,
+                color="white" if dark else "black",
+            )  # fmt: skip
+    ax.set_xticks(np.arange(len(xs)) + 0.5)
+    ax.set_xticklabels([f"{v:.3g}" for v in xs])
+    ax.set_yticks(np.arange(len(ys)) + 0.5)
+    ax.set_yticklabels([f"{v:.3g}" for v in ys] if yname else [""])
+    ax.set_xlabel(f"true {xname}{_unit_suffix(xname)}")
+    ax.set_ylabel(f"true {yname}{_unit_suffix(yname)}" if yname else "")
+    cbar = fig.colorbar(mesh, ax=ax)
+    cbar.set_label(f"mean relative error of {parameter} (%)")
+    return fig
+
+
+def scatter_figure(result: RecommendationResult, fitter: str, knob_value: Any) -> Figure:
+    """Estimate against truth for each parameter at one setting, with the identity line.
+
+    Parameters
+    ----------
+    result : RecommendationResult
+        Results of one recommendation (its ``scatter`` samples are used).
+    fitter : str
+        Fitter shown.
+    knob_value : Any
+        Knob value (setting) shown.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel per parameter with samples (at most 4000 per panel, evenly thinned),
+        axes in the parameter's units.
+    """
+    rec = result.recommendation
+    kind = rec.kind
+    key = _key(knob_value, kind)
+    samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for (value, f, p), (truth, est) in result.scatter.items():
+        if f == fitter and _same(_key(value, kind), key):
+            samples[p] = (np.asarray(truth, dtype=float), np.asarray(est, dtype=float))
+    order = [p for p in rec.parameters if p in samples]
+    order += sorted(p for p in samples if p not in order)
+    n = max(len(order), 1)
+    ncols = n if n <= 2 else math.ceil(n / 2)
+    nrows = 1 if n <= 2 else 2
+    fig = _new_figure(9.0, 4.2 if nrows == 1 else 6.8)
+    setting = format_knob_value(knob_value, rec.knob_label)
+    fig.suptitle(
+        f"{rec.title}: estimate against truth\n"
+        f"{fitter}, {rec.knob_label.split(' (')[0]} = {setting}",
+        fontsize=11,
+    )
+    if not order:
+        ax = fig.add_subplot()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no samples for this setting", ha="center", va="center")
+        return fig
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, p in zip(axes, order, strict=False):
+        truth, est = samples[p]
+        if truth.size > _MAX_SCATTER_POINTS:
+            idx = np.linspace(0, truth.size - 1, _MAX_SCATTER_POINTS).astype(int)
+            truth, est = truth[idx], est[idx]
+        alpha = 0.8 if truth.size < 300 else 0.3
+        ax.scatter(truth, est, s=8, alpha=alpha, color="C0", lw=0, label="estimates")
+        both = np.concatenate([truth, est])
+        both = both[np.isfinite(both)]
+        if both.size:
+            lo, hi = float(both.min()), float(both.max())
+            pad = 0.03 * (hi - lo or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.2", ls="--", lw=1,
+                    label="identity")  # fmt: skip
+        failed = int(np.sum(~np.isfinite(est)))
+        extra = f" ({failed} failed not shown)" if failed else ""
+        ax.set_title(f"{p}{extra}", fontsize=10)
+        ax.set_xlabel(f"true {p}{_unit_suffix(p)}")
+        ax.set_ylabel(f"estimated {p}{_unit_suffix(p)}")
+        ax.grid(True, lw=0.4, alpha=0.5)
+        ax.legend(loc="upper left", fontsize=8)
+    for ax in axes[len(order) :]:
+        ax.set_axis_off()
+    return fig

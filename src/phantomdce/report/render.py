@@ -1,0 +1,611 @@
+"""Write a study report: one self-contained HTML page and a Markdown summary.
+
+``index.html`` embeds every figure as a base64 PNG and its CSS inline: it references no
+external resource and opens offline. ``summary.md`` carries the same verdicts and tables and
+links the same figures, saved as PNG files under ``figures/``. Both start with the title,
+the exact command and phantomdce version that produced them, the date and the criterion.
+All text taken from results (titles, notes, fitter and knob names) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from phantomdce.report.model import Criterion, RecommendationResult
+from phantomdce.report.verdict import (
+    FAILS,
+    MAX_FAILURE_RATE,
+    MEETS,
+    MEETS_CI_CROSSES,
+    NO_DATA,
+    Setting,
+    Verdict,
+    describe_criterion,
+    format_knob_value,
+    judge_all,
+)
+
+__all__ = ["write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+ max-width:1180px;margin:0 auto;padding:1.5em;color:#1d1d1f;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;
+ margin-top:2em}h3{margin-top:1.5em}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}
+pre{background:#f5f5f7;padding:.6em .8em;overflow-x:auto;white-space:pre-wrap}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.3em .55em;text-align:left;vertical-align:top}
+th{background:#f0f0f3}td.num{text-align:right;white-space:nowrap}
+.meta td:first-child{font-weight:600;white-space:nowrap}
+.st{display:inline-block;padding:.05em .45em;border-radius:.3em;font-weight:600;
+ white-space:nowrap}
+.st-ok{background:#d8f3dc;color:#14532d}.st-warn{background:#fff3c4;color:#713f12}
+.st-bad{background:#fde2e1;color:#7f1d1d}.st-na{background:#e9e9ee;color:#444}
+.rec{font-size:1.05em;background:#f5f7ff;border-left:4px solid #4c6ef5;padding:.4em .8em}
+.notes{color:#444;font-style:italic}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#555}
+nav ul{columns:2}
+"""
+
+_CSS_CLASS = {MEETS: "st-ok", MEETS_CI_CROSSES: "st-warn", FAILS: "st-bad", NO_DATA: "st-na"}
+
+_NO_RESULTS = "No results for this recommendation."
+
+_CLASS_WORDS = (
+    (MEETS, "point estimates and the whole 95% CI of the relative bias inside the limits"),
+    (
+        MEETS_CI_CROSSES,
+        "point estimates inside the limits, but the 95% CI of the relative bias "
+        "crosses a limit (or is unavailable)",
+    ),  # fmt: skip
+    (
+        FAILS,
+        "a point estimate outside a limit, too many failed fits, or a metric that could "
+        "not be computed (NaN)",
+    ),  # fmt: skip
+    (NO_DATA, "the fitter has no result at this setting"),
+)
+
+
+@dataclass(frozen=True)
+class _Fig:
+    path: Path  # under outdir/figures
+    png: bytes
+    caption: str
+
+
+@dataclass(frozen=True)
+class _Section:
+    result: RecommendationResult
+    verdicts: list[Verdict]
+    knob: _Fig
+    detail: list[_Fig]
+    detail_note: str
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _h(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _md(text: Any) -> str:
+    """Escape text for a Markdown paragraph or table cell.
+
+    Whatever a Markdown renderer would read as HTML (``<`` before a letter, ``/``, ``!`` or
+    ``?``; ``&`` before an entity) is HTML-escaped; ``<=`` and ``&`` in words stay readable.
+    Pipes, backticks and a leading ``>`` or ``#`` are backslash-escaped; newlines become spaces.
+    """
+    out = re.sub(r"\s*\n\s*", " ", str(text)).strip()
+    out = re.sub(r"&(?=#?\w+;)", "&amp;", out)
+    out = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", out)
+    out = re.sub(r"([|`])", r"\\\1", out)
+    return re.sub(r"^([>#])", r"\\\1", out)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+
+
+def _pct(x: float) -> str:
+    if not math.isfinite(x):
+        return "NaN" if math.isnan(x) else str(x)
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
+
+
+def _bias_cell(rb: float, lo: float, hi: float) -> str:
+    if math.isnan(lo) or math.isnan(hi):
+        return _pct(rb)
+    return f"{_pct(rb)} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _short_criterion(criterion: Criterion, params: Sequence[str]) -> str:
+    if not params:
+        return "no judged parameter"
+    parts = []
+    for p in params:
+        terms = []
+        if (b := criterion.max_abs_rel_bias_pct.get(p)) is not None:
+            terms.append(f"|bias| <= {b:g}%")
+        if (c := criterion.max_cv_pct.get(p)) is not None:
+            terms.append(f"CV <= {c:g}%")
+        parts.append(f"{p}: {', '.join(terms)}")
+    return "; ".join(parts)
+
+
+def _fmt(v: Verdict, value: Any) -> str:
+    return format_knob_value(value, v.knob_label)
+
+
+def _recommended_words(v: Verdict) -> str:
+    if not v.recommended_values:
+        return "not simulated"
+    return ", ".join(_fmt(v, x) for x in v.recommended_values)
+
+
+def _loosest_words(v: Verdict) -> tuple[str, str]:
+    """(point-estimate words, whole-CI words) of the loosest setting that meets."""
+    if v.kind == "category":
+        point = ", ".join(_fmt(v, x) for x in v.loosest_meeting) or "none"
+        ci = ", ".join(_fmt(v, x) for x in v.loosest_meeting_ci) or "none"
+    else:
+        point = "none" if v.loosest_meeting is None else _fmt(v, v.loosest_meeting)
+        ci = "none" if v.loosest_meeting_ci is None else _fmt(v, v.loosest_meeting_ci)
+    return point, ci
+
+
+def _setting_columns(v: Verdict) -> list[str]:
+    cols = [v.knob_label, "class"]
+    for p in v.parameters:
+        cols += [f"{p} rel. bias % [95% CI]", f"{p} CV %", f"{p} failed %"]
+    return cols + ["why"]
+
+
+def _setting_cells(v: Verdict, s: Setting) -> list[str]:
+    cells = [_fmt(v, s.knob_value), s.status]
+    for p in v.parameters:
+        c = s.checks.get(p)
+        if c is None:
+            cells += ["-", "-", "-"]
+        else:
+            cells += [
+                _bias_cell(c.rel_bias_pct, c.ci_low, c.ci_high),
+                _pct(c.cv_pct),
+                _pct(100 * c.failure_rate),
+            ]
+    return cells + ["; ".join(s.reasons)]
+
+
+def _info_value(value: Any) -> str:
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _make_sections(
+    results: Sequence[RecommendationResult], criterion: Criterion, figdir: Path
+) -> list[_Section]:
+    from phantomdce.report.figures import (
+        error_map_figure,
+        figure_to_png,
+        knob_figure,
+        scatter_figure,
+    )
+
+    def save(fig: Any, name: str, caption: str) -> _Fig:
+        png = figure_to_png(fig)
+        path = figdir / f"{name}.png"
+        _write_atomic(path, png)
+        return _Fig(path, png, caption)
+
+    sections = []
+    for i, result in enumerate(results, start=1):
+        rec = result.recommendation
+        stem = f"{i:02d}_{_slug(rec.id)}"
+        verdicts = judge_all(result, criterion)
+        knob = save(
+            knob_figure(result, criterion),
+            f"{stem}_knob",
+            f"{rec.title}: relative bias (95% CI) and CV of each parameter against "
+            f"{rec.knob_label}, one line per fitter; dashed: the recommended setting; "
+            f"green: the accuracy criterion.",
+        )
+        detail: list[_Fig] = []
+        note = ""
+        first = verdicts[0] if verdicts else None
+        if first is None:
+            note = ""
+        elif not first.recommended_values:
+            note = f"No recommended setting was simulated for {first.fitter}."
+        else:
+            value = first.recommended_values[0]
+            where = format_knob_value(value, rec.knob_label)
+            note = f"{first.fitter} at {where} (the recommended setting)."
+            mapped = {t.parameter for t in result.tissues if t.fitter == first.fitter} & set(
+                first.parameters or ("Ktrans",)
+            )
+            for p in [p for p in first.parameters if p in mapped] or sorted(mapped)[:1]:
+                detail.append(
+                    save(
+                        error_map_figure(result, first.fitter, value, parameter=p),
+                        f"{stem}_errormap_{_slug(p)}",
+                        f"Mean relative error of {p} (%) over the true Ktrans x ve grid, "
+                        f"{first.fitter} at {where}.",
+                    )
+                )
+            if result.scatter:
+                detail.append(
+                    save(
+                        scatter_figure(result, first.fitter, value),
+                        f"{stem}_scatter",
+                        f"Estimate against truth, {first.fitter} at {where}; dashed: identity.",
+                    )
+                )
+        sections.append(_Section(result, verdicts, knob, detail, note))
+    return sections
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _badge(status: str) -> str:
+    return f'<span class="st {_CSS_CLASS.get(status, "st-na")}">{_h(status)}</span>'
+
+
+def _img(fig: _Fig) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_h(fig.caption)}">'
+        f"<figcaption>{_h(fig.caption)}</figcaption></figure>"
+    )
+
+
+def _html_table(header: list[str], rows: list[list[str]], *, raw: bool = False) -> str:
+    """A table; cells are escaped unless ``raw`` (then the caller escaped them)."""
+    head = "".join(f"<th>{_h(c)}</th>" for c in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if raw else _h(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(
+    sections: list[_Section],
+    *,
+    title: str,
+    command: str,
+    version: str,
+    date: str,
+    criterion_words: str,
+    criterion: Criterion,
+    scenario_info: dict[str, Any] | None,
+) -> str:
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_h(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<header>",
+        f"<h1>{_h(title)}</h1>",
+        '<table class="meta"><tbody>',
+        f"<tr><td>command</td><td><code>{_h(command)}</code></td></tr>",
+        f"<tr><td>phantomdce version</td><td><code>{_h(version)}</code></td></tr>",
+        f"<tr><td>date</td><td>{_h(date)}</td></tr>",
+        f"<tr><td>accuracy criterion</td><td>{_h(criterion_words)}</td></tr>",
+    ]
+    for key, value in (scenario_info or {}).items():
+        out.append(f"<tr><td>{_h(key)}</td><td>{_h(_info_value(value))}</td></tr>")
+    out += ["</tbody></table>", "</header>"]
+
+    out.append("<nav><h2>Contents</h2><ul>")
+    out.append('<li><a href="#verdicts">Verdicts</a></li>')
+    for i, sec in enumerate(sections, start=1):
+        rec = sec.result.recommendation
+        out.append(f'<li><a href="#rec-{i}">{_h(rec.title)}</a></li>')
+    out.append("</ul></nav>")
+
+    out += ['<section id="verdicts">', "<h2>Verdicts</h2>"]
+    rows = []
+    for sec in sections:
+        rec = sec.result.recommendation
+        if not sec.verdicts:
+            rows.append(
+                [f"<strong>{_h(rec.title)}</strong><br>{_h(rec.text)}", "-", "-",
+                 _badge(NO_DATA), "-", _h(_NO_RESULTS)]
+            )  # fmt: skip
+        for v in sec.verdicts:
+            point, ci = _loosest_words(v)
+            loosest = _h(point) + ("" if ci == point else f"<br>whole CI inside: {_h(ci)}")
+            rows.append(
+                [
+                    f"<strong>{_h(rec.title)}</strong><br>{_h(rec.text)}",
+                    _h(v.fitter),
+                    _h(_short_criterion(criterion, v.parameters)),
+                    f"{_h(_recommended_words(v))}: {_badge(v.recommended_meets)}",
+                    loosest,
+                    _h(v.summary),
+                ]
+            )
+    header = [
+        "recommendation",
+        "fitter",
+        "criterion",
+        "recommended setting meets?",
+        "loosest setting that meets",
+        "summary",
+    ]
+    out.append(_html_table(header, rows, raw=True))
+    out.append(
+        "<p>Classes: "
+        + "; ".join(f"{_badge(k)} {_h(w)}" for k, w in _CLASS_WORDS)
+        + ". The loosest setting is reached from the strictest simulated one without a failing "
+        "setting in between; settings without data are skipped.</p>"
+    )
+    out.append("</section>")
+
+    for i, sec in enumerate(sections, start=1):
+        rec = sec.result.recommendation
+        out += [
+            f'<section id="rec-{i}">',
+            f"<h2>{_h(rec.title)}</h2>",
+            f'<p class="rec"><strong>Recommendation:</strong> {_h(rec.text)}</p>',
+            f"<p>Swept: {_h(rec.knob_label)} (scenario <code>{_h(sec.result.scenario)}</code>); "
+            f"fitters: {_h(', '.join(v.fitter for v in sec.verdicts))}.</p>",
+        ]
+        if rec.notes:
+            out.append(f'<p class="notes">{_h(rec.notes)}</p>')
+        out.append(_img(sec.knob))
+        for v in sec.verdicts:
+            out.append(
+                f"<h3>{_h(v.fitter)}: recommended setting {_badge(v.recommended_meets)}</h3>"
+            )
+            out.append(f"<p>{_h(v.summary)}</p>")
+            if v.notes:
+                out.append(
+                    '<ul class="notes">' + "".join(f"<li>{_h(n)}</li>" for n in v.notes) + "</ul>"
+                )
+            cells = []
+            for s in v.settings:
+                row = [_h(c) for c in _setting_cells(v, s)]
+                row[1] = _badge(s.status)
+                cells.append(row)
+            out.append(_html_table(_setting_columns(v), cells, raw=True))
+        if sec.detail or sec.detail_note:
+            out.append(f"<h3>Error maps and error against truth: {_h(sec.detail_note)}</h3>")
+            out += [_img(f) for f in sec.detail]
+        out.append("</section>")
+    out += [
+        "<footer><p>Generated by phantomdce "
+        f"{_h(version)}. All verdicts are computed from the simulated results.</p></footer>",
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [
+        "| " + " | ".join(_md(c) for c in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fence(text: str) -> str:
+    ticks = "```"
+    while ticks in text:
+        ticks += "`"
+    return f"{ticks}\n{text}\n{ticks}"
+
+
+def _markdown(
+    sections: list[_Section],
+    outdir: Path,
+    *,
+    title: str,
+    command: str,
+    version: str,
+    date: str,
+    criterion_words: str,
+    criterion: Criterion,
+    scenario_info: dict[str, Any] | None,
+) -> str:
+    def link(fig: _Fig) -> str:
+        rel = fig.path.relative_to(outdir).as_posix()
+        alt = re.sub(r"([\[\]])", r"\\\1", _md(fig.caption))
+        return f"![{alt}]({rel})\n\n*{_md(fig.caption)}*"
+
+    out = [
+        f"# {_md(title)}",
+        "",
+        "Produced by:",
+        "",
+        _fence(command),
+        "",
+        f"- phantomdce version: `{version.replace('`', '')}`",
+        f"- date: {_md(date)}",
+        f"- accuracy criterion: {_md(criterion_words)}",
+    ]
+    for key, value in (scenario_info or {}).items():
+        out.append(f"- {_md(key)}: {_md(_info_value(value))}")
+    out += ["", "## Verdicts", ""]
+    rows = []
+    for sec in sections:
+        rec = sec.result.recommendation
+        if not sec.verdicts:
+            rows.append([f"{rec.title}: {rec.text}", "-", "-", NO_DATA, "-", _NO_RESULTS])
+        for v in sec.verdicts:
+            point, ci = _loosest_words(v)
+            rows.append(
+                [
+                    f"{rec.title}: {rec.text}",
+                    v.fitter,
+                    _short_criterion(criterion, v.parameters),
+                    f"{_recommended_words(v)}: **{v.recommended_meets}**",
+                    point if ci == point else f"{point} (whole CI inside: {ci})",
+                    v.summary,
+                ]
+            )
+    out.append(
+        _md_table(
+            [
+                "recommendation",
+                "fitter",
+                "criterion",
+                "recommended setting meets?",
+                "loosest setting that meets",
+                "summary",
+            ],
+            rows,
+        )
+    )
+    out += ["", "Classes:", ""]
+    out += [f"- **{k}**: {_md(w)}" for k, w in _CLASS_WORDS]
+    for sec in sections:
+        rec = sec.result.recommendation
+        out += [
+            "",
+            f"## {_md(rec.title)}",
+            "",
+            f"**Recommendation:** {_md(rec.text)}",
+            "",
+            f"Swept: {_md(rec.knob_label)} (scenario `{sec.result.scenario.replace('`', '')}`).",
+        ]
+        if rec.notes:
+            out += ["", f"*{_md(rec.notes)}*"]
+        out += ["", link(sec.knob)]
+        for v in sec.verdicts:
+            out += [
+                "",
+                f"### {_md(v.fitter)}: recommended setting {_md(v.recommended_meets)}",
+                "",
+                _md(v.summary),
+            ]
+            if v.notes:
+                out += [""] + [f"- {_md(n)}" for n in v.notes]
+            out += [
+                "",
+                _md_table(_setting_columns(v), [_setting_cells(v, s) for s in v.settings]),
+            ]
+        if sec.detail or sec.detail_note:
+            out += ["", f"### Error maps and error against truth: {_md(sec.detail_note)}"]
+            for fig in sec.detail:
+                out += ["", link(fig)]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_report(
+    results: Sequence[RecommendationResult],
+    outdir: str | os.PathLike[str],
+    *,
+    criterion: Criterion | None = None,
+    title: str = "phantomdce evidence report",
+    command: str,
+    version: str,
+    scenario_info: dict[str, Any] | None = None,
+    date: str | None = None,
+) -> dict[str, Path]:
+    """Write the report of a study: ``index.html``, ``summary.md`` and ``figures/*.png``.
+
+    Parameters
+    ----------
+    results : sequence of RecommendationResult
+        One per recommendation, in the order the report shows them.
+    outdir : str or os.PathLike
+        Output directory (created if needed; files of the same names are replaced).
+    criterion : Criterion, optional
+        Accuracy criterion, limits in % (default ``Criterion()``: |relative bias| <= 10 %
+        and CV <= 20 % for Ktrans and ve); failed-fit rate at most
+        :data:`~phantomdce.report.verdict.MAX_FAILURE_RATE`.
+    title : str, optional
+        Report title.
+    command : str
+        The exact command that produced the results, shown at the top.
+    version : str
+        The phantomdce version that produced them, shown at the top.
+    scenario_info : dict, optional
+        Extra key/value lines for the header (e.g. scenario hash, replicates, seed).
+    date : str, optional
+        Date shown at the top (default: now, UTC, ``YYYY-MM-DD HH:MM UTC``).
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        ``"html"``: ``outdir/index.html`` (self-contained: figures embedded as base64 PNG,
+        inline CSS, no external resource); ``"markdown"``: ``outdir/summary.md``;
+        ``"figures"``: ``outdir/figures`` (the PNG files the Markdown links).
+
+    Raises
+    ------
+    TypeError
+        If ``results`` holds something other than ``RecommendationResult``.
+    ValueError
+        If ``command`` or ``version`` is empty.
+    """
+    results = list(results)
+    for i, r in enumerate(results):
+        if not isinstance(r, RecommendationResult):
+            raise TypeError(f"results[{i}] is a {type(r).__name__}; expected RecommendationResult")
+    if not str(command).strip():
+        raise ValueError("command is empty; expected the command that produced the results")
+    if not str(version).strip():
+        raise ValueError("version is empty; expected the phantomdce version of the results")
+    criterion = Criterion() if criterion is None else criterion
+    when = date or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    words = describe_criterion(criterion, max_failure_rate=MAX_FAILURE_RATE)
+
+    out = Path(outdir)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    sections = _make_sections(results, criterion, figdir)
+    common = {
+        "title": title,
+        "command": str(command),
+        "version": str(version),
+        "date": when,
+        "criterion_words": words,
+        "criterion": criterion,
+        "scenario_info": scenario_info,
+    }
+    html_path = out / "index.html"
+    md_path = out / "summary.md"
+    _write_atomic(html_path, _html(sections, **common))
+    _write_atomic(md_path, _markdown(sections, out, **common))
+    return {"html": html_path, "markdown": md_path, "figures": figdir}

@@ -1,0 +1,412 @@
+"""Verdict logic on synthetic metric tables whose answers are known by construction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phantomdce.report.model import (
+    Criterion,
+    KnobRow,
+    Recommendation,
+    RecommendationResult,
+    TissueRow,
+)
+from phantomdce.report.verdict import (
+    FAILS,
+    MAX_FAILURE_RATE,
+    MEETS,
+    MEETS_CI_CROSSES,
+    NO_DATA,
+    describe_criterion,
+    format_knob_value,
+    judge,
+    judge_all,
+)
+
+PARAMS = ("Ktrans", "ve", "vp")
+
+
+def metrics(
+    rel_bias: float,
+    cv: float,
+    *,
+    half_ci: float = 1.0,
+    failure_rate: float = 0.0,
+) -> dict[str, float]:
+    """A KnobRow metrics dict with the numbers the verdict reads (the others NaN)."""
+    return {
+        "n_voxels": 100.0,
+        "n_success": 100.0 * (1 - failure_rate),
+        "failure_rate": failure_rate,
+        "bias": math.nan,
+        "rel_bias_pct": rel_bias,
+        "sd": math.nan,
+        "cv_pct": cv,
+        "rmse": math.nan,
+        "bias_ci_low": math.nan,
+        "bias_ci_high": math.nan,
+        "rel_bias_ci_low": rel_bias - half_ci,
+        "rel_bias_ci_high": rel_bias + half_ci,
+    }
+
+
+Table = Callable[[str, str, Any], dict[str, float] | None]
+
+
+def make_result(
+    table: Table,
+    knob_values: list[Any],
+    *,
+    kind: str = "max",
+    threshold: float | None = 5.0,
+    recommended: list[Any] | None = None,
+    fitters: tuple[str, ...] = ("lsq", "llsq"),
+    rec_id: str = "temporal_resolution",
+    title: str = "Temporal resolution",
+    text: str = "<= 5 s",
+    knob: str = "dt",
+    knob_label: str = "temporal resolution (s)",
+    notes: str = "",
+    parameters: tuple[str, ...] = PARAMS,
+) -> RecommendationResult:
+    """Build a RecommendationResult from ``table(fitter, parameter, knob_value) -> metrics``.
+
+    ``table`` returning None leaves the row out (a missing knob value or parameter). Tissue
+    rows (Ktrans x ve x vp grid) and scatter samples are derived from the rel_bias of each
+    row, so figures have data to draw.
+    """
+    rec = Recommendation(
+        id=rec_id,
+        title=title,
+        text=text,
+        knob=knob,
+        knob_label=knob_label,
+        kind=kind,
+        threshold=threshold,
+        recommended=[threshold] if recommended is None else recommended,
+        parameters=list(parameters),
+        notes=notes,
+    )
+    rows, tissues, scatter = [], [], {}
+    rng = np.random.default_rng(0)
+    grid = [
+        {"Ktrans": k, "ve": v, "vp": p}
+        for k in (0.05, 0.1, 0.2, 0.4)
+        for v in (0.1, 0.2, 0.4)
+        for p in (0.01, 0.05)
+    ]
+    for value in knob_values:
+        for fitter in fitters:
+            for param in parameters:
+                m = table(fitter, param, value)
+                if m is None:
+                    continue
+                rows.append(KnobRow(value, fitter, param, m))
+                rb = m["rel_bias_pct"] if math.isfinite(m["rel_bias_pct"]) else 0.0
+                for t in grid:
+                    err = rb * (1 + 2 * t["Ktrans"]) - 10 * t["ve"]
+                    tissues.append(TissueRow(value, fitter, param, t, err, m["cv_pct"], 10))
+                truth = rng.uniform(0.05, 0.5, 60)
+                est = truth * (1 + rb / 100) + rng.normal(0, 0.01, truth.size)
+                scatter[(value, fitter, param)] = (truth.tolist(), est.tolist())
+    return RecommendationResult(
+        recommendation=rec,
+        scenario=f"{rec_id}.toml",
+        knob_values=list(knob_values),
+        fitters=list(fitters),
+        rows=rows,
+        tissues=tissues,
+        scatter=scatter,
+    )
+
+
+DT = [1, 3, 5, 7, 9, 11, 13, 15]
+
+
+def dt_table(fitter: str, param: str, value: Any) -> dict[str, float]:
+    """Ktrans bias -1.2% per second of dt: -8.4% at 7 s, -10.8% at 9 s; ve and vp fine."""
+    if param == "Ktrans":
+        return metrics(-1.2 * value, 12.0, half_ci=0.9)
+    if param == "ve":
+        return metrics(2.0, 8.0, half_ci=0.5)
+    return metrics(40.0, 60.0)  # vp is bad but not in the criterion
+
+
+def test_max_knob_threshold_found():
+    v = judge(make_result(dt_table, DT), Criterion(), fitter="lsq")
+    assert v.parameters == ("Ktrans", "ve")
+    assert v.recommended_values == (5,)
+    assert v.recommended_meets == MEETS
+    assert v.loosest_meeting == 7
+    assert v.loosest_meeting_ci == 7
+    assert v.breaks_at == 9
+    assert [s.knob_value for s in v.settings] == DT
+    assert [s.status for s in v.settings] == [MEETS] * 4 + [FAILS] * 4
+    # the summary's numbers are the rows'
+    assert v.summary.startswith(
+        "At 5 s (recommended) Ktrans bias -6.0% [-6.9, -5.1] and CV 12.0%: meets."
+    )
+    assert "holds up to 7 s and breaks at 9 s (Ktrans bias -10.8% outside ±10%)" in v.summary
+    check = v.setting(9.0).checks["Ktrans"]
+    assert check.rel_bias_pct == pytest.approx(-10.8)
+    assert (check.ci_low, check.ci_high) == pytest.approx((-11.7, -9.9))
+    assert "vp" not in v.setting(9).checks
+
+
+def test_ci_crossing_limit():
+    def table(fitter, param, value):
+        if param == "Ktrans" and value in (5, 7):
+            return metrics(-1.2 * value, 12.0, half_ci=2.5)  # 7 s: [-10.9, -5.9]
+        return dt_table(fitter, param, value)
+
+    v = judge(make_result(table, DT), fitter="lsq")
+    assert v.setting(3).status == MEETS
+    assert v.setting(5).status == MEETS  # [-8.5, -3.5]
+    assert v.setting(7).status == MEETS_CI_CROSSES
+    assert "crosses ±10%" in v.setting(7).reasons[0]
+    assert v.loosest_meeting == 7
+    assert v.loosest_meeting_ci == 5
+    assert "With the whole 95% CI required inside the limits it holds up to 5 s" in v.summary
+
+
+def test_recommended_setting_ci_crosses():
+    def table(fitter, param, value):
+        if param == "Ktrans" and value == 5:
+            return metrics(-9.0, 12.0, half_ci=2.0)
+        return dt_table(fitter, param, value)
+
+    v = judge(make_result(table, DT), fitter="lsq")
+    assert v.recommended_meets == MEETS_CI_CROSSES
+    assert v.summary.startswith("At 5 s (recommended) Ktrans bias -9.0% [-11.0, -7.0]")
+    assert ": meets (CI crosses the limit)" in v.summary
+
+
+def test_non_monotone_stops_at_first_failure():
+    def table(fitter, param, value):
+        return metrics(15.0 if value == 3 else 1.0, 5.0)
+
+    v = judge(make_result(table, [1, 2, 3, 4], threshold=2.0), fitter="lsq")
+    assert v.loosest_meeting == 2
+    assert v.breaks_at == 3
+    assert v.setting(4).status == MEETS
+    assert "It is met again at 4 s, beyond the break." in v.summary
+
+
+def test_min_knob_baseline_frames():
+    frames = [1, 2, 3, 5, 8, 12, 20]
+
+    def table(fitter, param, value):
+        return metrics(30.0 / value, 5.0, half_ci=0.2)  # 3 frames: 10% (inclusive)
+
+    label = "number of pre-contrast frames"
+    res = make_result(table, frames, kind="min", threshold=5.0, knob="n_baseline", knob_label=label)
+    v = judge(res, fitter="lsq")
+    assert [s.knob_value for s in v.settings] == frames[::-1]  # strictest (largest) first
+    assert v.recommended_meets == MEETS
+    assert v.loosest_meeting == 3
+    assert v.breaks_at == 2
+    assert v.loosest_meeting_ci == 5  # the CI at 3 frames is [9.8, 10.2]
+    assert "holds down to 3 pre-contrast frames and breaks at 2 pre-contrast frames" in v.summary
+
+
+def test_threshold_not_simulated_uses_nearest_on_recommended_side():
+    frames = [1, 2, 3, 5, 8, 12, 20]
+    res = make_result(
+        lambda f, p, v: metrics(30.0 / v, 5.0),
+        frames,
+        kind="min",
+        threshold=4.0,
+        knob_label="number of pre-contrast frames",
+    )
+    v = judge(res, fitter="lsq")
+    assert v.recommended_values == (5,)  # not 3: that is on the loose side
+    assert any("recommended 4 pre-contrast frames was not simulated" in n for n in v.notes)
+    assert "nearest simulated to the recommended 4 pre-contrast frames" in v.summary
+
+    res = make_result(lambda f, p, v: metrics(1.0, 5.0), DT, threshold=6.0)
+    assert judge(res, fitter="lsq").recommended_values == (5,)  # "max": the value below
+
+
+def test_category_knob():
+    cats = ["true AIF", "population AIF", "measured AIF"]
+
+    def table(fitter, param, value):
+        if value == "population AIF" and param == "Ktrans":
+            return metrics(-25.0, 10.0)
+        return metrics(3.0, 10.0)
+
+    res = make_result(
+        table,
+        cats,
+        kind="category",
+        threshold=None,
+        recommended=["measured AIF", "population AIF"],
+        knob="aif",
+        knob_label="AIF",
+    )
+    v = judge(res, fitter="lsq")
+    assert v.recommended_values == ("measured AIF", "population AIF")
+    assert v.recommended_meets == FAILS  # the worst of the recommended categories
+    assert v.loosest_meeting == ["true AIF", "measured AIF"]
+    assert v.breaks_at is None
+    assert v.summary.startswith("With measured AIF (recommended) Ktrans bias 3.0%")
+    assert "not by population AIF (Ktrans bias -25.0% outside ±10%)" in v.summary
+
+
+def test_all_fail():
+    res = make_result(lambda f, p, v: metrics(30.0, 50.0), DT)
+    v = judge(res, fitter="lsq")
+    assert v.recommended_meets == FAILS
+    assert v.loosest_meeting is None and v.loosest_meeting_ci is None
+    assert v.breaks_at == 1
+    assert "fails already at the strictest simulated setting, 1 s" in v.summary
+
+
+def test_nan_metrics_fail_and_say_why():
+    def table(fitter, param, value):
+        if value == 5 and param == "ve":
+            return metrics(2.0, math.nan)
+        if value == 7 and param == "Ktrans":
+            return metrics(math.nan, 5.0)
+        return metrics(1.0, 5.0)
+
+    v = judge(make_result(table, DT), fitter="lsq")
+    assert v.setting(3).status == MEETS
+    assert v.setting(5).status == FAILS
+    assert v.setting(5).reasons == ("ve CV is NaN (not computable)",)
+    assert v.setting(7).reasons == ("Ktrans relative bias is NaN (not computable)",)
+    assert v.loosest_meeting == 3
+    assert "fails (ve CV is NaN (not computable))" in v.summary
+
+
+def test_nan_ci_and_failure_rate():
+    def table(fitter, param, value):
+        m = metrics(1.0, 5.0)
+        if value == 1:
+            m["rel_bias_ci_low"] = m["rel_bias_ci_high"] = math.nan  # one replicate
+        if value == 3:
+            m["failure_rate"] = 0.2
+        if value == 5:
+            del m["failure_rate"]  # missing metric
+        return m
+
+    v = judge(make_result(table, DT), fitter="lsq")
+    assert v.setting(1).status == MEETS_CI_CROSSES
+    assert "CI unavailable" in v.setting(1).reasons[0]
+    assert v.setting(3).reasons[0] == f"Ktrans failure rate 20.0% > {100 * MAX_FAILURE_RATE:g}%"
+    assert v.setting(5).status == FAILS
+    assert v.loosest_meeting == 1 and v.loosest_meeting_ci is None
+    v = judge(make_result(table, DT), fitter="lsq", max_failure_rate=0.25)
+    assert v.setting(3).status == MEETS
+
+
+def test_knob_value_missing_for_one_fitter():
+    def table(fitter, param, value):
+        if fitter == "llsq" and value == 5:
+            return None
+        if fitter == "llsq" and param == "ve" and value == 7:
+            return None
+        return dt_table(fitter, param, value)
+
+    res = make_result(table, DT)
+    lsq, llsq = judge_all(res, Criterion())
+    assert (lsq.fitter, llsq.fitter) == ("lsq", "llsq")
+    assert lsq.recommended_values == (5,)
+    assert llsq.setting(5).status == NO_DATA
+    assert llsq.setting(7).status == NO_DATA
+    assert llsq.setting(7).reasons[0] == "no result for ve"
+    assert llsq.recommended_values == (3,)
+    assert llsq.recommended_meets == MEETS
+    assert any("no data at 5 s, 7 s" == n for n in llsq.notes)
+    assert any("recommended 5 s was not simulated for llsq" in n for n in llsq.notes)
+    assert llsq.loosest_meeting == 3  # 5 and 7 skipped, 9 fails
+    assert llsq.breaks_at == 9
+
+
+def test_fitter_without_rows_and_parameter_not_estimated():
+    def table(fitter, param, value):
+        if fitter == "patlak" and param == "ve":
+            return None
+        return dt_table(fitter, param, value)
+
+    res = make_result(table, DT, fitters=("lsq", "patlak"))
+    v = judge(res, fitter="patlak")
+    assert v.parameters == ("Ktrans",)
+    assert any("patlak gives no ve estimate" in n for n in v.notes)
+    assert v.loosest_meeting == 7
+
+    v = judge(res, fitter="unknown")
+    assert v.recommended_meets == NO_DATA
+    assert all(s.status == NO_DATA for s in v.settings)
+    assert v.summary.startswith("No results for unknown")
+
+
+def test_custom_criterion_and_words():
+    crit = Criterion(max_abs_rel_bias_pct={"Ktrans": 15.0}, max_cv_pct={"Ktrans": 20.0})
+    v = judge(make_result(dt_table, DT), crit, fitter="lsq")
+    assert v.loosest_meeting == 11  # -13.2% at 11 s, -15.6% at 13 s
+    assert v.criterion == (
+        "|relative bias| <= 15% (95% CI inside ±15%) and CV <= 20% for Ktrans; failure rate <= 5%"
+    )
+    words = describe_criterion(
+        Criterion(max_abs_rel_bias_pct={"Ktrans": 10.0, "ve": 5.0}, max_cv_pct={"vp": 30.0})
+    )
+    assert words.startswith("|relative bias| <= 10% (95% CI inside ±10%) for Ktrans; ")
+    assert "CV <= 30% for vp" in words
+
+
+def test_bad_arguments():
+    res = make_result(dt_table, DT)
+    res.recommendation = Recommendation(**{**res.recommendation.__dict__, "kind": "upper"})
+    with pytest.raises(ValueError, match="kind 'upper'"):
+        judge(res, fitter="lsq")
+    res = make_result(lambda f, p, v: metrics(1.0, 5.0), ["a", "b"])
+    with pytest.raises(ValueError, match="knob value 'a' is not a number"):
+        judge(res, fitter="lsq")
+    with pytest.raises(ValueError, match="max_failure_rate"):
+        judge(make_result(dt_table, DT), fitter="lsq", max_failure_rate=5.0)
+
+
+def test_float_and_int_knob_values_match():
+    res = make_result(dt_table, [1.0, 3.0, 5.0, 7.0, 9.0], threshold=5)
+    v = judge(res, fitter="lsq")
+    assert v.recommended_values == (5.0,)
+    assert v.setting(5).status == MEETS
+    assert format_knob_value(2.5, "total acquisition time (min)") == "2.5 min"
+    assert format_knob_value("[2, 15]", "flip angles (deg)") == "[2, 15]"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(["meets", "crosses", "fails", "missing"]), min_size=1, max_size=9),
+    st.sampled_from(["max", "min"]),
+)
+def test_loosest_matches_its_definition(pattern, kind):
+    values = list(range(1, len(pattern) + 1))
+    strict_first = values if kind == "max" else values[::-1]
+    status = dict(zip(strict_first, pattern, strict=True))
+    numbers = {"meets": (1.0, 1.0), "crosses": (9.0, 2.0), "fails": (20.0, 1.0)}
+
+    def table(fitter, param, value):
+        if status[value] == "missing":
+            return None
+        rb, half = numbers[status[value]]
+        return metrics(rb, 5.0, half_ci=half)
+
+    v = judge(make_result(table, values, kind=kind, threshold=1.0), fitter="lsq")
+    present = [x for x in strict_first if status[x] != "missing"]
+
+    def loosest(ok):
+        # the loosest value such that it and every stricter simulated value is in `ok`
+        good = [x for i, x in enumerate(present) if all(status[y] in ok for y in present[: i + 1])]
+        return good[-1] if good else None
+
+    assert v.loosest_meeting == loosest({"meets", "crosses"})
+    assert v.loosest_meeting_ci == loosest({"meets"})
