@@ -12,6 +12,7 @@ import pytest
 
 from phantomdce.report.figures import error_map_figure, knob_figure, scatter_figure
 from phantomdce.report.render import write_report
+
 from test_verdict import DT, dt_table, make_result, metrics
 
 COMMAND = "phantomdce report runs/esnr/ -o reports/esnr --title 'a & b'"

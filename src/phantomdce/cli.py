@@ -208,6 +208,7 @@ def _cmd_run_study(args: argparse.Namespace) -> int:
 
 
 def _write_report(out: Path, dest: Path, command: str) -> None:
+    from phantomdce.report.literature import check_claims
     from phantomdce.report.model import Criterion
     from phantomdce.report.render import write_report
     from phantomdce.report.results import collect_results
@@ -215,19 +216,45 @@ def _write_report(out: Path, dest: Path, command: str) -> None:
 
     results = collect_results(out)
     criterion = Criterion()
+    info = _study_info(out)
     paths = write_report(
         results,
         dest,
         criterion=criterion,
-        title=f"phantomdce report: {out.name}",
+        title=f"phantomdce report: {info.get('study', out.name)}",
         command=command,
         version=phantomdce.__version__,
+        scenario_info=info,
+        literature=check_claims(results),
     )
     print("verdicts (criterion: |relative bias| <= 10% and CV <= 20% for Ktrans and ve):")
     for result in results:
         for v in judge_all(result, criterion):
             print(f"  {result.recommendation.title} [{v.fitter}]: {v.summary}")
     print(f"report: {paths['html']}")
+
+
+def _study_info(out: Path) -> dict[str, str]:
+    """Header lines of a report: the study, its scenarios with their hashes and sizes."""
+    import json
+
+    from phantomdce.report.results import run_dirs
+
+    info: dict[str, str] = {}
+    study = out / "study.toml"
+    if study.exists():
+        import tomllib
+
+        raw = tomllib.loads(study.read_text())
+        info["study"] = f"{raw.get('name', out.name)}: {raw.get('description', '')}"
+    for d in run_dirs(out):
+        meta = json.loads((d / "run.json").read_text())
+        sc = meta["scenario"]
+        info[f"scenario {meta['scenario_name']}"] = (
+            f"hash {meta['scenario_hash']}, seed {sc['seed']}, {sc['replicates']} replicates"
+            f" per tissue, fitters {', '.join(f['name'] for f in meta['fitters'])}"
+        )
+    return info
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

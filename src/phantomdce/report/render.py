@@ -264,8 +264,10 @@ def _make_sections(
 # --------------------------------------------------------------------------- HTML
 
 
-def _badge(status: str) -> str:
-    return f'<span class="st {_CSS_CLASS.get(status, "st-na")}">{_h(status)}</span>'
+def _badge(status: str, *, like: str | None = None) -> str:
+    """A coloured label: the text ``status``, coloured as the class ``like`` (default itself)."""
+    css = _CSS_CLASS.get(like or status, "st-na")
+    return f'<span class="st {css}">{_h(status)}</span>'
 
 
 def _img(fig: _Fig) -> str:
@@ -295,6 +297,7 @@ def _html(
     criterion_words: str,
     criterion: Criterion,
     scenario_info: dict[str, Any] | None,
+    literature: list[dict[str, str]] | None = None,
 ) -> str:
     out = [
         "<!DOCTYPE html>",
@@ -320,6 +323,8 @@ def _html(
 
     out.append("<nav><h2>Contents</h2><ul>")
     out.append('<li><a href="#verdicts">Verdicts</a></li>')
+    if literature:
+        out.append('<li><a href="#literature">What the literature reports</a></li>')
     for i, sec in enumerate(sections, start=1):
         rec = sec.result.recommendation
         out.append(f'<li><a href="#rec-{i}">{_h(rec.title)}</a></li>')
@@ -363,6 +368,41 @@ def _html(
         "setting in between; settings without data are skipped.</p>"
     )
     out.append("</section>")
+    if literature:
+        out += [
+            '<section id="literature">',
+            "<h2>What the literature reports</h2>",
+            "<p>Each direction is measured in these results (first fitter); where it is "
+            "not reproduced, the reason is given.</p>",
+        ]
+        lit_rows = [
+            [
+                _h(c["claim"]),
+                _h(c["source"]),
+                _h(c["recommendation"]),
+                _h(c["measured"]),
+                _badge({"reproduced": MEETS, "not reproduced": FAILS}.get(c["status"], NO_DATA))
+                + " "
+                + _h(c["status"]),
+                _h(c["explanation"]),
+            ]
+            for c in literature
+        ]
+        out.append(
+            _html_table(
+                [
+                    "reported direction",
+                    "source",
+                    "recommendation",
+                    "measured",
+                    "reproduced?",
+                    "why not",
+                ],
+                lit_rows,
+                raw=True,
+            )
+        )
+        out.append("</section>")
 
     for i, sec in enumerate(sections, start=1):
         rec = sec.result.recommendation
@@ -434,6 +474,7 @@ def _markdown(
     criterion_words: str,
     criterion: Criterion,
     scenario_info: dict[str, Any] | None,
+    literature: list[dict[str, str]] | None = None,
 ) -> str:
     def link(fig: _Fig) -> str:
         rel = fig.path.relative_to(outdir).as_posix()
@@ -486,6 +527,38 @@ def _markdown(
     )
     out += ["", "Classes:", ""]
     out += [f"- **{k}**: {_md(w)}" for k, w in _CLASS_WORDS]
+    if literature:
+        out += [
+            "",
+            "## What the literature reports",
+            "",
+            "Each direction is measured in these results (first fitter); where it is not "
+            "reproduced, the reason is given.",
+            "",
+        ]
+        out.append(
+            _md_table(
+                [
+                    "reported direction",
+                    "source",
+                    "recommendation",
+                    "measured",
+                    "reproduced?",
+                    "why not",
+                ],
+                [
+                    [
+                        c["claim"],
+                        c["source"],
+                        c["recommendation"],
+                        c["measured"],
+                        c["status"],
+                        c["explanation"],
+                    ]
+                    for c in literature
+                ],
+            )
+        )
     for sec in sections:
         rec = sec.result.recommendation
         out += [
@@ -541,6 +614,7 @@ def write_report(
     version: str,
     scenario_info: dict[str, Any] | None = None,
     date: str | None = None,
+    literature: list[dict[str, str]] | None = None,
 ) -> dict[str, Path]:
     """Write the report of a study: ``index.html``, ``summary.md`` and ``figures/*.png``.
 
@@ -564,6 +638,9 @@ def write_report(
         Extra key/value lines for the header (e.g. scenario hash, replicates, seed).
     date : str, optional
         Date shown at the top (default: now, UTC, ``YYYY-MM-DD HH:MM UTC``).
+    literature : list of dict, optional
+        Reported directions checked against the results
+        (:func:`phantomdce.report.literature.check_claims`), shown after the verdicts.
 
     Returns
     -------
@@ -603,6 +680,7 @@ def write_report(
         "criterion_words": words,
         "criterion": criterion,
         "scenario_info": scenario_info,
+        "literature": literature,
     }
     html_path = out / "index.html"
     md_path = out / "summary.md"
