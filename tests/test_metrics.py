@@ -224,6 +224,16 @@ def test_tolerance_table():
     assert TOLERANCES["Ktrans"] == (0.005, 0.1) and TOLERANCES["fp"] == (5.0, 0.1)
     assert TOLERANCES["kep"] == TOLERANCES["Ktrans"]
     assert TOLERANCES["T10"] == (0.0, 0.05)
+    # the OSIPI entries, as tests/data/osipi/README.md states them
+    osipi = {
+        "Ktrans": (0.005, 0.1),
+        "ps": (0.005, 0.1),
+        "ve": (0.05, 0.0),
+        "vp": (0.025, 0.0),
+        "fp": (5.0, 0.1),
+        "delay": (1.0, 0.0),
+    }
+    assert {k: TOLERANCES[k] for k in osipi} == osipi
 
 
 def test_bootstrap_two_replicates_hand():
