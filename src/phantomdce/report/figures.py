@@ -274,7 +274,7 @@ def knob_figure(
     if rec_x:
         handles.append(Line2D([], [], color=_REC_COLOUR, ls="--", label="recommended"))
     handles.append(Patch(color=_OK_COLOUR, alpha=0.3, label="accuracy criterion met"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
 
 
