@@ -61,3 +61,18 @@ def test_level_claims_need_a_ci_clear_of_zero_and_a_real_effect():
 
 def test_claims_of_absent_recommendations_are_skipped():
     assert check_claims([]) == []
+
+
+def test_report_shows_the_literature_table(tmp_path):
+    from phantomdce.report.render import write_report
+
+    results = [tres(+20.0, 30.0)]
+    lit = check_claims(results)
+    paths = write_report(
+        results, tmp_path, command="phantomdce report x", version="1", literature=lit
+    )
+    page = paths["html"].read_text()
+    assert "What the literature reports" in page and 'href="#literature"' in page
+    assert ">not reproduced</span>" in page and ">reproduced</span>" in page
+    md = paths["markdown"].read_text()
+    assert "## What the literature reports" in md and "Larsson 2013" in md

@@ -381,9 +381,10 @@ def _html(
                 _h(c["source"]),
                 _h(c["recommendation"]),
                 _h(c["measured"]),
-                _badge({"reproduced": MEETS, "not reproduced": FAILS}.get(c["status"], NO_DATA))
-                + " "
-                + _h(c["status"]),
+                _badge(
+                    c["status"],
+                    like={"reproduced": MEETS, "not reproduced": FAILS}.get(c["status"], NO_DATA),
+                ),
                 _h(c["explanation"]),
             ]
             for c in literature
