@@ -262,3 +262,11 @@ def test_cases_keep_the_written_axis_order(tmp_path):
         fit = FitConfig.from_mapping(sc.fit, model=sc.tissue.model)
         est = fit.resolve()[0].fitter.fit(fit.pipeline(fresh))
         np.testing.assert_array_equal(stored["Ktrans"].values[0], est["Ktrans"].values)
+
+
+def test_dask_local_processes_scheduler_gives_identical_estimates(tmp_path):
+    pytest.importorskip("dask")
+    path = scenario(tmp_path, chunk=50)
+    run(path, tmp_path / "procs", scheduler="processes", workers=2)
+    run(path, tmp_path / "local")
+    assert_same(estimates(tmp_path / "procs"), estimates(tmp_path / "local"))
