@@ -270,3 +270,23 @@ def test_dask_local_processes_scheduler_gives_identical_estimates(tmp_path):
     run(path, tmp_path / "procs", scheduler="processes", workers=2)
     run(path, tmp_path / "local")
     assert_same(estimates(tmp_path / "procs"), estimates(tmp_path / "local"))
+
+
+def test_a_unit_marked_done_without_its_data_is_redone(tmp_path):
+    import shutil
+
+    path = scenario(tmp_path, chunk=40)
+    out = tmp_path / "out"
+    run(path, out)
+    before = estimates(out)
+    # lose the stored data of one chunk behind its marker (as a machine crash could)
+    g = out / "estimates.zarr" / "case_0001"
+    shutil.rmtree(g / "tissue" / "1", ignore_errors=True)
+    (g / "tissue" / "1").unlink(missing_ok=True)
+    plan = plan_run(path, out)
+    with pytest.raises(RuntimeError, match="markers were removed: run again"):
+        finalize(plan)
+    assert len(plan.pending()) == 1
+    execute(plan)
+    finalize(plan)
+    assert_same(estimates(out), before)

@@ -10,7 +10,7 @@ def tres(ktrans_at_15, vp_at_15):
         bias = {"Ktrans": ktrans_at_15, "vp": vp_at_15}.get(parameter, 0.0) * (value == 15.0)
         return metrics(bias, 10.0)
 
-    return make_result(table, [2.0, 5.0, 15.0], fitters=("nlls",))
+    return make_result(table, [1.0, 5.0, 15.0], fitters=("nlls",))
 
 
 def by_claim(rows):

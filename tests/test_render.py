@@ -153,7 +153,7 @@ def test_markdown_summary(report):
     assert len(links) == 8
     for link in links:
         assert (paths["html"].parent / link).is_file()
-    assert "| 9 s | fails | -10.8 [-11.7, -9.9] | 12.0 | 0.0 |" in md
+    assert "| 9 s | fails | -10.8 [-11.7, -9.9] | - | 12.0 | 0.0 |" in md
 
 
 def _vertical_lines_at(ax, x):

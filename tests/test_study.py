@@ -99,6 +99,10 @@ def test_study_runs_every_scenario_and_pools_nuisance_axes(tmp_path):
     )
     # pooled over the two phases: 4 tissues x 4 replicates (study override) x 2 cases
     assert row.metrics["n_voxels"] == 32
+    # pooled CV covers noise and phase; the noise-only CV and the per-phase range are kept
+    assert row.metrics["cv_noise_pct"] <= row.metrics["cv_pct"] + 1e-9
+    assert row.metrics["rel_bias_case_min"] <= row.metrics["rel_bias_pct"]
+    assert row.metrics["rel_bias_pct"] <= row.metrics["rel_bias_case_max"]
     assert row.metrics["rel_bias_ci_low"] <= row.metrics["rel_bias_pct"]
     assert row.metrics["rel_bias_pct"] <= row.metrics["rel_bias_ci_high"]
     aif = results["aif"]
@@ -174,3 +178,21 @@ def test_bat_phase_and_aif_scale():
     )
     t = np.linspace(0, 300, 301)
     np.testing.assert_allclose(case_aif(p)(t), 1.3 * case_aif(ref)(t))
+
+
+def test_report_uses_only_the_study_members_and_refuses_ambiguous_pools(tmp_path):
+    write(tmp_path, "tres")
+    study = tmp_path / "study.toml"
+    study.write_text('include = ["tres.toml"]\n')
+    run_study(study, tmp_path / "out")
+    # a stray run of another scenario for the same recommendation, left in the directory
+    from phantomdce.engine.run import run as run_one
+
+    stray = write(tmp_path, "stray", seed=9, rec_id="tres")
+    run_one(stray, tmp_path / "out" / "stray")
+    (result,) = collect_results(tmp_path / "out")
+    assert result.scenario == "tres"
+    # without the study's manifest both runs claim the recommendation: refused
+    (tmp_path / "out" / "study.json").unlink()
+    with pytest.raises(ValueError, match="needs its own fixed knob_value"):
+        collect_results(tmp_path / "out")

@@ -5,7 +5,7 @@ Example, in a vendor's tests::
     from phantomdce.testing import assert_fitter_accuracy
 
     def test_my_fitter_is_accurate():
-        assert_fitter_accuracy(MyFitter(), "scenarios/quick.toml",
+        assert_fitter_accuracy(MyFitter(), "scenarios/esnr2022/acquisition_time.toml",
                                max_abs_rel_bias_pct={"Ktrans": 10, "ve": 10},
                                max_cv_pct={"Ktrans": 20, "ve": 20})
 

@@ -347,16 +347,21 @@ def _fit_isolated(spec: str, info, data: xr.Dataset, timeout: float) -> xr.Datas
         with open(src, "wb") as fh:
             pickle.dump({"spec": spec, "name": info.name, "sys_path": sys.path, "data": data}, fh)
         try:
-            subprocess.run(
+            proc = subprocess.run(
                 [sys.executable, "-m", "phantomdce.engine._child", str(src), str(dst)],
                 timeout=timeout,
                 check=False,
                 capture_output=True,
+                text=True,
             )
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"ran past the time limit of {timeout:g} s per chunk") from None
         if not dst.exists():
-            raise RuntimeError("the fitter's process ended without a result (crashed)")
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(
+                f"the fitter's process ended without a result (exit code {proc.returncode})"
+                + (f": {tail}" if tail else "")
+            )
         with open(dst, "rb") as fh:
             outcome = pickle.load(fh)
     if "error" in outcome:
@@ -581,6 +586,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     if missing:
         raise RuntimeError(f"{len(missing)} units are not finished: run again to complete them")
     tree = open_results(plan.out)
+    _verify_units(plan, tree)
     rows = []
     failures = []
     for case in plan.scenario.cases():
@@ -591,7 +597,8 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                 est_names.insert(0, "Ktrans")
             if "Ktrans" in est_names and "ve" in est_names:
                 est_names.append("kep")
-            if np.isfinite(ds["delay"].values[f]).any():
+            # the true delay is 0 only when the fitter sees the true AIF
+            if np.isfinite(ds["delay"].values[f]).any() and plan.fit.pipeline.aif == "true":
                 est_names.append("delay")
             total_time = float(np.nansum(ds["fit_time_s"].values[f]))
             for name in est_names:
@@ -621,6 +628,28 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     lines += [",".join([*map(str, r[:5]), json.dumps(r[5])]) for r in failures]
     (plan.out / "failures.csv").write_text("\n".join(lines) + "\n")
     return rows
+
+
+def _verify_units(plan: RunPlan, tree: xr.DataTree) -> None:
+    """Check that every unit marked done wrote its region; unmark and raise if not.
+
+    A marker is written after its unit's zarr writes, but a crash of the machine (not of
+    the process) can still lose unsynced data; such units are found here, their markers
+    removed, and the run asked to be repeated, which redoes only them.
+    """
+    bad = []
+    for c, k, a, b in plan.units:
+        g = tree[plan.scenario.cases()[c].name]
+        tissue_ok = bool((g["tissue"].values[a:b] >= 0).all())
+        time_ok = bool(np.isfinite(g["fit_time_s"].values[:, k]).all())
+        if not (tissue_ok and time_ok):
+            bad.append((c, k))
+            plan.marker(c, k).unlink(missing_ok=True)
+    if bad:
+        raise RuntimeError(
+            f"{len(bad)} units marked done had not written their results (e.g. case {bad[0][0]},"
+            f" chunk {bad[0][1]}); their markers were removed: run again to redo them"
+        )
 
 
 def _truth_for(ds: xr.Dataset, name: str) -> np.ndarray | None:

@@ -14,6 +14,7 @@ A scenario file (no ``include``) is a study of one.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,4 +138,8 @@ def run_study(
         execute(plan, scheduler=scheduler, workers=workers, progress=tick)
         rows[plan.scenario.name] = finalize(plan)
     (out / "study.toml").write_text(Path(path).read_text(encoding="utf-8"))
+    members = {p.scenario.name: p.scenario.hash for p in plans}
+    (out / "study.json").write_text(
+        json.dumps({"study": study.name, "scenarios": members}, indent=1)
+    )
     return rows

@@ -71,8 +71,12 @@ class Criterion:
 class KnobRow:
     """Metrics of one fitter and parameter at one knob value, pooled over nuisance axes.
 
-    ``metrics`` holds the keys of :data:`phantomdce.engine.metrics.METRICS` plus
-    ``rel_bias_ci_low`` and ``rel_bias_ci_high`` (bootstrap 95% CI of the relative bias, %).
+    ``metrics`` holds the keys of :data:`phantomdce.engine.metrics.METRICS` computed over
+    all pooled voxels (so ``cv_pct`` covers noise and the nuisance axes) plus
+    ``rel_bias_ci_low`` and ``rel_bias_ci_high`` (bootstrap 95% CI of the relative bias, %),
+    ``cv_noise_pct`` (CV over noise replicates alone: root mean square of the pooled cases'
+    CVs, %) and ``rel_bias_case_min``/``rel_bias_case_max`` (the range of the pooled cases'
+    relative biases, %).
     """
 
     knob_value: Any

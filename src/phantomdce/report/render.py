@@ -152,7 +152,7 @@ def _fmt(v: Verdict, value: Any) -> str:
 
 def _recommended_words(v: Verdict) -> str:
     if not v.recommended_values:
-        return "not simulated"
+        return "not simulated" if v.kind == "category" else "none recommended"
     return ", ".join(_fmt(v, x) for x in v.recommended_values)
 
 
@@ -170,7 +170,12 @@ def _loosest_words(v: Verdict) -> tuple[str, str]:
 def _setting_columns(v: Verdict) -> list[str]:
     cols = [v.knob_label, "class"]
     for p in v.parameters:
-        cols += [f"{p} rel. bias % [95% CI]", f"{p} CV %", f"{p} failed %"]
+        cols += [
+            f"{p} rel. bias % [95% CI]",
+            f"{p} bias range over cases %",
+            f"{p} CV % (noise only)",
+            f"{p} failed %",
+        ]
     return cols + ["why"]
 
 
@@ -179,11 +184,13 @@ def _setting_cells(v: Verdict, s: Setting) -> list[str]:
     for p in v.parameters:
         c = s.checks.get(p)
         if c is None:
-            cells += ["-", "-", "-"]
+            cells += ["-", "-", "-", "-"]
         else:
+            same = math.isnan(c.case_bias_min) or c.case_bias_min == c.case_bias_max
             cells += [
                 _bias_cell(c.rel_bias_pct, c.ci_low, c.ci_high),
-                _pct(c.cv_pct),
+                "-" if same else f"{_pct(c.case_bias_min)} to {_pct(c.case_bias_max)}",
+                f"{_pct(c.cv_pct)}" + ("" if same else f" ({_pct(c.cv_noise_pct)})"),
                 _pct(100 * c.failure_rate),
             ]
     return cells + ["; ".join(s.reasons)]

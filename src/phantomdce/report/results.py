@@ -70,11 +70,32 @@ def parse_recommendation(raw: dict[str, Any], where: str) -> tuple[Recommendatio
 
 
 def run_dirs(out: str | Path) -> list[Path]:
-    """Run directories under ``out`` (``out`` itself if it is one)."""
+    """Run directories of a result: ``out`` itself, or the members a study recorded.
+
+    A study directory lists its scenarios (names and hashes) in ``study.json``; only those
+    runs are used, and each must be the run of that very scenario, so that results of
+    another study left in the same directory are never pooled in.
+    """
     out = Path(out)
     if (out / "run.json").exists():
         return [out]
-    return sorted(p.parent for p in out.glob("*/run.json"))
+    manifest = out / "study.json"
+    if not manifest.exists():
+        return sorted(p.parent for p in out.glob("*/run.json"))
+    members = json.loads(manifest.read_text())["scenarios"]
+    dirs = []
+    for name, digest in members.items():
+        run_file = out / name / "run.json"
+        if not run_file.exists():
+            raise FileNotFoundError(f"{out}: the study's scenario {name!r} has no run")
+        found = json.loads(run_file.read_text())["scenario_hash"]
+        if found != digest:
+            raise ValueError(
+                f"{out / name} holds scenario hash {found}, but the study ran {digest}:"
+                " refusing to report on a mixture"
+            )
+        dirs.append(out / name)
+    return dirs
 
 
 def knob_label(value: Any) -> Any:
@@ -115,6 +136,19 @@ def collect_results(out: str | Path, *, seed: int = 0) -> list[RecommendationRes
             continue
         rec, fixed, order = parse_recommendation(raw["recommendation"], str(d))
         g = groups.setdefault(rec.id, {"rec": rec, "order": order, "runs": []})
+        for other_dir, other_meta, other_fixed in g["runs"]:
+            if fixed is None or other_fixed is None or fixed == other_fixed:
+                raise ValueError(
+                    f"runs {other_dir.name} and {d.name} both report on recommendation"
+                    f" {rec.id!r}"
+                    + (f" with knob value {fixed!r}" if fixed is not None else "")
+                    + ": each run of a recommendation needs its own fixed knob_value"
+                )
+            if other_meta["scenario"]["tissue"] != meta["scenario"]["tissue"]:
+                raise ValueError(
+                    f"runs {other_dir.name} and {d.name} of recommendation {rec.id!r} have"
+                    " different tissue grids: their tissues cannot be pooled"
+                )
         g["runs"].append((d, meta, fixed))
     if not groups:
         raise FileNotFoundError(f"{out}: no run has a [recommendation] table to report on")
@@ -186,6 +220,28 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
             )
         lo, hi = block_bootstrap_bias_ci(rel, p["replicate"], seed=seed)
         m["rel_bias_ci_low"], m["rel_bias_ci_high"] = lo, hi
+        # per pooled case: noise-only precision and the spread of the bias over cases
+        per_case = [
+            case_metrics(
+                c["estimate"],
+                c["truth"],
+                c["success"],
+                c["tissue"],
+                c["replicate"],
+                parameter=name,
+                n_boot=0,
+            )
+            for c in chunks
+        ]
+        cvs = np.array([c["cv_pct"] for c in per_case])
+        biases = np.array([c["rel_bias_pct"] for c in per_case])
+        with np.errstate(invalid="ignore"):
+            m["cv_noise_pct"] = (
+                float(np.sqrt(np.nanmean(cvs**2))) if np.isfinite(cvs).any() else float("nan")
+            )
+        finite = biases[np.isfinite(biases)]
+        m["rel_bias_case_min"] = float(finite.min()) if finite.size else float("nan")
+        m["rel_bias_case_max"] = float(finite.max()) if finite.size else float("nan")
         rows.append(KnobRow(knob, fitter, name, m))
         tissues.extend(_tissue_rows(knob, fitter, name, p, rel, ok))
         idx = np.flatnonzero(ok)

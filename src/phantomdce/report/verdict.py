@@ -108,7 +108,8 @@ class ParamCheck:
     rel_bias_pct, ci_low, ci_high : float
         Relative bias and its bootstrap 95 % CI, in %. NaN when unavailable.
     cv_pct : float
-        Coefficient of variation over noise replicates, in %.
+        Coefficient of variation, in %: over noise replicates and, where the setting pools
+        several cases (nuisance axes such as the arrival phase), over those cases too.
     failure_rate : float
         Fraction of failed fits, 0-1.
     bias_limit, cv_limit : float or None
@@ -129,6 +130,12 @@ class ParamCheck:
     cv_limit: float | None
     status: str
     reasons: tuple[str, ...] = ()
+    cv_noise_pct: float = math.nan
+    """CV over noise replicates alone (root mean square over the pooled cases), %."""
+    case_bias_min: float = math.nan
+    """Lowest relative bias of the pooled cases, %."""
+    case_bias_max: float = math.nan
+    """Highest relative bias of the pooled cases, %."""
 
 
 @dataclass(frozen=True)
@@ -398,6 +405,9 @@ def _check(
         bias_limit=bias_limit,
         cv_limit=cv_limit,
         status=status,
+        cv_noise_pct=_metric(row, "cv_noise_pct"),
+        case_bias_min=_metric(row, "rel_bias_case_min"),
+        case_bias_max=_metric(row, "rel_bias_case_max"),
         reasons=tuple(fails + doubts),
     )
 
@@ -649,6 +659,8 @@ def judge(
                 for j, (s, tag) in enumerate(zip(recommended, tags, strict=True))
             ]
             sentences.append("; ".join(clauses) + ".")
+        elif rec.threshold is None and not rec.recommended:
+            sentences.append("The guideline recommends no setting here.")
         else:
             sentences.append("The recommended setting was not simulated.")
         if kind in ("max", "min"):
