@@ -1,0 +1,1 @@
+"""Anthropomorphic head-and-neck phantom (simulation side): anatomy and acquisition."""

@@ -1,0 +1,107 @@
+"""The head-and-neck phantom: anatomy, exact partial volume, acquisition settings."""
+
+import numpy as np
+import pytest
+
+from phantomdce.dro.protocol import Protocol
+from phantomdce.phantom.acquire import Acquisition, acquire, overlap_weights
+from phantomdce.phantom.anatomy import CLASSES, Phantom, make_neck
+
+PROTO = Protocol.from_mapping({"dt": 5.0, "duration": 120.0, "snr": float("inf")})
+
+
+def tiny(types):
+    params = []
+    for name in ("muscle", "tumour_rim", "fat"):
+        c = CLASSES[name]
+        params.append(
+            {
+                "class": name,
+                "T10": c.t10[1],
+                "pd": c.pd,
+                "fat_fraction": c.fat_fraction,
+                **c.kinetics,
+            }
+        )
+    return Phantom(types.astype(np.uint8), types.astype(np.int16), params, 1.0, 3.0, 0)
+
+
+def test_partial_volume_signal_is_the_volume_weighted_mix():
+    rng = np.random.default_rng(1)
+    types = rng.integers(0, 3, size=(4, 6, 6))
+    ph = tiny(types)
+    ds = acquire(ph, PROTO, Acquisition(in_plane_mm=2.0, slice_mm=2.0, fat_suppression=0.5))
+    curves = ds["type_signal"].values[types]  # (4, 6, 6, t): each truth voxel's signal
+    want = curves.reshape(2, 2, 3, 2, 3, 2, -1).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(ds["signal"].values, want, rtol=2e-6)
+    np.testing.assert_allclose(ds["fraction"].sum("type").values, 1.0, rtol=1e-6)
+
+
+def test_overlap_weights_for_non_integer_voxels_and_gaps():
+    w = overlap_weights(10, 1.0, 1.5, 1.5)
+    assert w.shape == (6, 10)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    np.testing.assert_allclose(w[1, 1:3], [0.5 / 1.5, 1.0 / 1.5])
+    g = overlap_weights(12, 1.0, 2.0, 3.0)  # 2 mm slices, 1 mm gap
+    assert g.shape == (4, 12)
+    assert g[:, 2].sum() == 0 and g[:, 5].sum() == 0  # gap voxels are never sampled
+
+
+def test_one_mm_acquisition_of_a_homogeneous_region_returns_its_truth():
+    ph = make_neck((6, 128, 128), seed=3)
+    ds = acquire(ph, PROTO, Acquisition(in_plane_mm=1.0, slice_mm=1.0, fat_suppression=1.0))
+    muscle = ph.labels == CLASSES["muscle"].label
+    t = ph.types[muscle][0]
+    np.testing.assert_allclose(
+        ds["signal"].values[muscle],
+        np.broadcast_to(ds["type_signal"].values[t], (muscle.sum(), PROTO.n_frames)),
+        rtol=2e-6,
+    )
+    np.testing.assert_allclose(ds["Ktrans"].values[muscle], ph.truth_map("Ktrans")[muscle])
+
+
+def test_acquisition_geometry_and_partial_volume_of_the_tumour():
+    ph = make_neck((24, 128, 128), seed=4)
+    fine = acquire(ph, PROTO, Acquisition(1.0, 1.0))
+    coarse = acquire(ph, PROTO, Acquisition(in_plane_mm=4.0, slice_mm=6.0, gap_mm=2.0))
+    assert coarse.sizes["slice"] == 3 and coarse.sizes["y"] == 32
+    np.testing.assert_allclose(np.diff(coarse["slice"].values), 8.0)
+    rim = [i for i, p in enumerate(ph.type_params) if p["class"] == "tumour_rim"]
+    pure_fine = (fine["fraction"].sel(type=rim).sum("type") > 0.999).sum()
+    pure_coarse = (coarse["fraction"].sel(type=rim).sum("type") > 0.999).sum()
+    assert int(pure_coarse) * 4 * 4 * 6 < int(pure_fine)  # coarse voxels are seldom pure
+
+
+def test_fat_suppression_removes_fat_signal():
+    ph = make_neck((4, 96, 96), seed=0)
+    fat = ph.labels == CLASSES["fat"].label
+    on = acquire(ph, PROTO, Acquisition(1.0, 1.0, fat_suppression=1.0))["signal"].values[fat]
+    off = acquire(ph, PROTO, Acquisition(1.0, 1.0, fat_suppression=0.0))["signal"].values[fat]
+    assert np.all(on[:, 0] < 0.5 * off[:, 0])
+
+
+def test_phantoms_are_seeded_and_bad_settings_are_refused():
+    a, b, c = (
+        make_neck((8, 96, 96), seed=1),
+        make_neck((8, 96, 96), seed=1),
+        make_neck((8, 96, 96), seed=2),
+    )
+    np.testing.assert_array_equal(a.types, b.types)
+    assert not np.array_equal(a.types, c.types)
+    for kw, msg in [
+        ({"in_plane_mm": 0.0}, "in_plane_mm"),
+        ({"gap_mm": -1.0}, "gap_mm"),
+        ({"fat_suppression": 1.5}, "fat_suppression"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            Acquisition(**kw)
+    with pytest.raises(ValueError, match="field_strength"):
+        make_neck((4, 32, 32), field_strength=7.0)
+
+
+def test_noise_follows_the_reference_voxel_definition():
+    ph = make_neck((6, 128, 128), seed=5)
+    proto = Protocol.from_mapping({"dt": 5.0, "duration": 60.0, "snr": 30.0})
+    small = acquire(ph, proto, Acquisition(1.0, 3.0))  # 3 mm^3: 4x the noise of 12 mm^3
+    ref = acquire(ph, proto, Acquisition(2.0, 3.0))
+    assert small.attrs["noise_sigma"] == pytest.approx(4 * ref.attrs["noise_sigma"])
