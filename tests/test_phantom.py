@@ -105,3 +105,40 @@ def test_noise_follows_the_reference_voxel_definition():
     small = acquire(ph, proto, Acquisition(1.0, 3.0))  # 3 mm^3: 4x the noise of 12 mm^3
     ref = acquire(ph, proto, Acquisition(2.0, 3.0))
     assert small.attrs["noise_sigma"] == pytest.approx(4 * ref.attrs["noise_sigma"])
+
+
+def test_carotid_aif_from_the_images():
+    from phantomdce.dro.simulate import case_aif
+    from phantomdce.phantom.roi import (
+        carotid_roi_auto,
+        carotid_roi_manual,
+        class_fractions,
+        roi_aif,
+    )
+
+    ph = make_neck((16, 128, 128), seed=6)
+    proto = Protocol.from_mapping({"dt": 2.0, "duration": 120.0, "snr": float("inf")})
+    fine = acquire(ph, proto, Acquisition(1.0, 1.0))
+    manual = carotid_roi_manual(fine, ph.landmarks["carotid_right"], radius_mm=1.5)
+    assert (ph.labels[manual] == CLASSES["artery"].label).all()
+    true = case_aif(proto)(fine["time"].values)
+    # pure arterial voxels, no noise: the measured AIF is the true one
+    np.testing.assert_allclose(roi_aif(fine, manual, hct=proto.hct), true, atol=1e-4)
+    coarse = acquire(ph, proto, Acquisition(2.0, 3.0))
+    auto = carotid_roi_auto(coarse, n=6)
+    assert class_fractions(ph, coarse, ["artery"]).values[auto].mean() > 0.9
+    with pytest.raises(ValueError, match="holds no voxel"):
+        carotid_roi_manual(fine, (500.0, 0.0, 0.0))
+
+
+def test_recommended_roi_avoids_necrosis():
+    from phantomdce.phantom.roi import class_fractions, tumour_rois
+
+    ph = make_neck((24, 128, 128), seed=2)
+    proto = Protocol.from_mapping({"dt": 3.0, "duration": 240.0, "snr": float("inf")})
+    ds = acquire(ph, proto, Acquisition(1.0, 1.0))
+    rois = tumour_rois(ph, ds)
+    nec = class_fractions(ph, ds, ["necrosis"]).values
+    whole, rec = rois["whole_lesion"].values, rois["recommended"].values
+    assert rec.sum() < whole.sum() and (rec & ~whole).sum() == 0
+    assert nec[whole].max() > 0.99 and nec[rec].max() < 0.5

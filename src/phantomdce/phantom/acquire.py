@@ -15,7 +15,8 @@ no enhancement); fat suppression keeps ``1 - fat_suppression`` of it.
 Noise: the protocol's ``snr`` is the pre-contrast SNR of muscle in a reference voxel of
 2 x 2 x 3 mm (the ESNR 2022 in-plane limit and recommended slice); SNR scales with voxel
 volume, so a smaller voxel is noisier (an assumption of fixed scan time and bandwidth).
-Inflow in the arteries is not modelled yet.
+Veins carry the arterial curve delayed by 6 s and dispersed by an 8 s exponential (an
+assumption). Inflow in the arteries is not modelled yet.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ import xarray as xr
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.simulate import case_aif
 from phantomdce.dro.truth import aif_on_grid, tissue_truth, truth_grid
+from phantomdce.kinetics import convolve_irf
 from phantomdce.noise import add_rician_noise, rng_for
 from phantomdce.phantom.anatomy import CLASSES, Phantom
 from phantomdce.signal import r1_from_concentration, spgr, vfa_signal
 
 __all__ = ["Acquisition", "overlap_weights", "type_curves", "acquire"]
 
+#: Venous curve: the arterial one delayed (s) and dispersed by an exponential (s).
+VEIN_DELAY_S, VEIN_DISPERSION_S = 6.0, 8.0
 #: Reference voxel volume (mm^3) at which ``Protocol.snr`` holds: 2 x 2 x 3 mm.
 REFERENCE_VOXEL_MM3 = 12.0
 M0 = 1000.0
@@ -89,6 +93,11 @@ def type_curves(phantom: Phantom, protocol: Protocol, fat_suppression: float):
     grid = truth_grid(protocol.frame_times, bat=protocol.bolus_arrival)
     ca_grid = aif_on_grid(grid, case_aif(protocol))
     ca = ca_grid[grid.frame_idx]
+    # venous plasma: the arterial curve delayed and dispersed (mass conserving)
+    aif = case_aif(protocol)
+    delayed = np.asarray(aif(grid.t - VEIN_DELAY_S), dtype=np.float64)
+    k = 1.0 / VEIN_DISPERSION_S
+    vein = convolve_irf(grid.t, delayed, 0.0, [k], [k], allow_jumps=True)
     fi = 0 if protocol.field_strength == 1.5 else 1
     r10_fat = 1.0 / CLASSES["fat"].t10[fi]
     kw = {"fa": protocol.fa, "tr": protocol.tr, "b1": protocol.b1}
@@ -103,7 +112,9 @@ def type_curves(phantom: Phantom, protocol: Protocol, fat_suppression: float):
         water = M0 * p["pd"] * (1 - p["fat_fraction"])
         fat = M0 * p["pd"] * p["fat_fraction"] * (1 - fat_suppression)
         r10 = 1.0 / p["T10"]
-        if "blood" in p:
+        if "vein" in p:
+            conc = vein[grid.frame_idx] * (1 - protocol.hct)
+        elif "blood" in p:
             conc = ca * (1 - protocol.hct)
         elif "Ktrans" in p:
             params = {k: np.array([p[k]]) for k in ("Ktrans", "ve", "vp")}

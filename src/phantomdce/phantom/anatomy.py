@@ -129,8 +129,9 @@ CLASSES = MappingProxyType(
                 (1.58, 1.66),
                 1.0,
                 0.0,
-                {"blood": 1.0},
-                "blood T1: Sharma 2006; venous = arterial curve (an assumption)",
+                {"blood": 1.0, "vein": 1.0},
+                "blood T1: Sharma 2006; venous curve: the arterial one delayed 6 s and dispersed"
+                " by an 8 s exponential (an assumption)",
             ),
             TissueClass(
                 9,
@@ -156,8 +157,8 @@ CLASSES = MappingProxyType(
                 (1.80, 2.20),
                 1.0,
                 0.0,
-                {"Ktrans": 0.005, "ve": 0.60, "vp": 0.001},
-                "assumed",
+                {"Ktrans": 0.002, "ve": 0.60, "vp": 0.0},
+                "assumed: minimal, slow uptake",
             ),
             TissueClass(
                 12,
@@ -222,6 +223,8 @@ class Phantom:
     field_strength: float
     seed: int
     geometry: NeckGeometry = field(default_factory=NeckGeometry)
+    landmarks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Named points (z, y, x) in mm from the grid's corner, e.g. ``"carotid_right"``."""
 
     def truth_map(self, name: str) -> np.ndarray:
         """A per-voxel map of one type property (e.g. ``"Ktrans"``; NaN where absent)."""
@@ -308,8 +311,14 @@ def make_neck(
     lab[ellipse(0, -0.05 * b, *g.airway_semi_axes)] = CLASSES["air"].label
     # vessels: common carotid below the bifurcation, internal and external above
     bif = z < -height / 2 + g.bifurcation_fraction * height
+    corner = np.array([nz, ny, nx]) * voxel_mm / 2  # centred mm -> mm from the corner
+    landmarks = {}
     for side in (-1, 1):
         cx, cy = side * (0.42 * a + jitter[0]), 0.05 * b + jitter[1]
+        z_common = -height / 2 + 0.5 * g.bifurcation_fraction * height
+        landmarks["carotid_" + ("right" if side > 0 else "left")] = tuple(
+            float(v) for v in np.array([z_common, cy, cx]) + corner
+        )
         lab[ellipse(cx, cy, g.carotid_radius, g.carotid_radius) & bif] = CLASSES["artery"].label
         lab[ellipse(cx - side * 2, cy + 3, g.branch_radius, g.branch_radius) & ~bif] = CLASSES[
             "artery"
@@ -370,7 +379,9 @@ def make_neck(
         )
     in_rim = lab == rim.label
     types[in_rim] = base + level[in_rim]
-    return Phantom(lab, types, type_params, voxel_mm, field_strength, seed, g)
+    landmarks["tumour"] = tuple(float(v) for v in tc + corner)
+    landmarks["node"] = tuple(float(v) for v in nc + corner)
+    return Phantom(lab, types, type_params, voxel_mm, field_strength, seed, g, landmarks)
 
 
 def class_of(label: int) -> TissueClass:
