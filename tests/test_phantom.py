@@ -142,3 +142,41 @@ def test_recommended_roi_avoids_necrosis():
     whole, rec = rois["whole_lesion"].values, rois["recommended"].values
     assert rec.sum() < whole.sum() and (rec & ~whole).sum() == 0
     assert nec[whole].max() > 0.99 and nec[rec].max() < 0.5
+
+
+def test_nifti_export_and_reimport_are_lossless(tmp_path):
+    import json
+
+    from phantomdce.phantom.export import export_phantom_nifti, read_nifti
+    from phantomdce.phantom.roi import tumour_rois
+
+    ph = make_neck((12, 96, 96), seed=7)
+    proto = Protocol.from_mapping({"dt": 4.0, "duration": 80.0, "snr": 25.0})
+    ds = acquire(ph, proto, Acquisition(in_plane_mm=2.0, slice_mm=3.0, gap_mm=1.0))
+    rois = tumour_rois(ph, ds)
+    files = export_phantom_nifti(ph, ds, tmp_path / "nii", rois=rois)
+    assert len(files) == 2 * (2 + 3 + 3 + 1 + 2)
+    dyn, affine = read_nifti(tmp_path / "nii" / "dynamic.nii.gz")
+    np.testing.assert_array_equal(dyn, ds["signal"].values)
+    np.testing.assert_array_equal(np.diag(affine)[:3], [2.0, 2.0, 4.0])
+    np.testing.assert_array_equal(
+        read_nifti(tmp_path / "nii" / "vfa.nii.gz")[0], ds["vfa_signal"].values
+    )
+    np.testing.assert_array_equal(
+        read_nifti(tmp_path / "nii" / "Ktrans.nii.gz")[0], ds["Ktrans"].values
+    )
+    np.testing.assert_array_equal(
+        read_nifti(tmp_path / "nii" / "labels_truth.nii.gz")[0], ph.labels
+    )
+    np.testing.assert_array_equal(
+        read_nifti(tmp_path / "nii" / "vp_truth.nii.gz")[0], ph.truth_map("vp")
+    )
+    np.testing.assert_array_equal(
+        read_nifti(tmp_path / "nii" / "roi_recommended.nii.gz")[0].astype(bool),
+        rois["recommended"].values,
+    )
+    side = json.loads((tmp_path / "nii" / "dynamic.json").read_text())
+    assert side["RepetitionTime"] == proto.tr and side["SpacingBetweenSlices"] == 4.0
+    assert side["phantomdce"]["classes"]["necrosis"]["label"] == CLASSES["necrosis"].label
+    with pytest.raises(FileExistsError):
+        export_phantom_nifti(ph, ds, tmp_path / "nii")
