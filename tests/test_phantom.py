@@ -180,3 +180,25 @@ def test_nifti_export_and_reimport_are_lossless(tmp_path):
     assert side["phantomdce"]["classes"]["necrosis"]["label"] == CLASSES["necrosis"].label
     with pytest.raises(FileExistsError):
         export_phantom_nifti(ph, ds, tmp_path / "nii")
+
+
+def test_dicom_export_and_reimport_are_lossless(tmp_path):
+    pytest.importorskip("pydicom")
+    from phantomdce.phantom.dicom import export_phantom_dicom, read_dicom_series
+
+    ph = make_neck((6, 64, 64), seed=8)
+    proto = Protocol.from_mapping({"dt": 5.0, "duration": 50.0, "snr": 25.0})
+    ds = acquire(ph, proto, Acquisition(2.0, 3.0, quantise=True))
+    folders = export_phantom_dicom(ds, tmp_path / "dcm")
+    pixels, times = read_dicom_series(folders["dynamic"])
+    np.testing.assert_array_equal(pixels, ds["signal"].values)
+    np.testing.assert_allclose(times, ds["time"].values)
+    vfa, _ = read_dicom_series(folders["vfa_15"])
+    np.testing.assert_array_equal(vfa[..., 0], ds["vfa_signal"].sel(flip_angle=15.0).values)
+    import pydicom
+
+    one = pydicom.dcmread(next(folders["dynamic"].glob("*.dcm")))
+    assert one.Modality == "MR" and float(one.RepetitionTime) == proto.tr * 1000
+    assert float(one.SpacingBetweenSlices) == 3.0 and list(one.PixelSpacing) == [2.0, 2.0]
+    with pytest.raises(ValueError, match="quantise=True"):
+        export_phantom_dicom(acquire(ph, proto, Acquisition(2.0, 3.0)), tmp_path / "x")
