@@ -225,3 +225,19 @@ def test_phantom_case_runs_through_the_pipeline_and_fitters():
     assert 0.2 * case["ca"].values.max() < measured.max() < 0.9 * case["ca"].values.max()
     with pytest.raises(ValueError, match="carotid="):
         phantom_case(ph, proto, Acquisition(2.0, 3.0), "recommended", "somewhere")
+
+
+def test_phantom_figures():
+    from phantomdce.phantom.figures import aif_figure, maps_figure
+    from phantomdce.phantom.roi import tumour_rois
+
+    ph = make_neck((12, 96, 96), seed=1)
+    proto = Protocol.from_mapping({"dt": 5.0, "duration": 60.0, "snr": 30.0})
+    ds = acquire(ph, proto, Acquisition(2.0, 3.0))
+    roi = tumour_rois(ph, ds)["recommended"].values
+    fig = maps_figure(ph, ds, fitted=np.where(roi, 0.2, np.nan), roi=roi)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 5 and titles[-1] == "Ktrans fitted (/min)"
+    t = ds["time"].values
+    fig = aif_figure(t, np.ones_like(t), {"ROI": 0.5 * np.ones_like(t)})
+    assert [line.get_label() for line in fig.axes[0].lines] == ["true plasma AIF", "ROI"]
