@@ -241,3 +241,68 @@ def test_phantom_figures():
     t = ds["time"].values
     fig = aif_figure(t, np.ones_like(t), {"ROI": 0.5 * np.ones_like(t)})
     assert [line.get_label() for line in fig.axes[0].lines] == ["true plasma AIF", "ROI"]
+
+
+PHANTOM_SCENARIO = """
+name = "{name}"
+seed = 5
+replicates = 2
+
+[protocol]
+dt = 5.0
+duration = 120.0
+snr = 30.0
+
+[phantom]
+shape = [16, 96, 96]
+subjects = 1
+
+[acquisition]
+in_plane_mm = 2.0
+
+[fit]
+fitters = ["llsq_extended_tofts"]
+
+[sweep]
+slice_mm = [2.0, 4.0]
+
+[recommendation]
+id = "{name}"
+title = "Slice thickness (phantom)"
+text = "<= 4 mm"
+knob = "slice_mm"
+kind = "max"
+threshold = 4.0
+recommended = [4.0]
+"""
+
+
+def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
+    from phantomdce.dro.config import ConfigError
+    from phantomdce.engine.study import run_study
+    from phantomdce.phantom.runner import run_phantom_scenario
+    from phantomdce.report.results import collect_results
+    from phantomdce.report.verdict import judge_all
+
+    (tmp_path / "p.toml").write_text(PHANTOM_SCENARIO.format(name="pslice"))
+    (tmp_path / "study.toml").write_text('include = ["p.toml"]\nreplicates = 7\n')
+    rows = run_study(tmp_path / "study.toml", tmp_path / "out")
+    assert {r["case"] for r in rows["pslice"]} == {"case_0000", "case_0001"}
+    (result,) = collect_results(tmp_path / "out")
+    assert result.knob_values == [2.0, 4.0]
+    row = next(r for r in result.rows if r.knob_value == 4.0 and r.parameter == "Ktrans")
+    assert row.metrics["n_voxels"] > 0 and abs(row.metrics["rel_bias_pct"]) < 50
+    assert list(judge_all(result)[0].recommended_values) == [4.0]
+    # the study re-run reuses the finished phantom run; another version is refused
+    run_study(tmp_path / "study.toml", tmp_path / "out")
+    (tmp_path / "p.toml").write_text(
+        PHANTOM_SCENARIO.format(name="pslice").replace("seed = 5", "seed = 6")
+    )
+    with pytest.raises(ConfigError, match="another version of phantom scenario"):
+        run_study(tmp_path / "study.toml", tmp_path / "out")
+    with pytest.raises(ConfigError, match="unknown key 'acquisition.slice'"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(
+            PHANTOM_SCENARIO.format(name="b").replace("in_plane_mm = 2.0", "slice = 2.0")
+        )
+        run_phantom_scenario(bad, tmp_path / "bad_out")

@@ -113,13 +113,27 @@ def run_study(
 
     study = load_study(path)
     out = Path(out)
+    from phantomdce.phantom.runner import _parse as parse_phantom
+    from phantomdce.phantom.runner import (
+        is_phantom_scenario,
+        phantom_digest,
+        run_phantom_scenario,
+    )
+
     names: dict[str, Path] = {}
+    phantom_names: set[str] = set()
     for file in study.scenarios:  # check every scenario before anything is written
-        raw = {**tomllib.loads(file.read_text(encoding="utf-8")), **study.overrides}
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        raw = raw if is_phantom_scenario(raw) else {**raw, **study.overrides}
         raw.setdefault("name", file.stem)
         try:
-            scenario = parse_scenario(raw)
-            FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=fitters)
+            if is_phantom_scenario(raw):
+                scenario = parse_phantom(raw)[0]
+                phantom_names.add(scenario.name)
+            else:
+                scenario = parse_scenario(raw)
+            model = "extended_tofts" if scenario.name in phantom_names else scenario.tissue.model
+            FitConfig.from_mapping(scenario.fit, model=model, fitters=fitters)
         except ConfigError as exc:
             raise ConfigError(f"{file.name}: {exc}") from None
         if scenario.name in names:
@@ -128,8 +142,26 @@ def run_study(
     plans = [
         plan_run(file, out / name, fitters=fitters, overrides=study.overrides)
         for name, file in names.items()
+        if name not in phantom_names
     ]
     rows = {}
+    members: dict[str, str] = {}
+    for name in sorted(phantom_names):
+        run_dir = out / name
+        raw = tomllib.loads(names[name].read_text(encoding="utf-8"))
+        raw.setdefault("name", names[name].stem)
+        if (run_dir / "run.json").exists():  # a finished phantom run of a resumed study
+            found = json.loads((run_dir / "run.json").read_text())["scenario_hash"]
+            if found != phantom_digest(raw):
+                raise ConfigError(
+                    f"{run_dir} holds another version of phantom scenario {name!r}: refusing"
+                    " to mix them; choose another directory"
+                )
+            rows[name] = []
+        else:
+            # phantom scenarios keep their own replicates (repeated acquisitions)
+            rows[name] = run_phantom_scenario(names[name], run_dir, fitters=fitters)
+        members[name] = json.loads((run_dir / "run.json").read_text())["scenario_hash"]
     for plan in plans:
         tick = None
         if progress is not None:
@@ -138,7 +170,7 @@ def run_study(
         execute(plan, scheduler=scheduler, workers=workers, progress=tick)
         rows[plan.scenario.name] = finalize(plan)
     (out / "study.toml").write_text(Path(path).read_text(encoding="utf-8"))
-    members = {p.scenario.name: p.scenario.hash for p in plans}
+    members.update({p.scenario.name: p.scenario.hash for p in plans})
     (out / "study.json").write_text(
         json.dumps({"study": study.name, "scenarios": members}, indent=1)
     )
