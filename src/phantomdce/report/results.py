@@ -278,7 +278,8 @@ def _tissue_rows(knob, fitter, name, p, rel, ok) -> list[TissueRow]:
         est = p["estimate"][good]
         truth = {k[2:]: float(p[k][sel][0]) for k in p if k.startswith("t_")}
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean_rel = float(np.nanmean(rel[good])) if good.any() else float("nan")
+            finite = rel[good][np.isfinite(rel[good])]
+            mean_rel = float(finite.mean()) if finite.size else float("nan")
             cv = (
                 float(100 * est.std(ddof=1) / abs(est.mean()))
                 if est.size > 1 and est.mean() != 0
