@@ -306,3 +306,19 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
             PHANTOM_SCENARIO.format(name="b").replace("in_plane_mm = 2.0", "slice = 2.0")
         )
         run_phantom_scenario(bad, tmp_path / "bad_out")
+
+
+def test_roi_rule_scenario_summarises_each_roi_against_the_enhancing_truth(tmp_path):
+    from phantomdce.phantom.runner import run_phantom_scenario
+
+    text = (
+        PHANTOM_SCENARIO.format(name="rule")
+        .replace("slice_mm = [2.0, 4.0]", 'roi = ["whole_lesion", "recommended"]')
+        .replace("subjects = 1", 'subjects = 2\nsummary = "roi_mean"')
+    )
+    (tmp_path / "r.toml").write_text(text)
+    rows = run_phantom_scenario(tmp_path / "r.toml", tmp_path / "out")
+    ktrans = [r for r in rows if r["parameter"] == "Ktrans"]
+    assert [r["n_voxels"] for r in ktrans] == [4, 4]  # 2 subjects x 2 acquisitions
+    for r in ktrans:
+        assert abs(r["rel_bias_pct"]) < 30 and r["failure_rate"] == 0

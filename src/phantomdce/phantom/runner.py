@@ -7,8 +7,9 @@ table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
     [phantom]
     shape = [40, 160, 160]   # truth grid (slices, y, x), 1 mm voxels
     subjects = 2             # phantoms drawn with seeds seed, seed + 1, ...
-    roi = "recommended"      # tumour ROI rule: "recommended" or "whole_lesion"
+    roi = "recommended"      # tumour ROI rule: "recommended" or "whole_lesion" (sweepable)
     carotid = "auto"         # carotid ROI: "auto" or "manual"
+    summary = "voxel"        # or "roi_mean": one ROI mean per subject and acquisition
 
     [acquisition]
     in_plane_mm = 2.0
@@ -41,18 +42,51 @@ from phantomdce.engine.config import FitConfig
 from phantomdce.engine.metrics import case_metrics, metrics_table
 from phantomdce.params import MODELS, PARAMETERS
 from phantomdce.phantom.acquire import Acquisition
-from phantomdce.phantom.anatomy import make_neck
+from phantomdce.phantom.anatomy import CLASSES, make_neck
 from phantomdce.phantom.case import phantom_case
 
 __all__ = ["is_phantom_scenario", "run_phantom_scenario", "phantom_digest"]
 
 ACQ_KEYS = ("in_plane_mm", "slice_mm", "gap_mm", "fat_suppression")
-PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid")
+PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary")
+ROI_RULES = ("recommended", "whole_lesion")
+ENHANCING = ("tumour_rim", "tumour_hypoxic")
 
 
 def is_phantom_scenario(raw: dict[str, Any]) -> bool:
     """Whether a parsed scenario TOML is a phantom scenario."""
     return "phantom" in raw
+
+
+def _roi_means(est, success, replicate, phantoms, *, n_fitters):
+    """One value per subject and acquisition: the ROI mean against the enhancing truth.
+
+    The estimate is the mean over the ROI's successfully fitted voxels; the truth is the
+    mean over the truth-grid voxels of the enhancing tumour (rim and hypoxic zone) of that
+    subject, what an ROI on the enhancing tumour is meant to measure.
+    """
+    groups = np.unique(replicate)
+    subject = groups // 1000
+    out_est = {k: np.full((n_fitters, groups.size), np.nan) for k in est}
+    out_ok = np.zeros((n_fitters, groups.size), dtype=bool)
+    for g, key in enumerate(groups):
+        sel = replicate == key
+        for f in range(n_fitters):
+            ok = sel & success[f]
+            out_ok[f, g] = ok.any()
+            for k in est:
+                vals = est[k][f, ok]
+                vals = vals[np.isfinite(vals)]
+                out_est[k][f, g] = vals.mean() if vals.size else np.nan
+    truth = {}
+    for k in ("Ktrans", "ve", "vp"):
+        per_subject = []
+        for ph in phantoms:
+            enh = np.isin(ph.labels, [CLASSES[c].label for c in ENHANCING])
+            per_subject.append(float(ph.truth_map(k)[enh].mean()))
+        truth[k] = np.asarray(per_subject)[subject]
+    truth["kep"] = truth["Ktrans"] / truth["ve"]
+    return out_est, out_ok, truth, subject, groups
 
 
 def phantom_digest(raw: dict[str, Any]) -> str:
@@ -76,16 +110,18 @@ def _parse(raw: dict[str, Any]):
         raise ConfigError(f"phantom.shape = {shape!r}: expected [slices, y, x]")
     shape = tuple(as_int(f"phantom.shape[{i}]", v, lo=8) for i, v in enumerate(shape))
     subjects = as_int("phantom.subjects", ph.get("subjects", 1), lo=1)
-    roi = as_str(
-        "phantom.roi", ph.get("roi", "recommended"), choices=("recommended", "whole_lesion")
-    )
+    roi = as_str("phantom.roi", ph.get("roi", "recommended"), choices=ROI_RULES)
+    summary = as_str("phantom.summary", ph.get("summary", "voxel"), choices=("voxel", "roi_mean"))
     carotid = as_str("phantom.carotid", ph.get("carotid", "auto"), choices=("auto", "manual"))
-    acq_sweep = {k: sweep.pop(k) for k in list(sweep) if k in ACQ_KEYS}
+    acq_sweep = {k: sweep.pop(k) for k in list(sweep) if k in (*ACQ_KEYS, "roi")}
     for k, values in acq_sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{k} = {values!r}: expected a non-empty list")
         for i, v in enumerate(values):
-            as_float(f"sweep.{k}[{i}]", v, lo=0.0)
+            if k == "roi":
+                as_str(f"sweep.roi[{i}]", v, choices=ROI_RULES)
+            else:
+                as_float(f"sweep.{k}[{i}]", v, lo=0.0)
     raw["sweep"] = sweep
     if "tissue" in raw:
         raise ConfigError("tissue: a phantom scenario takes its tissues from the phantom")
@@ -93,7 +129,7 @@ def _parse(raw: dict[str, Any]):
     raw["tissue"] = {"model": "extended_tofts", "Ktrans": 0.1, "ve": 0.2, "vp": 0.02}
     scenario = parse_scenario(raw)
     base = Acquisition(**{k: float(v) for k, v in acq.items()})
-    return scenario, base, acq_sweep, shape, subjects, roi, carotid
+    return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary
 
 
 def run_phantom_scenario(
@@ -108,7 +144,7 @@ def run_phantom_scenario(
     text = path.read_text(encoding="utf-8")
     raw = {**tomllib.loads(text), **(overrides or {})}
     raw.setdefault("name", path.stem)
-    scenario, base, acq_sweep, shape, subjects, roi, carotid = _parse(raw)
+    scenario, base, acq_sweep, shape, subjects, roi, carotid, summary = _parse(raw)
     fit = FitConfig.from_mapping(scenario.fit, model="extended_tofts", fitters=fitters)
     infos = fit.resolve()
     if (out / "run.json").exists() or (out.exists() and any(out.iterdir())):
@@ -120,9 +156,8 @@ def run_phantom_scenario(
     for proto_case in scenario.cases():
         for combo in itertools.product(*[acq_sweep[k] for k in acq_keys]):
             values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
-            acq = Acquisition(
-                **{**base.__dict__, **{k: float(v) for k, v in zip(acq_keys, combo, strict=True)}}
-            )
+            changes = {k: float(v) for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
+            acq = Acquisition(**{**base.__dict__, **changes})
             cases.append((values, proto_case.protocol, acq))
     phantoms = [
         make_neck(shape, seed=scenario.seed + s, field_strength=scenario.protocol.field_strength)
@@ -139,7 +174,7 @@ def run_phantom_scenario(
                 ph,
                 protocol,
                 acq,
-                roi,
+                values.get("roi", roi),
                 carotid,
                 replicates=scenario.replicates,
                 seed=scenario.seed * 1000 + ci * 10 + s,
@@ -172,6 +207,11 @@ def run_phantom_scenario(
         truth = {k: np.concatenate([p[k].values for p in parts]) for k in ("Ktrans", "ve", "vp")}
         with np.errstate(invalid="ignore", divide="ignore"):
             truth["kep"] = truth["Ktrans"] / truth["ve"]
+        if summary == "roi_mean":
+            est, success, truth, tissue, replicate = _roi_means(
+                est, success, replicate, phantoms, n_fitters=len(infos)
+            )
+            n_vox = tissue.size
         node = {
             "success": (("fitter", "voxel"), success),
             "fit_time_s": (("fitter", "chunk"), times[:, None], {"units": "s"}),
@@ -234,7 +274,13 @@ def run_phantom_scenario(
             }
             for i in infos
         ],
-        "phantom": {"shape": list(shape), "subjects": subjects, "roi": roi, "carotid": carotid},
+        "phantom": {
+            "shape": list(shape),
+            "subjects": subjects,
+            "roi": roi,
+            "carotid": carotid,
+            "summary": summary,
+        },
         "phantomdce_version": phantomdce.__version__,
     }
     (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
