@@ -133,19 +133,28 @@ def _run_json(plan: RunPlan, toml_text: str) -> dict[str, Any]:
         "scenario_toml": toml_text,
         "scenario": plan.scenario.source,
         "fit": plan.fit.as_dict(),
-        "fitters": [
-            {
-                "name": i.name,
-                "version": i.version,
-                "model": i.model,
-                "input": i.input,
-                "method": i.method,
-                "source": i.source,
-            }
-            for i in plan.fitters
-        ],
+        "fitters": [fitter_record(i) for i in plan.fitters],
         "phantomdce_version": phantomdce.__version__,
     }
+
+
+def estimated_parameters(model: str) -> list[str]:
+    """Parameters a fitter of ``model`` gives, with the derived ones the engine adds.
+
+    The model's own parameters, Ktrans = Fp PS / (Fp + PS) for the two-compartment models
+    (first) and kep = Ktrans / ve where both exist (last), as :func:`_collect` derives them.
+    """
+    names = list(MODELS[model].parameters)
+    if "fp" in names and "ps" in names:
+        names.insert(0, "Ktrans")
+    if "Ktrans" in names and "ve" in names:
+        names.append("kep")
+    return names
+
+
+def fitter_record(info) -> dict[str, str]:
+    """How run.json records a fitter: name, version, model, input, method, source."""
+    return {k: getattr(info, k) for k in ("name", "version", "model", "input", "method", "source")}
 
 
 def _check_existing(out: Path, meta: dict[str, Any]) -> bool:
@@ -592,11 +601,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     for case in plan.scenario.cases():
         ds = tree[case.name].to_dataset().load()
         for f, info in enumerate(plan.fitters):
-            est_names = [*MODELS[info.model].parameters]
-            if "fp" in est_names and "ps" in est_names:
-                est_names.insert(0, "Ktrans")
-            if "Ktrans" in est_names and "ve" in est_names:
-                est_names.append("kep")
+            est_names = estimated_parameters(info.model)
             # the true delay is 0 only when the fitter sees the true AIF
             if np.isfinite(ds["delay"].values[f]).any() and plan.fit.pipeline.aif == "true":
                 est_names.append("delay")

@@ -40,7 +40,8 @@ from phantomdce.dro.config import ConfigError, as_float, as_int, as_str, unknown
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.engine.config import FitConfig
 from phantomdce.engine.metrics import case_metrics, metrics_table
-from phantomdce.params import MODELS, PARAMETERS
+from phantomdce.engine.run import _collect, estimated_parameters, fitter_record
+from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
 from phantomdce.phantom.case import phantom_case
@@ -89,9 +90,10 @@ def _roi_means(est, success, replicate, phantoms, *, n_fitters):
     return out_est, out_ok, truth, subject, groups
 
 
-def phantom_digest(raw: dict[str, Any]) -> str:
-    """Hash (16 hex digits) of a phantom scenario's content, its identity in run.json."""
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def phantom_digest(raw: dict[str, Any], digits: int = 16) -> str:
+    """Hash of a phantom scenario's content (its identity in run.json), hex digits."""
+    blob = json.dumps(raw, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:digits]
 
 
 def _parse(raw: dict[str, Any]):
@@ -149,8 +151,7 @@ def run_phantom_scenario(
     infos = fit.resolve()
     if (out / "run.json").exists() or (out.exists() and any(out.iterdir())):
         raise ConfigError(f"{out} is not empty: a phantom run needs a new directory")
-    digest = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
-    assert digest[:16] == phantom_digest(raw)
+    digest = phantom_digest(raw, digits=32)
     acq_keys = list(acq_sweep)
     cases = []
     for proto_case in scenario.cases():
@@ -194,12 +195,10 @@ def run_phantom_scenario(
                 t0 = time.perf_counter()
                 res = info.fitter.fit(data.copy(deep=True))
                 times[f] += time.perf_counter() - t0
-                ok = np.asarray(res["success"].values, dtype=bool)
-                for k in ("Ktrans", "ve", "vp"):
-                    if k in res:
-                        est[k][f, a:b] = np.where(ok, res[k].values, np.nan)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    est["kep"][f, a:b] = est["Ktrans"][f, a:b] / est["ve"][f, a:b]
+                fitted, ok = _collect(res, info, b - a)
+                for k in est:
+                    if k in fitted:
+                        est[k][f, a:b] = np.where(ok, fitted[k], np.nan)
                 success[f, a:b] = ok
             a = b
         tissue = np.concatenate([p["tissue"].values for p in parts])
@@ -227,11 +226,7 @@ def run_phantom_scenario(
             attrs={"case_values": {k: v for k, v in values.items()}, "case_index": ci},
         )
         for f, info in enumerate(infos):
-            names = [
-                p
-                for p in ("Ktrans", "ve", "vp", "kep")
-                if p in MODELS[info.model].parameters or p == "kep"
-            ]
+            names = [p for p in estimated_parameters(info.model) if p in est]
             for p in names:
                 row = {"case": name, "fitter": info.name, "parameter": p}
                 row.update(
@@ -263,17 +258,7 @@ def run_phantom_scenario(
         "scenario_toml": text,
         "scenario": {**scenario.source, "tissue": {"phantom": list(shape)}},
         "fit": fit.as_dict(),
-        "fitters": [
-            {
-                "name": i.name,
-                "version": i.version,
-                "model": i.model,
-                "input": i.input,
-                "method": i.method,
-                "source": i.source,
-            }
-            for i in infos
-        ],
+        "fitters": [fitter_record(i) for i in infos],
         "phantom": {
             "shape": list(shape),
             "subjects": subjects,

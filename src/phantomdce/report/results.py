@@ -20,7 +20,7 @@ import numpy as np
 
 from phantomdce.dro.config import ConfigError
 from phantomdce.engine.metrics import block_bootstrap_bias_ci, case_metrics
-from phantomdce.params import MODELS
+from phantomdce.engine.run import estimated_parameters
 from phantomdce.report.model import KnobRow, Recommendation, RecommendationResult, TissueRow
 
 __all__ = ["collect_results", "parse_recommendation", "run_dirs"]
@@ -166,7 +166,7 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
     block = 0
     for run_dir, meta, fixed in runs:
         scenarios.append(meta["scenario_name"])
-        estimated = {f["name"]: _estimated(f["model"]) for f in meta["fitters"]}
+        estimated = {f["name"]: estimated_parameters(f["model"]) for f in meta["fitters"]}
         tree = open_results(run_dir)
         for case_name in sorted(tree.children):
             ds = tree[case_name].to_dataset().load()
@@ -251,15 +251,6 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
     return RecommendationResult(
         rec, ", ".join(scenarios), knob_values, fitters, rows, tissues, scatter
     )
-
-
-def _estimated(model: str) -> set[str]:
-    names = set(MODELS[model].parameters)
-    if {"fp", "ps"} <= names:
-        names.add("Ktrans")  # derived by the engine: Fp PS / (Fp + PS)
-    if {"Ktrans", "ve"} <= names:
-        names.add("kep")
-    return names
 
 
 def _truth(ds, name: str) -> np.ndarray | None:
