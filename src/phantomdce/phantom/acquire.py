@@ -1,30 +1,62 @@
-"""Acquisition of the phantom: voxel size, slice thickness and gap, fat, noise.
+"""Acquisition of the phantom: voxel size, slice profile and PSF, gap, fat, inflow, noise.
 
 The dynamic series and the VFA images are computed per voxel *type* (a handful of
-curves, see :mod:`phantomdce.phantom.anatomy`), then taken to the acquired grid by the
-exact partial-volume operator: an acquired voxel's signal is the volume-weighted mean of
-the signals of the truth voxels it covers (magnetisation adds), with a rectangular slice
-profile of the slice thickness, slices separated by the gap, and box (voxel-integration)
-weighting in plane. Because the operator is linear and separable, the acquired signals are
-``fractions @ curves`` with ``fractions`` the type composition of each acquired voxel, so
-memory scales with the acquired grid, not the truth grid times the frames.
+curves, see :mod:`phantomdce.phantom.anatomy`), then taken to the acquired grid by a
+linear, separable imaging operator: an acquired voxel's signal is the weighted sum of the
+signals of the truth voxels (magnetisation adds), each weight the integral of the
+point-spread function (PSF) over a truth voxel. Because the operator is linear and
+separable, the acquired signals are ``weights @ curves`` with ``weights`` the
+PSF-weighted type composition of each acquired voxel, so memory scales with the acquired
+grid, not the truth grid times the frames.
+
+PSF, in plane (``in_plane_psf``) and through the slices (``slice_profile``):
+
+- ``"box"`` / ``"rect"``: voxel integration, the volume-weighted mean of the truth voxels
+  the acquired voxel covers (the idealised voxel; slices separated by the gap).
+- ``"sinc"``: Fourier encoding, as a 3D SPGR encodes both directions: k-space truncated
+  at the voxel's Nyquist frequency, so the image is the object convolved with
+  ``sinc(x / size) / size`` sampled at the voxel centres (ringing and blurring at edges;
+  integrated exactly over each truth voxel with the sine integral). The anatomy beyond
+  the phantom's edges is taken as its edge voxels continued (no wrap-around, no false
+  edge: in plane the edge is air; in z the phantom sits inside a larger slab), so a
+  homogeneous region is returned exactly.
+- ``"hann"``: Fourier encoding with a Hann k-space filter (less ringing, a wider PSF:
+  ``sinc/2 + (sinc shifted by +-1 voxel)/4``).
+- ``"gaussian"`` (slices only): a 2D multislice RF profile, Gaussian of FWHM the slice
+  thickness (crosstalk into the gap and the neighbours), truncated at 2 slice thicknesses
+  and renormalised.
+
+The truth maps and ``fraction`` of each acquired voxel are always its volume composition
+(box and rect), what the voxel nominally represents; ``weight`` is the PSF composition
+that made the signal.
 
 Fat: a fraction ``fat_fraction`` of a type's proton density is fat (native T1 of fat,
 no enhancement); fat suppression keeps ``1 - fat_suppression`` of it.
+
+Inflow: blood enters the excited slab fully relaxed, arteries from below (z = 0 side),
+jugular veins from above, at a plug-flow velocity; blood that has travelled a depth
+``d`` into the slab has received ``d / (v TR)`` RF pulses and gives
+:func:`phantomdce.signal.spgr_inflow` (averaged exactly over each truth voxel's depth),
+in the dynamic series and in the VFA images. ``inflow_offset_mm`` is how far into the
+slab blood has already travelled when it reaches the phantom's first slice: the phantom
+is a 40 mm slab at the oropharynx, inside a larger neck coverage. Vessel curves thus
+depend on the truth slice (``vessel_signal``); the rest of the types do not.
 
 Noise: the protocol's ``snr`` is the pre-contrast SNR of muscle in a reference voxel of
 2 x 2 x 3 mm (the ESNR 2022 in-plane limit and recommended slice); SNR scales with voxel
 volume, so a smaller voxel is noisier (an assumption of fixed scan time and bandwidth).
 Veins carry the arterial curve delayed by 6 s and dispersed by an 8 s exponential (an
-assumption). Inflow in the arteries is not modelled yet.
+assumption).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+from scipy.special import ndtr, sici
 
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.simulate import case_aif
@@ -32,40 +64,104 @@ from phantomdce.dro.truth import aif_on_grid, tissue_truth, truth_grid
 from phantomdce.kinetics import convolve_irf
 from phantomdce.noise import add_rician_noise, rng_for
 from phantomdce.phantom.anatomy import CLASSES, Phantom
-from phantomdce.signal import r1_from_concentration, spgr, vfa_signal
+from phantomdce.signal import r1_from_concentration, spgr, spgr_inflow, vfa_signal
 
-__all__ = ["Acquisition", "overlap_weights", "type_curves", "acquire"]
+__all__ = [
+    "Acquisition",
+    "IN_PLANE_PSFS",
+    "SLICE_PROFILES",
+    "acquire",
+    "overlap_weights",
+    "psf_weights",
+    "type_curves",
+]
 
 #: Venous curve: the arterial one delayed (s) and dispersed by an exponential (s).
 VEIN_DELAY_S, VEIN_DISPERSION_S = 6.0, 8.0
 #: Reference voxel volume (mm^3) at which ``Protocol.snr`` holds: 2 x 2 x 3 mm.
 REFERENCE_VOXEL_MM3 = 12.0
 M0 = 1000.0
+IN_PLANE_PSFS = ("box", "sinc", "hann")
+SLICE_PROFILES = ("rect", "sinc", "hann", "gaussian")
 
 
 @dataclass(frozen=True)
 class Acquisition:
-    """Spatial acquisition settings (mm) and fat suppression efficiency (0-1)."""
+    """Spatial acquisition settings.
+
+    Attributes
+    ----------
+    in_plane_mm, slice_mm, gap_mm : float
+        Acquired voxel size in plane, slice thickness and gap between slices, mm.
+    fat_suppression : float
+        Fat suppression efficiency, 0-1 (the fraction of fat signal removed).
+    quantise : bool
+        Round the magnitude images to integers, as a scanner's reconstruction stores them
+        (needed for DICOM export; the rounding error, RMS 0.29, is far below the noise).
+    in_plane_psf : {"sinc", "hann", "box"}
+        In-plane point-spread function (see the module docstring); default ``"sinc"``,
+        the Fourier encoding of a 3D SPGR.
+    slice_profile : {"sinc", "hann", "rect", "gaussian"}
+        Through-slice profile; default ``"sinc"`` (3D partition encoding, no gap).
+    inflow : bool
+        Model the inflow of unsaturated blood into the slab (default True).
+    artery_velocity_cm_s, vein_velocity_cm_s : float
+        Mean (plug-flow) blood velocity through the slab, cm/s. Defaults: 17 cm/s, a
+        common carotid flow of 400 mL/min (normal volunteers 250-580 mL/min per side by
+        phase-contrast MR, AJR 1989;152:1307) through the phantom's 7 mm lumen; 8 cm/s in
+        the jugular veins (an assumption: a similar flow through a larger lumen).
+    inflow_offset_mm : float
+        Depth of the excited slab blood has crossed before it reaches the phantom's edge
+        (arteries: the bottom; veins: the top), mm. Default 40 mm: the phantom is a 40 mm
+        slab in the middle of a neck coverage of about 120 mm (an assumption).
+    """
 
     in_plane_mm: float = 2.0
     slice_mm: float = 3.0
     gap_mm: float = 0.0
     fat_suppression: float = 0.95
     quantise: bool = False
-    """Round the magnitude images to integers, as a scanner's reconstruction stores them
-    (needed for DICOM export; the rounding error, RMS 0.29, is far below the noise)."""
+    in_plane_psf: str = "sinc"
+    slice_profile: str = "sinc"
+    inflow: bool = True
+    artery_velocity_cm_s: float = 17.0
+    vein_velocity_cm_s: float = 8.0
+    inflow_offset_mm: float = 40.0
 
     def __post_init__(self) -> None:
-        for name in ("in_plane_mm", "slice_mm"):
+        for name in ("in_plane_mm", "slice_mm", "artery_velocity_cm_s", "vein_velocity_cm_s"):
             v = getattr(self, name)
-            if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"acquisition.{name} = {v!r}: expected a size > 0 mm")
-        if not (np.isfinite(self.gap_mm) and self.gap_mm >= 0):
-            raise ValueError(f"acquisition.gap_mm = {self.gap_mm!r}: expected a gap >= 0 mm")
-        if not 0 <= self.fat_suppression <= 1:
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"acquisition.{name} = {v!r}: expected a number > 0")
+        for name in ("gap_mm", "inflow_offset_mm"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"acquisition.{name} = {v!r}: expected a distance >= 0 mm")
+        if not (isinstance(self.fat_suppression, int | float) and 0 <= self.fat_suppression <= 1):
             raise ValueError(
                 f"acquisition.fat_suppression = {self.fat_suppression!r}: expected 0-1"
             )
+        if self.in_plane_psf not in IN_PLANE_PSFS:
+            raise ValueError(
+                f"acquisition.in_plane_psf = {self.in_plane_psf!r}: expected one of "
+                f"{', '.join(IN_PLANE_PSFS)}"
+            )
+        if self.slice_profile not in SLICE_PROFILES:
+            raise ValueError(
+                f"acquisition.slice_profile = {self.slice_profile!r}: expected one of "
+                f"{', '.join(SLICE_PROFILES)}"
+            )
+        if self.slice_profile in ("sinc", "hann") and self.gap_mm > 0:
+            raise ValueError(
+                f"acquisition.gap_mm = {self.gap_mm!r} with slice_profile = "
+                f"{self.slice_profile!r}: a Fourier-encoded (3D) slab has no gap; expected "
+                "gap_mm = 0, or slice_profile 'rect' or 'gaussian' (2D multislice)"
+            )
+
+
+def _n_out(n_in: int, vox_in: float, size: float, step: float) -> int:
+    extent = n_in * vox_in
+    return int(np.floor((extent - size) / step + 1e-9)) + 1 if extent >= size else 0
 
 
 def overlap_weights(n_in: int, vox_in: float, size: float, step: float) -> np.ndarray:
@@ -74,8 +170,7 @@ def overlap_weights(n_in: int, vox_in: float, size: float, step: float) -> np.nd
     Output interval ``k`` covers ``[k * step, k * step + size]`` mm; input voxel ``j`` covers
     ``[j * vox_in, (j + 1) * vox_in]``. Only intervals inside the input extent are kept.
     """
-    extent = n_in * vox_in
-    n_out = int(np.floor((extent - size) / step + 1e-9)) + 1 if extent >= size else 0
+    n_out = _n_out(n_in, vox_in, size, step)
     lo = np.arange(n_out)[:, None] * step
     hi = lo + size
     a = np.arange(n_in)[None, :] * vox_in
@@ -83,7 +178,75 @@ def overlap_weights(n_in: int, vox_in: float, size: float, step: float) -> np.nd
     return np.clip(np.minimum(hi, b) - np.maximum(lo, a), 0.0, None) / size
 
 
-def type_curves(phantom: Phantom, protocol: Protocol, fat_suppression: float):
+def psf_weights(
+    n_in: int, vox_in: float, size: float, step: float, kind: str = "box"
+) -> np.ndarray:
+    """Weights (n_out, n_in): the PSF of output voxel ``k`` integrated over input voxel ``j``.
+
+    Parameters
+    ----------
+    n_in : int
+        Number of truth voxels along the axis.
+    vox_in : float
+        Truth voxel size, mm.
+    size, step : float
+        Acquired voxel size and centre-to-centre step (size + gap), mm.
+    kind : {"box", "rect", "sinc", "hann", "gaussian"}
+        The PSF (see the module docstring).
+
+    Returns
+    -------
+    ndarray (n_out, n_in)
+        Each row sums to 1 (a homogeneous object is returned exactly).
+    """
+    if kind in ("box", "rect"):
+        return overlap_weights(n_in, vox_in, size, step)
+    n_out = _n_out(n_in, vox_in, size, step)
+    centre = (np.arange(n_out) * step + size / 2)[:, None]
+    edges = np.arange(n_in + 1) * vox_in
+    if kind == "gaussian":
+        sigma = size / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        cdf = ndtr((edges[None, :] - centre) / sigma)
+        w = np.diff(cdf, axis=1)
+        w[np.abs(centre - (edges[None, :-1] + edges[None, 1:]) / 2) > 2.0 * size] = 0.0
+        return w / w.sum(axis=1, keepdims=True)
+    if kind not in ("sinc", "hann"):
+        raise ValueError(f"kind={kind!r}: expected box, rect, sinc, hann or gaussian")
+    # antiderivative of the kernel in units of the voxel: sinc(u) -> Si(pi u) / pi
+    shifts = ((0.0, 1.0),) if kind == "sinc" else ((0.0, 0.5), (-1.0, 0.25), (1.0, 0.25))
+
+    def cumulative(x: np.ndarray) -> np.ndarray:
+        return sum(wt * sici(np.pi * (x - sh))[0] / np.pi for sh, wt in shifts)
+
+    u = (edges[None, :] - centre) / size
+    cum = cumulative(u)
+    w = np.diff(cum, axis=1)
+    # the anatomy beyond the phantom's edges is its edge voxel, continued
+    w[:, 0] += cum[:, 0] + 0.5
+    w[:, -1] += 0.5 - cum[:, -1]
+    return w
+
+
+def _vessel_pulses(phantom: Phantom, acq: Acquisition, tr: float, kind: str):
+    """RF pulses received at the near and far face of each truth slice (nz,), (nz,)."""
+    nz = phantom.types.shape[0]
+    v = phantom.voxel_mm
+    depth = acq.inflow_offset_mm + np.arange(nz) * v
+    if kind == "vein":  # the jugular veins flow down: they enter at the top
+        depth = depth[::-1]
+    velocity_mm_s = 10.0 * (
+        acq.artery_velocity_cm_s if kind == "artery" else acq.vein_velocity_cm_s
+    )
+    per_mm = 1.0 / (velocity_mm_s * tr)
+    return depth * per_mm, (depth + v) * per_mm
+
+
+def type_curves(
+    phantom: Phantom,
+    protocol: Protocol,
+    fat_suppression: float,
+    acquisition: Acquisition | None = None,
+):
     """Noise-free signal of each voxel type at the frames, and its VFA signals.
 
     Returns
@@ -92,6 +255,10 @@ def type_curves(phantom: Phantom, protocol: Protocol, fat_suppression: float):
     vfa : ndarray (n_types, n_angles)
     pre : ndarray (n_types,)
         Pre-contrast signal.
+    vessels : dict
+        With inflow (``acquisition.inflow``): per vessel type index, its signal in each
+        truth slice, ``(dynamic (nz, n_t), vfa (nz, n_angles))``; empty without.
+        ``dynamic`` and ``vfa`` hold the steady-state (no inflow) vessel curves.
     """
     grid = truth_grid(protocol.frame_times, bat=protocol.bolus_arrival)
     ca_grid = aif_on_grid(grid, case_aif(protocol))
@@ -108,6 +275,7 @@ def type_curves(phantom: Phantom, protocol: Protocol, fat_suppression: float):
     dyn = np.zeros((n, protocol.n_frames))
     vfa = np.zeros((n, len(protocol.flip_angles)))
     pre = np.zeros(n)
+    vessels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     angles = np.asarray(protocol.flip_angles)
     for i, p in enumerate(phantom.type_params):
         if p["pd"] == 0:
@@ -126,11 +294,28 @@ def type_curves(phantom: Phantom, protocol: Protocol, fat_suppression: float):
         else:
             conc = np.zeros(protocol.n_frames)
         r1 = r1_from_concentration(conc, r10=r10, r1_relaxivity=protocol.relaxivity)
-        dyn[i] = water * spgr(r1, **kw) + fat * spgr(r10_fat, **kw)
-        pre[i] = water * spgr(r10, **kw) + fat * spgr(r10_fat, **kw)
+        fat_dyn = fat * spgr(r10_fat, **kw)
+        fat_vfa = fat * vfa_signal(r10_fat, flip_angles=angles, tr=protocol.tr, b1=protocol.b1)
+        dyn[i] = water * spgr(r1, **kw) + fat_dyn
+        pre[i] = water * spgr(r10, **kw) + fat_dyn
         vfa[i] = water * vfa_signal(r10, flip_angles=angles, tr=protocol.tr, b1=protocol.b1)
-        vfa[i] += fat * vfa_signal(r10_fat, flip_angles=angles, tr=protocol.tr, b1=protocol.b1)
-    return dyn, vfa, pre
+        vfa[i] += fat_vfa
+        if "blood" in p and acquisition is not None and acquisition.inflow:
+            kind = "vein" if "vein" in p else "artery"
+            n0, n1 = _vessel_pulses(phantom, acquisition, protocol.tr, kind)
+            z_dyn = water * spgr_inflow(
+                r1[None, :], pulses=n0[:, None], pulses_to=n1[:, None], **kw
+            )
+            z_vfa = water * spgr_inflow(
+                r10,
+                fa=angles[None, :],
+                tr=protocol.tr,
+                b1=protocol.b1,
+                pulses=n0[:, None],
+                pulses_to=n1[:, None],
+            )
+            vessels[i] = (z_dyn + fat_dyn, z_vfa + fat_vfa)
+    return dyn, vfa, pre, vessels
 
 
 def acquire(
@@ -149,7 +334,8 @@ def acquire(
     protocol : Protocol
         Temporal and sequence settings (``snr`` as defined in the module docstring).
     acquisition : Acquisition, optional
-        Voxel size, slice thickness and gap (mm) and fat suppression.
+        Voxel size, slice thickness and gap (mm), PSF and slice profile, fat suppression
+        and inflow.
     seed : int
         Noise seed (streams keyed by seed, stream and slice).
 
@@ -157,64 +343,97 @@ def acquire(
     -------
     xarray.Dataset
         ``signal`` (slice, y, x, time) and ``vfa_signal`` (slice, y, x, flip_angle) as
-        float32 measurements, ``fraction`` (type, slice, y, x) the type composition of each
-        acquired voxel and ``type_signal`` (type, time) the noise-free signal of each type
-        (their product is the noise-free acquired signal), and truth maps at the acquired
-        grid (volume-weighted ``Ktrans``, ``ve``, ``vp`` of the enhancing tissue they
+        float32 measurements; ``fraction`` (type, slice, y, x) the volume composition of
+        each acquired voxel and ``weight`` its PSF composition; ``type_signal`` (type,
+        time) the noise-free signal of each type and, with inflow, ``vessel_signal``
+        (vessel, truth_slice, time) that of the vessel types in each truth slice (the
+        noise-free acquired signal is ``weight @ type_signal`` with the vessel types'
+        part taken slice by slice from ``vessel_signal``); truth maps at the acquired grid
+        (volume-weighted ``Ktrans``, ``ve``, ``vp`` of the enhancing tissue they
         contain); coordinates in mm.
     """
     acq = acquisition or Acquisition()
     nz, ny, nx = phantom.types.shape
     v = phantom.voxel_mm
-    wz = overlap_weights(nz, v, acq.slice_mm, acq.slice_mm + acq.gap_mm)
-    wy = overlap_weights(ny, v, acq.in_plane_mm, acq.in_plane_mm)
-    wx = overlap_weights(nx, v, acq.in_plane_mm, acq.in_plane_mm)
-    if min(wz.shape[0], wy.shape[0], wx.shape[0]) == 0:
+    step_z = acq.slice_mm + acq.gap_mm
+    box = (
+        overlap_weights(nz, v, acq.slice_mm, step_z),
+        overlap_weights(ny, v, acq.in_plane_mm, acq.in_plane_mm),
+        overlap_weights(nx, v, acq.in_plane_mm, acq.in_plane_mm),
+    )
+    if min(w.shape[0] for w in box) == 0:
         raise ValueError(
             f"acquisition {acq} does not fit in the phantom ({nz} x {ny} x {nx} voxels of {v} mm)"
         )
+    psf = (
+        psf_weights(nz, v, acq.slice_mm, step_z, acq.slice_profile),
+        psf_weights(ny, v, acq.in_plane_mm, acq.in_plane_mm, acq.in_plane_psf),
+        psf_weights(nx, v, acq.in_plane_mm, acq.in_plane_mm, acq.in_plane_psf),
+    )
+    same_psf = acq.slice_profile == "rect" and acq.in_plane_psf == "box"
     n_types = len(phantom.type_params)
-    frac = np.empty((n_types, wz.shape[0], wy.shape[0], wx.shape[0]), dtype=np.float32)
+    shape = (box[0].shape[0], box[1].shape[0], box[2].shape[0])
+    frac = np.empty((n_types, *shape), dtype=np.float32)
+    weight = frac if same_psf else np.empty_like(frac)
+    dyn, vfa, pre, vessels = type_curves(phantom, protocol, acq.fat_suppression, acq)
+    in_plane: dict[int, np.ndarray] = {}  # vessel type -> (nz, sy, sx) PSF in-plane weights
     for t in range(n_types):
         onehot = (phantom.types == t).astype(np.float32)
-        f = np.tensordot(wz, onehot, axes=(1, 0))  # (sz, ny, nx)
-        f = np.tensordot(f, wy, axes=(1, 1))  # (sz, nx, sy)
-        f = np.tensordot(f, wx, axes=(1, 1))  # (sz, sy, sx)
-        frac[t] = f
-    dyn, vfa, pre = type_curves(phantom, protocol, acq.fat_suppression)
-    flat = frac.reshape(n_types, -1).T  # (n_acq, n_types)
+        for is_psf, out, (wz, wy, wx) in ((False, frac, box), (True, weight, psf)):
+            if is_psf and same_psf and t not in vessels:
+                continue
+            f = np.tensordot(onehot, wy, axes=(1, 1))  # (nz, nx, sy)
+            f = np.tensordot(f, wx, axes=(1, 1))  # (nz, sy, sx)
+            if is_psf and t in vessels:
+                in_plane[t] = f
+            out[t] = np.tensordot(wz, f, axes=(1, 0))
+    flat = weight.reshape(n_types, -1).T  # (n_acq, n_types)
+    dyn_main, vfa_main = dyn.copy(), vfa.copy()
+    for t in vessels:  # their signal depends on the truth slice: added slice by slice
+        dyn_main[t] = 0.0
+        vfa_main[t] = 0.0
     muscle = next(i for i, p in enumerate(phantom.type_params) if p["class"] == "muscle")
     volume = acq.in_plane_mm**2 * acq.slice_mm
     sigma = pre[muscle] / protocol.snr * (REFERENCE_VOXEL_MM3 / volume)
-    shape = frac.shape[1:]
     per_slice = shape[1] * shape[2]
     # slice by slice, so that memory holds one slice of float64 curves at a time
     signal = np.empty((shape[0] * per_slice, protocol.n_frames), dtype=np.float32)
     vfa_out = np.empty((shape[0] * per_slice, vfa.shape[1]), dtype=np.float32)
+    wz_psf = psf[0]
     for s in range(shape[0]):
         rows = slice(s * per_slice, (s + 1) * per_slice)
-        clean = flat[rows] @ dyn
-        vclean = flat[rows] @ vfa
+        clean = flat[rows] @ dyn_main
+        vclean = flat[rows] @ vfa_main
+        for t, (z_dyn, z_vfa) in vessels.items():
+            g = wz_psf[s][:, None] * in_plane[t].reshape(nz, -1)  # (nz, pixels)
+            cols = np.flatnonzero(np.any(g != 0, axis=0))
+            if cols.size:
+                clean[cols] += g[:, cols].T @ z_dyn
+                vclean[cols] += g[:, cols].T @ z_vfa
         if np.isfinite(protocol.snr):
             add_rician_noise(clean, sigma, rng=rng_for(seed, 0, 0, s), out=clean)
             add_rician_noise(vclean, sigma, rng=rng_for(seed, 0, 1, s), out=vclean)
+        else:  # magnitude images: a Fourier PSF's negative side lobes show as |signal|
+            np.abs(clean, out=clean)
+            np.abs(vclean, out=vclean)
         if acq.quantise:
             np.rint(clean, out=clean)
             np.rint(vclean, out=vclean)
         signal[rows] = clean
         vfa_out[rows] = vclean
+    vol = frac.reshape(n_types, -1).T
     maps = {}
     for name in ("Ktrans", "ve", "vp"):
         vals = np.array([p.get(name, np.nan) for p in phantom.type_params])
         has = np.isfinite(vals)
-        weight = flat[:, has].sum(axis=1)
+        w = vol[:, has].sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            maps[name] = (flat[:, has] @ vals[has]) / weight
+            maps[name] = (vol[:, has] @ vals[has]) / w
     dims4 = ("slice", "y", "x")
     coords = {
         "slice": (
             "slice",
-            np.arange(shape[0]) * (acq.slice_mm + acq.gap_mm) + acq.slice_mm / 2,
+            np.arange(shape[0]) * step_z + acq.slice_mm / 2,
             {"units": "mm", "long_name": "slice centre"},
         ),
         "y": ("y", (np.arange(shape[1]) + 0.5) * acq.in_plane_mm, {"units": "mm"}),
@@ -232,8 +451,8 @@ def acquire(
             {
                 "units": "a.u.",
                 "role": "truth",
-                "long_name": "noise-free signal of each voxel type (fraction-weighted sum of"
-                " these is the noise-free acquired signal)",
+                "long_name": "noise-free signal of each voxel type (steady state: vessels"
+                " without inflow)",
             },
         ),
         "type_vfa_signal": (("type", "flip_angle"), vfa, {"units": "a.u.", "role": "truth"}),
@@ -242,7 +461,29 @@ def acquire(
             frac,
             {"long_name": "volume fraction of each voxel type", "role": "truth"},
         ),
+        "weight": (
+            ("type", *dims4),
+            weight,
+            {
+                "long_name": "PSF-weighted composition of each acquired voxel (its weighted"
+                " sum of type signals is the noise-free signal)",
+                "role": "truth",
+            },
+        ),
     }
+    if vessels:
+        order = sorted(vessels)
+        coords["vessel"] = ("vessel", order)
+        coords["truth_slice"] = (
+            "truth_slice",
+            (np.arange(nz) + 0.5) * v,
+            {"units": "mm", "long_name": "truth-grid slice centre"},
+        )
+        data["vessel_signal"] = (
+            ("vessel", "truth_slice", "time"),
+            np.stack([vessels[t][0] for t in order]),
+            {"units": "a.u.", "role": "truth", "long_name": "vessel signal with inflow"},
+        )
     units = {"Ktrans": "/min", "ve": "1", "vp": "1"}
     for name, m in maps.items():
         data[name] = (
@@ -257,6 +498,12 @@ def acquire(
         "gap_mm": acq.gap_mm,
         "fat_suppression": acq.fat_suppression,
         "quantised": int(acq.quantise),
+        "in_plane_psf": acq.in_plane_psf,
+        "slice_profile": acq.slice_profile,
+        "inflow": int(acq.inflow),
+        "artery_velocity_cm_s": acq.artery_velocity_cm_s,
+        "vein_velocity_cm_s": acq.vein_velocity_cm_s,
+        "inflow_offset_mm": acq.inflow_offset_mm,
         "noise_sigma": float(sigma),
         "phantom_seed": phantom.seed,
         "truth_voxel_mm": phantom.voxel_mm,

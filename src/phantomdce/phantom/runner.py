@@ -36,19 +36,29 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.dro.config import ConfigError, as_float, as_int, as_str, unknown_key
+from phantomdce.dro.config import ConfigError, as_bool, as_float, as_int, as_str, unknown_key
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.engine.config import FitConfig
 from phantomdce.engine.metrics import case_metrics, metrics_table
 from phantomdce.engine.run import _collect, estimated_parameters, fitter_record
 from phantomdce.params import PARAMETERS
-from phantomdce.phantom.acquire import Acquisition
+from phantomdce.phantom.acquire import IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
 from phantomdce.phantom.case import phantom_case
 
 __all__ = ["is_phantom_scenario", "run_phantom_scenario", "phantom_digest"]
 
-ACQ_KEYS = ("in_plane_mm", "slice_mm", "gap_mm", "fat_suppression")
+ACQ_FLOATS = (
+    "in_plane_mm",
+    "slice_mm",
+    "gap_mm",
+    "fat_suppression",
+    "artery_velocity_cm_s",
+    "vein_velocity_cm_s",
+    "inflow_offset_mm",
+)
+ACQ_CHOICES = {"in_plane_psf": IN_PLANE_PSFS, "slice_profile": SLICE_PROFILES}
+ACQ_KEYS = (*ACQ_FLOATS, *ACQ_CHOICES, "inflow")
 PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary")
 ROI_RULES = ("recommended", "whole_lesion")
 ENHANCING = ("tumour_rim", "tumour_hypoxic")
@@ -96,6 +106,22 @@ def phantom_digest(raw: dict[str, Any], digits: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:digits]
 
 
+def _acq_value(path: str, key: str, value: Any) -> Any:
+    """A checked acquisition setting (float, choice or bool), the error naming ``path``."""
+    if key in ACQ_CHOICES:
+        return as_str(path, value, choices=ACQ_CHOICES[key])
+    if key == "inflow":
+        return as_bool(path, value)
+    return as_float(path, value, lo=0.0)
+
+
+def _acquisition(path: str, values: dict[str, Any]) -> Acquisition:
+    try:
+        return Acquisition(**values)
+    except ValueError as err:  # cross-field rules (e.g. a gap with a 3D profile)
+        raise ConfigError(f"{path}: {err}") from None
+
+
 def _parse(raw: dict[str, Any]):
     raw = dict(raw)
     ph = dict(raw.pop("phantom"))
@@ -123,14 +149,16 @@ def _parse(raw: dict[str, Any]):
             if k == "roi":
                 as_str(f"sweep.roi[{i}]", v, choices=ROI_RULES)
             else:
-                as_float(f"sweep.{k}[{i}]", v, lo=0.0)
+                _acq_value(f"sweep.{k}[{i}]", k, v)
     raw["sweep"] = sweep
     if "tissue" in raw:
         raise ConfigError("tissue: a phantom scenario takes its tissues from the phantom")
     # the DRO parser needs a tissue table; the phantom's tissues replace it
     raw["tissue"] = {"model": "extended_tofts", "Ktrans": 0.1, "ve": 0.2, "vp": 0.02}
     scenario = parse_scenario(raw)
-    base = Acquisition(**{k: float(v) for k, v in acq.items()})
+    base = _acquisition(
+        "acquisition", {k: _acq_value(f"acquisition.{k}", k, v) for k, v in acq.items()}
+    )
     return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary
 
 
@@ -157,8 +185,8 @@ def run_phantom_scenario(
     for proto_case in scenario.cases():
         for combo in itertools.product(*[acq_sweep[k] for k in acq_keys]):
             values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
-            changes = {k: float(v) for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
-            acq = Acquisition(**{**base.__dict__, **changes})
+            changes = {k: v for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
+            acq = _acquisition(f"sweep {changes}", {**base.__dict__, **changes})
             cases.append((values, proto_case.protocol, acq))
     phantoms = [
         make_neck(shape, seed=scenario.seed + s, field_strength=scenario.protocol.field_strength)
