@@ -5,7 +5,7 @@ import pytest
 
 from phantomdce.dro.protocol import Protocol
 from phantomdce.phantom.acquire import Acquisition, acquire, overlap_weights
-from phantomdce.phantom.anatomy import CLASSES, Phantom, make_neck
+from phantomdce.phantom.anatomy import CLASSES, NeckGeometry, Phantom, make_neck
 
 PROTO = Protocol.from_mapping({"dt": 5.0, "duration": 120.0, "snr": float("inf")})
 #: The idealised acquisition: voxel integration, rectangular slices, no inflow.
@@ -307,6 +307,15 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
     row = next(r for r in result.rows if r.knob_value == 4.0 and r.parameter == "Ktrans")
     assert row.metrics["n_voxels"] > 0 and abs(row.metrics["rel_bias_pct"]) < 50
     assert list(judge_all(result)[0].recommended_values) == [4.0]
+    # the run drew the maps and AIF of its recommended case (here also the last), and the
+    # report shows them
+    assert [p.name for p, _ in result.figures] == ["case_0001_maps.png", "case_0001_aif.png"]
+    from phantomdce.report.render import write_report
+
+    paths = write_report([result], tmp_path / "rep", command="phantomdce test", version="0")
+    md = paths["markdown"].read_text()
+    assert "case_0001_maps" not in md and md.count("_run_0") == 2
+    assert "fitted" in md and (tmp_path / "rep" / "figures").is_dir()
     # the study re-run reuses the finished phantom run; another version is refused
     run_study(tmp_path / "study.toml", tmp_path / "out")
     (tmp_path / "p.toml").write_text(
@@ -314,6 +323,12 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
     )
     with pytest.raises(ConfigError, match="another version of phantom scenario"):
         run_study(tmp_path / "study.toml", tmp_path / "out")
+    with pytest.raises(ConfigError, match="acquisition: acquisition.gap_mm = 1.0"):
+        bad = tmp_path / "gap.toml"
+        bad.write_text(
+            PHANTOM_SCENARIO.format(name="g").replace("in_plane_mm = 2.0", "gap_mm = 1.0")
+        )
+        run_phantom_scenario(bad, tmp_path / "gap_out")
     with pytest.raises(ConfigError, match="unknown key 'acquisition.slice'"):
         bad = tmp_path / "bad.toml"
         bad.write_text(
@@ -409,3 +424,22 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     # unsaturated blood barely enhances: the AIF measured at the edge is far too low
     assert measured.max() < 0.5 * true.max()
     np.testing.assert_allclose(roi_aif(far, roi, hct=proto.hct), true, atol=1e-4)
+
+
+def test_phantom_draws_haemorrhage_and_a_cystic_node_that_the_recommended_roi_avoids():
+    from phantomdce.phantom.roi import class_fractions, tumour_rois
+
+    ph = make_neck((24, 128, 128), seed=2)
+    for name in ("haemorrhage", "cyst"):
+        assert (ph.labels == CLASSES[name].label).sum() > 50
+    rim = [p for p in ph.type_params if p["class"] == "tumour_rim"]
+    ktrans = np.array([p["Ktrans"] for p in rim])
+    np.testing.assert_allclose(np.array([p["vp"] for p in rim]) / ktrans, rim[0]["vp"] / ktrans[0])
+    proto = Protocol.from_mapping({"dt": 3.0, "duration": 240.0, "snr": float("inf")})
+    ds = acquire(ph, proto, Acquisition(1.0, 1.0, **IDEAL))
+    rois = tumour_rois(ph, ds)
+    bleed = class_fractions(ph, ds, ["haemorrhage"]).values
+    assert bleed[rois["whole_lesion"].values].max() > 0.99
+    assert bleed[rois["recommended"].values].max() < 0.5
+    no_bleed = make_neck((24, 128, 128), seed=2, geometry=NeckGeometry(haemorrhage_radius=0.0))
+    assert not (no_bleed.labels == CLASSES["haemorrhage"].label).any()

@@ -363,7 +363,7 @@ def spgr_inflow(
 
     Examples
     --------
-    >>> float(spgr_inflow(1.0, fa=30.0, tr=0.005, pulses=0.0))
+    >>> round(float(spgr_inflow(1.0, fa=30.0, tr=0.005, pulses=0.0)), 10)
     0.5
     >>> bool(np.isclose(spgr_inflow(1.0, fa=30.0, tr=0.005, pulses=1e6), spgr(1.0, fa=30.0,
     ...     tr=0.005)))

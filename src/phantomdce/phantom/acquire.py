@@ -39,7 +39,9 @@ jugular veins from above, at a plug-flow velocity; blood that has travelled a de
 :func:`phantomdce.signal.spgr_inflow` (averaged exactly over each truth voxel's depth),
 in the dynamic series and in the VFA images. ``inflow_offset_mm`` is how far into the
 slab blood has already travelled when it reaches the phantom's first slice: the phantom
-is a 40 mm slab at the oropharynx, inside a larger neck coverage. Vessel curves thus
+is a 40 mm slab at the oropharynx, inside a larger neck coverage. Flow is plug flow at
+the mean velocity: the slower blood near the wall (laminar flow) and in diastole
+(pulsatile flow) is more saturated, the faster less; neither is modelled. Vessel curves thus
 depend on the truth slice (``vessel_signal``); the rest of the types do not.
 
 Noise: the protocol's ``snr`` is the pre-contrast SNR of muscle in a reference voxel of
@@ -112,8 +114,9 @@ class Acquisition:
         the jugular veins (an assumption: a similar flow through a larger lumen).
     inflow_offset_mm : float
         Depth of the excited slab blood has crossed before it reaches the phantom's edge
-        (arteries: the bottom; veins: the top), mm. Default 40 mm: the phantom is a 40 mm
-        slab in the middle of a neck coverage of about 120 mm (an assumption).
+        (arteries: the bottom; veins: the top), mm. Default 80 mm: a neck coverage from the
+        thoracic inlet up, the oropharynx about 80 mm above its lower edge (an assumption;
+        the carotid AIF depends strongly on it, see the scenario ``phantom_aif_inflow``).
     """
 
     in_plane_mm: float = 2.0
@@ -126,7 +129,7 @@ class Acquisition:
     inflow: bool = True
     artery_velocity_cm_s: float = 17.0
     vein_velocity_cm_s: float = 8.0
-    inflow_offset_mm: float = 40.0
+    inflow_offset_mm: float = 80.0
 
     def __post_init__(self) -> None:
         for name in ("in_plane_mm", "slice_mm", "artery_velocity_cm_s", "vein_velocity_cm_s"):

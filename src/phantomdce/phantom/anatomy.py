@@ -3,10 +3,12 @@
 :func:`make_neck` draws an axial slab on a fine truth grid from a few geometric
 parameters and a seed: air, skin, subcutaneous fat, muscle, bone (mandible and vertebra),
 submandibular glands, spinal cord, common/internal/external carotid arteries, jugular
-veins, a primary tumour (enhancing rim, poorly perfused hypoxic zone, necrotic core, with
-seeded lobulation and a spatially varying Ktrans in the rim) and a metastatic lymph node.
+veins, a primary tumour (enhancing rim, poorly perfused hypoxic zone, necrotic core and a
+focus of haemorrhage, with seeded lobulation and a spatially varying Ktrans and vp in the
+rim) and a metastatic lymph node with a cystic centre.
 
-Every voxel gets a *type*: a tissue class, and for the tumour rim a Ktrans level (the
+Every voxel gets a *type*: a tissue class, and for the tumour rim a perfusion level
+(Ktrans and vp vary together, 0.5 to 1.5 times the class values; the
 rim's spatial variation is quantised into :data:`RIM_LEVELS` levels so that a voxel's
 curve is one of a small set; the acquisition mixes those curves exactly). The class table
 :data:`CLASSES` gives, per class, native T1 (s) at 1.5 and 3 T, proton density (relative),
@@ -169,6 +171,25 @@ CLASSES = MappingProxyType(
                 {"Ktrans": 0.20, "ve": 0.30, "vp": 0.04},
                 "assumed",
             ),
+            TissueClass(
+                13,
+                "cyst",
+                (2.50, 3.00),
+                1.0,
+                0.0,
+                {"Ktrans": 0.001, "ve": 0.9, "vp": 0.0},
+                "assumed: proteinaceous fluid of a cystic nodal metastasis (shorter T1 than"
+                " CSF, about 4 s at 3 T); minimal, slow leakage into the fluid",
+            ),
+            TissueClass(
+                14,
+                "haemorrhage",
+                (0.45, 0.50),
+                1.0,
+                0.0,
+                {"Ktrans": 0.001, "ve": 0.3, "vp": 0.0},
+                "assumed: subacute (methaemoglobin) haemorrhage, short T1; minimal uptake",
+            ),
         )
     }
 )
@@ -193,6 +214,8 @@ class NeckGeometry:
     necrosis_fraction: float = 0.35  # of the tumour radius
     hypoxic_fraction: float = 0.65
     node_radius: float = 8.0
+    node_cyst_fraction: float = 0.5  # of the node radius; 0 for a solid node
+    haemorrhage_radius: float = 4.0  # a focus in the tumour's hypoxic zone; 0 for none
 
 
 @dataclass
@@ -336,10 +359,17 @@ def make_neck(
     lab[tumour] = CLASSES["tumour_rim"].label
     lab[tumour & (d <= g.hypoxic_fraction * radius)] = CLASSES["tumour_hypoxic"].label
     lab[tumour & (d <= g.necrosis_fraction * radius)] = CLASSES["necrosis"].label
+    if g.haemorrhage_radius > 0:  # a focus between the necrotic core and the rim
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        hc = tc + direction * 0.5 * (g.necrosis_fraction + g.hypoxic_fraction) * g.tumour_radius
+        dh = np.sqrt((z - hc[0]) ** 2 + (y - hc[1]) ** 2 + (x - hc[2]) ** 2)
+        lab[tumour & (dh <= g.haemorrhage_radius)] = CLASSES["haemorrhage"].label
     # metastatic node, left, near the jugular
     nc = np.array([0.0, 0.2 * b, -0.62 * a])
     dn = np.sqrt((z - nc[0]) ** 2 + (y - nc[1]) ** 2 + (x - nc[2]) ** 2)
     lab[dn <= g.node_radius * (1 + 0.15 * lob)] = CLASSES["node"].label
+    lab[dn <= g.node_cyst_fraction * g.node_radius] = CLASSES["cyst"].label
 
     # types: one per class, plus RIM_LEVELS levels of the rim's Ktrans variation
     fi = 0 if field_strength == 1.5 else 1
@@ -375,6 +405,7 @@ def make_neck(
                 "fat_fraction": rim.fat_fraction,
                 **rim.kinetics,
                 "Ktrans": rim.kinetics["Ktrans"] * factor,
+                "vp": rim.kinetics["vp"] * factor,
             }
         )
     in_rim = lab == rim.label

@@ -112,8 +112,14 @@ def maps_figure(
     return fig
 
 
-def aif_figure(time_s: np.ndarray, true_ca: np.ndarray, measured: dict[str, np.ndarray]):
-    """Measured AIFs (label -> plasma mM at the frames) against the true one."""
+def aif_figure(
+    time_s: np.ndarray,
+    true_ca: np.ndarray,
+    measured: dict[str, np.ndarray],
+    *,
+    title: str = "Arterial input function: measured on the images vs true",
+):
+    """Measured (or assumed) AIFs (label -> plasma mM at the frames) against the true one."""
     fig = _figure(6.5, 4.0)
     ax = fig.subplots()
     ax.plot(time_s, true_ca, "k-", lw=2, label="true plasma AIF")
@@ -121,7 +127,7 @@ def aif_figure(time_s: np.ndarray, true_ca: np.ndarray, measured: dict[str, np.n
         ax.plot(time_s, ca, "o-", ms=3, lw=1, label=label)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("plasma concentration (mM)")
-    ax.set_title("Arterial input function: measured on the images vs true")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

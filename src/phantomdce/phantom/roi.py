@@ -3,13 +3,14 @@
 Tumour ROIs, on the acquired grid:
 
 - ``whole_lesion``: the naive rule, every voxel that is mostly tumour (any tumour class,
-  necrosis included) by the truth outline, as a lesion contour drawn on anatomy would be.
+  necrosis and haemorrhage included) by the truth outline, as a lesion contour drawn on
+  anatomy would be.
 - ``recommended``: the ESNR 2022 rule, the enhancing tumour avoiding necrosis and vessels,
   decided from the images within that outline: voxels whose late relative enhancement is
-  below ``min_enhancement`` (non-enhancing necrosis, cysts) are dropped, and so are voxels
-  whose enhancement is vessel-like (a first-pass signal rise above ``vessel_fraction`` of
-  the image's largest that washes out, the late rise under 60% of it: neighbouring
-  vessels or partial volume with them).
+  below ``min_enhancement`` (non-enhancing necrosis, haemorrhage, cysts) are dropped, and
+  so are voxels whose enhancement is vessel-like (a first-pass signal rise above
+  ``vessel_fraction`` of the image's largest that washes out, the late rise under 60% of
+  it: neighbouring vessels or partial volume with them).
 
 The carotid AIF is measured from an ROI on the acquired images: a manual sphere at given
 coordinates (:attr:`Phantom.landmarks` gives the carotids), or an automatic selection:
@@ -29,7 +30,7 @@ from phantomdce.signal import concentration_from_signal, native_t1
 
 __all__ = ["tumour_rois", "carotid_roi_manual", "carotid_roi_auto", "roi_aif", "class_fractions"]
 
-TUMOUR = ("tumour_rim", "tumour_hypoxic", "necrosis")
+TUMOUR = ("tumour_rim", "tumour_hypoxic", "necrosis", "haemorrhage")
 
 
 def class_fractions(phantom: Phantom, acquired: xr.Dataset, names) -> xr.DataArray:

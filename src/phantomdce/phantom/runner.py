@@ -10,6 +10,7 @@ table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
     roi = "recommended"      # tumour ROI rule: "recommended" or "whole_lesion" (sweepable)
     carotid = "auto"         # carotid ROI: "auto" or "manual"
     summary = "voxel"        # or "roi_mean": one ROI mean per subject and acquisition
+    subject_aif = "same"     # or "varied": each subject its own AIF (see subject_protocol)
 
     [acquisition]
     in_plane_mm = 2.0
@@ -59,7 +60,9 @@ ACQ_FLOATS = (
 )
 ACQ_CHOICES = {"in_plane_psf": IN_PLANE_PSFS, "slice_profile": SLICE_PROFILES}
 ACQ_KEYS = (*ACQ_FLOATS, *ACQ_CHOICES, "inflow")
-PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary")
+PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary", "subject_aif")
+#: Population AIF shapes the subjects cycle through with ``subject_aif = "varied"``.
+SUBJECT_AIFS = ("parker", "georgiou", "head_and_neck")
 ROI_RULES = ("recommended", "whole_lesion")
 ENHANCING = ("tumour_rim", "tumour_hypoxic")
 
@@ -98,6 +101,96 @@ def _roi_means(est, success, replicate, phantoms, *, n_fitters):
         truth[k] = np.asarray(per_subject)[subject]
     truth["kep"] = truth["Ktrans"] / truth["ve"]
     return out_est, out_ok, truth, subject, groups
+
+
+def subject_protocol(protocol, seed: int, subject: int, how: str = "same"):
+    """The protocol of one phantom subject: its own AIF when ``how = "varied"``.
+
+    Subjects differ as the DRO scenario ``aif_population`` makes them differ: the AIF
+    shape cycles through :data:`SUBJECT_AIFS` (subject 0 gets Parker), the amplitude is
+    scaled by a factor drawn uniformly in 0.7-1.3 and the bolus arrives 4 s earlier to 8 s
+    later than the nominal ``n_baseline * dt``, both drawn from a generator seeded by
+    ``(seed, subject)``, so the same subject has the same AIF in every scenario.
+    """
+    if how == "same":
+        return protocol
+    rng = np.random.default_rng([seed, subject, 6])
+    scale, shift = rng.uniform(0.7, 1.3), rng.uniform(-4.0, 8.0)
+    nominal = protocol.n_baseline * protocol.dt
+    return protocol.replace(
+        f"subject {subject}",
+        aif=SUBJECT_AIFS[subject % len(SUBJECT_AIFS)],
+        aif_scale=float(scale),
+        bat=float(nominal + shift),
+    )
+
+
+def _figure_cases(raw: dict[str, Any], cases: list) -> list[int]:
+    """Cases to draw: the recommended setting (or the first case) and the last one."""
+    rec = raw.get("recommendation", {})
+    knob, recommended = rec.get("knob"), rec.get("recommended", [])
+    first = 0
+    for i, (values, _, _) in enumerate(cases):
+        if knob in values and recommended and values[knob] == recommended[0]:
+            first = i
+            break
+    return sorted({first, len(cases) - 1})
+
+
+def _draw_case(
+    out: Path,
+    name: str,
+    label: str,
+    phantom,
+    protocol,
+    acq: Acquisition,
+    rule: str,
+    seed: int,
+    part: xr.Dataset,
+    pipeline,
+    fitted: np.ndarray,
+    fitter: str,
+) -> list[dict[str, str]]:
+    """The maps and AIF figures of one case's first subject; their manifest entries."""
+    from phantomdce.phantom.acquire import acquire
+    from phantomdce.phantom.figures import aif_figure, maps_figure
+    from phantomdce.phantom.roi import tumour_rois
+    from phantomdce.report.figures import figure_to_png
+
+    acquired = acquire(phantom, protocol, acq, seed=seed)  # the first acquisition again
+    roi = tumour_rois(phantom, acquired)[rule].values
+    fitted_map = np.full(roi.shape, np.nan)
+    fitted_map[roi] = fitted
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    fig = maps_figure(phantom, acquired, fitted=fitted_map, roi=roi)
+    (figdir / f"{name}_maps.png").write_bytes(figure_to_png(fig))
+    entries.append(
+        {
+            "file": f"figures/{name}_maps.png",
+            "caption": f"Phantom at {label}: truth labels and Ktrans on the 1 mm truth grid,"
+            f" the acquired image (last frame; red: the {rule.replace('_', ' ')} tumour ROI),"
+            f" true and fitted ({fitter}, first acquisition) Ktrans on the acquired grid.",
+        }
+    )
+    t = part["time"].values
+    used = pipeline.plasma_aif(part)
+    fig = aif_figure(
+        t,
+        part["ca"].values,
+        {f"used by the pipeline (aif = {pipeline.aif})": used},
+        title=f"AIF used by the pipeline ({pipeline.aif}) vs the subject's true AIF",
+    )
+    (figdir / f"{name}_aif.png").write_bytes(figure_to_png(fig))
+    entries.append(
+        {
+            "file": f"figures/{name}_aif.png",
+            "caption": f"Phantom at {label}: the plasma AIF the pipeline used for the first"
+            " subject's first acquisition against that subject's true AIF.",
+        }
+    )
+    return entries
 
 
 def phantom_digest(raw: dict[str, Any], digits: int = 16) -> str:
@@ -141,6 +234,9 @@ def _parse(raw: dict[str, Any]):
     roi = as_str("phantom.roi", ph.get("roi", "recommended"), choices=ROI_RULES)
     summary = as_str("phantom.summary", ph.get("summary", "voxel"), choices=("voxel", "roi_mean"))
     carotid = as_str("phantom.carotid", ph.get("carotid", "auto"), choices=("auto", "manual"))
+    subject_aif = as_str(
+        "phantom.subject_aif", ph.get("subject_aif", "same"), choices=("same", "varied")
+    )
     acq_sweep = {k: sweep.pop(k) for k in list(sweep) if k in (*ACQ_KEYS, "roi")}
     for k, values in acq_sweep.items():
         if not isinstance(values, list) or not values:
@@ -159,7 +255,7 @@ def _parse(raw: dict[str, Any]):
     base = _acquisition(
         "acquisition", {k: _acq_value(f"acquisition.{k}", k, v) for k, v in acq.items()}
     )
-    return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary
+    return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif
 
 
 def run_phantom_scenario(
@@ -174,7 +270,7 @@ def run_phantom_scenario(
     text = path.read_text(encoding="utf-8")
     raw = {**tomllib.loads(text), **(overrides or {})}
     raw.setdefault("name", path.stem)
-    scenario, base, acq_sweep, shape, subjects, roi, carotid, summary = _parse(raw)
+    scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif = _parse(raw)
     fit = FitConfig.from_mapping(scenario.fit, model="extended_tofts", fitters=fitters)
     infos = fit.resolve()
     if (out / "run.json").exists() or (out.exists() and any(out.iterdir())):
@@ -194,6 +290,8 @@ def run_phantom_scenario(
     ]
     nodes: dict[str, xr.Dataset] = {}
     rows: list[dict[str, Any]] = []
+    figure_cases = _figure_cases(raw, cases)
+    manifest: list[dict[str, str]] = []
     for ci, (values, protocol, acq) in enumerate(cases):
         name = f"case_{ci:04d}"
         parts = []
@@ -201,7 +299,7 @@ def run_phantom_scenario(
         for s, ph in enumerate(phantoms):
             c = phantom_case(
                 ph,
-                protocol,
+                subject_protocol(protocol, scenario.seed, s, subject_aif),
                 acq,
                 values.get("roi", roi),
                 carotid,
@@ -229,6 +327,22 @@ def run_phantom_scenario(
                         est[k][f, a:b] = np.where(ok, fitted[k], np.nan)
                 success[f, a:b] = ok
             a = b
+        if ci in figure_cases:
+            n_first = int(parts[0].attrs["roi_voxels"])
+            manifest += _draw_case(
+                out,
+                name,
+                ", ".join(f"{k} = {v}" for k, v in values.items()) or name,
+                phantoms[0],
+                subject_protocol(protocol, scenario.seed, 0, subject_aif),
+                acq,
+                values.get("roi", roi),
+                scenario.seed * 1000 + ci * 10,
+                parts[0],
+                fit.pipeline,
+                est["Ktrans"][0, : n_first * scenario.replicates : scenario.replicates],
+                infos[0].name,
+            )
         tissue = np.concatenate([p["tissue"].values for p in parts])
         replicate = np.concatenate([p["replicate"].values + 1000 * i for i, p in enumerate(parts)])
         truth = {k: np.concatenate([p[k].values for p in parts]) for k in ("Ktrans", "ve", "vp")}
@@ -293,8 +407,10 @@ def run_phantom_scenario(
             "roi": roi,
             "carotid": carotid,
             "summary": summary,
+            "subject_aif": subject_aif,
         },
         "phantomdce_version": phantomdce.__version__,
     }
+    (out / "figures.json").write_text(json.dumps(manifest, indent=1))
     (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
     return rows

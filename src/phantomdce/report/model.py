@@ -9,6 +9,7 @@ the value of the swept knob (over nuisance axes such as the sampling phase) into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Recommendation", "KnobRow", "TissueRow", "RecommendationResult", "Criterion"]
@@ -110,3 +111,5 @@ class RecommendationResult:
     tissues: list[TissueRow]
     scatter: dict[tuple[Any, str, str], tuple[list[float], list[float]]]
     """(knob value, fitter, parameter) -> (truth, estimate) samples for error-vs-truth plots."""
+    figures: list[tuple[Path, str]] = field(default_factory=list)
+    """Figures a run drew itself (PNG path, caption), e.g. the phantom's maps and AIF."""

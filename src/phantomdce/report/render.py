@@ -264,6 +264,11 @@ def _make_sections(
                         f"Estimate against truth, {first.fitter} at {where}; dashed: identity.",
                     )
                 )
+        for k, (path, caption) in enumerate(result.figures):
+            png = Path(path).read_bytes()
+            copy = figdir / f"{stem}_run_{k:02d}.png"
+            _write_atomic(copy, png)
+            detail.append(_Fig(copy, png, caption))
         sections.append(_Section(result, verdicts, knob, detail, note))
     return sections
 

@@ -248,8 +248,16 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
         if idx.size > _SCATTER_MAX:
             idx = np.sort(rng.choice(idx, _SCATTER_MAX, replace=False))
         scatter[(knob, fitter, name)] = (p["truth"][idx].tolist(), p["estimate"][idx].tolist())
+    figures = []
+    for run_dir, _, _ in runs:
+        manifest = run_dir / "figures.json"
+        if manifest.exists():
+            for entry in json.loads(manifest.read_text()):
+                path = run_dir / entry["file"]
+                if path.exists():
+                    figures.append((path, f"{run_dir.name}: {entry['caption']}"))
     return RecommendationResult(
-        rec, ", ".join(scenarios), knob_values, fitters, rows, tissues, scatter
+        rec, ", ".join(scenarios), knob_values, fitters, rows, tissues, scatter, figures
     )
 
 
