@@ -404,7 +404,9 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     ph = make_neck((24, 128, 128), seed=6)
     proto = Protocol.from_mapping({"dt": 2.0, "duration": 90.0, "snr": float("inf")})
     ideal = {"in_plane_psf": "box", "slice_profile": "rect"}
-    ds = acquire(ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=0.0, **ideal))
+    ds = acquire(
+        ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=0.0, flow_profile="plug", **ideal)
+    )
     vessel = ds["vessel_signal"].values  # (vessel, truth slice, time)
     artery = list(ds["vessel"].values).index(
         next(i for i, p in enumerate(ph.type_params) if p["class"] == "artery")
@@ -412,7 +414,9 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     steady = ds["type_signal"].values[ds["vessel"].values[artery]]
     pre = vessel[artery, :, 0]
     assert np.all(np.diff(pre) < 0) and pre[0] > 3 * steady[0] > 0  # fresh blood at the edge
-    far = acquire(ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=1e6, **ideal))
+    far = acquire(
+        ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=1e6, flow_profile="plug", **ideal)
+    )
     np.testing.assert_allclose(
         far["vessel_signal"].values[artery],
         np.broadcast_to(steady, pre.shape + steady.shape),
@@ -424,6 +428,14 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     # unsaturated blood barely enhances: the AIF measured at the edge is far too low
     assert measured.max() < 0.5 * true.max()
     np.testing.assert_allclose(roi_aif(far, roi, hct=proto.hct), true, atol=1e-4)
+    # laminar flow: blood on the axis moves at twice the mean and is fresher than at the plug
+    # speed; the slow blood at the wall is saturated, near its steady state
+    lam = acquire(ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=0.0, **ideal))
+    rings = lam["vessel_signal"].where(lam["vessel"] == ds["vessel"].values[artery], drop=True)
+    assert list(rings["ring"].values) == list(range(8))
+    mid = rings.values[:, 12, 0]  # pre-contrast, mid-slab
+    assert np.all(np.diff(mid) < 0) and mid[0] > pre[12] > mid[-1]
+    assert mid[-1] < 1.5 * steady[0]
 
 
 def test_phantom_draws_haemorrhage_and_a_cystic_node_that_the_recommended_roi_avoids():

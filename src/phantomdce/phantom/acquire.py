@@ -37,12 +37,14 @@ Inflow: blood enters the excited slab fully relaxed, arteries from below (z = 0 
 jugular veins from above, at a plug-flow velocity; blood that has travelled a depth
 ``d`` into the slab has received ``d / (v TR)`` RF pulses and gives
 :func:`phantomdce.signal.spgr_inflow` (averaged exactly over each truth voxel's depth),
-in the dynamic series and in the VFA images. ``inflow_offset_mm`` is how far into the
-slab blood has already travelled when it reaches the phantom's first slice: the phantom
-is a 40 mm slab at the oropharynx, inside a larger neck coverage. Flow is plug flow at
-the mean velocity: the slower blood near the wall (laminar flow) and in diastole
-(pulsatile flow) is more saturated, the faster less; neither is modelled. Vessel curves thus
-depend on the truth slice (``vessel_signal``); the rest of the types do not.
+in the dynamic series and in the VFA images. Flow is laminar by default: each vessel's
+cross-section is cut into :data:`LAMINAR_BANDS` equal-area rings whose blood moves at
+``2 v (1 - rho^2)`` (the axis at twice the mean, the wall still, so blood at the wall is
+saturated); ``flow_profile = "plug"`` moves all of it at the mean. ``inflow_offset_mm``
+is how far into the slab blood has already travelled when it reaches the phantom's first
+slice: the phantom is a 40 mm slab at the oropharynx, inside a larger neck coverage.
+Pulsatile flow (slower, more saturated blood in diastole) is not modelled. Vessel curves
+thus depend on the truth slice and ring (``vessel_signal``); the other types' do not.
 
 Noise: the protocol's ``snr`` is the pre-contrast SNR of muscle in a reference voxel of
 2 x 2 x 3 mm (the ESNR 2022 in-plane limit and recommended slice); SNR scales with voxel
@@ -70,7 +72,9 @@ from phantomdce.signal import r1_from_concentration, spgr, spgr_inflow, vfa_sign
 
 __all__ = [
     "Acquisition",
+    "FLOW_PROFILES",
     "IN_PLANE_PSFS",
+    "LAMINAR_BANDS",
     "SLICE_PROFILES",
     "acquire",
     "overlap_weights",
@@ -85,6 +89,11 @@ REFERENCE_VOXEL_MM3 = 12.0
 M0 = 1000.0
 IN_PLANE_PSFS = ("box", "sinc", "hann")
 SLICE_PROFILES = ("rect", "sinc", "hann", "gaussian")
+FLOW_PROFILES = ("laminar", "plug")
+#: Laminar flow: the vessel cross-section is cut into this many equal-area rings, each with
+#: its own curve (averaged over its velocities by Gauss-Legendre quadrature).
+LAMINAR_BANDS = 8
+_BAND_NODES = 4
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,10 @@ class Acquisition:
         (arteries: the bottom; veins: the top), mm. Default 80 mm: a neck coverage from the
         thoracic inlet up, the oropharynx about 80 mm above its lower edge (an assumption;
         the carotid AIF depends strongly on it, see the scenario ``phantom_aif_inflow``).
+    flow_profile : {"laminar", "plug"}
+        Velocity across a vessel: laminar (Poiseuille, ``2 v (1 - rho^2)`` with ``rho`` the
+        normalised radius, so the axis carries twice the mean and the wall stands still) or
+        plug (the mean everywhere).
     """
 
     in_plane_mm: float = 2.0
@@ -130,6 +143,7 @@ class Acquisition:
     artery_velocity_cm_s: float = 17.0
     vein_velocity_cm_s: float = 8.0
     inflow_offset_mm: float = 80.0
+    flow_profile: str = "laminar"
 
     def __post_init__(self) -> None:
         for name in ("in_plane_mm", "slice_mm", "artery_velocity_cm_s", "vein_velocity_cm_s"):
@@ -143,6 +157,11 @@ class Acquisition:
         if not (isinstance(self.fat_suppression, int | float) and 0 <= self.fat_suppression <= 1):
             raise ValueError(
                 f"acquisition.fat_suppression = {self.fat_suppression!r}: expected 0-1"
+            )
+        if self.flow_profile not in FLOW_PROFILES:
+            raise ValueError(
+                f"acquisition.flow_profile = {self.flow_profile!r}: expected one of "
+                f"{', '.join(FLOW_PROFILES)}"
             )
         if self.in_plane_psf not in IN_PLANE_PSFS:
             raise ValueError(
@@ -259,8 +278,9 @@ def type_curves(
     pre : ndarray (n_types,)
         Pre-contrast signal.
     vessels : dict
-        With inflow (``acquisition.inflow``): per vessel type index, its signal in each
-        truth slice, ``(dynamic (nz, n_t), vfa (nz, n_angles))``; empty without.
+        With inflow (``acquisition.inflow``): per (vessel type index, laminar ring), its
+        signal in each truth slice, ``(dynamic (nz, n_t), vfa (nz, n_angles))``; empty
+        without.
         ``dynamic`` and ``vfa`` hold the steady-state (no inflow) vessel curves.
     """
     grid = truth_grid(protocol.frame_times, bat=protocol.bolus_arrival)
@@ -306,19 +326,44 @@ def type_curves(
         if "blood" in p and acquisition is not None and acquisition.inflow:
             kind = "vein" if "vein" in p else "artery"
             n0, n1 = _vessel_pulses(phantom, acquisition, protocol.tr, kind)
-            z_dyn = water * spgr_inflow(
-                r1[None, :], pulses=n0[:, None], pulses_to=n1[:, None], **kw
-            )
-            z_vfa = water * spgr_inflow(
-                r10,
-                fa=angles[None, :],
-                tr=protocol.tr,
-                b1=protocol.b1,
-                pulses=n0[:, None],
-                pulses_to=n1[:, None],
-            )
-            vessels[i] = (z_dyn + fat_dyn, z_vfa + fat_vfa)
+            for band, speeds in enumerate(_band_speeds(phantom, acquisition)):
+                z_dyn = np.zeros((n0.size, protocol.n_frames))
+                z_vfa = np.zeros((n0.size, angles.size))
+                for speed, wt in speeds:  # relative speed v / v_mean and quadrature weight
+                    a0, a1 = n0[:, None] / speed, n1[:, None] / speed
+                    z_dyn += wt * spgr_inflow(r1[None, :], pulses=a0, pulses_to=a1, **kw)
+                    z_vfa += wt * spgr_inflow(
+                        r10,
+                        fa=angles[None, :],
+                        tr=protocol.tr,
+                        b1=protocol.b1,
+                        pulses=a0,
+                        pulses_to=a1,
+                    )
+                vessels[(i, band)] = (water * z_dyn + fat_dyn, water * z_vfa + fat_vfa)
     return dyn, vfa, pre, vessels
+
+
+def _band_speeds(phantom: Phantom, acq: Acquisition) -> list[list[tuple[float, float]]]:
+    """Per laminar ring: (speed / mean speed, weight) quadrature nodes; one ring for plug."""
+    if acq.flow_profile == "plug" or phantom.vessel_rho2 is None:
+        return [[(1.0, 1.0)]]
+    x, w = np.polynomial.legendre.leggauss(_BAND_NODES)
+    out = []
+    for band in range(LAMINAR_BANDS):  # rho^2 uniform over the area: equal-area rings
+        rho2 = (band + (x + 1.0) / 2.0) / LAMINAR_BANDS
+        out.append(
+            [(float(2.0 * (1.0 - r)), float(wt / 2.0)) for r, wt in zip(rho2, w, strict=True)]
+        )
+    return out
+
+
+def _vessel_band(phantom: Phantom, acq: Acquisition) -> np.ndarray:
+    """Laminar ring index of each truth voxel (0 outside vessels, and for plug flow)."""
+    if acq.flow_profile == "plug" or phantom.vessel_rho2 is None:
+        return np.zeros(phantom.types.shape, dtype=np.int16)
+    rho2 = np.nan_to_num(phantom.vessel_rho2, nan=0.0)
+    return np.clip((rho2 * LAMINAR_BANDS).astype(np.int16), 0, LAMINAR_BANDS - 1)
 
 
 def acquire(
@@ -379,20 +424,27 @@ def acquire(
     frac = np.empty((n_types, *shape), dtype=np.float32)
     weight = frac if same_psf else np.empty_like(frac)
     dyn, vfa, pre, vessels = type_curves(phantom, protocol, acq.fat_suppression, acq)
-    in_plane: dict[int, np.ndarray] = {}  # vessel type -> (nz, sy, sx) PSF in-plane weights
+    vessel_types = {t for t, _ in vessels}
+    band = _vessel_band(phantom, acq) if vessels else None
+    # (vessel type, laminar ring) -> (nz, sy, sx) in-plane PSF weights, per truth slice
+    in_plane: dict[tuple[int, int], np.ndarray] = {}
+
+    def in_plane_weights(mask: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> np.ndarray:
+        f = np.tensordot(mask.astype(np.float32), wy, axes=(1, 1))  # (nz, nx, sy)
+        return np.tensordot(f, wx, axes=(1, 1))  # (nz, sy, sx)
+
     for t in range(n_types):
-        onehot = (phantom.types == t).astype(np.float32)
-        for is_psf, out, (wz, wy, wx) in ((False, frac, box), (True, weight, psf)):
-            if is_psf and same_psf and t not in vessels:
-                continue
-            f = np.tensordot(onehot, wy, axes=(1, 1))  # (nz, nx, sy)
-            f = np.tensordot(f, wx, axes=(1, 1))  # (nz, sy, sx)
-            if is_psf and t in vessels:
-                in_plane[t] = f
-            out[t] = np.tensordot(wz, f, axes=(1, 0))
+        is_t = phantom.types == t
+        frac[t] = np.tensordot(box[0], in_plane_weights(is_t, box[1], box[2]), axes=(1, 0))
+        if not same_psf:
+            f = in_plane_weights(is_t, psf[1], psf[2])
+            weight[t] = np.tensordot(psf[0], f, axes=(1, 0))
+        if t in vessel_types:
+            for key in [k for k in vessels if k[0] == t]:
+                in_plane[key] = in_plane_weights(is_t & (band == key[1]), psf[1], psf[2])
     flat = weight.reshape(n_types, -1).T  # (n_acq, n_types)
     dyn_main, vfa_main = dyn.copy(), vfa.copy()
-    for t in vessels:  # their signal depends on the truth slice: added slice by slice
+    for t in vessel_types:  # their signal depends on the truth slice: added slice by slice
         dyn_main[t] = 0.0
         vfa_main[t] = 0.0
     muscle = next(i for i, p in enumerate(phantom.type_params) if p["class"] == "muscle")
@@ -407,8 +459,8 @@ def acquire(
         rows = slice(s * per_slice, (s + 1) * per_slice)
         clean = flat[rows] @ dyn_main
         vclean = flat[rows] @ vfa_main
-        for t, (z_dyn, z_vfa) in vessels.items():
-            g = wz_psf[s][:, None] * in_plane[t].reshape(nz, -1)  # (nz, pixels)
+        for key, (z_dyn, z_vfa) in vessels.items():
+            g = wz_psf[s][:, None] * in_plane[key].reshape(nz, -1)  # (nz, pixels)
             cols = np.flatnonzero(np.any(g != 0, axis=0))
             if cols.size:
                 clean[cols] += g[:, cols].T @ z_dyn
@@ -476,7 +528,8 @@ def acquire(
     }
     if vessels:
         order = sorted(vessels)
-        coords["vessel"] = ("vessel", order)
+        coords["vessel"] = ("vessel", [t for t, _ in order])
+        coords["ring"] = ("vessel", [b for _, b in order])
         coords["truth_slice"] = (
             "truth_slice",
             (np.arange(nz) + 0.5) * v,
@@ -485,7 +538,11 @@ def acquire(
         data["vessel_signal"] = (
             ("vessel", "truth_slice", "time"),
             np.stack([vessels[t][0] for t in order]),
-            {"units": "a.u.", "role": "truth", "long_name": "vessel signal with inflow"},
+            {
+                "units": "a.u.",
+                "role": "truth",
+                "long_name": "vessel signal with inflow, per vessel type and laminar ring",
+            },
         )
     units = {"Ktrans": "/min", "ve": "1", "vp": "1"}
     for name, m in maps.items():
@@ -507,6 +564,7 @@ def acquire(
         "artery_velocity_cm_s": acq.artery_velocity_cm_s,
         "vein_velocity_cm_s": acq.vein_velocity_cm_s,
         "inflow_offset_mm": acq.inflow_offset_mm,
+        "flow_profile": acq.flow_profile,
         "noise_sigma": float(sigma),
         "phantom_seed": phantom.seed,
         "truth_voxel_mm": phantom.voxel_mm,

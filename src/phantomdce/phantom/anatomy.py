@@ -248,6 +248,9 @@ class Phantom:
     geometry: NeckGeometry = field(default_factory=NeckGeometry)
     landmarks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     """Named points (z, y, x) in mm from the grid's corner, e.g. ``"carotid_right"``."""
+    vessel_rho2: np.ndarray | None = None
+    """Squared normalised radius (0 on the axis, 1 at the wall) of each vessel voxel in its
+    vessel's cross-section (NaN elsewhere): the laminar flow profile's coordinate."""
 
     def truth_map(self, name: str) -> np.ndarray:
         """A per-voxel map of one type property (e.g. ``"Ktrans"``; NaN where absent)."""
@@ -316,6 +319,14 @@ def make_neck(
     def ellipse(cx, cy, ax, ay):
         return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1
 
+    rho2 = np.full(shape, np.nan, dtype=np.float32)
+
+    def vessel(cx, cy, ax, ay, where, name):
+        r2 = ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2
+        inside = (r2 <= 1) & where
+        lab[inside] = CLASSES[name].label
+        rho2[inside] = r2[inside]
+
     jitter = rng.uniform(-2, 2, 4)
     # vertebra and cord, posterior
     vy = 0.35 * b
@@ -342,14 +353,10 @@ def make_neck(
         landmarks["carotid_" + ("right" if side > 0 else "left")] = tuple(
             float(v) for v in np.array([z_common, cy, cx]) + corner
         )
-        lab[ellipse(cx, cy, g.carotid_radius, g.carotid_radius) & bif] = CLASSES["artery"].label
-        lab[ellipse(cx - side * 2, cy + 3, g.branch_radius, g.branch_radius) & ~bif] = CLASSES[
-            "artery"
-        ].label
-        lab[ellipse(cx + side * 3, cy - 4, g.branch_radius, g.branch_radius) & ~bif] = CLASSES[
-            "artery"
-        ].label
-        lab[ellipse(side * (0.55 * a), 0.12 * b, *g.jugular_semi_axes)] = CLASSES["vein"].label
+        vessel(cx, cy, g.carotid_radius, g.carotid_radius, bif, "artery")
+        vessel(cx - side * 2, cy + 3, g.branch_radius, g.branch_radius, ~bif, "artery")
+        vessel(cx + side * 3, cy - 4, g.branch_radius, g.branch_radius, ~bif, "artery")
+        vessel(side * (0.55 * a), 0.12 * b, *g.jugular_semi_axes, True, "vein")
     # tumour: lobulated sphere on the right lateral pharyngeal wall
     tc = np.array([0.0, -0.05 * b + jitter[2], 0.2 * a + jitter[3]])
     d = np.sqrt((z - tc[0]) ** 2 + (y - tc[1]) ** 2 + (x - tc[2]) ** 2)
@@ -412,7 +419,9 @@ def make_neck(
     types[in_rim] = base + level[in_rim]
     landmarks["tumour"] = tuple(float(v) for v in tc + corner)
     landmarks["node"] = tuple(float(v) for v in nc + corner)
-    return Phantom(lab, types, type_params, voxel_mm, field_strength, seed, g, landmarks)
+    in_vessel = np.isin(lab, [CLASSES["artery"].label, CLASSES["vein"].label])
+    rho2[~in_vessel] = np.nan
+    return Phantom(lab, types, type_params, voxel_mm, field_strength, seed, g, landmarks, rho2)
 
 
 def class_of(label: int) -> TissueClass:
