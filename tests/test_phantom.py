@@ -455,3 +455,16 @@ def test_phantom_draws_haemorrhage_and_a_cystic_node_that_the_recommended_roi_av
     assert bleed[rois["recommended"].values].max() < 0.5
     no_bleed = make_neck((24, 128, 128), seed=2, geometry=NeckGeometry(haemorrhage_radius=0.0))
     assert not (no_bleed.labels == CLASSES["haemorrhage"].label).any()
+
+
+def test_every_psf_returns_a_homogeneous_object_exactly():
+    ph = tiny(np.zeros((9, 12, 12), dtype=int))  # all muscle
+    for kw in (
+        {},  # the default: sinc in plane and through the slab
+        {"in_plane_psf": "hann", "slice_profile": "hann"},
+        {"in_plane_psf": "sinc", "slice_profile": "gaussian", "gap_mm": 1.0},
+    ):
+        ds = acquire(ph, PROTO, Acquisition(in_plane_mm=2.0, slice_mm=2.0, **kw))
+        want = np.broadcast_to(ds["type_signal"].values[0], ds["signal"].shape)
+        np.testing.assert_allclose(ds["signal"].values, want, rtol=1e-5)
+        np.testing.assert_allclose(ds["weight"].sum("type").values, 1.0, rtol=1e-5)

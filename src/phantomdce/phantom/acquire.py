@@ -34,7 +34,7 @@ Fat: a fraction ``fat_fraction`` of a type's proton density is fat (native T1 of
 no enhancement); fat suppression keeps ``1 - fat_suppression`` of it.
 
 Inflow: blood enters the excited slab fully relaxed, arteries from below (z = 0 side),
-jugular veins from above, at a plug-flow velocity; blood that has travelled a depth
+jugular veins from above, at a mean velocity ``v``; blood that has travelled a depth
 ``d`` into the slab has received ``d / (v TR)`` RF pulses and gives
 :func:`phantomdce.signal.spgr_inflow` (averaged exactly over each truth voxel's depth),
 in the dynamic series and in the VFA images. Flow is laminar by default: each vessel's

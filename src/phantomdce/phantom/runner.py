@@ -43,7 +43,7 @@ from phantomdce.engine.config import FitConfig
 from phantomdce.engine.metrics import case_metrics, metrics_table
 from phantomdce.engine.run import _collect, estimated_parameters, fitter_record
 from phantomdce.params import PARAMETERS
-from phantomdce.phantom.acquire import IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
+from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
 from phantomdce.phantom.case import phantom_case
 
@@ -58,7 +58,11 @@ ACQ_FLOATS = (
     "vein_velocity_cm_s",
     "inflow_offset_mm",
 )
-ACQ_CHOICES = {"in_plane_psf": IN_PLANE_PSFS, "slice_profile": SLICE_PROFILES}
+ACQ_CHOICES = {
+    "in_plane_psf": IN_PLANE_PSFS,
+    "slice_profile": SLICE_PROFILES,
+    "flow_profile": FLOW_PROFILES,
+}
 ACQ_KEYS = (*ACQ_FLOATS, *ACQ_CHOICES, "inflow")
 PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary", "subject_aif")
 #: Population AIF shapes the subjects cycle through with ``subject_aif = "varied"``.
