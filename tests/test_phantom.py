@@ -468,3 +468,31 @@ def test_every_psf_returns_a_homogeneous_object_exactly():
         want = np.broadcast_to(ds["type_signal"].values[0], ds["signal"].shape)
         np.testing.assert_allclose(ds["signal"].values, want, rtol=1e-5)
         np.testing.assert_allclose(ds["weight"].sum("type").values, 1.0, rtol=1e-5)
+
+
+def test_subjects_with_their_own_aifs_are_seeded_and_differ():
+    from phantomdce.phantom.runner import subject_protocol
+
+    proto = Protocol.from_mapping({"dt": 4.0, "duration": 240.0})
+    assert subject_protocol(proto, 7, 1, "same") is proto
+    subjects = [subject_protocol(proto, 7, s, "varied") for s in range(3)]
+    assert [p.aif for p in subjects] == ["parker", "georgiou", "head_and_neck"]
+    assert len({p.aif_scale for p in subjects}) == 3
+    assert all(0.7 <= p.aif_scale <= 1.3 and 16.0 <= p.bolus_arrival <= 28.0 for p in subjects)
+    again = subject_protocol(proto, 7, 1, "varied")  # the same subject in another scenario
+    assert (again.aif_scale, again.bat) == (subjects[1].aif_scale, subjects[1].bat)
+    other = subject_protocol(proto, 8, 1, "varied")
+    assert other.aif_scale != subjects[1].aif_scale
+
+
+def test_cli_runs_a_phantom_scenario_on_its_own(tmp_path, capsys):
+    from phantomdce.cli import main
+
+    (tmp_path / "p.toml").write_text(PHANTOM_SCENARIO.format(name="solo"))
+    assert main(["run", str(tmp_path / "p.toml"), "-o", str(tmp_path / "out"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "metrics.csv" in out and "llsq_extended_tofts" in out
+    assert (tmp_path / "out" / "figures.json").exists()
+    # a second run into the same directory is refused with a clear message, not overwritten
+    assert main(["run", str(tmp_path / "p.toml"), "-o", str(tmp_path / "out"), "-q"]) != 0
+    assert "is not empty: a phantom run needs a new directory" in capsys.readouterr().err
