@@ -249,9 +249,17 @@ def test_phantom_figures():
     proto = Protocol.from_mapping({"dt": 5.0, "duration": 60.0, "snr": 30.0})
     ds = acquire(ph, proto, Acquisition(2.0, 3.0))
     roi = tumour_rois(ph, ds)["recommended"].values
-    fig = maps_figure(ph, ds, fitted=np.where(roi, 0.2, np.nan), roi=roi)
+    fitted = np.where(roi, 0.2, np.nan)
+    fitted[np.flatnonzero(roi.ravel())[:3] // (roi.shape[1] * roi.shape[2]), 0, 0] = np.nan
+    fitted.flat[np.flatnonzero(roi.ravel())[:3]] = np.nan  # three failed fits
+    fig = maps_figure(ph, ds, fitted=fitted, roi=roi)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len(titles) == 5 and titles[-1] == "Ktrans fitted (/min)"
+    n = int(roi.sum())
+    assert (
+        len(titles) == 5 and titles[-1] == f"Ktrans fitted (/min): {n - 3} of {n} ROI voxels fitted"
+    )
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"muscle", "artery", "tumour_rim"} <= set(legend)
     t = ds["time"].values
     fig = aif_figure(t, np.ones_like(t), {"ROI": 0.5 * np.ones_like(t)})
     assert [line.get_label() for line in fig.axes[0].lines] == ["true plasma AIF", "ROI"]
@@ -323,7 +331,7 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
     )
     with pytest.raises(ConfigError, match="another version of phantom scenario"):
         run_study(tmp_path / "study.toml", tmp_path / "out")
-    with pytest.raises(ConfigError, match="acquisition: acquisition.gap_mm = 1.0"):
+    with pytest.raises(ConfigError, match="^acquisition.gap_mm = 1.0"):
         bad = tmp_path / "gap.toml"
         bad.write_text(
             PHANTOM_SCENARIO.format(name="g").replace("in_plane_mm = 2.0", "gap_mm = 1.0")
@@ -371,6 +379,16 @@ def test_psf_weights_integrate_the_kernel_exactly():
         centre = (k + 0.5) * size
         want = quad(lambda x, h=h, c=centre: h((x - c) / size) / size, j, j + 1.0)[0]
         assert w[k, j] == pytest.approx(want, abs=1e-10)
+        # the anatomy beyond each edge continues its edge voxel: the kernel's whole tail on
+        # that side lands on the edge voxel of the same side
+        c0, c1 = size / 2, (w.shape[0] - 0.5) * size
+        kern = lambda x, c, h=h: h((x - c) / size) / size  # noqa: E731
+        left = quad(kern, -4000.0, 1.0, args=(c0,), limit=20000)[0]
+        right = quad(kern, n_in - 1.0, 4000.0 + n_in, args=(c1,), limit=20000)[0]
+        assert w[0, 0] == pytest.approx(left, abs=2e-3)
+        assert w[-1, -1] == pytest.approx(right, abs=2e-3)
+        far = quad(kern, n_in - 1.0, 4000.0 + n_in, args=(c0,), limit=20000)[0]
+        assert w[0, -1] == pytest.approx(far, abs=2e-3)  # the far tail, on the far edge
     step = (np.arange(n_in) >= 20).astype(float)
     overshoot = {kind: (psf_weights(n_in, 1.0, size, size, kind) @ step).max() for kind in kernels}
     assert 1.05 < overshoot["sinc"] < 1.1  # Gibbs ringing, about 9% for a sharp edge
@@ -438,12 +456,21 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     assert mid[-1] < 1.5 * steady[0]
 
 
-def test_phantom_draws_haemorrhage_and_a_cystic_node_that_the_recommended_roi_avoids():
+def test_phantom_draws_haemorrhage_and_a_cystic_node_and_the_recommended_roi_avoids_the_bleed():
     from phantomdce.phantom.roi import class_fractions, tumour_rois
 
     ph = make_neck((24, 128, 128), seed=2)
     for name in ("haemorrhage", "cyst"):
         assert (ph.labels == CLASSES[name].label).sum() > 50
+    # the cyst is the centre of the node, the bleed a focus in the hypoxic zone
+    zc, yc, xc = (int(round(c)) for c in ph.landmarks["node"])
+    assert ph.labels[zc, yc, xc] == CLASSES["cyst"].label
+    cyst = np.argwhere(ph.labels == CLASSES["cyst"].label)
+    assert np.abs(cyst - [zc, yc, xc]).max() <= 0.5 * ph.geometry.node_radius + 1
+    with pytest.raises(ValueError, match="node_cyst_fraction = 1.5"):
+        make_neck((8, 64, 64), geometry=NeckGeometry(node_cyst_fraction=1.5))
+    with pytest.raises(ValueError, match="haemorrhage_radius = -1"):
+        make_neck((8, 64, 64), geometry=NeckGeometry(haemorrhage_radius=-1.0))
     rim = [p for p in ph.type_params if p["class"] == "tumour_rim"]
     ktrans = np.array([p["Ktrans"] for p in rim])
     np.testing.assert_allclose(np.array([p["vp"] for p in rim]) / ktrans, rim[0]["vp"] / ktrans[0])
@@ -457,10 +484,11 @@ def test_phantom_draws_haemorrhage_and_a_cystic_node_that_the_recommended_roi_av
     assert not (no_bleed.labels == CLASSES["haemorrhage"].label).any()
 
 
-def test_every_psf_returns_a_homogeneous_object_exactly():
-    ph = tiny(np.zeros((9, 12, 12), dtype=int))  # all muscle
+def test_every_psf_returns_a_homogeneous_tissue_exactly():
+    ph = tiny(np.zeros((9, 12, 12), dtype=int))  # all muscle (inflow: see the brute force)
     for kw in (
         {},  # the default: sinc in plane and through the slab
+        {"in_plane_psf": "box", "slice_profile": "rect"},
         {"in_plane_psf": "hann", "slice_profile": "hann"},
         {"in_plane_psf": "sinc", "slice_profile": "gaussian", "gap_mm": 1.0},
     ):
@@ -479,10 +507,59 @@ def test_subjects_with_their_own_aifs_are_seeded_and_differ():
     assert [p.aif for p in subjects] == ["parker", "georgiou", "head_and_neck"]
     assert len({p.aif_scale for p in subjects}) == 3
     assert all(0.7 <= p.aif_scale <= 1.3 and 16.0 <= p.bolus_arrival <= 28.0 for p in subjects)
-    again = subject_protocol(proto, 7, 1, "varied")  # the same subject in another scenario
+    again = subject_protocol(proto, 7, 1, "varied")  # any scenario with seed 7: same subject
     assert (again.aif_scale, again.bat) == (subjects[1].aif_scale, subjects[1].bat)
     other = subject_protocol(proto, 8, 1, "varied")
     assert other.aif_scale != subjects[1].aif_scale
+    # built on the scenario's own scale and arrival
+    late = subject_protocol(proto.replace(aif_scale=2.0, bat=30.0), 7, 1, "varied")
+    assert late.aif_scale == pytest.approx(2 * subjects[1].aif_scale)
+    assert late.bolus_arrival == pytest.approx(subjects[1].bolus_arrival + 10.0)
+
+
+def test_phantom_scenario_refuses_settings_that_would_be_ignored_or_cannot_fit(tmp_path):
+    from phantomdce.dro.config import ConfigError
+    from phantomdce.phantom.runner import run_phantom_scenario
+
+    base = PHANTOM_SCENARIO.format(name="bad")
+    cases = [
+        (
+            base.replace("subjects = 1", 'subjects = 1\nsubject_aif = "varied"').replace(
+                "snr = 30.0", 'snr = 30.0\naif = "georgiou"'
+            ),
+            "protocol.aif = 'georgiou' with phantom.subject_aif = 'varied'",
+        ),
+        (
+            base.replace("in_plane_mm = 2.0", "in_plane_mm = 2.0\ninflow = false").replace(
+                "slice_mm = [2.0, 4.0]", "inflow_offset_mm = [0.0, 40.0]"
+            ),
+            "sweep.inflow_offset_mm = .* has no effect with acquisition.inflow = false",
+        ),
+        (
+            base.replace("in_plane_mm = 2.0", "in_plane_mm = 200.0"),
+            "acquisition.in_plane_mm = 200.0 mm: larger than the phantom",
+        ),
+        (
+            base.replace("in_plane_mm = 2.0", "in_plane_mm = 0.0"),
+            r"acquisition.in_plane_mm = 0.0: expected .*> 0",
+        ),
+        (
+            base.replace("in_plane_mm = 2.0", "gap_mm = 1.0"),
+            "^acquisition.gap_mm = 1.0 with slice_profile = 'sinc'",
+        ),
+    ]
+    for i, (text, msg) in enumerate(cases):
+        (tmp_path / f"b{i}.toml").write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            run_phantom_scenario(tmp_path / f"b{i}.toml", tmp_path / f"out{i}")
+    for kw, msg in [
+        ({"inflow": "false"}, "acquisition.inflow = 'false': expected True or False"),
+        ({"quantise": 1}, "acquisition.quantise = 1"),
+        ({"in_plane_mm": True}, "acquisition.in_plane_mm = True"),
+        ({"flow_profile": "turbulent"}, "acquisition.flow_profile = 'turbulent'"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            Acquisition(**kw)
 
 
 def test_cli_runs_a_phantom_scenario_on_its_own(tmp_path, capsys):
@@ -496,3 +573,63 @@ def test_cli_runs_a_phantom_scenario_on_its_own(tmp_path, capsys):
     # a second run into the same directory is refused with a clear message, not overwritten
     assert main(["run", str(tmp_path / "p.toml"), "-o", str(tmp_path / "out"), "-q"]) != 0
     assert "is not empty: a phantom run needs a new directory" in capsys.readouterr().err
+
+
+def _brute_force_image(ph, proto, acq, ds):
+    """The noise-free image built voxel by voxel from the truth grid, independently of
+    ``acquire``'s slice-by-slice assembly: every truth voxel gets its curve (a vessel voxel:
+    the inflow signal averaged densely over its ring's speeds and its depth, from its own
+    radius and truth slice), then the separable PSF weights are applied."""
+    from phantomdce.phantom.acquire import M0, psf_weights
+
+    nz, ny, nx = ph.types.shape
+    v = ph.voxel_mm
+    weights = [
+        psf_weights(nz, v, acq.slice_mm, acq.slice_mm + acq.gap_mm, acq.slice_profile),
+        psf_weights(ny, v, acq.in_plane_mm, acq.in_plane_mm, acq.in_plane_psf),
+        psf_weights(nx, v, acq.in_plane_mm, acq.in_plane_mm, acq.in_plane_psf),
+    ]
+    steady = ds["type_signal"].values
+    curves = steady[ph.types].astype(np.float64)
+    a, tr = np.deg2rad(proto.fa * proto.b1), proto.tr
+    for name, speed, upward in (
+        ("artery", acq.artery_velocity_cm_s, True),
+        ("vein", acq.vein_velocity_cm_s, False),
+    ):
+        mask = ph.labels == CLASSES[name].label
+        t = int(np.unique(ph.types[mask])[0])
+        water = M0 * ph.type_params[t]["pd"]
+        s = steady[t] / water  # invert the steady state for R1(t)
+        e1 = (np.sin(a) - s) / (np.sin(a) - s * np.cos(a))
+        q = (np.cos(a) * e1)[:, None, None]
+        mss = (1 - e1)[:, None, None] / (1 - q)
+        for z in range(nz):
+            depth0 = acq.inflow_offset_mm + (z if upward else nz - 1 - z) * v
+            depth = depth0 + (np.arange(32) + 0.5) / 32 * v  # dense, midpoint rule
+            for y, x in np.argwhere(mask[z]):
+                rho2 = ph.vessel_rho2[z, y, x]
+                ring = min(int(rho2 * 8), 7)
+                r2 = (ring + (np.arange(256) + 0.5) / 256) / 8
+                mm_per_pulse = 2 * (1 - r2)[:, None] * 10 * speed * tr
+                n = depth[None, :] / mm_per_pulse
+                sig = np.sin(a) * (mss + (1 - mss) * q ** n[None])
+                curves[z, y, x] = water * sig.mean(axis=(1, 2))
+    return np.abs(np.einsum("sz,yj,xi,zjit->syxt", *weights, curves))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # sinc PSF, laminar inflow
+        {"in_plane_psf": "hann", "slice_profile": "hann", "inflow_offset_mm": 0.0},
+        {"in_plane_psf": "box", "slice_profile": "gaussian", "gap_mm": 1.0, "slice_mm": 2.0},
+    ],
+)
+def test_acquired_image_equals_a_brute_force_build_from_the_truth_grid(kw):
+    ph = make_neck((8, 48, 48), seed=1, voxel_mm=2.0)  # carotids and jugulars, coarse
+    proto = Protocol.from_mapping({"dt": 5.0, "duration": 60.0, "snr": float("inf")})
+    acq = Acquisition(**{"in_plane_mm": 4.0, "slice_mm": 4.0, **kw})
+    ds = acquire(ph, proto, acq)
+    want = _brute_force_image(ph, proto, acq, ds)
+    got = ds["signal"].values.astype(np.float64)
+    assert np.abs(got - want).max() < 2e-4 * want.max()

@@ -175,14 +175,28 @@ def _cmd_run_phantom(args: argparse.Namespace) -> int:
     from phantomdce.phantom.runner import run_phantom_scenario
 
     fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
+    if args.scheduler is not None or args.workers is not None:
+        print(
+            "note: a phantom scenario runs in this process; --scheduler and --workers do"
+            " not apply to it",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(f"phantom scenario {args.scenario} -> {args.output}", file=sys.stderr)
     t0 = time.perf_counter()
     rows = run_phantom_scenario(args.scenario, args.output, fitters=fitters)
     out = Path(args.output)
     print(f"results: {out}/estimates.zarr, {out}/metrics.csv ({time.perf_counter() - t0:.1f} s)")
+    from phantomdce.engine.run import open_results
+
+    tree = open_results(out)
+    labels = {
+        name: " ".join(f"{k}={v}" for k, v in tree[name].attrs.get("case_values", {}).items())
+        or name
+        for name in tree.children
+    }
     print("  bias in the parameter's units (Ktrans /min; ve, vp fractions); CV over replicates")
-    print(_metrics_summary(rows, {}))
+    print(_metrics_summary(rows, labels))
     if args.report:
         _write_report(out, Path(args.report), argv_command(args))
     return 0

@@ -374,6 +374,8 @@ def spgr_inflow(
     tr_ = _check_tr(tr)
     b1_ = _check_b1(b1, fa_)
     r1_ = _as_float(r1, "r1")
+    if np.any(~(r1_ >= 0)):
+        raise ValueError(f"r1={_first_bad(r1_, r1_ >= 0)!r} /s: expected a relaxation rate >= 0")
     m0_ = _as_float(m0, "m0")
     n0 = _as_float(pulses, "pulses")
     if np.any(~(n0 >= 0)):
@@ -386,8 +388,14 @@ def spgr_inflow(
         decay = q**n0
     else:
         n1 = _as_float(pulses_to, "pulses_to")
-        if np.any(~(n1 > n0)):
-            raise ValueError("pulses_to must be > pulses: expected a range of RF pulse counts")
+        ok = np.broadcast_to(n1 > n0, np.broadcast_shapes(n0.shape, n1.shape))
+        if not ok.all():
+            i = np.unravel_index(np.argmin(ok), ok.shape)
+            lo, hi = np.broadcast_to(n0, ok.shape)[i], np.broadcast_to(n1, ok.shape)[i]
+            raise ValueError(
+                f"pulses_to={float(hi)!r} with pulses={float(lo)!r}: expected pulses_to >"
+                " pulses (a range of RF pulse counts)"
+            )
         log_q = np.log(q)
         decay = (q**n0 - q**n1) / ((n0 - n1) * log_q)
     return np.sin(a) * (mss + (m0_ - mss) * decay)

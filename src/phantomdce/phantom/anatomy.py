@@ -300,6 +300,15 @@ def make_neck(
     if voxel_mm <= 0 or len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape={shape!r}, voxel_mm={voxel_mm!r}: expected 3 sizes >= 1, mm > 0")
     g = geometry or NeckGeometry()
+    if not 0 <= g.node_cyst_fraction < 1:
+        raise ValueError(
+            f"geometry.node_cyst_fraction = {g.node_cyst_fraction!r}: expected a fraction of"
+            " the node radius in [0, 1)"
+        )
+    if not g.haemorrhage_radius >= 0:
+        raise ValueError(
+            f"geometry.haemorrhage_radius = {g.haemorrhage_radius!r}: expected a radius >= 0 mm"
+        )
     rng = np.random.default_rng(seed)
     nz, ny, nx = shape
     z, y, x = np.meshgrid(
@@ -371,12 +380,14 @@ def make_neck(
         direction /= np.linalg.norm(direction)
         hc = tc + direction * 0.5 * (g.necrosis_fraction + g.hypoxic_fraction) * g.tumour_radius
         dh = np.sqrt((z - hc[0]) ** 2 + (y - hc[1]) ** 2 + (x - hc[2]) ** 2)
-        lab[tumour & (dh <= g.haemorrhage_radius)] = CLASSES["haemorrhage"].label
+        hypoxic = lab == CLASSES["tumour_hypoxic"].label
+        lab[hypoxic & (dh <= g.haemorrhage_radius)] = CLASSES["haemorrhage"].label
     # metastatic node, left, near the jugular
     nc = np.array([0.0, 0.2 * b, -0.62 * a])
     dn = np.sqrt((z - nc[0]) ** 2 + (y - nc[1]) ** 2 + (x - nc[2]) ** 2)
-    lab[dn <= g.node_radius * (1 + 0.15 * lob)] = CLASSES["node"].label
-    lab[dn <= g.node_cyst_fraction * g.node_radius] = CLASSES["cyst"].label
+    node = dn <= g.node_radius * (1 + 0.15 * lob)
+    lab[node] = CLASSES["node"].label
+    lab[node & (dn <= g.node_cyst_fraction * g.node_radius)] = CLASSES["cyst"].label
 
     # types: one per class, plus RIM_LEVELS levels of the rim's Ktrans variation
     fi = 0 if field_strength == 1.5 else 1

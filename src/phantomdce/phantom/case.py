@@ -18,7 +18,17 @@ from phantomdce.dro.simulate import case_aif
 from phantomdce.phantom.acquire import Acquisition, acquire
 from phantomdce.phantom.anatomy import Phantom
 
-__all__ = ["phantom_case"]
+__all__ = ["phantom_case", "acquisition_seed"]
+
+
+def acquisition_seed(*key: int) -> int:
+    """A noise seed for one acquisition, from a key such as ``(seed, case, subject, repeat)``.
+
+    Distinct keys give unrelated seeds (hashed by :class:`numpy.random.SeedSequence`), so
+    no two subjects, repeats or cases share a noise field, whatever their counts.
+    """
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
 
 
 def phantom_case(
@@ -46,7 +56,8 @@ def phantom_case(
     replicates : int
         Repeated acquisitions with independent noise.
     seed : int
-        Noise seed of the first acquisition (the others use ``seed + r``).
+        Noise seed of the case: repeat ``r`` is acquired with
+        ``acquisition_seed(seed, r)``.
 
     Returns
     -------
@@ -56,7 +67,7 @@ def phantom_case(
     """
     from phantomdce.phantom.roi import carotid_roi_auto, carotid_roi_manual, tumour_rois
 
-    first = acquire(phantom, protocol, acquisition, seed=seed)
+    first = acquire(phantom, protocol, acquisition, seed=acquisition_seed(seed, 0))
     if isinstance(roi, str):
         roi = tumour_rois(phantom, first)[roi].values
     if isinstance(carotid, str):
@@ -71,7 +82,11 @@ def phantom_case(
     n_roi = int(roi.sum())
     signals, vfas, arts = [], [], []
     for r in range(replicates):
-        acq = first if r == 0 else acquire(phantom, protocol, acquisition, seed=seed + r)
+        acq = (
+            first
+            if r == 0
+            else acquire(phantom, protocol, acquisition, seed=acquisition_seed(seed, r))
+        )
         signals.append(acq["signal"].values[roi].astype(np.float64))
         vfas.append(acq["vfa_signal"].values[roi].astype(np.float64))
         arts.append(acq["signal"].values[carotid])

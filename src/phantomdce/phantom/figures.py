@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from phantomdce.phantom.anatomy import Phantom
+from phantomdce.phantom.anatomy import CLASSES, Phantom
 
 __all__ = ["maps_figure", "aif_figure"]
 
@@ -72,7 +72,12 @@ def maps_figure(
         ),
     ]
     if fitted is not None:
-        panels.append(("Ktrans fitted (/min)", fitted[slice_index], "viridis", (0, 0.5)))
+        title = "Ktrans fitted (/min)"
+        if roi is not None:
+            n_roi = int(roi.sum())
+            n_ok = int(np.isfinite(fitted[roi]).sum())
+            title += f": {n_ok} of {n_roi} ROI voxels fitted"
+        panels.append((title, fitted[slice_index], "viridis", (0, 0.5)))
     fig = _figure(3.2 * len(panels), 3.6)
     axes = fig.subplots(1, len(panels))
     extent_t = [
@@ -85,14 +90,12 @@ def maps_figure(
     extent_a = [0, late.shape[1] * ip, late.shape[0] * ip, 0]
     for i, (ax, (title, img, cmap, lim)) in enumerate(zip(axes, panels, strict=True)):
         extent = extent_t if i < 2 else extent_a
-        im = ax.imshow(
-            img,
-            cmap=cmap,
-            extent=extent,
-            interpolation="nearest",
-            vmin=None if lim is None else lim[0],
-            vmax=None if lim is None else lim[1],
-        )
+        if i == 0:  # labels: a fixed colour per class, whatever the slice holds
+            lim = None
+            vmin, vmax = -0.5, 19.5
+        else:
+            vmin, vmax = (None, None) if lim is None else lim
+        im = ax.imshow(img, cmap=cmap, extent=extent, interpolation="nearest", vmin=vmin, vmax=vmax)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("x (mm)", fontsize=7)
         ax.tick_params(labelsize=6)
@@ -108,6 +111,17 @@ def maps_figure(
         if lim is not None:
             fig.colorbar(im, ax=ax, shrink=0.7)
     axes[0].set_ylabel("y (mm)", fontsize=7)
+    from matplotlib.patches import Patch
+
+    cmap20 = axes[0].images[0].cmap
+    present = [c for c in CLASSES.values() if (panels[0][1] == c.label).any()]
+    fig.legend(
+        handles=[Patch(color=cmap20((c.label + 0.5) / 20), label=c.name) for c in present],
+        loc="outside lower left",
+        ncol=min(len(present), 8),
+        fontsize=6,
+        frameon=False,
+    )
     fig.suptitle(f"phantom seed {phantom.seed}, slice at {z_mm[slice_index]:.1f} mm")
     return fig
 

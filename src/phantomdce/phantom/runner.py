@@ -45,7 +45,7 @@ from phantomdce.engine.run import _collect, estimated_parameters, fitter_record
 from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
-from phantomdce.phantom.case import phantom_case
+from phantomdce.phantom.case import acquisition_seed, phantom_case
 
 __all__ = ["is_phantom_scenario", "run_phantom_scenario", "phantom_digest"]
 
@@ -111,32 +111,35 @@ def subject_protocol(protocol, seed: int, subject: int, how: str = "same"):
     """The protocol of one phantom subject: its own AIF when ``how = "varied"``.
 
     Subjects differ as the DRO scenario ``aif_population`` makes them differ: the AIF
-    shape cycles through :data:`SUBJECT_AIFS` (subject 0 gets Parker), the amplitude is
-    scaled by a factor drawn uniformly in 0.7-1.3 and the bolus arrives 4 s earlier to 8 s
-    later than the nominal ``n_baseline * dt``, both drawn from a generator seeded by
-    ``(seed, subject)``, so the same subject has the same AIF in every scenario.
+    shape cycles through :data:`SUBJECT_AIFS` (subject 0 gets Parker; the scenario's
+    ``protocol.aif`` is replaced, and :func:`_parse` refuses a scenario that sets it), the
+    scenario's amplitude scale is multiplied by a factor drawn uniformly in 0.7-1.3 and its
+    bolus arrival is moved by -4 to +8 s (not before 0 s), both drawn from a generator
+    seeded by ``(seed, subject)``, so scenarios with the same seed have the same subjects.
     """
     if how == "same":
         return protocol
     rng = np.random.default_rng([seed, subject, 6])
     scale, shift = rng.uniform(0.7, 1.3), rng.uniform(-4.0, 8.0)
-    nominal = protocol.n_baseline * protocol.dt
     return protocol.replace(
-        f"subject {subject}",
+        f"subject {subject} (phantom.subject_aif = 'varied')",
         aif=SUBJECT_AIFS[subject % len(SUBJECT_AIFS)],
-        aif_scale=float(scale),
-        bat=float(nominal + shift),
+        aif_scale=float(protocol.aif_scale * scale),
+        bat=float(max(0.0, protocol.bolus_arrival + shift)),
     )
 
 
 def _figure_cases(raw: dict[str, Any], cases: list) -> list[int]:
-    """Cases to draw: the recommended setting (or the first case) and the last one."""
+    """Cases to draw: the setting the verdict judges (or the first case) and the last one."""
     rec = raw.get("recommendation", {})
-    knob, recommended = rec.get("knob"), rec.get("recommended", [])
+    knob = rec.get("knob")
+    # as the verdict: the threshold of a max/min recommendation, else the recommended values
+    targets = [rec["threshold"]] if "threshold" in rec else list(rec.get("recommended", []))
     first = 0
-    for i, (values, _, _) in enumerate(cases):
-        if knob in values and recommended and values[knob] == recommended[0]:
-            first = i
+    for target in targets:
+        hit = [i for i, (v, _, _) in enumerate(cases) if knob in v and v[knob] == target]
+        if hit:
+            first = hit[0]
             break
     return sorted({first, len(cases) - 1})
 
@@ -209,14 +212,23 @@ def _acq_value(path: str, key: str, value: Any) -> Any:
         return as_str(path, value, choices=ACQ_CHOICES[key])
     if key == "inflow":
         return as_bool(path, value)
-    return as_float(path, value, lo=0.0)
+    if key == "fat_suppression":
+        return as_float(path, value, units="fraction removed", lo=0.0, hi=1.0)
+    units = "cm/s" if key.endswith("_cm_s") else "mm"
+    positive = key in ("in_plane_mm", "slice_mm", "artery_velocity_cm_s", "vein_velocity_cm_s")
+    return as_float(path, value, units=units, lo=0.0, lo_open=positive)
 
 
 def _acquisition(path: str, values: dict[str, Any]) -> Acquisition:
     try:
         return Acquisition(**values)
     except ValueError as err:  # cross-field rules (e.g. a gap with a 3D profile)
-        raise ConfigError(f"{path}: {err}") from None
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+
+
+#: Acquisition keys that only matter with inflow on.
+INFLOW_KEYS = ("artery_velocity_cm_s", "vein_velocity_cm_s", "inflow_offset_mm", "flow_profile")
 
 
 def _parse(raw: dict[str, Any]):
@@ -241,6 +253,14 @@ def _parse(raw: dict[str, Any]):
     subject_aif = as_str(
         "phantom.subject_aif", ph.get("subject_aif", "same"), choices=("same", "varied")
     )
+    if subject_aif == "varied":
+        for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
+            if "aif" in table:
+                raise ConfigError(
+                    f"{where}.aif = {table['aif']!r} with phantom.subject_aif = 'varied':"
+                    " each subject gets its own AIF shape; expected no aif, or"
+                    " subject_aif = 'same'"
+                )
     acq_sweep = {k: sweep.pop(k) for k in list(sweep) if k in (*ACQ_KEYS, "roi")}
     for k, values in acq_sweep.items():
         if not isinstance(values, list) or not values:
@@ -259,6 +279,23 @@ def _parse(raw: dict[str, Any]):
     base = _acquisition(
         "acquisition", {k: _acq_value(f"acquisition.{k}", k, v) for k, v in acq.items()}
     )
+    if not base.inflow and "inflow" not in acq_sweep:
+        for k in INFLOW_KEYS:
+            if k in acq_sweep:
+                raise ConfigError(
+                    f"sweep.{k} = {acq_sweep[k]!r} has no effect with acquisition.inflow ="
+                    " false: expected inflow = true, or no sweep of it"
+                )
+    shape_mm = [n * 1.0 for n in shape]  # the truth grid is 1 mm
+    sizes = {"slice_mm": shape_mm[0], "in_plane_mm": min(shape_mm[1:])}
+    for k, extent in sizes.items():
+        for v in [getattr(base, k), *acq_sweep.get(k, [])]:
+            if float(v) > extent:
+                raise ConfigError(
+                    f"acquisition.{k} = {v!r} mm: larger than the phantom ({extent:g} mm"
+                    f" across at 1 mm per truth voxel, phantom.shape = {list(shape)});"
+                    f" expected <= {extent:g} mm"
+                )
     return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif
 
 
@@ -308,7 +345,7 @@ def run_phantom_scenario(
                 values.get("roi", roi),
                 carotid,
                 replicates=scenario.replicates,
-                seed=scenario.seed * 1000 + ci * 10 + s,
+                seed=acquisition_seed(scenario.seed, ci, s),
             )
             c = c.assign_coords(tissue=c["tissue"] + offset, replicate=c["replicate"])
             offset += int(c.attrs["roi_voxels"])
@@ -341,7 +378,7 @@ def run_phantom_scenario(
                 subject_protocol(protocol, scenario.seed, 0, subject_aif),
                 acq,
                 values.get("roi", roi),
-                scenario.seed * 1000 + ci * 10,
+                acquisition_seed(acquisition_seed(scenario.seed, ci, 0), 0),
                 parts[0],
                 fit.pipeline,
                 est["Ktrans"][0, : n_first * scenario.replicates : scenario.replicates],

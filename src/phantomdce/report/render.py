@@ -163,6 +163,9 @@ def _loosest_words(v: Verdict) -> tuple[str, str]:
         ci = ", ".join(_fmt(v, x) for x in v.loosest_meeting_ci) or "none"
     else:
         point = "none" if v.loosest_meeting is None else _fmt(v, v.loosest_meeting)
+        met = [s.knob_value for s in v.settings if s.status in (MEETS, MEETS_CI_CROSSES)]
+        if v.loosest_meeting is None and met:  # the strictest fails, looser ones meet
+            point = "none from the strictest (met at " + ", ".join(_fmt(v, x) for x in met) + ")"
         ci = "none" if v.loosest_meeting_ci is None else _fmt(v, v.loosest_meeting_ci)
     return point, ci
 

@@ -671,6 +671,11 @@ def judge(
                     f"The criterion fails already at the strictest simulated setting, "
                     f"{fmt(breaking.knob_value)} ({_first_reason(breaking)})."
                 )
+                later = [s for s in settings if s.status in _MEETING]
+                if later:
+                    sentences.append(
+                        "It is met at " + ", ".join(fmt(s.knob_value) for s in later) + "."
+                    )
             elif breaking is None:
                 sentences.append(
                     f"The criterion holds over the whole simulated range, {bound} {fmt(loosest)}."
