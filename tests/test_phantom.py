@@ -426,10 +426,10 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
         ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=0.0, flow_profile="plug", **ideal)
     )
     vessel = ds["vessel_signal"].values  # (vessel, truth slice, time)
-    artery = list(ds["vessel"].values).index(
+    artery = list(ds["vessel_type"].values).index(
         next(i for i, p in enumerate(ph.type_params) if p["class"] == "artery")
     )
-    steady = ds["type_signal"].values[ds["vessel"].values[artery]]
+    steady = ds["type_signal"].values[ds["vessel_type"].values[artery]]
     pre = vessel[artery, :, 0]
     assert np.all(np.diff(pre) < 0) and pre[0] > 3 * steady[0] > 0  # fresh blood at the edge
     far = acquire(
@@ -449,7 +449,9 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     # laminar flow: blood on the axis moves at twice the mean and is fresher than at the plug
     # speed; the slow blood at the wall is saturated, near its steady state
     lam = acquire(ph, proto, Acquisition(1.0, 1.0, inflow_offset_mm=0.0, **ideal))
-    rings = lam["vessel_signal"].where(lam["vessel"] == ds["vessel"].values[artery], drop=True)
+    rings = lam["vessel_signal"].where(
+        lam["vessel_type"] == ds["vessel_type"].values[artery], drop=True
+    )
     assert list(rings["ring"].values) == list(range(8))
     mid = rings.values[:, 12, 0]  # pre-contrast, mid-slab
     assert np.all(np.diff(mid) < 0) and mid[0] > pre[12] > mid[-1]
@@ -633,3 +635,49 @@ def test_acquired_image_equals_a_brute_force_build_from_the_truth_grid(kw):
     want = _brute_force_image(ph, proto, acq, ds)
     got = ds["signal"].values.astype(np.float64)
     assert np.abs(got - want).max() < 2e-4 * want.max()
+
+
+def test_phantom_dro_store_holds_the_image_as_a_case_and_truth_at_both_grids(tmp_path):
+    import phantomdce
+    from phantomdce.fit.llsq import LLSQFitter
+    from phantomdce.fit.pipeline import Pipeline
+    from phantomdce.phantom.store import write_phantom_dro
+
+    ph = make_neck((16, 96, 96), seed=2)
+    proto = Protocol.from_mapping({"dt": 4.0, "duration": 120.0, "snr": 30.0})
+    acq = Acquisition(2.0, 3.0)
+    path = write_phantom_dro(
+        [("case_0000", ph, proto, acq, 11, {"slice_mm": 3.0})], tmp_path / "p.zarr"
+    )
+    tree = phantomdce.open_dro(path)
+    assert list(tree.ds["case_name"].values) == ["case_0000"]
+    case = tree["case_0000"].ds.load()
+    acquired = tree["case_0000/acquired"].ds.load()
+    truth = tree["case_0000/truth"].ds.load()
+    # lossless: the stored images are the acquisition's, bit for bit, in both layouts
+    direct = acquire(ph, proto, acq, seed=11)
+    np.testing.assert_array_equal(acquired["signal"].values, direct["signal"].values)
+    np.testing.assert_array_equal(case["signal"].values, direct["signal"].values.reshape(-1, 30))
+    np.testing.assert_array_equal(truth["labels"].values, ph.labels)
+    np.testing.assert_array_equal(truth["Ktrans"].values, ph.truth_map("Ktrans").astype("f4"))
+    v = int(np.flatnonzero(np.isfinite(case["Ktrans"].values))[100])
+    s, y, x = (int(case[k].values[v]) for k in ("slice_index", "y_index", "x_index"))
+    assert case["Ktrans"].values[v] == acquired["Ktrans"].values[s, y, x]
+    # the case runs through the pipeline (carotid AIF measured on the image) and a fitter
+    rim = np.flatnonzero(case["Ktrans"].values > 0.2)
+    est = LLSQFitter("extended_tofts").fit(Pipeline(aif="measured")(case.isel(voxel=rim)))
+    assert np.isfinite(est["Ktrans"].values).mean() > 0.9
+    with pytest.raises(FileExistsError, match="exists"):
+        write_phantom_dro([("case_0000", ph, proto, acq, 11, {})], path)
+
+
+def test_cli_simulates_a_phantom_scenario_into_a_store(tmp_path, capsys):
+    import phantomdce
+    from phantomdce.cli import main
+
+    (tmp_path / "p.toml").write_text(PHANTOM_SCENARIO.format(name="sim"))
+    assert main(["simulate", str(tmp_path / "p.toml"), "-o", str(tmp_path / "s.zarr"), "-q"]) == 0
+    assert "case_0001  slice_mm=4.0 subject=0" in capsys.readouterr().out
+    tree = phantomdce.open_dro(tmp_path / "s.zarr")
+    assert list(tree.ds["slice_mm"].values) == ["2.0", "4.0"]
+    assert tree["case_0001/acquired"].ds.attrs["slice_mm"] == 4.0

@@ -32,6 +32,28 @@ def _progress(quiet: bool, desc: str = "simulating", unit: str = "case"):
     return update, bar.close
 
 
+def _phantom_summary(path: Path) -> str:
+    tree = phantomdce.open_dro(path)
+    root = tree.ds
+    keys = list(root.attrs.get("sweep_keys", []))
+    lines = [
+        f"phantom DRO store: {path}",
+        f"  scenario {root.attrs['scenario']!r}, seed {root.attrs['seed']},"
+        f" phantomdce {root.attrs['phantomdce_version']}; {root.sizes['case']} cases, each"
+        " the whole acquired image as voxels, with acquired/ and truth/ grids",
+    ]
+    for i, name in enumerate(root["case_name"].values):
+        ds = tree[str(name)].ds
+        values = " ".join(f"{k}={root[k].values[i]}" for k in keys)
+        grid = " x ".join(str(n) for n in ds.attrs["grid_shape"])
+        lines.append(
+            f"  {name!s:<10} {values}: grid {grid} (slice, y, x), {ds.sizes['time']} frames,"
+            f" noise sigma {ds.attrs['noise_sigma']:.3g}, {ds.attrs['carotid_voxels']}"
+            " carotid voxels"
+        )
+    return "\n".join(lines)
+
+
 def _summary(path: Path) -> str:
     import numpy as np
 
@@ -68,6 +90,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from phantomdce.dro.scenario import load_scenario
     from phantomdce.dro.store import write_dro
 
+    if _is_phantom(args.scenario):
+        from phantomdce.phantom.runner import simulate_phantom_scenario
+
+        update, close = _progress(args.quiet)
+        try:
+            out = simulate_phantom_scenario(
+                args.scenario, args.output, overwrite=args.overwrite, progress=update
+            )
+        finally:
+            close()
+        print(_phantom_summary(out))
+        return 0
     scenario = load_scenario(args.scenario)
     out = Path(args.output)
     if out.exists() and not args.overwrite:

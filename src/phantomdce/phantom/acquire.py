@@ -412,7 +412,8 @@ def acquire(
         float32 measurements; ``fraction`` (type, slice, y, x) the volume composition of
         each acquired voxel and ``weight`` its PSF composition; ``type_signal`` (type,
         time) the noise-free signal of each type and, with inflow, ``vessel_signal``
-        (vessel, truth_slice, time) that of the vessel types in each truth slice (the
+        (vessel, truth_slice, time) that of each vessel type (``vessel_type``) and laminar
+        ring (``ring``) in each truth slice (the
         noise-free acquired signal is ``weight @ type_signal`` with the vessel types'
         part taken slice by slice from ``vessel_signal``); truth maps at the acquired grid
         (volume-weighted ``Ktrans``, ``ve``, ``vp`` of the enhancing tissue they
@@ -564,8 +565,8 @@ def acquire(
     }
     if vessels:
         order = sorted(vessels)
-        coords["vessel"] = ("vessel", [t for t, _ in order])
-        coords["ring"] = ("vessel", [b for _, b in order])
+        coords["vessel_type"] = ("vessel", [t for t, _ in order], {"long_name": "voxel type"})
+        coords["ring"] = ("vessel", [b for _, b in order], {"long_name": "laminar ring, 0: axis"})
         coords["truth_slice"] = (
             "truth_slice",
             (np.arange(nz) + 0.5) * v,

@@ -47,7 +47,13 @@ from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFI
 from phantomdce.phantom.anatomy import CLASSES, make_neck
 from phantomdce.phantom.case import acquisition_seed, phantom_case
 
-__all__ = ["is_phantom_scenario", "run_phantom_scenario", "phantom_digest"]
+__all__ = [
+    "is_phantom_scenario",
+    "run_phantom_scenario",
+    "simulate_phantom_scenario",
+    "phantom_digest",
+    "subject_protocol",
+]
 
 ACQ_FLOATS = (
     "in_plane_mm",
@@ -299,6 +305,65 @@ def _parse(raw: dict[str, Any]):
     return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif
 
 
+def _cases(scenario, base: Acquisition, acq_sweep: dict[str, list]) -> list:
+    """(values, protocol, acquisition) per case: protocol cases x acquisition sweep."""
+    acq_keys = list(acq_sweep)
+    cases = []
+    for proto_case in scenario.cases():
+        for combo in itertools.product(*[acq_sweep[k] for k in acq_keys]):
+            values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
+            changes = {k: v for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
+            acq = _acquisition(f"sweep {changes}", {**base.__dict__, **changes})
+            cases.append((values, proto_case.protocol, acq))
+    return cases
+
+
+def simulate_phantom_scenario(
+    path: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress=None,
+) -> Path:
+    """Write a phantom scenario's acquisitions as a DRO store (no fitting).
+
+    One case per acquisition setting and subject (``case_NNNN``, the first acquisition of
+    each, with the noise of the first repeat that :func:`run_phantom_scenario` fits), in
+    the layout of :mod:`phantomdce.phantom.store`.
+    """
+    from phantomdce.phantom.store import write_phantom_dro
+
+    path = Path(path)
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    raw.setdefault("name", path.stem)
+    scenario, base, acq_sweep, shape, subjects, _, carotid, _, subject_aif = _parse(raw)
+    phantoms = [
+        make_neck(shape, seed=scenario.seed + s, field_strength=scenario.protocol.field_strength)
+        for s in range(subjects)
+    ]
+    todo = []
+    for ci, (values, protocol, acq) in enumerate(_cases(scenario, base, acq_sweep)):
+        for s, ph in enumerate(phantoms):
+            todo.append(
+                (
+                    f"case_{len(todo):04d}",
+                    ph,
+                    subject_protocol(protocol, scenario.seed, s, subject_aif),
+                    acq,
+                    acquisition_seed(acquisition_seed(scenario.seed, ci, s), 0),
+                    {**{k: v for k, v in values.items() if k != "roi"}, "subject": s},
+                )
+            )
+    attrs = {
+        "scenario": scenario.name,
+        "scenario_source": json.dumps(raw, sort_keys=True, default=str),
+        "seed": scenario.seed,
+    }
+    return write_phantom_dro(
+        todo, out, carotid=carotid, attrs=attrs, overwrite=overwrite, progress=progress
+    )
+
+
 def run_phantom_scenario(
     path: str | Path,
     out: str | Path,
@@ -317,14 +382,7 @@ def run_phantom_scenario(
     if (out / "run.json").exists() or (out.exists() and any(out.iterdir())):
         raise ConfigError(f"{out} is not empty: a phantom run needs a new directory")
     digest = phantom_digest(raw, digits=32)
-    acq_keys = list(acq_sweep)
-    cases = []
-    for proto_case in scenario.cases():
-        for combo in itertools.product(*[acq_sweep[k] for k in acq_keys]):
-            values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
-            changes = {k: v for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
-            acq = _acquisition(f"sweep {changes}", {**base.__dict__, **changes})
-            cases.append((values, proto_case.protocol, acq))
+    cases = _cases(scenario, base, acq_sweep)
     phantoms = [
         make_neck(shape, seed=scenario.seed + s, field_strength=scenario.protocol.field_strength)
         for s in range(subjects)

@@ -1,0 +1,236 @@
+"""The phantom as a DRO store: the same zarr layout as :mod:`phantomdce.dro.store`.
+
+A phantom DRO is an :class:`xarray.DataTree` in zarr whose root holds the ``cases`` table
+(``case_name`` and what each case varies) and whose ``case_NNNN`` children are DRO cases
+that the pipeline and fitters take as they take a simulated case: one voxel per acquired
+voxel (``signal``, ``vfa_signal``, the carotid ROI's ``arterial_signal``, the true plasma
+AIF ``ca`` and the volume-weighted truth ``Ktrans``, ``ve``, ``vp``; NaN where a voxel
+holds no tissue with kinetics), with each voxel's position (``slice_mm``, ``y_mm``,
+``x_mm``) and grid index. Each case node has two children with the spatial truth:
+
+- ``acquired``: the acquisition on its grid (:func:`phantomdce.phantom.acquire.acquire`:
+  images, volume and PSF composition of each voxel, truth maps at the acquired grid);
+- ``truth``: the truth grid (labels, voxel types, truth maps of Ktrans, ve, vp, T10,
+  proton density and fat fraction, vessel radius coordinate), coordinates in mm.
+
+:func:`phantomdce.open_dro` opens it; ``phantomdce simulate`` writes one from a phantom
+scenario (one case per acquisition setting and subject). Stores are written into a
+temporary sibling directory and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import phantomdce
+from phantomdce.dro.protocol import Protocol
+from phantomdce.dro.simulate import case_aif
+from phantomdce.phantom.acquire import Acquisition, acquire
+from phantomdce.phantom.anatomy import Phantom
+
+__all__ = ["PhantomCase", "phantom_dro_case", "truth_grid_dataset", "write_phantom_dro"]
+
+ZARR_FORMAT = 2
+PhantomCase = tuple[str, Phantom, Protocol, Acquisition, int, dict[str, Any]]
+"""(case name, phantom, protocol, acquisition, noise seed, the values the case varies)."""
+
+
+def truth_grid_dataset(phantom: Phantom) -> xr.Dataset:
+    """The truth grid as a dataset: labels, types, per-voxel truth maps, in mm."""
+    nz, ny, nx = phantom.labels.shape
+    v = phantom.voxel_mm
+    dims = ("z", "y", "x")
+    coords = {
+        d: (d, (np.arange(n) + 0.5) * v, {"units": "mm"})
+        for d, n in zip(dims, (nz, ny, nx), strict=True)
+    }
+    units = {
+        "Ktrans": "/min",
+        "ve": "1",
+        "vp": "1",
+        "T10": "s",
+        "pd": "1 (relative to muscle)",
+        "fat_fraction": "1",
+    }
+    data: dict[str, Any] = {
+        "labels": (dims, phantom.labels, {"long_name": "tissue class label", "role": "truth"}),
+        "types": (dims, phantom.types, {"long_name": "voxel type (index into type_*)"}),
+    }
+    for name, unit in units.items():
+        data[name] = (
+            dims,
+            phantom.truth_map(name).astype(np.float32),
+            {"units": unit, "role": "truth"},
+        )
+    if phantom.vessel_rho2 is not None:
+        data["vessel_rho2"] = (
+            dims,
+            phantom.vessel_rho2,
+            {"long_name": "squared normalised radius in the vessel (0 axis, 1 wall)"},
+        )
+    data["type_class"] = ("type", [p["class"] for p in phantom.type_params])
+    attrs = {
+        "voxel_mm": phantom.voxel_mm,
+        "field_strength": phantom.field_strength,
+        "phantom_seed": phantom.seed,
+        "geometry": json.dumps(asdict(phantom.geometry)),
+        "landmarks_mm": json.dumps(phantom.landmarks),
+        "type_params": json.dumps(phantom.type_params),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def phantom_dro_case(
+    phantom: Phantom, acquired: xr.Dataset, protocol: Protocol, *, carotid: np.ndarray | str
+) -> xr.Dataset:
+    """The whole acquired image as a DRO case (one voxel per acquired voxel).
+
+    Parameters
+    ----------
+    phantom, acquired, protocol
+        The phantom, one acquisition of it and the protocol it was acquired with.
+    carotid : ndarray (slice, y, x) bool or {"auto", "manual"}
+        The carotid ROI whose voxels become ``arterial_signal`` (see
+        :func:`phantomdce.phantom.case.phantom_case`).
+    """
+    from phantomdce.phantom.roi import carotid_roi_auto, carotid_roi_manual
+
+    if isinstance(carotid, str):
+        if carotid == "auto":
+            carotid = carotid_roi_auto(acquired, n=10)
+        elif carotid == "manual":
+            carotid = carotid_roi_manual(acquired, phantom.landmarks["carotid_right"], 3.0)
+        else:
+            raise ValueError(f"carotid={carotid!r}: expected 'auto', 'manual' or a mask")
+    shape = acquired["signal"].shape[:3]
+    n = int(np.prod(shape))
+    idx = np.unravel_index(np.arange(n), shape)
+    t = acquired["time"].values
+    data: dict[str, Any] = {
+        "signal": (
+            ("voxel", "time"),
+            acquired["signal"].values.reshape(n, -1),
+            {"units": "a.u.", "role": "measurement"},
+        ),
+        "vfa_signal": (
+            ("voxel", "flip_angle"),
+            acquired["vfa_signal"].values.reshape(n, -1),
+            {"units": "a.u.", "role": "measurement"},
+        ),
+        "arterial_signal": (
+            ("arterial_voxel", "time"),
+            acquired["signal"].values[carotid].astype(np.float64),
+            {"units": "a.u.", "role": "measurement", "long_name": "carotid ROI voxels"},
+        ),
+        "ca": ("time", case_aif(protocol)(t), {"units": "mM", "role": "truth"}),
+    }
+    for name in ("Ktrans", "ve", "vp"):
+        var = acquired[name]
+        data[name] = ("voxel", var.values.reshape(n), dict(var.attrs))
+    coords = {
+        "time": ("time", t, {"units": "s"}),
+        "flip_angle": ("flip_angle", acquired["flip_angle"].values, {"units": "deg"}),
+        "voxel": ("voxel", np.arange(n)),
+        "tissue": ("voxel", np.arange(n)),
+        "replicate": ("voxel", np.zeros(n, dtype=np.int64)),
+        "slice_index": ("voxel", idx[0]),
+        "y_index": ("voxel", idx[1]),
+        "x_index": ("voxel", idx[2]),
+        "slice_mm": ("voxel", acquired["slice"].values[idx[0]], {"units": "mm"}),
+        "y_mm": ("voxel", acquired["y"].values[idx[1]], {"units": "mm"}),
+        "x_mm": ("voxel", acquired["x"].values[idx[2]], {"units": "mm"}),
+    }
+    attrs = {
+        **acquired.attrs,
+        "replicates": 1,
+        "grid_shape": list(shape),
+        "carotid_voxels": int(np.asarray(carotid).sum()),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def write_phantom_dro(
+    cases: Sequence[PhantomCase],
+    path: str | Path,
+    *,
+    carotid: str = "auto",
+    attrs: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Acquire each case and write the phantom DRO store.
+
+    Parameters
+    ----------
+    cases : sequence of PhantomCase
+        ``(name, phantom, protocol, acquisition, seed, values)`` per case.
+    path : str or Path
+        Output ``.zarr`` directory.
+    carotid : {"auto", "manual"}
+        How the carotid ROI of each case is placed.
+    attrs : dict, optional
+        Extra provenance for the root (e.g. the scenario's name and source).
+    overwrite : bool
+        Replace an existing store at ``path`` (default: refuse).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each case.
+
+    Returns
+    -------
+    Path
+    """
+    from phantomdce.dro.store import _is_dro
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+    if path.exists() and not _is_dro(path):
+        raise FileExistsError(f"{path} exists and is not a phantomdce store: refusing to replace")
+    keys = sorted({k for c in cases for k in c[5]})
+    table: dict[str, Any] = {
+        k: ("case", np.asarray([str(c[5].get(k, "")) for c in cases])) for k in keys
+    }
+    table["case_name"] = ("case", np.asarray([c[0] for c in cases]))
+    root = xr.Dataset(
+        table,
+        attrs={
+            "kind": "phantom",
+            "phantomdce_version": phantomdce.__version__,
+            "sweep_keys": keys,
+            **(attrs or {}),
+        },
+    )
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        root.to_zarr(tmp, mode="w", consolidated=False, zarr_format=ZARR_FORMAT)
+        for i, (name, phantom, protocol, acq, seed, _) in enumerate(cases):
+            acquired = acquire(phantom, protocol, acq, seed=seed)
+            parts = {
+                name: phantom_dro_case(phantom, acquired, protocol, carotid=carotid),
+                f"{name}/acquired": acquired,
+                f"{name}/truth": truth_grid_dataset(phantom),
+            }
+            for group, ds in parts.items():  # one case at a time: memory holds one case
+                ds.to_zarr(tmp, group=group, mode="a", consolidated=False, zarr_format=ZARR_FORMAT)
+            if progress is not None:
+                progress(i + 1, len(cases))
+        import zarr
+
+        zarr.consolidate_metadata(str(tmp), zarr_format=ZARR_FORMAT)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
