@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import phantomdce
 from phantomdce.dro.scenario import Scenario
 from phantomdce.dro.simulate import simulate_case
 
-__all__ = ["write_dro", "open_dro", "cases_table"]
+__all__ = ["write_dro", "open_dro", "cases_table", "atomic_store"]
 
 _VOXEL_CHUNK = 4096
 #: Zarr format of the store: version 2 is read by every zarr implementation in use today.
@@ -99,17 +100,7 @@ def write_dro(
         The store's path.
 
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
-    if path.exists() and not _is_dro(path):
-        raise FileExistsError(
-            f"{path} exists and is not a phantomdce DRO store: refusing to replace it"
-        )
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_store(path, overwrite=overwrite) as tmp:
         cases_table(scenario).to_zarr(tmp, mode="w", consolidated=False, zarr_format=ZARR_FORMAT)
         cases = scenario.cases()
         for i, case in enumerate(cases):
@@ -124,6 +115,30 @@ def write_dro(
             )
             if progress is not None:
                 progress(i + 1, len(cases))
+    return Path(path)
+
+
+@contextmanager
+def atomic_store(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a zarr store into a temporary sibling and rename it into place when complete.
+
+    Yields the temporary directory; on success its metadata is consolidated and it
+    replaces ``path``; on any error (or interruption) it is removed, so an unfinished store
+    never appears under ``path``. Refuses an existing ``path`` unless ``overwrite``, and
+    never replaces a directory that is not a phantomdce store.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
+    if path.exists() and not _is_dro(path):
+        raise FileExistsError(
+            f"{path} exists and is not a phantomdce DRO store: refusing to replace it"
+        )
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        yield tmp
         import zarr
 
         zarr.consolidate_metadata(str(tmp), zarr_format=ZARR_FORMAT)
@@ -133,7 +148,6 @@ def write_dro(
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
-    return path
 
 
 def _is_dro(path: Path) -> bool:

@@ -65,18 +65,12 @@ def phantom_case(
         ``signal``, ``vfa_signal``, ``arterial_signal``, truth ``Ktrans``/``ve``/``vp`` per
         voxel, ``ca`` and the protocol and acquisition attributes.
     """
-    from phantomdce.phantom.roi import carotid_roi_auto, carotid_roi_manual, tumour_rois
+    from phantomdce.phantom.roi import carotid_roi, tumour_rois
 
     first = acquire(phantom, protocol, acquisition, seed=acquisition_seed(seed, 0))
     if isinstance(roi, str):
         roi = tumour_rois(phantom, first)[roi].values
-    if isinstance(carotid, str):
-        if carotid == "auto":
-            carotid = carotid_roi_auto(first, n=10)
-        elif carotid == "manual":
-            carotid = carotid_roi_manual(first, phantom.landmarks["carotid_right"], 3.0)
-        else:
-            raise ValueError(f"carotid={carotid!r}: expected 'auto', 'manual' or a mask")
+    carotid = carotid_roi(phantom, first, carotid)
     if not roi.any():
         raise ValueError("the tumour ROI holds no voxel at this resolution")
     n_roi = int(roi.sum())

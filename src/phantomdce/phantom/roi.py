@@ -28,7 +28,14 @@ import xarray as xr
 from phantomdce.phantom.anatomy import CLASSES, Phantom
 from phantomdce.signal import concentration_from_signal, native_t1
 
-__all__ = ["tumour_rois", "carotid_roi_manual", "carotid_roi_auto", "roi_aif", "class_fractions"]
+__all__ = [
+    "tumour_rois",
+    "carotid_roi",
+    "carotid_roi_manual",
+    "carotid_roi_auto",
+    "roi_aif",
+    "class_fractions",
+]
 
 TUMOUR = ("tumour_rim", "tumour_hypoxic", "necrosis", "haemorrhage")
 
@@ -123,6 +130,20 @@ def carotid_roi_auto(
     mask = np.zeros(score.shape, dtype=bool)
     mask.flat[order] = True
     return mask
+
+
+def carotid_roi(phantom: Phantom, acquired: xr.Dataset, how: np.ndarray | str) -> np.ndarray:
+    """A carotid ROI mask: given, or placed ``"auto"`` (10 voxels) or ``"manual"``.
+
+    ``"manual"`` is a 3 mm sphere at the right common carotid landmark.
+    """
+    if not isinstance(how, str):
+        return np.asarray(how, dtype=bool)
+    if how == "auto":
+        return carotid_roi_auto(acquired, n=10)
+    if how == "manual":
+        return carotid_roi_manual(acquired, phantom.landmarks["carotid_right"], 3.0)
+    raise ValueError(f"carotid={how!r}: expected 'auto', 'manual' or a mask")
 
 
 def roi_aif(acquired: xr.Dataset, mask: np.ndarray, *, hct: float = 0.42) -> np.ndarray:

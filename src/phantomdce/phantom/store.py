@@ -21,7 +21,6 @@ temporary sibling directory and renamed when complete.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -101,15 +100,9 @@ def phantom_dro_case(
         The carotid ROI whose voxels become ``arterial_signal`` (see
         :func:`phantomdce.phantom.case.phantom_case`).
     """
-    from phantomdce.phantom.roi import carotid_roi_auto, carotid_roi_manual
+    from phantomdce.phantom.roi import carotid_roi
 
-    if isinstance(carotid, str):
-        if carotid == "auto":
-            carotid = carotid_roi_auto(acquired, n=10)
-        elif carotid == "manual":
-            carotid = carotid_roi_manual(acquired, phantom.landmarks["carotid_right"], 3.0)
-        else:
-            raise ValueError(f"carotid={carotid!r}: expected 'auto', 'manual' or a mask")
+    carotid = carotid_roi(phantom, acquired, carotid)
     shape = acquired["signal"].shape[:3]
     n = int(np.prod(shape))
     idx = np.unravel_index(np.arange(n), shape)
@@ -187,13 +180,8 @@ def write_phantom_dro(
     -------
     Path
     """
-    from phantomdce.dro.store import _is_dro
+    from phantomdce.dro.store import atomic_store
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: pass overwrite=True (--overwrite) to replace it")
-    if path.exists() and not _is_dro(path):
-        raise FileExistsError(f"{path} exists and is not a phantomdce store: refusing to replace")
     keys = sorted({k for c in cases for k in c[5]})
     table: dict[str, Any] = {
         k: ("case", np.asarray([str(c[5].get(k, "")) for c in cases])) for k in keys
@@ -208,10 +196,7 @@ def write_phantom_dro(
             **(attrs or {}),
         },
     )
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_store(path, overwrite=overwrite) as tmp:
         root.to_zarr(tmp, mode="w", consolidated=False, zarr_format=ZARR_FORMAT)
         for i, (name, phantom, protocol, acq, seed, _) in enumerate(cases):
             acquired = acquire(phantom, protocol, acq, seed=seed)
@@ -224,13 +209,4 @@ def write_phantom_dro(
                 ds.to_zarr(tmp, group=group, mode="a", consolidated=False, zarr_format=ZARR_FORMAT)
             if progress is not None:
                 progress(i + 1, len(cases))
-        import zarr
-
-        zarr.consolidate_metadata(str(tmp), zarr_format=ZARR_FORMAT)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
     return path
