@@ -302,10 +302,10 @@ def type_curves(
         ``dynamic`` and ``vfa`` hold the steady-state (no inflow) vessel curves.
     """
     grid = truth_grid(protocol.frame_times, bat=protocol.bolus_arrival)
-    ca_grid = aif_on_grid(grid, case_aif(protocol))
+    aif = case_aif(protocol)
+    ca_grid = aif_on_grid(grid, aif)
     ca = ca_grid[grid.frame_idx]
     # venous plasma: the arterial curve delayed and dispersed (mass conserving)
-    aif = case_aif(protocol)
     delayed = np.asarray(aif(grid.t - VEIN_DELAY_S), dtype=np.float64)
     k = 1.0 / VEIN_DISPERSION_S
     vein = convolve_irf(grid.t, delayed, 0.0, [k], [k], allow_jumps=True)
@@ -316,7 +316,7 @@ def type_curves(
     dyn = np.zeros((n, protocol.n_frames))
     vfa = np.zeros((n, len(protocol.flip_angles)))
     pre = np.zeros(n)
-    vessels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    vessels: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
     angles = np.asarray(protocol.flip_angles)
     for i, p in enumerate(phantom.type_params):
         if p["pd"] == 0:
@@ -362,9 +362,14 @@ def type_curves(
     return dyn, vfa, pre, vessels
 
 
+def _laminar(phantom: Phantom, acq: Acquisition) -> bool:
+    """Whether the vessels carry laminar rings (else plug flow, one ring)."""
+    return acq.flow_profile == "laminar" and phantom.vessel_rho2 is not None
+
+
 def _band_speeds(phantom: Phantom, acq: Acquisition) -> list[list[tuple[float, float]]]:
     """Per laminar ring: (speed / mean speed, weight) quadrature nodes; one ring for plug."""
-    if acq.flow_profile == "plug" or phantom.vessel_rho2 is None:
+    if not _laminar(phantom, acq):
         return [[(1.0, 1.0)]]
     x, w = np.polynomial.legendre.leggauss(_BAND_NODES)
     out = []
@@ -378,7 +383,7 @@ def _band_speeds(phantom: Phantom, acq: Acquisition) -> list[list[tuple[float, f
 
 def _vessel_band(phantom: Phantom, acq: Acquisition) -> np.ndarray:
     """Laminar ring index of each truth voxel (0 outside vessels, and for plug flow)."""
-    if acq.flow_profile == "plug" or phantom.vessel_rho2 is None:
+    if not _laminar(phantom, acq):
         return np.zeros(phantom.types.shape, dtype=np.int16)
     rho2 = np.nan_to_num(phantom.vessel_rho2, nan=0.0)
     return np.clip((rho2 * LAMINAR_BANDS).astype(np.int16), 0, LAMINAR_BANDS - 1)

@@ -18,7 +18,7 @@ from phantomdce.dro.simulate import case_aif
 from phantomdce.phantom.acquire import Acquisition, acquire
 from phantomdce.phantom.anatomy import Phantom
 
-__all__ = ["phantom_case", "acquisition_seed"]
+__all__ = ["phantom_case", "acquisition_seed", "repeat_seed"]
 
 
 def acquisition_seed(*key: int) -> int:
@@ -29,6 +29,11 @@ def acquisition_seed(*key: int) -> int:
     """
     state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The noise seed of repeat ``repeat`` of a case whose seed is ``seed``."""
+    return acquisition_seed(seed, repeat)
 
 
 def phantom_case(
@@ -57,7 +62,7 @@ def phantom_case(
         Repeated acquisitions with independent noise.
     seed : int
         Noise seed of the case: repeat ``r`` is acquired with
-        ``acquisition_seed(seed, r)``.
+        ``repeat_seed(seed, r)``.
 
     Returns
     -------
@@ -67,7 +72,7 @@ def phantom_case(
     """
     from phantomdce.phantom.roi import carotid_roi, tumour_rois
 
-    first = acquire(phantom, protocol, acquisition, seed=acquisition_seed(seed, 0))
+    first = acquire(phantom, protocol, acquisition, seed=repeat_seed(seed, 0))
     if isinstance(roi, str):
         roi = tumour_rois(phantom, first)[roi].values
     carotid = carotid_roi(phantom, first, carotid)
@@ -77,9 +82,7 @@ def phantom_case(
     signals, vfas, arts = [], [], []
     for r in range(replicates):
         acq = (
-            first
-            if r == 0
-            else acquire(phantom, protocol, acquisition, seed=acquisition_seed(seed, r))
+            first if r == 0 else acquire(phantom, protocol, acquisition, seed=repeat_seed(seed, r))
         )
         signals.append(acq["signal"].values[roi].astype(np.float64))
         vfas.append(acq["vfa_signal"].values[roi].astype(np.float64))

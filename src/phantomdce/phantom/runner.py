@@ -45,7 +45,7 @@ from phantomdce.engine.run import _collect, estimated_parameters, fitter_record
 from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
-from phantomdce.phantom.case import acquisition_seed, phantom_case
+from phantomdce.phantom.case import acquisition_seed, phantom_case, repeat_seed
 
 __all__ = [
     "is_phantom_scenario",
@@ -305,6 +305,11 @@ def _parse(raw: dict[str, Any]):
     return scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif
 
 
+def _case_seed(seed: int, case: int, subject: int) -> int:
+    """The noise seed :func:`phantom_case` gets for one case and subject."""
+    return acquisition_seed(seed, case, subject)
+
+
 def _cases(scenario, base: Acquisition, acq_sweep: dict[str, list]) -> list:
     """(values, protocol, acquisition) per case: protocol cases x acquisition sweep."""
     acq_keys = list(acq_sweep)
@@ -350,7 +355,7 @@ def simulate_phantom_scenario(
                     ph,
                     subject_protocol(protocol, scenario.seed, s, subject_aif),
                     acq,
-                    acquisition_seed(acquisition_seed(scenario.seed, ci, s), 0),
+                    repeat_seed(_case_seed(scenario.seed, ci, s), 0),
                     {**{k: v for k, v in values.items() if k != "roi"}, "subject": s},
                 )
             )
@@ -403,7 +408,7 @@ def run_phantom_scenario(
                 values.get("roi", roi),
                 carotid,
                 replicates=scenario.replicates,
-                seed=acquisition_seed(scenario.seed, ci, s),
+                seed=_case_seed(scenario.seed, ci, s),
             )
             c = c.assign_coords(tissue=c["tissue"] + offset, replicate=c["replicate"])
             offset += int(c.attrs["roi_voxels"])
@@ -436,7 +441,7 @@ def run_phantom_scenario(
                 subject_protocol(protocol, scenario.seed, 0, subject_aif),
                 acq,
                 values.get("roi", roi),
-                acquisition_seed(acquisition_seed(scenario.seed, ci, 0), 0),
+                repeat_seed(_case_seed(scenario.seed, ci, 0), 0),
                 parts[0],
                 fit.pipeline,
                 est["Ktrans"][0, : n_first * scenario.replicates : scenario.replicates],
