@@ -21,7 +21,7 @@ from phantomdce.dro.store import open_dro, write_dro
 
 REPLICATES = 3
 N_TISSUE = 4  # 2 Ktrans x 2 ve x 1 vp
-TRUTH = ("Ktrans", "ve", "vp", "kep", "T10", "m0")
+TRUTH = ("Ktrans", "ve", "vp", "kep", "T10", "m0", "signal_pre")
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +220,7 @@ def test_cli(store, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["export-nifti", str(store), "-o", str(out), "--case", "case_0001"]) == 0
     printed = capsys.readouterr().out.split()
-    assert len(printed) == 19
+    assert len(printed) == 21  # 3 images, 7 truth maps, their sidecars and aif.tsv
     assert all(Path(p).is_file() for p in printed)
     assert (out / "dynamic.nii.gz").is_file() and (out / "aif.tsv").is_file()
     dyn = json.loads((out / "dynamic.json").read_text())

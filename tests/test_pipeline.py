@@ -7,6 +7,7 @@ from phantomdce.aif import plasma_aif
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.dro.simulate import simulate_case
 from phantomdce.fit.pipeline import Pipeline, measurements_only
+from phantomdce.signal import concentration_from_signal
 
 
 def case(snr=float("inf"), **protocol):
@@ -106,3 +107,34 @@ def test_population_aif_with_the_protocol_injection_is_the_truth_when_all_else_m
     np.testing.assert_allclose(exact, ds["ca"].values, atol=1e-9)
     published = Pipeline(aif="population")(ds)["ca"].values
     assert np.abs(published - ds["ca"].values).max() > 0.5  # the injection reshapes the curve
+
+
+def test_true_baseline_is_the_noise_free_pre_contrast_signal():
+    clean = case(arterial_voxels=4)
+    for name in ("signal_pre", "arterial_signal_pre"):
+        assert clean[name].attrs["role"] == "truth"
+    oracle = Pipeline(baseline="true", aif="measured")
+    np.testing.assert_allclose(
+        clean["signal_pre"].values, clean["signal"].values[:, 0], rtol=1e-12
+    )
+    np.testing.assert_allclose(oracle(clean)["ct"], clean["ct"], atol=1e-8)
+    np.testing.assert_allclose(oracle(clean)["ca"], clean["ca"], atol=1e-8)
+    noisy = case(snr=10.0, arterial_voxels=4)
+    measured = Pipeline(t1="true", aif="measured")(noisy)
+    true_base = Pipeline(t1="true", baseline="true", aif="measured")(noisy)
+    sig, pre = noisy["signal"].values, noisy["signal_pre"].values[:, None]
+    kw = {"fa": 15.0, "tr": noisy.attrs["tr"], "r1_relaxivity": noisy.attrs["r1"]}
+    r10 = 1.0 / noisy["T10"].values[:, None]
+    with np.errstate(invalid="ignore"):
+        expected = concentration_from_signal(sig, pre, r10=r10, **kw)
+        measured_pre = sig[:, : noisy.attrs["n_baseline"]].mean(axis=1, keepdims=True)
+        expected_measured = concentration_from_signal(sig, measured_pre, r10=r10, **kw)
+    np.testing.assert_allclose(true_base["ct"], expected, rtol=1e-12)
+    np.testing.assert_allclose(measured["ct"], expected_measured, rtol=1e-12)
+    assert np.nanmax(np.abs(expected - expected_measured)) > 1e-3
+    assert not np.allclose(measured["ca"], true_base["ca"])
+    assert "signal_pre" not in true_base and "arterial_signal_pre" not in true_base
+    with pytest.raises(ValueError, match="pipeline.baseline = 'true' needs the truth variable"):
+        oracle(noisy.drop_vars("signal_pre"))
+    with pytest.raises(ValueError, match="pipeline.baseline = 'tru'"):
+        Pipeline(baseline="tru")

@@ -18,7 +18,8 @@ An export writes, into one directory:
   ``pixdim[4]`` = frame interval ``dt`` in s, ``xyzt_units`` = mm and s;
 * ``vfa.nii.gz``: 4-D (x, y, z, flip angle) variable-flip-angle signal (a.u., float32);
 * one 3-D truth map per truth variable of the case (``Ktrans``, ``ve``, ``vp``, ``kep``,
-  ``fp``, ``ps``, ``T10``, ``m0``: whichever the model has) and ``ct.nii.gz``, the 4-D
+  ``fp``, ``ps``, ``T10``, ``m0``: whichever the model has; ``signal_pre``, the noise-free
+  pre-contrast signal in a.u.) and ``ct.nii.gz``, the 4-D
   noise-free tissue concentration (mM); truth is float64 so it equals the store exactly;
 * ``aif.tsv``: the true plasma AIF at the frame times, columns ``time_s`` and ``ca_mM``;
 * a JSON sidecar next to every image (``dynamic.json``, ``vfa.json``, ``Ktrans.json``, ...)
@@ -72,7 +73,7 @@ SPATIAL_NOTE = (
 _INGREDIENT = {"gadobutrol": "GADOLINIUM", "gadoterate": "GADOLINIUM", "gadoteridol": "GADOLINIUM"}
 #: Non-truth-map outputs; with the truth-variable names, every file name an export may write.
 _FIXED_STEMS = ("dynamic", "vfa", "ct")
-_POSSIBLE_TRUTH = (*PARAMETERS, "m0")
+_POSSIBLE_TRUTH = (*PARAMETERS, "m0", "signal_pre")
 #: Case attributes that are provenance rather than protocol values.
 _NOT_PROTOCOL = frozenset(
     {

@@ -237,8 +237,10 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
         Coordinates ``time`` (s), ``voxel``, ``flip_angle`` (deg), per-voxel ``tissue`` and
         ``replicate`` indices; truth (the model's parameters, derived ``kep``/``Ktrans``,
         ``T10`` in s, ``m0``), ``ct`` (voxel, time, mM, noise-free), ``ca`` (time, mM,
-        true plasma AIF), ``signal`` (voxel, time), ``vfa_signal`` (voxel, flip_angle) and,
-        when ``arterial_voxels > 0``, ``arterial_signal`` (arterial_voxel, time).
+        true plasma AIF), ``signal_pre`` (voxel, a.u., the noise-free pre-contrast signal),
+        ``signal`` (voxel, time), ``vfa_signal`` (voxel, flip_angle) and, when
+        ``arterial_voxels > 0``, ``arterial_signal`` (arterial_voxel, time) with the truth
+        ``arterial_signal_pre`` (scalar, a.u.).
         Every protocol value, unit, seed, scenario hash and package version is in attrs.
 
     """
@@ -305,6 +307,15 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
         ca,
         {"units": "mM", "long_name": "plasma arterial input function (truth)", "role": "truth"},
     )
+    data_vars["signal_pre"] = (
+        "voxel",
+        s_pre[sel],
+        {
+            "units": "a.u.",
+            "long_name": "noise-free pre-contrast signal of the dynamic series (truth)",
+            "role": "truth",
+        },
+    )
     data_vars["signal"] = (
         ("voxel", "time"),
         signal,
@@ -323,6 +334,15 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
                 "units": "a.u.",
                 "long_name": "SPGR signal of arterial voxels (blood + muscle partial volume)",
                 "role": "measurement",
+            },
+        )
+        data_vars["arterial_signal_pre"] = (
+            (),
+            art_pre,
+            {
+                "units": "a.u.",
+                "long_name": "noise-free pre-contrast signal of the arterial voxels (truth)",
+                "role": "truth",
             },
         )
     coords = {

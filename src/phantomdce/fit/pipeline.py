@@ -5,7 +5,10 @@ Stages, each selectable so that one error source can be isolated at a time:
 1. **T1** (``t1``): native T1 from the VFA signals, ``"vfa_linear"`` (DESPOT1) or
    ``"vfa_nonlinear"``, with an assumed B1 (``b1``, default 1: nominal flip angles); or
    ``"true"`` (the truth ``T10``).
-2. **Baseline signal**: the mean of the first ``n_baseline`` frames (protocol attribute).
+2. **Baseline signal** (``baseline``): ``"measured"``, the mean of the first ``n_baseline``
+   frames (protocol attribute) of each voxel, and of the arterial voxels' mean curve; or
+   ``"true"`` (an oracle: the noise-free pre-contrast signal of the truth, ``signal_pre``
+   per voxel and ``arterial_signal_pre`` for the arterial voxels).
 3. **Concentration** (``concentration``): ``"signal"``, the exact SPGR inversion of the
    dynamic signal with the T1 above and the protocol's relaxivity; or ``"true"`` (the
    noise-free truth ``ct``, which isolates the fitter).
@@ -37,12 +40,23 @@ __all__ = ["Pipeline", "measurements_only"]
 T1_SOURCES = ("vfa_nonlinear", "vfa_linear", "true")
 CONCENTRATION_SOURCES = ("signal", "true")
 AIF_SOURCES = ("true", "population", "measured")
+BASELINE_SOURCES = ("measured", "true")
 
 
 def measurements_only(case: xr.Dataset) -> xr.Dataset:
     """The case without its ground truth (every variable with ``role = "truth"``)."""
     truth = [name for name, var in case.data_vars.items() if var.attrs.get("role") == "truth"]
     return case.drop_vars(truth)
+
+
+def _truth(case: xr.Dataset, name: str, stage: str) -> np.ndarray:
+    """A truth variable an oracle stage reads, with a clear error when the case lacks it."""
+    if name not in case:
+        raise ValueError(
+            f"pipeline.{stage} = 'true' needs the truth variable {name!r}, which this case"
+            " does not hold (it is simulated for DRO cases, not for phantom cases)"
+        )
+    return np.asarray(case[name].values, dtype=np.float64)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -62,6 +76,10 @@ class Pipeline:
         B1 (flip-angle scale) assumed by the T1 fit and the signal inversion (1: nominal).
     concentration : {"signal", "true"}
         Source of the tissue concentration curves.
+    baseline : {"measured", "true"}
+        Source of the pre-contrast signal used by the signal-to-concentration conversion of
+        the tissue and of the measured AIF: the mean of the first ``n_baseline`` frames, or
+        the noise-free truth (``signal_pre``, ``arterial_signal_pre``; an oracle).
     aif : {"true", "population", "measured"}
         Source of the plasma AIF.
     population_aif : str
@@ -78,6 +96,7 @@ class Pipeline:
     t1: str = "vfa_nonlinear"
     b1: float = 1.0
     concentration: str = "signal"
+    baseline: str = "measured"
     aif: str = "true"
     population_aif: str = "parker"
     population_bat: float | None = None
@@ -88,6 +107,7 @@ class Pipeline:
         _choice("t1", self.t1, T1_SOURCES)
         _choice("concentration", self.concentration, CONCENTRATION_SOURCES)
         _choice("aif", self.aif, AIF_SOURCES)
+        _choice("baseline", self.baseline, BASELINE_SOURCES)
         _choice("population_aif", self.population_aif, tuple(AIFS))
         if not (np.isfinite(self.b1) and self.b1 > 0):
             raise ValueError(f"pipeline.b1 = {self.b1!r}: expected a positive number")
@@ -139,8 +159,10 @@ class Pipeline:
         if self.concentration == "true":
             return np.asarray(case["ct"].transpose("voxel", "time").values, dtype=np.float64)
         signal = case["signal"].transpose("voxel", "time").values
-        nb = int(case.attrs["n_baseline"])
-        s_pre = signal[:, :nb].mean(axis=1)
+        if self.baseline == "true":
+            s_pre = _truth(case, "signal_pre", "baseline")
+        else:
+            s_pre = signal[:, : int(case.attrs["n_baseline"])].mean(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return concentration_from_signal(
                 signal,
@@ -184,9 +206,13 @@ class Pipeline:
         art = case["arterial_signal"].transpose("arterial_voxel", "time").values.mean(axis=0)
         nb = int(attrs["n_baseline"])
         t1_blood = native_t1("blood", float(attrs["field_strength"]))
+        if self.baseline == "true":
+            art_pre = float(_truth(case, "arterial_signal_pre", "baseline"))
+        else:
+            art_pre = float(art[:nb].mean())
         cb = concentration_from_signal(
             art,
-            art[:nb].mean(),
+            art_pre,
             r10=1.0 / t1_blood,
             fa=float(attrs["fa"]),
             tr=float(attrs["tr"]),
@@ -212,7 +238,7 @@ class Pipeline:
             plus the pipeline settings. No ground truth is included.
         """
         measured = measurements_only(case)
-        need_truth = self.t1 == "true" or self.concentration == "true" or self.aif == "true"
+        need_truth = "true" in (self.t1, self.concentration, self.aif, self.baseline)
         source = case if need_truth else measured
         t10 = self.t10(source)
         ct = self.tissue_concentration(source, t10)
