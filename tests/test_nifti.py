@@ -183,7 +183,7 @@ def test_other_model_average_sampling_noise_free(tmp_path):
             "replicates": 2,
             "protocol": {
                 "snr": float("inf"),
-                "duration": 30.0,
+                "duration": 40.0,  # 30 s after the arrival: the least a case may have
                 "n_baseline": 2,
                 "sampling": "average",
             },

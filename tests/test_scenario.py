@@ -1,12 +1,19 @@
 """Protocols and scenario files: expansion and one clear error per bad value."""
 
 import math
+from pathlib import Path
 
 import pytest
 
 from phantomdce.cli import main
 from phantomdce.dro.config import ConfigError
-from phantomdce.dro.protocol import Protocol, preset
+from phantomdce.dro.protocol import (
+    DEFAULT_VFA_AVERAGES,
+    MIN_POST_BOLUS_FRAMES,
+    MIN_POST_BOLUS_S,
+    Protocol,
+    preset,
+)
 from phantomdce.dro.scenario import load_scenario, parse_scenario
 
 BASE = {
@@ -127,3 +134,114 @@ def test_bad_toml_and_bad_values_fail_before_anything_is_written(tmp_path, capsy
     broken.write_text("name = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_scenario(broken)
+
+
+# --- issue 11: a window after the bolus, sweeps that move only their knob, VFA noise ------
+
+ESNR = Path(__file__).resolve().parents[1] / "scenarios" / "esnr2022"
+
+
+def test_case_with_no_window_after_the_bolus_is_refused():
+    # six frames at dt 10 s, bolus at 50 s: nothing after the arrival (issue 11, item 1a)
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(scenario(**{"protocol.duration": 52.0, "protocol.dt": 10.0}))
+    msg = str(info.value)
+    assert "sweep case 0 (base protocol): protocol.duration = 52 s with dt = 10 s" in msg
+    assert "leaves 0 frames (2 s) after the bolus arrival at 50 s" in msg
+    assert f">= {MIN_POST_BOLUS_FRAMES} frames and >= {MIN_POST_BOLUS_S:g} s" in msg
+    # frames enough but too short a time, and the case of a sweep is named
+    short = r"sweep case 1 \(duration=40.0\).* leaves 4 frames \(20 s\)"
+    with pytest.raises(ConfigError, match=short):
+        parse_scenario(scenario(**{"protocol.dt": 4.0, "sweep.duration": [300.0, 40.0]}))
+    # exactly the minimum is accepted
+    n, seconds = Protocol.from_mapping({"duration": 55.0}).post_bolus_window
+    assert (n, seconds) == (5, 30.0)
+    parse_scenario(scenario(**{"protocol.duration": 55.0}))
+
+
+def test_post_bolus_s_keeps_the_window_after_the_arrival():
+    proto = Protocol.from_mapping({"post_bolus_s": 275.0, "dt": 15.0, "bat_phase": 0.5})
+    assert proto.bolus_arrival == 82.5 and proto.duration == 82.5 + 275.0
+    assert proto.post_bolus_window[1] == 275.0
+    with pytest.raises(ConfigError, match=r"protocol.duration = 300.0 with protocol.post_bolus_s"):
+        Protocol.from_mapping({"post_bolus_s": 275.0, "duration": 300.0})
+    with pytest.raises(ConfigError, match=r"protocol.post_bolus_s = -1.0: expected"):
+        Protocol.from_mapping({"post_bolus_s": -1.0})
+
+
+def test_temporal_resolution_sweep_moves_only_dt():
+    sc = load_scenario(ESNR / "temporal_resolution.toml")
+    windows = {c.protocol.duration - c.protocol.bolus_arrival for c in sc.cases()}
+    assert windows == {275.0}  # was 295 s at dt 1 s down to 225 s at dt 15 s
+    assert {c.protocol.n_baseline for c in sc.cases()} == {5}
+
+
+def _dro_scenarios():
+    import tomllib
+
+    out = []
+    for path in sorted(ESNR.glob("*.toml")):
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        if "phantom" not in raw:
+            out.append((path, raw))
+    return out
+
+
+@pytest.mark.parametrize(("path", "raw"), _dro_scenarios(), ids=lambda v: getattr(v, "stem", ""))
+def test_every_study_sweep_keeps_the_window_after_the_bolus_or_says_so(path, raw):
+    sc = load_scenario(path)
+    windows = {round(c.protocol.duration - c.protocol.bolus_arrival, 6) for c in sc.cases()}
+    knob = raw["recommendation"]["knob"]
+    if len(windows) > 1 and knob != "duration":
+        lo, hi = min(windows), max(windows)
+        assert f"{lo:g}-{hi:g} s are acquired after the arrival" in raw["recommendation"]["notes"]
+
+
+@pytest.mark.parametrize("stem", ["injection_rate", "saline_flush"])
+def test_injection_and_flush_scenarios_are_pairs_of_aif_sources(stem):
+    import tomllib
+
+    runs = {}
+    for name in (stem, f"{stem}_population"):
+        raw = tomllib.loads((ESNR / f"{name}.toml").read_text(encoding="utf-8"))
+        runs[raw["recommendation"]["option"]] = (raw, load_scenario(ESNR / f"{name}.toml"))
+    assert set(runs) == {"carotid ROI", "population AIF"}
+    (car, car_sc), (pop, pop_sc) = runs["carotid ROI"], runs["population AIF"]
+    assert car["recommendation"]["id"] == pop["recommendation"]["id"]
+    assert car["fit"]["pipeline"]["aif"] == "measured"
+    assert pop["fit"]["pipeline"]["aif"] == "population"
+    assert pop["fit"]["pipeline"].get("population_injection", False) is False
+    # the same subjects and noise: the DROs differ only in their names
+    assert car_sc.seed == pop_sc.seed and car_sc.protocol == pop_sc.protocol
+    assert car_sc.sweep == pop_sc.sweep and car_sc.protocol.arterial_voxels > 0
+    for study in ("esnr2022.toml", "quick.toml"):
+        text = (ESNR.parent / study).read_text(encoding="utf-8")
+        assert f'"esnr2022/{stem}_population.toml"' in text and '"esnr2022/vfa_noise.toml"' in text
+
+
+def test_vfa_averages_is_a_checked_protocol_key_swept_by_vfa_noise():
+    assert Protocol().vfa_averages == DEFAULT_VFA_AVERAGES == 1
+    assert Protocol().as_attrs()["vfa_averages"] == 1
+    for bad in (0, 2.0, True, 1000):
+        with pytest.raises(ConfigError, match=rf"protocol.vfa_averages = {bad!r}: expected an"):
+            Protocol.from_mapping({"vfa_averages": bad})
+    sc = load_scenario(ESNR / "vfa_noise.toml")
+    assert [c.protocol.vfa_averages for c in sc.cases()] == [1, 2, 4, 8, 16]
+    assert sc.recommendation["kind"] == "min" and sc.recommendation["knob"] == "vfa_averages"
+
+
+def test_phantom_aif_source_scenarios_have_enough_subjects_and_quick_caps_them():
+    import tomllib
+
+    from phantomdce.engine.study import load_study
+    from phantomdce.phantom.runner import cap_subjects
+
+    for name in ("phantom_aif_carotid", "phantom_aif_population"):
+        raw = tomllib.loads((ESNR / f"{name}.toml").read_text(encoding="utf-8"))
+        assert raw["phantom"]["subjects"] >= 20
+        assert cap_subjects(raw, 5)["phantom"]["subjects"] == 5
+        assert raw["phantom"]["subjects"] >= 20  # not changed in place
+        assert cap_subjects(raw, None) is raw
+    assert cap_subjects({"phantom": {"subjects": 2}}, 5)["phantom"]["subjects"] == 2
+    assert load_study(ESNR.parent / "quick.toml").phantom_subjects == 5
+    assert load_study(ESNR.parent / "esnr2022.toml").phantom_subjects is None

@@ -229,3 +229,27 @@ def test_overwrite_never_replaces_something_else(tmp_path):
     write_dro(make(), tmp_path / "d.zarr")
     write_dro(make(replicates=2), tmp_path / "d.zarr", overwrite=True)  # a store: replaced
     assert phantomdce.open_dro(tmp_path / "d.zarr")["case_0000"].ds.sizes["voxel"] == 32
+
+
+def test_vfa_noise_is_the_dynamic_noise_over_the_root_of_the_averages():
+    # issue 11, item 8: the VFA images' noise is an explicit protocol key
+    sc = parse_scenario(
+        {
+            "seed": 3,
+            "replicates": 4000,
+            "protocol": {"snr": 50.0},
+            "tissue": {"model": "extended_tofts", "Ktrans": 0.1, "ve": 0.3, "vp": 0.02},
+            "sweep": {"vfa_averages": [1, 4]},
+        }
+    )
+    sd = {}
+    for case in sc.cases():
+        ds = simulate_case(sc, case)
+        sd[case.protocol.vfa_averages] = ds["vfa_signal"].values.std(axis=0)
+        assert ds.attrs["vfa_averages"] == case.protocol.vfa_averages
+    ratio = sd[1] / sd[4]
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.06)
+    # one average: the dynamic frames' SD (signal at fa / snr), as the VFA shared before
+    ds = simulate_case(sc, sc.cases()[0])
+    base = ds["signal"].values[:, :5].std(axis=0).mean()
+    np.testing.assert_allclose(sd[1], base, rtol=0.06)

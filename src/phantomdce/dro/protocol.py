@@ -25,7 +25,16 @@ from phantomdce.dro.config import (
     unknown_key,
 )
 
-__all__ = ["Protocol", "PRESETS", "preset", "PROTOCOL_FIELDS", "AGENT_CONCENTRATION_M"]
+__all__ = [
+    "Protocol",
+    "PRESETS",
+    "preset",
+    "PROTOCOL_FIELDS",
+    "AGENT_CONCENTRATION_M",
+    "MIN_POST_BOLUS_FRAMES",
+    "MIN_POST_BOLUS_S",
+    "DEFAULT_VFA_AVERAGES",
+]
 
 #: Molar concentration of commercial formulations, mol/L (product labels).
 AGENT_CONCENTRATION_M = {"gadobutrol": 1.0, "gadoterate": 0.5, "gadoteridol": 0.5}
@@ -51,6 +60,24 @@ def _pos(units: str) -> Callable[[str, Any], float]:
 FIELD_STRENGTHS = (1.5, 3.0)
 #: Longest dynamic series simulated, s (the truth grid has 100 nodes per second).
 MAX_DURATION_S = 3600.0
+#: Fewest frames a study case must acquire after the bolus arrival: the extended Tofts
+#: model has three parameters, and a window with fewer post-arrival frames holds no
+#: information on them (issue 11: a 52 s series at dt 10 s with the bolus at 50 s was fitted
+#: "successfully" to its starting values).
+MIN_POST_BOLUS_FRAMES = 3
+#: Shortest acquisition after the bolus arrival a study case may have, s: about the
+#: duration of the first pass of the Parker AIF (its two Gaussians peak 10 and 22 s after
+#: arrival), the least a fit needs to see the arterial peak and the start of the washout.
+MIN_POST_BOLUS_S = 30.0
+#: Default number of averages of each VFA image: the VFA images are acquired with the same
+#: 3D SPGR sequence, voxel and receiver as the dynamic series, one average each, "a
+#: convenient and common approach" for prostate DCE (Elsevier 2012, PubMed 22898681, a
+#: study of VFA T1 mapping with B1 correction); so each VFA image has the noise SD of one
+#: dynamic frame. The number of averages in practice is not from a source (an assumption). Sites that average
+#: the VFA images set ``vfa_averages`` (the study's ``vfa_noise`` scenario sweeps it).
+DEFAULT_VFA_AVERAGES = 1
+#: Most averages of a VFA image accepted (beyond this the acquisition time is unrealistic).
+MAX_VFA_AVERAGES = 64
 
 
 def _field(path: str, value: Any) -> float:
@@ -72,8 +99,15 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
     "n_baseline": FieldSpec("1", "number of pre-contrast frames", lambda p, v: as_int(p, v, lo=1)),
     "duration": FieldSpec(
         "s",
-        "total acquisition time of the dynamic series",
+        "total acquisition time of the dynamic series (set by post_bolus_s when that is set)",
         lambda p, v: as_float(p, v, units="s", lo=0.0, lo_open=True, hi=MAX_DURATION_S),
+    ),
+    "post_bolus_s": FieldSpec(
+        "s",
+        "acquisition time after the bolus arrival (none: duration is given instead); when"
+        " set, duration = bolus arrival + post_bolus_s, so that a sweep of dt, n_baseline or"
+        " the arrival keeps the post-contrast window fixed",
+        _optional(lambda p, v: as_float(p, v, units="s", lo=0.0, lo_open=True, hi=MAX_DURATION_S)),
     ),
     "bat": FieldSpec(
         "s",
@@ -140,6 +174,12 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
         "mean pre-contrast signal / noise SD per channel (inf: no noise)",
         lambda p, v: as_float(p, v, lo=0.0, lo_open=True, allow_inf=True),
     ),
+    "vfa_averages": FieldSpec(
+        "1",
+        "averages (NSA) of each VFA image, acquired with the dynamic series' voxel and"
+        " receiver: its noise SD per channel is the dynamic frames' SD / sqrt(vfa_averages)",
+        lambda p, v: as_int(p, v, lo=1, hi=MAX_VFA_AVERAGES),
+    ),
     "sampling": FieldSpec(
         "",
         "frame value: instantaneous or window-averaged",
@@ -170,6 +210,7 @@ class Protocol:
     dt: float = 5.0
     n_baseline: int = 5
     duration: float = 300.0
+    post_bolus_s: float | None = None
     bat: float | None = None
     bat_phase: float = 0.0
     aif_scale: float = 1.0
@@ -186,6 +227,7 @@ class Protocol:
     saline_flush: bool = True
     hct: float = 0.42
     snr: float = 20.0
+    vfa_averages: int = DEFAULT_VFA_AVERAGES
     sampling: str = "instant"
     aif: str = "parker"
     arterial_voxels: int = 20
@@ -224,6 +266,21 @@ class Protocol:
                 raise unknown_key(path, key, PROTOCOL_FIELDS)
             out[key] = PROTOCOL_FIELDS[key].check(f"{path}.{key}", value)
         proto = cls(**out)
+        if proto.post_bolus_s is not None:
+            if "duration" in values:
+                raise ConfigError(
+                    f"{path}.duration = {values['duration']!r} with {path}.post_bolus_s ="
+                    f" {proto.post_bolus_s!r}: post_bolus_s sets the duration (bolus arrival +"
+                    " post_bolus_s); expected only one of them"
+                )
+            out["duration"] = proto.bolus_arrival + proto.post_bolus_s
+            if out["duration"] > MAX_DURATION_S:
+                raise ConfigError(
+                    f"{path}.post_bolus_s = {proto.post_bolus_s!r}: bolus arrival"
+                    f" {proto.bolus_arrival:g} s + post_bolus_s = {out['duration']:g} s;"
+                    f" expected a duration <= {MAX_DURATION_S:g} s"
+                )
+            proto = cls(**out)
         proto._consistency(path)
         return proto
 
@@ -244,6 +301,49 @@ class Protocol:
             raise ConfigError(
                 f"{path}.bat = {self.bat!r}: expected a bolus arrival (s) before the end of the"
                 f" acquisition ({self.duration} s)"
+            )
+
+    @property
+    def post_bolus_window(self) -> tuple[int, float]:
+        """Frames acquired after the bolus arrival, and the time from the arrival to the end.
+
+        Returns
+        -------
+        n_frames : int
+            Frames at times strictly later than :attr:`bolus_arrival`.
+        seconds : float
+            ``duration - bolus_arrival``, s.
+        """
+        bat = self.bolus_arrival
+        n = int(np.count_nonzero(self.frame_times > bat + 1e-9))
+        return n, float(self.duration - bat)
+
+    def check_post_bolus_window(self, path: str = "protocol") -> None:
+        """Refuse a series that acquires too little after the bolus arrival to be fitted.
+
+        A study case needs at least :data:`MIN_POST_BOLUS_FRAMES` frames and
+        :data:`MIN_POST_BOLUS_S` s after the bolus arrival: with less, the curve holds no
+        information on the kinetic parameters and a fitter returns its starting values.
+        (A :class:`Protocol` on its own may be shorter, e.g. to draw a phantom's first pass;
+        scenarios call this for every case.)
+
+        Raises
+        ------
+        ConfigError
+            Naming ``path.duration``, dt, the frames and seconds left and the arrival.
+        """
+        n, seconds = self.post_bolus_window
+        if n < MIN_POST_BOLUS_FRAMES or seconds < MIN_POST_BOLUS_S:
+            set_by = (
+                f" (= bolus arrival + {path}.post_bolus_s = {self.post_bolus_s:g} s)"
+                if self.post_bolus_s is not None
+                else ""
+            )
+            raise ConfigError(
+                f"{path}.duration = {self.duration:g} s{set_by} with dt = {self.dt:g} s leaves"
+                f" {n} frames ({seconds:g} s) after the bolus arrival at"
+                f" {self.bolus_arrival:g} s; expected >= {MIN_POST_BOLUS_FRAMES} frames and"
+                f" >= {MIN_POST_BOLUS_S:g} s after the arrival"
             )
 
     def replace(self, path: str = "protocol", **changes: Any) -> Protocol:

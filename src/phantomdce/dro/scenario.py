@@ -175,6 +175,7 @@ class Scenario:
             label = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base protocol"
             try:
                 proto = Protocol.from_mapping(values, base=self.protocol)
+                proto.check_post_bolus_window()
             except ConfigError as exc:
                 raise ConfigError(f"sweep case {i} ({label}): {exc}") from None
             out.append(Case(i, values, proto))

@@ -47,7 +47,8 @@ _BATCH_ELEMENTS = 4_000_000
 SNR_DEFINITION = (
     "snr = noise-free pre-contrast signal of the dynamic series (spgr at R10, fa, tr, b1) /"
     " sigma, sigma = SD of each of the real and imaginary Gaussian noise channels; the VFA"
-    " images share the same sigma (same receiver)"
+    " images are acquired with the same voxel and receiver, each with vfa_averages averages:"
+    " their sigma is sigma / sqrt(vfa_averages)"
 )
 
 
@@ -268,7 +269,8 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     )
     common = {"seed": scenario.seed, "case_index": case.index, "voxels": voxels}
     signal = _noisy(sig_clean, tissue_of_voxel, sigma, stream=STREAM_DYNAMIC, **common)
-    vfa = _noisy(vfa_clean, tissue_of_voxel, sigma, stream=STREAM_VFA, **common)
+    vfa_sigma = sigma / np.sqrt(protocol.vfa_averages)
+    vfa = _noisy(vfa_clean, tissue_of_voxel, vfa_sigma, stream=STREAM_VFA, **common)
 
     n_art = protocol.arterial_voxels
     if n_art:

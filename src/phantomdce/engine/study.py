@@ -6,6 +6,7 @@ A study file names its scenarios::
     description = "..."
     include = ["esnr2022/temporal_resolution.toml", "esnr2022/baseline_frames.toml"]
     replicates = 100          # optional: replaces every scenario's replicates
+    phantom_subjects = 5      # optional: at most this many subjects per phantom scenario
 
 Paths are relative to the study file. ``phantomdce run STUDY.toml -o OUT/`` runs each
 scenario into ``OUT/<scenario name>/``; ``phantomdce report OUT/`` reports on all of them.
@@ -25,7 +26,7 @@ from phantomdce.dro.config import ConfigError, as_int, as_str, unknown_key
 
 __all__ = ["Study", "load_study", "is_study"]
 
-STUDY_KEYS = ("name", "description", "include", "replicates")
+STUDY_KEYS = ("name", "description", "include", "replicates", "phantom_subjects")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Study:
     path: Path
     scenarios: tuple[Path, ...]
     overrides: dict[str, Any]
+    phantom_subjects: int | None = None
 
 
 def is_study(path: str | Path) -> bool:
@@ -82,6 +84,11 @@ def load_study(path: str | Path) -> Study:
         path=path,
         scenarios=tuple(scenarios),
         overrides=overrides,
+        phantom_subjects=(
+            as_int("phantom_subjects", raw["phantom_subjects"], lo=1)
+            if "phantom_subjects" in raw
+            else None
+        ),
     )
 
 
@@ -115,6 +122,7 @@ def run_study(
     out = Path(out)
     from phantomdce.phantom.runner import _parse as parse_phantom
     from phantomdce.phantom.runner import (
+        cap_subjects,
         is_phantom_scenario,
         phantom_digest,
         run_phantom_scenario,
@@ -124,7 +132,11 @@ def run_study(
     phantom_names: set[str] = set()
     for file in study.scenarios:  # check every scenario before anything is written
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
-        raw = raw if is_phantom_scenario(raw) else {**raw, **study.overrides}
+        raw = (
+            cap_subjects(raw, study.phantom_subjects)
+            if is_phantom_scenario(raw)
+            else {**raw, **study.overrides}
+        )
         raw.setdefault("name", file.stem)
         try:
             if is_phantom_scenario(raw):
@@ -150,6 +162,7 @@ def run_study(
         run_dir = out / name
         raw = tomllib.loads(names[name].read_text(encoding="utf-8"))
         raw.setdefault("name", names[name].stem)
+        raw = cap_subjects(raw, study.phantom_subjects)
         if (run_dir / "run.json").exists():  # a finished phantom run of a resumed study
             found = json.loads((run_dir / "run.json").read_text())["scenario_hash"]
             if found != phantom_digest(raw):
@@ -160,7 +173,9 @@ def run_study(
             rows[name] = []
         else:
             # phantom scenarios keep their own replicates (repeated acquisitions)
-            rows[name] = run_phantom_scenario(names[name], run_dir, fitters=fitters)
+            rows[name] = run_phantom_scenario(
+                names[name], run_dir, fitters=fitters, max_subjects=study.phantom_subjects
+            )
         members[name] = json.loads((run_dir / "run.json").read_text())["scenario_hash"]
     for plan in plans:
         tick = None

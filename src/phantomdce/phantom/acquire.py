@@ -52,6 +52,8 @@ types' do not.
 Noise: the protocol's ``snr`` is the pre-contrast SNR of muscle in a reference voxel of
 2 x 2 x 3 mm (the ESNR 2022 in-plane limit and recommended slice); SNR scales with voxel
 volume, so a smaller voxel is noisier (an assumption of fixed scan time and bandwidth).
+The VFA images have the same voxel and receiver, averaged ``vfa_averages`` times: their
+noise SD is the dynamic series' SD / sqrt(vfa_averages) (attribute ``vfa_noise_sigma``).
 Veins carry the arterial curve delayed by 6 s and dispersed by an 8 s exponential (an
 assumption).
 """
@@ -487,6 +489,7 @@ def acquire(
     muscle = next(i for i, p in enumerate(phantom.type_params) if p["class"] == "muscle")
     volume = acq.in_plane_mm**2 * acq.slice_mm
     sigma = pre[muscle] / protocol.snr * (REFERENCE_VOXEL_MM3 / volume)
+    vfa_sigma = sigma / np.sqrt(protocol.vfa_averages)
     per_slice = shape[1] * shape[2]
     # slice by slice, so that memory holds one slice of float64 curves at a time
     signal = np.empty((shape[0] * per_slice, protocol.n_frames), dtype=np.float32)
@@ -509,7 +512,8 @@ def acquire(
             vclean[cols] += parts_t @ (wz_all[s][:, None] * z_vfa_all)
         if np.isfinite(protocol.snr):
             add_rician_noise(clean, sigma, rng=rng_for(seed, 0, 0, s), out=clean)
-            add_rician_noise(vclean, sigma, rng=rng_for(seed, 0, 1, s), out=vclean)
+            # the VFA images: same voxel and receiver, vfa_averages averages each
+            add_rician_noise(vclean, vfa_sigma, rng=rng_for(seed, 0, 1, s), out=vclean)
         else:  # magnitude images: a Fourier PSF's negative side lobes show as |signal|
             np.abs(clean, out=clean)
             np.abs(vclean, out=vclean)
@@ -608,6 +612,7 @@ def acquire(
         "inflow_offset_mm": acq.inflow_offset_mm,
         "flow_profile": acq.flow_profile,
         "noise_sigma": float(sigma),
+        "vfa_noise_sigma": float(vfa_sigma),
         "phantom_seed": phantom.seed,
         "truth_voxel_mm": phantom.voxel_mm,
     }

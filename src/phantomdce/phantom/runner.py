@@ -53,6 +53,7 @@ __all__ = [
     "simulate_phantom_scenario",
     "phantom_digest",
     "subject_protocol",
+    "cap_subjects",
 ]
 
 ACQ_FLOATS = (
@@ -80,6 +81,22 @@ ENHANCING = ("tumour_rim", "tumour_hypoxic")
 def is_phantom_scenario(raw: dict[str, Any]) -> bool:
     """Whether a parsed scenario TOML is a phantom scenario."""
     return "phantom" in raw
+
+
+def cap_subjects(raw: dict[str, Any], max_subjects: int | None) -> dict[str, Any]:
+    """A phantom scenario with at most ``max_subjects`` subjects (a study's smaller size).
+
+    The first subjects are kept (subject ``s`` has phantom seed ``seed + s`` and its own
+    AIF, whatever the count), so a capped run is the start of the full one. ``None``
+    returns ``raw`` unchanged.
+    """
+    if max_subjects is None or "phantom" not in raw:
+        return raw
+    ph = dict(raw["phantom"])
+    own = ph.get("subjects", 1)
+    if isinstance(own, int) and not isinstance(own, bool) and own > max_subjects:
+        ph["subjects"] = max_subjects
+    return {**raw, "phantom": ph}
 
 
 def _roi_means(est, success, replicate, phantoms, *, n_fitters):
@@ -127,12 +144,15 @@ def subject_protocol(protocol, seed: int, subject: int, how: str = "same"):
         return protocol
     rng = np.random.default_rng([seed, subject, 6])
     scale, shift = rng.uniform(0.7, 1.3), rng.uniform(-4.0, 8.0)
-    return protocol.replace(
-        f"subject {subject} (phantom.subject_aif = 'varied')",
+    path = f"subject {subject} (phantom.subject_aif = 'varied')"
+    out = protocol.replace(
+        path,
         aif=SUBJECT_AIFS[subject % len(SUBJECT_AIFS)],
         aif_scale=float(protocol.aif_scale * scale),
         bat=float(max(0.0, protocol.bolus_arrival + shift)),
     )
+    out.check_post_bolus_window(path)  # a late arrival must still leave a window to fit
+    return out
 
 
 def _figure_cases(raw: dict[str, Any], cases: list) -> list[int]:
@@ -375,12 +395,18 @@ def run_phantom_scenario(
     *,
     fitters: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    max_subjects: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run a phantom scenario into ``out`` (run.json, estimates.zarr, metrics.csv)."""
+    """Run a phantom scenario into ``out`` (run.json, estimates.zarr, metrics.csv).
+
+    ``max_subjects`` caps ``phantom.subjects`` (a study's ``phantom_subjects``, see
+    :func:`cap_subjects`); the cap is part of the run's identity.
+    """
     path, out = Path(path), Path(out)
     text = path.read_text(encoding="utf-8")
     raw = {**tomllib.loads(text), **(overrides or {})}
     raw.setdefault("name", path.stem)
+    raw = cap_subjects(raw, max_subjects)
     scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif = _parse(raw)
     fit = FitConfig.from_mapping(scenario.fit, model="extended_tofts", fitters=fitters)
     infos = fit.resolve()
