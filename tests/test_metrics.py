@@ -337,7 +337,7 @@ def test_no_warnings_when_nothing_valid(est, ok):
     if not ok.any() or np.isnan(est).all():
         assert m["n_success"] == 0 and m["failure_rate"] == 1.0 and m["within_tol"] == 0.0
         for key in METRICS[3:]:
-            if key not in ("within_tol", "fit_time_per_voxel_s"):
+            if key not in ("within_tol", "fit_time_per_voxel_s", "at_limit_rate"):
                 assert math.isnan(m[key]), key
 
 
@@ -404,3 +404,22 @@ def test_metrics_table_round_trip():
 def test_docstring_examples():
     result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_parameter_at_its_degenerate_limit_is_neither_valid_nor_failed():
+    # 2CXM on extended-Tofts tissue: Fp -> infinity (stored as inf, flagged at_limit_fp)
+    est = np.array([np.inf, np.inf, 50.0, 60.0, np.nan, np.inf])
+    at_limit = np.array([True, True, False, False, False, False])
+    ok = np.array([True, True, True, True, False, True])
+    m = case_metrics(
+        est, np.full(6, 55.0), ok, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2],
+        parameter="fp", at_limit=at_limit,
+    )  # fmt: skip
+    assert m["at_limit_rate"] == pytest.approx(2 / 6)
+    # failed: the NaN (success False) and the unflagged inf; not the two at the limit
+    assert m["failure_rate"] == pytest.approx(2 / 6)
+    assert m["n_success"] == 2 and m["bias"] == pytest.approx(0.0)
+    plain = case_metrics(
+        est, np.full(6, 55.0), ok, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], parameter="fp"
+    )
+    assert plain["failure_rate"] == pytest.approx(4 / 6) and plain["at_limit_rate"] == 0.0

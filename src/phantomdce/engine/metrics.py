@@ -18,8 +18,12 @@ Voxel order is free: tissues and replicates are read from the index arrays only.
 
 Definitions
 -----------
-A voxel is *valid* when ``success`` is True and ``estimate`` is finite; the others are
-*failed*. Errors are ``e = estimate - truth``, in the parameter's units. Unless said otherwise
+A voxel is *valid* when ``success`` is True and ``estimate`` is finite. A voxel whose
+fitter flagged this parameter ``at_limit`` (``at_limit_<param>``: the fit converged but the
+parameter sits at a limit where the model degenerates, e.g. 2CXM Fp -> infinity) and whose
+estimate is not finite is *at its limit*: neither valid nor failed. The others are *failed*.
+A finite estimate at a limit (vp = 0, PS = 0) is a valid estimate and counts as one.
+Errors are ``e = estimate - truth``, in the parameter's units. Unless said otherwise
 a metric uses the valid voxels only. Per tissue ``t``, over its valid voxels: ``m_t`` is the
 mean estimate and ``s_t`` the sample standard deviation (ddof=1) of the estimates; ``y_t`` is
 the tissue's truth. "param" below means the parameter's units.
@@ -29,7 +33,8 @@ metric                formula                                                 un
 ===================== ======================================================= =====
 n_voxels              number of voxels, valid or not                          1
 n_success             number of valid voxels                                  1
-failure_rate          ``1 - n_success / n_voxels``                            1
+failure_rate          ``n_failed / n_voxels`` (failed: neither valid nor at   1
+                      its limit)
 bias                  ``mean(e)``                                             param
 rel_bias_pct          ``100 mean(e / truth)``, valid voxels with truth != 0   %
 median_error          ``median(e)``                                           param
@@ -49,6 +54,7 @@ within_tol            fraction of ALL voxels with                             1
 fit_time_per_voxel_s  ``fit_time_s / n_voxels``                               s
 bias_ci_low/high      95 % percentile CI of ``bias``, block bootstrap over    param
                       noise replicates (below)
+at_limit_rate         fraction of voxels at the parameter's limit             1
 ===================== ======================================================= =====
 
 ``y_t`` is the mean truth over all voxels of tissue ``t`` (the truth is constant within a
@@ -129,6 +135,7 @@ METRICS: tuple[str, ...] = (
     "fit_time_per_voxel_s",
     "bias_ci_low",
     "bias_ci_high",
+    "at_limit_rate",
 )
 
 #: ``(atol, rtol)`` per parameter, in the parameter's units: a voxel is within tolerance when
@@ -151,7 +158,7 @@ TOLERANCES: Mapping[str, tuple[float, float]] = MappingProxyType(
 _Z95 = 1.96
 
 _COUNT_METRICS = ("n_voxels", "n_success")
-_DIMENSIONLESS = ("failure_rate", "ccc", "within_tol")
+_DIMENSIONLESS = ("failure_rate", "ccc", "within_tol", "at_limit_rate")
 _PERCENT = ("rel_bias_pct", "cv_pct")
 _ERROR_TYPE = (
     "bias",
@@ -314,6 +321,7 @@ def case_metrics(
     fit_time_s: float = math.nan,
     n_boot: int = 1000,
     seed: int | np.random.Generator = 0,
+    at_limit: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Compute every metric of one case (one fitter, one parameter).
 
@@ -338,6 +346,8 @@ def case_metrics(
         Number of bootstrap draws for the bias CI (``0`` skips it: NaN).
     seed : int or numpy.random.Generator, optional
         Seed of the bootstrap generator; the same seed gives the same interval.
+    at_limit : array_like of bool, optional
+        The fitter's ``at_limit_<param>`` flag per voxel (default: all False).
 
     Returns
     -------
@@ -358,6 +368,9 @@ def case_metrics(
         "success": np.asarray(success, dtype=bool),
         "tissue": np.asarray(tissue),
         "replicate": np.asarray(replicate),
+        "at_limit": (
+            np.zeros(shape, dtype=bool) if at_limit is None else np.asarray(at_limit, dtype=bool)
+        ),
     }
     for name, arr in arrays.items():
         if arr.shape != shape:
@@ -367,12 +380,14 @@ def case_metrics(
     ok = arrays["success"].ravel()
     tis = arrays["tissue"].ravel()
     rep = arrays["replicate"].ravel()
+    lim = arrays["at_limit"].ravel()
     if not np.all(np.isfinite(tru)):
         raise ValueError("truth must be finite")
 
     n_voxels = est.size
     valid = ok & np.isfinite(est)
     n_success = int(valid.sum())
+    n_limit = int((lim & ~valid & ok).sum())
     err_all = np.where(valid, est - tru, math.nan)
     err = err_all[valid]
     tru_v = tru[valid]
@@ -382,7 +397,8 @@ def case_metrics(
     out["n_voxels"] = float(n_voxels)
     out["n_success"] = float(n_success)
     if n_voxels:
-        out["failure_rate"] = 1.0 - n_success / n_voxels
+        out["failure_rate"] = (n_voxels - n_success - n_limit) / n_voxels
+        out["at_limit_rate"] = n_limit / n_voxels
         out["fit_time_per_voxel_s"] = float(fit_time_s) / n_voxels
         atol, rtol = TOLERANCES[parameter]
         inside = valid & (np.abs(err_all) <= atol + rtol * np.abs(tru))
@@ -464,7 +480,7 @@ def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
     >>> row = {"case": "c1", "fitter": "lsq", "parameter": "ve"}
     >>> row.update(dict.fromkeys(METRICS, float("nan")), n_voxels=6, bias=0.1)
     >>> print(metrics_table([row]).splitlines()[1])
-    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,
+    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,,
     """
     header = ("case", "fitter", "parameter", *METRICS)
     buf = io.StringIO()

@@ -18,7 +18,7 @@ import numpy as np
 
 from phantomdce.params import PARAMETERS
 from phantomdce.report.model import Criterion, RecommendationResult
-from phantomdce.report.verdict import _key, _same, format_knob_value
+from phantomdce.report.verdict import Verdict, _key, _same, format_knob_value
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,8 +81,9 @@ def _parameters_with_rows(result: RecommendationResult) -> list[str]:
 
 
 def _fitters(result: RecommendationResult) -> list[str]:
+    """Judged fitters (error-budget oracle entries are left out)."""
     out = list(result.fitters)
-    out += sorted({r.fitter for r in result.rows} - set(out))
+    out += sorted({r.fitter for r in result.rows} - set(out) - set(result.oracles))
     return out
 
 
@@ -383,6 +384,82 @@ def error_map_figure(
     ax.set_ylabel(f"true {yname}{_unit_suffix(yname)}" if yname else "")
     cbar = fig.colorbar(mesh, ax=ax)
     cbar.set_label(f"mean relative error of {parameter} (%)")
+    return fig
+
+
+def tissue_threshold_figure(verdict: Verdict) -> Figure:
+    """Map of the Ktrans x ve grid: how far each tissue keeps the criterion.
+
+    Parameters
+    ----------
+    verdict : Verdict
+        An ordered-knob verdict on a scenario with a tissue grid.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One cell per (true Ktrans, true ve); the text is the loosest knob value reached
+        from the strictest with the criterion holding for that tissue (for every vp of the
+        cell: the strictest of them), "none" where it fails already at the strictest
+        setting. Colour: green where the recommended setting is reached, red where not.
+    """
+    from phantomdce.report.verdict import tissue_loosest
+
+    per = tissue_loosest(verdict)
+    fig = _new_figure(9.0, 6.0)
+    ax = fig.add_subplot()
+    ax.set_title(
+        f"{verdict.title}: loosest {verdict.knob_label} at which each tissue meets the "
+        f"criterion\n{verdict.fitter} (strictest over the other tissue axes)",
+        fontsize=10,
+    )
+    xname, yname, others = _tissue_axes([truth for truth, _ in per.values()])
+    if not per or xname is None or verdict.kind == "category":
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no tissue grid for this recommendation", ha="center", va="center")
+        return fig
+    xs = _finite_sorted(t.get(xname, math.nan) for t, _ in per.values())
+    ys = _finite_sorted(t.get(yname, math.nan) for t, _ in per.values()) if yname else [0.0]
+    sign = 1.0 if verdict.kind == "max" else -1.0
+    # strictest over the other axes: for "max" the smallest loosest value (None = -inf)
+    cell: dict[tuple[int, int], float] = {}
+    for truth, value in per.values():
+        xv, yv = truth.get(xname, math.nan), truth.get(yname, math.nan) if yname else 0.0
+        if xv not in xs or yv not in ys:
+            continue
+        score = -math.inf if value is None else sign * float(value)
+        ij = (ys.index(yv), xs.index(xv))
+        cell[ij] = min(cell.get(ij, math.inf), score)
+    target = verdict.recommended_values[0] if verdict.recommended_values else None
+    import matplotlib as mpl
+
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for (i, j), score in cell.items():
+        if target is None:
+            grid[i, j] = 0.5
+        else:
+            grid[i, j] = 1.0 if score >= sign * float(target) - 1e-9 else 0.0
+    cmap = mpl.colors.ListedColormap(["#f4a6a6", "#a8e0b0"]).with_extremes(bad="0.85")
+    ax.pcolormesh(
+        np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, edgecolors="white", lw=0.5
+    )
+    for (i, j), score in cell.items():
+        text = "none" if score == -math.inf else format_knob_value(
+            sign * score, verdict.knob_label
+        )
+        ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=9)
+    ax.set_xticks(np.arange(len(xs)) + 0.5)
+    ax.set_xticklabels([f"{v:.3g}" for v in xs])
+    ax.set_yticks(np.arange(len(ys)) + 0.5)
+    ax.set_yticklabels([f"{v:.3g}" for v in ys] if yname else [""])
+    ax.set_xlabel(f"true {xname}{_unit_suffix(xname)}")
+    ax.set_ylabel(f"true {yname}{_unit_suffix(yname)}" if yname else "")
+    if target is not None:
+        where = format_knob_value(target, verdict.knob_label)
+        ax.text(
+            1.0, -0.12, f"green: meets at the recommended {where}; red: does not",
+            transform=ax.transAxes, ha="right", fontsize=8,
+        )  # fmt: skip
     return fig
 
 

@@ -60,12 +60,33 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class Criterion:
-    """Accuracy criterion per parameter (default: |rel bias| <= 10%, CV <= 20%)."""
+    """Accuracy criterion per parameter, judged per tissue.
+
+    Attributes
+    ----------
+    max_abs_rel_bias_pct : dict of str to float
+        Largest admissible |relative bias| per parameter, % (default 10 % for Ktrans and ve).
+    max_cv_pct : dict of str to float
+        Largest admissible coefficient of variation per parameter, % (default 20 %).
+    min_tissue_fraction : float
+        On a scenario with a tissue grid, the fraction (0-1) of the grid's tissues for which
+        every limit must hold at a setting (default 0.9: at least 90 % of the tissues). The
+        pooled (grid-average) numbers must hold as well. Scenarios without a tissue grid
+        (the neck phantom) are judged on the pooled numbers alone.
+    """
 
     max_abs_rel_bias_pct: dict[str, float] = field(
         default_factory=lambda: {"Ktrans": 10.0, "ve": 10.0}
     )
     max_cv_pct: dict[str, float] = field(default_factory=lambda: {"Ktrans": 20.0, "ve": 20.0})
+    min_tissue_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_tissue_fraction <= 1.0:
+            raise ValueError(
+                f"criterion.min_tissue_fraction = {self.min_tissue_fraction!r}: expected a"
+                " fraction in (0, 1]"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,13 @@ class KnobRow:
 
 @dataclass(frozen=True)
 class TissueRow:
-    """Mean relative error (%) and CV (%) of one tissue (grid point) at one knob value."""
+    """Mean relative error (%), CV (%) and failure rate of one tissue at one knob value.
+
+    Pooled over the cases of the knob value (nuisance axes) like :class:`KnobRow`. ``n`` is
+    the number of valid estimates; ``failure_rate`` (0-1) counts failed fits among the
+    tissue's voxels (a parameter at a degenerate limit, ``at_limit_<param>`` with a
+    non-finite value, is neither valid nor failed); ``tissue`` is the grid index.
+    """
 
     knob_value: Any
     fitter: str
@@ -97,6 +124,8 @@ class TissueRow:
     mean_rel_error_pct: float
     cv_pct: float
     n: int
+    failure_rate: float = 0.0
+    tissue: int = -1
 
 
 @dataclass
@@ -113,3 +142,9 @@ class RecommendationResult:
     """(knob value, fitter, parameter) -> (truth, estimate) samples for error-vs-truth plots."""
     figures: list[tuple[Path, str]] = field(default_factory=list)
     """Figures a run drew itself (PNG path, caption), e.g. the phantom's maps and AIF."""
+    oracles: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Error-budget entries: label -> (judged fitter label, pipeline stage set to its truth).
+
+    Their rows are in ``rows`` but they are not in ``fitters`` and are never judged."""
+    tissue_grid: bool = True
+    """Whether the runs have a tissue grid (the per-tissue criterion applies)."""

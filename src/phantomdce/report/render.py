@@ -23,16 +23,26 @@ from typing import Any
 
 from phantomdce.report.model import Criterion, RecommendationResult
 from phantomdce.report.verdict import (
+    DEGENERATE,
     FAILS,
     MAX_FAILURE_RATE,
     MEETS,
     MEETS_CI_CROSSES,
     NO_DATA,
+    NOT_ESTIMABLE,
+    BudgetEntry,
     Setting,
     Verdict,
-    describe_criterion,
+    error_budget,
     format_knob_value,
     judge_all,
+)
+from phantomdce.report.words import (
+    CLASS_WORDS,
+    describe_criterion,
+    loosest_words,
+    tissue_words,
+    verdict_summary,
 )
 
 __all__ = ["write_report"]
@@ -54,29 +64,24 @@ th{background:#f0f0f3}td.num{text-align:right;white-space:nowrap}
 .st-bad{background:#fde2e1;color:#7f1d1d}.st-na{background:#e9e9ee;color:#444}
 .rec{font-size:1.05em;background:#f5f7ff;border-left:4px solid #4c6ef5;padding:.4em .8em}
 .notes{color:#444;font-style:italic}
+.grey{color:#999}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555}
 nav ul{columns:2}
 """
 
-_CSS_CLASS = {MEETS: "st-ok", MEETS_CI_CROSSES: "st-warn", FAILS: "st-bad", NO_DATA: "st-na"}
+_CSS_CLASS = {
+    MEETS: "st-ok",
+    MEETS_CI_CROSSES: "st-warn",
+    FAILS: "st-bad",
+    NOT_ESTIMABLE: "st-na",
+    DEGENERATE: "st-na",
+    NO_DATA: "st-na",
+}
 
 _NO_RESULTS = "No results for this recommendation."
 
-_CLASS_WORDS = (
-    (MEETS, "point estimates and the whole 95% CI of the relative bias inside the limits"),
-    (
-        MEETS_CI_CROSSES,
-        "point estimates inside the limits, but the 95% CI of the relative bias "
-        "crosses a limit (or is unavailable)",
-    ),  # fmt: skip
-    (
-        FAILS,
-        "a point estimate outside a limit, too many failed fits, or a metric that could "
-        "not be computed (NaN)",
-    ),  # fmt: skip
-    (NO_DATA, "the fitter has no result at this setting"),
-)
+_CLASS_WORDS = CLASS_WORDS
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class _Section:
     knob: _Fig
     detail: list[_Fig]
     detail_note: str
+    budgets: list[tuple[Verdict, Any, list[BudgetEntry]]]
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -156,18 +162,30 @@ def _recommended_words(v: Verdict) -> str:
     return ", ".join(_fmt(v, x) for x in v.recommended_values)
 
 
-def _loosest_words(v: Verdict) -> tuple[str, str]:
-    """(point-estimate words, whole-CI words) of the loosest setting that meets."""
-    if v.kind == "category":
-        point = ", ".join(_fmt(v, x) for x in v.loosest_meeting) or "none"
-        ci = ", ".join(_fmt(v, x) for x in v.loosest_meeting_ci) or "none"
-    else:
-        point = "none" if v.loosest_meeting is None else _fmt(v, v.loosest_meeting)
-        met = [s.knob_value for s in v.settings if s.status in (MEETS, MEETS_CI_CROSSES)]
-        if v.loosest_meeting is None and met:  # the strictest fails, looser ones meet
-            point = "none from the strictest (met at " + ", ".join(_fmt(v, x) for x in met) + ")"
-        ci = "none" if v.loosest_meeting_ci is None else _fmt(v, v.loosest_meeting_ci)
-    return point, ci
+def _verdict_rows(v: Verdict) -> list[tuple[str, str]]:
+    """(recommended setting words, class) rows: one per option of a category verdict."""
+    if v.kind == "category" and v.options:
+        return [(_fmt(v, value), status) for value, status in v.options]
+    return [(_recommended_words(v), v.recommended_meets)]
+
+
+def _loosest_cell(v: Verdict) -> str:
+    point, ci = loosest_words(v)
+    text = point if ci == point else f"{point} (whole CI inside: {ci})"
+    if v.tissue_grid and v.kind != "category":
+
+        def fmt(x: Any) -> str:
+            return "none" if x is None else _fmt(v, x)
+
+        if (v.loosest_average, v.loosest_worst_tissue) != (v.loosest_meeting,) * 2:
+            text += (
+                f"; grid average: {fmt(v.loosest_average)}; "
+                f"every tissue: {fmt(v.loosest_worst_tissue)}"
+            )
+    return text
+
+
+_UNJUDGED = (NOT_ESTIMABLE, DEGENERATE)
 
 
 def _setting_columns(v: Verdict) -> list[str]:
@@ -179,24 +197,90 @@ def _setting_columns(v: Verdict) -> list[str]:
             f"{p} CV % (noise only)",
             f"{p} failed %",
         ]
+    if v.tissue_grid:
+        cols += ["tissues meeting", "worst tissue"]
     return cols + ["why"]
 
 
-def _setting_cells(v: Verdict, s: Setting) -> list[str]:
+def _setting_cells(v: Verdict, s: Setting) -> tuple[list[str], set[int]]:
+    """The cells of one setting row, and the indices of cells shown greyed (not judged)."""
     cells = [_fmt(v, s.knob_value), s.status]
+    grey: set[int] = set()
     for p in v.parameters:
         c = s.checks.get(p)
         if c is None:
             cells += ["-", "-", "-", "-"]
         else:
             same = math.isnan(c.case_bias_min) or c.case_bias_min == c.case_bias_max
+            failed = _pct(100 * c.failure_rate)
+            if math.isfinite(c.at_limit_rate) and c.at_limit_rate > 0:
+                failed += f" (+{_pct(100 * c.at_limit_rate)} at a limit)"
+            if s.status in _UNJUDGED:
+                grey.update(range(len(cells), len(cells) + 3))
             cells += [
                 _bias_cell(c.rel_bias_pct, c.ci_low, c.ci_high),
                 "-" if same else f"{_pct(c.case_bias_min)} to {_pct(c.case_bias_max)}",
                 f"{_pct(c.cv_pct)}" + ("" if same else f" ({_pct(c.cv_noise_pct)})"),
-                _pct(100 * c.failure_rate),
+                failed,
             ]
-    return cells + ["; ".join(s.reasons)]
+    if v.tissue_grid:
+        worst = s.worst_tissue
+        if s.tissues:
+            cells.append(f"{s.tissues_meeting} of {len(s.tissues)}")
+        else:
+            cells.append("-")
+        if worst is None:
+            cells.append("-")
+        else:
+            p = worst.parameter
+            cells.append(
+                f"{tissue_words(worst.truth)}: {p} bias "
+                f"{_pct(worst.rel_bias_pct.get(p, math.nan))}%, CV "
+                f"{_pct(worst.cv_pct.get(p, math.nan))}%"
+            )
+        if s.status in _UNJUDGED:
+            grey.update((len(cells) - 2, len(cells) - 1))
+    return cells + ["; ".join(str(r) for r in s.reasons)], grey
+
+
+_BUDGET_NAMES = {
+    "": "every stage estimated",
+    "t1": "true T1",
+    "aif": "true AIF",
+    "baseline": "true baseline signal",
+}
+
+
+def _budget_table(entries: list[BudgetEntry]) -> tuple[list[str], list[list[str]]]:
+    header = [
+        "pipeline",
+        "parameter",
+        "rel. bias %",
+        "CV %",
+        "bias due to this stage, %",
+        "CV due to this stage, %",
+    ]
+    rows = []
+    for e in entries:
+        rows.append(
+            [
+                _BUDGET_NAMES.get(e.stage, f"true {e.stage}"),
+                e.parameter,
+                _pct(e.rel_bias_pct),
+                _pct(e.cv_pct),
+                "-" if not e.stage else _pct(e.bias_share_pct),
+                "-" if not e.stage else _pct(e.cv_share_pct),
+            ]
+        )
+    return header, rows
+
+
+_BUDGET_NOTE = (
+    "Error budget: the same cases (same noise) fitted with one pipeline stage at a time set "
+    "to its true value. The bias due to a stage is the full pipeline's relative bias minus "
+    "the bias with that stage true; the CV due to a stage is sqrt(CV_full^2 - CV_true^2) "
+    "(independent sources add in quadrature)."
+)
 
 
 def _info_value(value: Any) -> str:
@@ -216,6 +300,7 @@ def _make_sections(
         figure_to_png,
         knob_figure,
         scatter_figure,
+        tissue_threshold_figure,
     )
 
     def save(fig: Any, name: str, caption: str) -> _Fig:
@@ -239,6 +324,22 @@ def _make_sections(
         detail: list[_Fig] = []
         note = ""
         first = verdicts[0] if verdicts else None
+        budgets = []
+        for v in verdicts:
+            if v.recommended_values:
+                entries = error_budget(result, v.fitter, v.recommended_values[0], v.parameters)
+                if entries:
+                    budgets.append((v, v.recommended_values[0], entries))
+        if first is not None and first.tissue_grid and first.kind != "category":
+            detail.append(
+                save(
+                    tissue_threshold_figure(first),
+                    f"{stem}_tissue_threshold",
+                    f"How far each tissue of the Ktrans x ve grid keeps the criterion "
+                    f"({first.fitter}): the loosest {rec.knob_label} reached from the "
+                    "strictest setting with the criterion holding for that tissue.",
+                )
+            )
         if first is None:
             note = ""
         elif not first.recommended_values:
@@ -272,7 +373,7 @@ def _make_sections(
             copy = figdir / f"{stem}_run_{k:02d}.png"
             _write_atomic(copy, png)
             detail.append(_Fig(copy, png, caption))
-        sections.append(_Section(result, verdicts, knob, detail, note))
+        sections.append(_Section(result, verdicts, knob, detail, note, budgets))
     return sections
 
 
@@ -355,18 +456,18 @@ def _html(
                  _badge(NO_DATA), "-", _h(_NO_RESULTS)]
             )  # fmt: skip
         for v in sec.verdicts:
-            point, ci = _loosest_words(v)
-            loosest = _h(point) + ("" if ci == point else f"<br>whole CI inside: {_h(ci)}")
-            rows.append(
-                [
-                    f"<strong>{_h(rec.title)}</strong><br>{_h(rec.text)}",
-                    _h(v.fitter),
-                    _h(_short_criterion(criterion, v.parameters)),
-                    f"{_h(_recommended_words(v))}: {_badge(v.recommended_meets)}",
-                    loosest,
-                    _h(v.summary),
-                ]
-            )
+            summary = verdict_summary(v)
+            for words, status in _verdict_rows(v):
+                rows.append(
+                    [
+                        f"<strong>{_h(rec.title)}</strong><br>{_h(rec.text)}",
+                        _h(v.fitter),
+                        _h(_short_criterion(criterion, v.parameters)),
+                        f"{_h(words)}: {_badge(status)}",
+                        _h(_loosest_cell(v)),
+                        _h(summary),
+                    ]
+                )
     header = [
         "recommendation",
         "fitter",
@@ -379,8 +480,11 @@ def _html(
     out.append(
         "<p>Classes: "
         + "; ".join(f"{_badge(k)} {_h(w)}" for k, w in _CLASS_WORDS)
-        + ". The loosest setting is reached from the strictest simulated one without a failing "
-        "setting in between; settings without data are skipped.</p>"
+        + ". The loosest setting is reached from the strictest simulated one without a setting "
+        "that does not meet in between; settings without data are skipped. On a tissue grid "
+        "the loosest setting is also given for the grid average alone and with every tissue "
+        "required to meet. A recommendation with alternatives (categories) has one row per "
+        "recommended option, each judged on its own.</p>"
     )
     out.append("</section>")
     if literature:
@@ -434,19 +538,32 @@ def _html(
         out.append(_img(sec.knob))
         for v in sec.verdicts:
             out.append(
-                f"<h3>{_h(v.fitter)}: recommended setting {_badge(v.recommended_meets)}</h3>"
+                f"<h3>{_h(v.fitter)}: "
+                + "; ".join(f"{_h(w)} {_badge(st)}" for w, st in _verdict_rows(v))
+                + "</h3>"
             )
-            out.append(f"<p>{_h(v.summary)}</p>")
+            out.append(f"<p>{_h(verdict_summary(v))}</p>")
             if v.notes:
                 out.append(
                     '<ul class="notes">' + "".join(f"<li>{_h(n)}</li>" for n in v.notes) + "</ul>"
                 )
             cells = []
             for s in v.settings:
-                row = [_h(c) for c in _setting_cells(v, s)]
+                texts, grey = _setting_cells(v, s)
+                row = [
+                    f'<span class="grey">{_h(c)}</span>' if j in grey else _h(c)
+                    for j, c in enumerate(texts)
+                ]
                 row[1] = _badge(s.status)
                 cells.append(row)
             out.append(_html_table(_setting_columns(v), cells, raw=True))
+        for v, value, entries in sec.budgets:
+            out.append(
+                f"<h3>Error budget: {_h(v.fitter)} at {_h(_fmt(v, value))}</h3>"
+                f'<p class="notes">{_h(_BUDGET_NOTE)}</p>'
+            )
+            header, budget_rows = _budget_table(entries)
+            out.append(_html_table(header, budget_rows))
         if sec.detail or sec.detail_note:
             out.append(f"<h3>Error maps and error against truth: {_h(sec.detail_note)}</h3>")
             out += [_img(f) for f in sec.detail]
@@ -517,17 +634,18 @@ def _markdown(
         if not sec.verdicts:
             rows.append([f"{rec.title}: {rec.text}", "-", "-", NO_DATA, "-", _NO_RESULTS])
         for v in sec.verdicts:
-            point, ci = _loosest_words(v)
-            rows.append(
-                [
-                    f"{rec.title}: {rec.text}",
-                    v.fitter,
-                    _short_criterion(criterion, v.parameters),
-                    f"{_recommended_words(v)}: **{v.recommended_meets}**",
-                    point if ci == point else f"{point} (whole CI inside: {ci})",
-                    v.summary,
-                ]
-            )
+            summary = verdict_summary(v)
+            for words, status in _verdict_rows(v):
+                rows.append(
+                    [
+                        f"{rec.title}: {rec.text}",
+                        v.fitter,
+                        _short_criterion(criterion, v.parameters),
+                        f"{words}: **{status}**",
+                        _loosest_cell(v),
+                        summary,
+                    ]
+                )
     out.append(
         _md_table(
             [
@@ -591,15 +709,30 @@ def _markdown(
         for v in sec.verdicts:
             out += [
                 "",
-                f"### {_md(v.fitter)}: recommended setting {_md(v.recommended_meets)}",
+                f"### {_md(v.fitter)}: "
+                + "; ".join(f"{_md(w)}: {_md(st)}" for w, st in _verdict_rows(v)),
                 "",
-                _md(v.summary),
+                _md(verdict_summary(v)),
             ]
             if v.notes:
                 out += [""] + [f"- {_md(n)}" for n in v.notes]
+            md_rows = []
+            for s in v.settings:
+                texts, grey = _setting_cells(v, s)
+                md_rows.append(
+                    [f"({c}, not judged)" if j in grey and c != "-" else c
+                     for j, c in enumerate(texts)]
+                )  # fmt: skip
+            out += ["", _md_table(_setting_columns(v), md_rows)]
+        for v, value, entries in sec.budgets:
+            header, budget_rows = _budget_table(entries)
             out += [
                 "",
-                _md_table(_setting_columns(v), [_setting_cells(v, s) for s in v.settings]),
+                f"### Error budget: {_md(v.fitter)} at {_md(_fmt(v, value))}",
+                "",
+                f"*{_md(_BUDGET_NOTE)}*",
+                "",
+                _md_table(header, budget_rows),
             ]
         if sec.detail or sec.detail_note:
             out += ["", f"### Error maps and error against truth: {_md(sec.detail_note)}"]

@@ -12,6 +12,7 @@ categories.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -38,18 +39,29 @@ REC_KEYS = (
     "notes",
     "knob_value",
     "order",
+    "option",
 )
 _SCATTER_MAX = 1500
 
 
 def parse_recommendation(raw: dict[str, Any], where: str) -> tuple[Recommendation, Any, int]:
-    """Check a ``[recommendation]`` table; returns it, its fixed knob value and its order."""
+    """Check a ``[recommendation]`` table; returns it, its fixed knob value and its order.
+
+    ``option`` (text, optional) names one of several ways of following the recommendation
+    (e.g. ``"carotid ROI"`` and ``"population AIF"`` for the AIF of an injection-rate sweep):
+    runs of the same ``id`` with different options are judged separately, each option on its
+    own verdict row (its fitters are labelled ``"<fitter> (<option>)"``).
+    """
     for key in raw:
         if key not in REC_KEYS:
             raise ConfigError(f"{where}: unknown key 'recommendation.{key}'; expected {REC_KEYS}")
     for key in ("id", "title", "text", "knob", "kind"):
         if not isinstance(raw.get(key), str):
             raise ConfigError(f"{where}: recommendation.{key} = {raw.get(key)!r}: expected text")
+    if "option" in raw and not (isinstance(raw["option"], str) and raw["option"].strip()):
+        raise ConfigError(
+            f"{where}: recommendation.option = {raw['option']!r}: expected a non-empty text"
+        )
     if raw["kind"] not in ("max", "min", "category"):
         raise ConfigError(
             f"{where}: recommendation.kind = {raw['kind']!r}: expected 'max', 'min' or 'category'"
@@ -135,9 +147,12 @@ def collect_results(out: str | Path, *, seed: int = 0) -> list[RecommendationRes
         if "recommendation" not in raw:
             continue
         rec, fixed, order = parse_recommendation(raw["recommendation"], str(d))
+        option = raw["recommendation"].get("option")
         g = groups.setdefault(rec.id, {"rec": rec, "order": order, "runs": []})
-        for other_dir, other_meta, other_fixed in g["runs"]:
-            if fixed is None or other_fixed is None or fixed == other_fixed:
+        for other_dir, other_meta, other_fixed, other_option in g["runs"]:
+            if other_option != option:
+                pass
+            elif fixed is None or other_fixed is None or fixed == other_fixed:
                 raise ValueError(
                     f"runs {other_dir.name} and {d.name} both report on recommendation"
                     f" {rec.id!r}"
@@ -149,7 +164,7 @@ def collect_results(out: str | Path, *, seed: int = 0) -> list[RecommendationRes
                     f"runs {other_dir.name} and {d.name} of recommendation {rec.id!r} have"
                     " different tissue grids: their tissues cannot be pooled"
                 )
-        g["runs"].append((d, meta, fixed))
+        g["runs"].append((d, meta, fixed, option))
     if not groups:
         raise FileNotFoundError(f"{out}: no run has a [recommendation] table to report on")
     results = []
@@ -158,24 +173,50 @@ def collect_results(out: str | Path, *, seed: int = 0) -> list[RecommendationRes
     return results
 
 
+def _noise_free(meta: dict[str, Any], case_values: dict[str, Any]) -> bool:
+    """Whether a case was simulated without noise (``snr = inf``)."""
+    snr = case_values.get("snr", meta.get("scenario", {}).get("protocol", {}).get("snr"))
+    try:
+        return snr is not None and math.isinf(float(snr))
+    except (TypeError, ValueError):
+        return False
+
+
 def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> RecommendationResult:
     pools: dict[tuple[Any, str, str], list[dict[str, np.ndarray]]] = {}
     knob_values: list[Any] = []
     fitters: list[str] = []
+    oracles: dict[str, tuple[str, str]] = {}
     scenarios = []
     block = 0
-    for run_dir, meta, fixed in runs:
+    noise_free: dict[tuple[Any, str, str], list[bool]] = {}
+    tissue_grid = True
+    for run_dir, meta, fixed, option in runs:
         scenarios.append(meta["scenario_name"])
+        tissue_grid = tissue_grid and "model" in meta["scenario"].get("tissue", {})
         estimated = {f["name"]: estimated_parameters(f["model"]) for f in meta["fitters"]}
+        oracle_of = {
+            f["name"]: (f["oracle_of"], f["oracle_stage"])
+            for f in meta["fitters"]
+            if "oracle_of" in f
+        }
         tree = open_results(run_dir)
         for case_name in sorted(tree.children):
             ds = tree[case_name].to_dataset().load()
-            knob = _case_knob(ds.attrs.get("case_values", {}), rec.knob, fixed)
+            case_values = ds.attrs.get("case_values", {})
+            knob = _case_knob(case_values, rec.knob, fixed)
             replicate = ds["replicate"].values + block
             block += int(ds["replicate"].values.max()) + 1
             for f, fitter in enumerate(ds["fitter"].values.tolist()):
                 key_value = fitter if rec.knob == "fitter" else knob
                 label = "fitted model" if rec.knob == "fitter" else fitter
+                if option is not None:
+                    label = f"{label} ({option})"
+                if fitter in oracle_of:
+                    base, stage = oracle_of[fitter]
+                    if option is not None:
+                        base = f"{base} ({option})"
+                    oracles[label] = (base, stage)
                 if key_value not in knob_values:
                     knob_values.append(key_value)
                 if label not in fitters:
@@ -184,11 +225,21 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
                     truth = _truth(ds, name)
                     if truth is None or name not in ds or name not in estimated[fitter]:
                         continue
+                    limit = f"at_limit_{name}"
+                    at_limit = (
+                        ds[limit].values[f].astype(bool)
+                        if limit in ds
+                        else np.zeros(ds.sizes["voxel"], dtype=bool)
+                    )
+                    noise_free.setdefault((key_value, label, name), []).append(
+                        _noise_free(meta, case_values)
+                    )
                     pools.setdefault((key_value, label, name), []).append(
                         {
                             "estimate": ds[name].values[f],
                             "truth": truth,
                             "success": ds["success"].values[f],
+                            "at_limit": at_limit,
                             "tissue": ds["tissue"].values,
                             "replicate": replicate,
                             **{
@@ -211,6 +262,7 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
             p["tissue"],
             p["replicate"],
             parameter=name,
+            at_limit=p["at_limit"],
             seed=seed,
         )
         ok = p["success"] & np.isfinite(p["estimate"])
@@ -229,6 +281,7 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
                 c["tissue"],
                 c["replicate"],
                 parameter=name,
+                at_limit=c["at_limit"],
                 n_boot=0,
             )
             for c in chunks
@@ -242,6 +295,8 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
         finite = biases[np.isfinite(biases)]
         m["rel_bias_case_min"] = float(finite.min()) if finite.size else float("nan")
         m["rel_bias_case_max"] = float(finite.max()) if finite.size else float("nan")
+        m["noise_free"] = float(all(noise_free[(knob, fitter, name)]))
+        m["tissue_grid"] = float(tissue_grid)
         rows.append(KnobRow(knob, fitter, name, m))
         tissues.extend(_tissue_rows(knob, fitter, name, p, rel, ok))
         idx = np.flatnonzero(ok)
@@ -249,15 +304,26 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
             idx = np.sort(rng.choice(idx, _SCATTER_MAX, replace=False))
         scatter[(knob, fitter, name)] = (p["truth"][idx].tolist(), p["estimate"][idx].tolist())
     figures = []
-    for run_dir, _, _ in runs:
+    for run_dir, _, _, _ in runs:
         manifest = run_dir / "figures.json"
         if manifest.exists():
             for entry in json.loads(manifest.read_text()):
                 path = run_dir / entry["file"]
                 if path.exists():
                     figures.append((path, f"{run_dir.name}: {entry['caption']}"))
+    judged = [f for f in fitters if f not in oracles]
+    rows = [r for r in rows if r.fitter not in oracles] + [r for r in rows if r.fitter in oracles]
     return RecommendationResult(
-        rec, ", ".join(scenarios), knob_values, fitters, rows, tissues, scatter, figures
+        rec,
+        ", ".join(scenarios),
+        knob_values,
+        judged,
+        rows,
+        tissues,
+        scatter,
+        figures,
+        oracles=oracles,
+        tissue_grid=tissue_grid,
     )
 
 
@@ -271,11 +337,13 @@ def _truth(ds, name: str) -> np.ndarray | None:
 
 def _tissue_rows(knob, fitter, name, p, rel, ok) -> list[TissueRow]:
     out = []
+    at_limit = p["at_limit"] & ~np.isfinite(p["estimate"])
     for tissue in np.unique(p["tissue"]):
         sel = p["tissue"] == tissue
         good = sel & ok
         est = p["estimate"][good]
         truth = {k[2:]: float(p[k][sel][0]) for k in p if k.startswith("t_")}
+        counted = int((sel & ~at_limit).sum())
         with np.errstate(invalid="ignore", divide="ignore"):
             finite = rel[good][np.isfinite(rel[good])]
             mean_rel = float(finite.mean()) if finite.size else float("nan")
@@ -284,5 +352,18 @@ def _tissue_rows(knob, fitter, name, p, rel, ok) -> list[TissueRow]:
                 if est.size > 1 and est.mean() != 0
                 else float("nan")
             )
-        out.append(TissueRow(knob, fitter, name, truth, mean_rel, cv, int(good.sum())))
+        failure = 1.0 - int(good.sum()) / counted if counted else float("nan")
+        out.append(
+            TissueRow(
+                knob,
+                fitter,
+                name,
+                truth,
+                mean_rel,
+                cv,
+                int(good.sum()),
+                failure_rate=failure,
+                tissue=int(tissue),
+            )
+        )
     return out

@@ -1,52 +1,62 @@
 """Verdicts: does a recommended setting meet an accuracy criterion, and how far does it hold.
 
 Pure logic on the rows of a :class:`~phantomdce.report.model.RecommendationResult` (no
-plotting, no I/O). Every number in a verdict and in its summary sentence is read from the
-rows; nothing is typed in.
+plotting, no I/O, no prose). A verdict is data: classes, numbers and structured
+:class:`Reason` objects; :mod:`phantomdce.report.words` writes the sentences.
 
 Rules
 -----
 A *setting* is one fitter at one value of the swept knob. Each judged parameter ``p`` is
-checked on its :class:`~phantomdce.report.model.KnobRow` metrics:
+checked on its pooled :class:`~phantomdce.report.model.KnobRow` metrics and, on a scenario
+with a tissue grid, on each tissue's :class:`~phantomdce.report.model.TissueRow`:
 
-- ``|rel_bias_pct| <= criterion.max_abs_rel_bias_pct[p]`` (if ``p`` has a bias limit);
-- ``cv_pct <= criterion.max_cv_pct[p]`` (if ``p`` has a CV limit);
 - ``failure_rate <= max_failure_rate`` (:data:`MAX_FAILURE_RATE`, 5 %, unless the caller
-  passes another value; it is kept outside :class:`~phantomdce.report.model.Criterion` so
-  the criterion stays about accuracy and precision).
+  passes another value);
+- ``|rel_bias_pct| <= criterion.max_abs_rel_bias_pct[p]`` (if ``p`` has a bias limit);
+- ``cv_pct <= criterion.max_cv_pct[p]`` (if ``p`` has a CV limit).
 
-A NaN or missing metric fails its check, and the reason says so. The setting is classified:
+A tissue *meets* when every judged parameter meets all three on that tissue's numbers (NaN
+fails). The setting is classified, the first rule that applies winning:
 
 =================================== =========================================================
-:data:`MEETS`                       every check passes and the whole bootstrap 95 % CI of the
-                                    relative bias (``rel_bias_ci_low``, ``rel_bias_ci_high``)
-                                    lies inside ``±limit``
-:data:`MEETS_CI_CROSSES`            every check passes on the point estimates, but a CI
-                                    crosses the limit (or is unavailable, e.g. one replicate)
-:data:`FAILS`                       at least one check fails
-:data:`NO_DATA`                     the fitter has no row for a judged parameter at this value
+:data:`NO_DATA`                     the fitter has no row for a judged parameter here
+:data:`NOT_ESTIMABLE`               a judged parameter's pooled failure rate exceeds the
+                                    limit (or is NaN): its bias and CV come from the few
+                                    survivors and are shown, never judged
+:data:`DEGENERATE`                  the data are noisy but a judged parameter's estimates do
+                                    not move with the noise (CV < :data:`DEGENERATE_CV_PCT`):
+                                    the fit learned nothing (e.g. it returned its start)
+:data:`FAILS`                       a pooled bias or CV is outside its limit or NaN, or the
+                                    criterion holds in fewer than
+                                    ``criterion.min_tissue_fraction`` of the tissues
+:data:`MEETS_CI_CROSSES`            all the above pass, but a bootstrap 95 % CI of a pooled
+                                    relative bias crosses its limit (or is unavailable)
+:data:`MEETS`                       all the above pass with every CI inside the limits
 =================================== =========================================================
 
 Judged parameters are those with a limit in the criterion that the recommendation lists in
-``parameters`` and that the fitter estimates (has a row for at some knob value); the others
-are named in :attr:`Verdict.notes`.
+``parameters`` and that the fitter estimates; the others are named in :attr:`Verdict.notes`.
 
 Ordered knobs (``kind`` ``"max"`` or ``"min"``) are walked from the strictest value (the
 smallest for ``"max"``, the largest for ``"min"``) towards looser ones; settings without
 data are skipped. :attr:`Verdict.loosest_meeting` is the last value before the first setting
-that does not meet on point estimates (both *meets* classes count), and
-:attr:`Verdict.loosest_meeting_ci` the same walk counting :data:`MEETS` only. The
-recommended setting is the ``threshold`` if the fitter has it (else the nearest value on the
-recommended side: the largest value below it for ``"max"``, the smallest above it for
-``"min"``); without a threshold, the values in ``recommended``. For ``"category"`` knobs
-each recommended category is judged and ``loosest_meeting`` lists the categories that meet.
+that does not meet (both *meets* classes count), :attr:`Verdict.loosest_meeting_ci` the same
+walk counting :data:`MEETS` only; :attr:`Verdict.loosest_average` walks the pooled
+(grid-average) checks alone and :attr:`Verdict.loosest_worst_tissue` requires every tissue
+to meet. The recommended setting is the ``threshold`` if the fitter has it (else the nearest
+value on the recommended side); without a threshold, the values in ``recommended``. For
+``"category"`` knobs each recommended category is its own option, judged on its own
+(:attr:`Verdict.options`): an optional alternative that fails does not make the primary
+option fail.
 
 Examples
 --------
 >>> from phantomdce.report.model import Criterion
+>>> from phantomdce.report.words import describe_criterion
 >>> for part in describe_criterion(Criterion()).split("; "):
 ...     print(part)
 |relative bias| <= 10% (95% CI inside ±10%) and CV <= 20% for Ktrans and ve
+in >= 90% of the tissues of the grid and on the grid average
 failure rate <= 5%
 >>> format_knob_value(5.0, "temporal resolution (s)")
 '5 s'
@@ -62,44 +72,132 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from phantomdce.report.model import Criterion, KnobRow, RecommendationResult
+from phantomdce.report.model import Criterion, KnobRow, RecommendationResult, TissueRow
 
 __all__ = [
+    "DEGENERATE",
+    "DEGENERATE_CV_PCT",
     "FAILS",
     "MAX_FAILURE_RATE",
     "MEETS",
     "MEETS_CI_CROSSES",
+    "NOT_ESTIMABLE",
     "NO_DATA",
+    "BudgetEntry",
     "ParamCheck",
+    "Reason",
     "Setting",
+    "TissueCheck",
     "Verdict",
     "describe_criterion",
+    "error_budget",
     "format_knob_value",
     "judge",
     "judge_all",
+    "tissue_loosest",
 ]
 
-#: Largest fraction of failed fits (0-1) a setting may have and still meet the criterion.
+#: Largest fraction of failed fits (0-1) a setting may have and still be estimable.
 MAX_FAILURE_RATE = 0.05
 
-#: Class of a setting whose point estimates and whole bias CI are inside the limits.
+#: A CV (%) below this on noisy data means the estimates do not move with the noise.
+DEGENERATE_CV_PCT = 1e-6
+
+#: Class of a setting whose checks pass and whose bias CIs are inside the limits.
 MEETS = "meets"
-#: Class of a setting whose point estimates meet but whose bias CI crosses a limit.
+#: Class of a setting whose checks pass but whose bias CI crosses a limit.
 MEETS_CI_CROSSES = "meets (CI crosses the limit)"
-#: Class of a setting that fails at least one check (NaN metrics fail).
+#: Class of a setting that fails a check on bias, CV or the fraction of tissues.
 FAILS = "fails"
+#: Class of a setting where more fits failed than the criterion allows.
+NOT_ESTIMABLE = "not estimable"
+#: Class of a setting whose estimates do not vary with the noise.
+DEGENERATE = "degenerate"
 #: Class of a setting for which the fitter has no row of a judged parameter.
 NO_DATA = "no data"
 
-_MEETING = (MEETS, MEETS_CI_CROSSES)
-# worst first: the class of several recommended settings is the worst of theirs
-_RANK = {FAILS: 0, NO_DATA: 1, MEETS_CI_CROSSES: 2, MEETS: 3}
+MEETING = (MEETS, MEETS_CI_CROSSES)
+# worst first: the class of several settings together is the worst of theirs
+_RANK = {NO_DATA: 0, NOT_ESTIMABLE: 1, DEGENERATE: 2, FAILS: 3, MEETS_CI_CROSSES: 4, MEETS: 5}
 _KINDS = ("max", "min", "category")
 
 
 @dataclass(frozen=True)
+class Reason:
+    """Why a check does not fully pass (data; :func:`phantomdce.report.words.reason_text`).
+
+    Attributes
+    ----------
+    code : str
+        ``"bias"``, ``"bias_nan"``, ``"bias_ci"``, ``"bias_ci_unavailable"``, ``"cv"``,
+        ``"cv_nan"``, ``"failure"``, ``"failure_nan"``, ``"degenerate"``, ``"tissues"``,
+        ``"no_result"`` or ``"no_parameter"``.
+    parameter : str
+        The parameter concerned ('' for setting-wide reasons).
+    value, limit, low, high : float
+        The number, its limit and (``"bias_ci"``) the CI bounds, in % (rates as 0-1).
+    blocking : bool
+        True when the reason makes the setting not meet; False for a doubt (CI).
+    tissues_meeting, tissues_total : int
+        ``"tissues"``: how many tissues meet, of how many.
+    worst : TissueCheck or None
+        ``"tissues"``: the worst tissue.
+    missing : tuple of str
+        ``"no_result"``: the parameters without a row.
+    """
+
+    code: str
+    parameter: str = ""
+    value: float = math.nan
+    limit: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    blocking: bool = True
+    tissues_meeting: int = 0
+    tissues_total: int = 0
+    worst: TissueCheck | None = None
+    missing: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        from phantomdce.report.words import reason_text
+
+        return reason_text(self)
+
+
+@dataclass(frozen=True)
+class TissueCheck:
+    """One tissue of the grid at one setting: does every judged parameter meet there.
+
+    Attributes
+    ----------
+    tissue : int
+        Grid index.
+    truth : dict of str to float
+        The tissue's true parameters (Ktrans /min, ve, vp).
+    rel_bias_pct, cv_pct, failure_rate : dict of str to float
+        Per judged parameter: mean relative error (%), CV (%) and failure rate (0-1).
+    meets : bool
+        Every judged parameter within every limit.
+    usage : float
+        The largest ratio of a number to its limit (> 1: outside); the worst tissue has the
+        largest.
+    parameter : str
+        The parameter with that largest ratio.
+    """
+
+    tissue: int
+    truth: dict[str, float]
+    rel_bias_pct: dict[str, float]
+    cv_pct: dict[str, float]
+    failure_rate: dict[str, float]
+    meets: bool
+    usage: float
+    parameter: str
+
+
+@dataclass(frozen=True)
 class ParamCheck:
-    """The numbers behind one parameter at one setting, and their verdict.
+    """The pooled numbers behind one parameter at one setting, and their class.
 
     Attributes
     ----------
@@ -115,9 +213,15 @@ class ParamCheck:
     bias_limit, cv_limit : float or None
         The criterion's limits for this parameter, in % (None: not checked).
     status : str
-        :data:`MEETS`, :data:`MEETS_CI_CROSSES` or :data:`FAILS`.
-    reasons : tuple of str
+        A setting class, for this parameter's pooled numbers alone.
+    reasons : tuple of Reason
         Why the parameter does not fully meet (empty when it meets).
+    cv_noise_pct : float
+        CV over noise replicates alone (root mean square over the pooled cases), %.
+    case_bias_min, case_bias_max : float
+        Lowest and highest relative bias of the pooled cases, %.
+    at_limit_rate : float
+        Fraction of fits at the parameter's degenerate limit (``at_limit_<param>``), 0-1.
     """
 
     parameter: str
@@ -129,35 +233,54 @@ class ParamCheck:
     bias_limit: float | None
     cv_limit: float | None
     status: str
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()
     cv_noise_pct: float = math.nan
-    """CV over noise replicates alone (root mean square over the pooled cases), %."""
     case_bias_min: float = math.nan
-    """Lowest relative bias of the pooled cases, %."""
     case_bias_max: float = math.nan
-    """Highest relative bias of the pooled cases, %."""
+    at_limit_rate: float = math.nan
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One knob value of one fitter: its class and the per-parameter numbers.
+    """One knob value of one fitter: its class and the numbers behind it.
 
     Attributes
     ----------
     knob_value : Any
         The knob value as it appears in the result.
     status : str
-        :data:`MEETS`, :data:`MEETS_CI_CROSSES`, :data:`FAILS` or :data:`NO_DATA`.
+        The setting's class (module docstring).
     checks : dict of str to ParamCheck
         One entry per judged parameter with a row at this value.
-    reasons : tuple of str
-        Why the setting does not fully meet (failures first).
+    reasons : tuple of Reason
+        Why the setting does not fully meet (blocking reasons first).
+    tissues : tuple of TissueCheck
+        Per tissue of the grid (empty without a tissue grid).
+    average_status : str
+        The class on the pooled (grid-average) numbers alone.
     """
 
     knob_value: Any
     status: str
     checks: dict[str, ParamCheck]
-    reasons: tuple[str, ...] = ()
+    reasons: tuple[Reason, ...] = ()
+    tissues: tuple[TissueCheck, ...] = ()
+    average_status: str = NO_DATA
+
+    @property
+    def tissues_meeting(self) -> int:
+        """Number of tissues of the grid where the criterion holds."""
+        return sum(t.meets for t in self.tissues)
+
+    @property
+    def worst_tissue(self) -> TissueCheck | None:
+        """The tissue farthest outside (or closest to) the limits; None without a grid."""
+        return max(self.tissues, key=lambda t: t.usage) if self.tissues else None
+
+    @property
+    def all_tissues_meet(self) -> bool:
+        """The setting meets on the average and in every tissue of the grid."""
+        return self.average_status in MEETING and all(t.meets for t in self.tissues)
 
 
 @dataclass(frozen=True)
@@ -174,27 +297,36 @@ class Verdict:
         ``"max"``, ``"min"`` or ``"category"``.
     fitter : str
         Fitter judged.
-    criterion : str
-        The criterion in words (:func:`describe_criterion`).
+    criterion : Criterion
+        The criterion judged against.
+    max_failure_rate : float
+        Largest admissible failure rate, 0-1.
     parameters : tuple of str
         Parameters judged for this fitter.
     recommended_values : tuple
         Knob values judged as the recommended setting(s) (empty if none was simulated).
+    recommended_tags : tuple of str
+        Per recommended value: ``"recommended"`` or ``"nearest simulated to the recommended
+        X"`` (with ``X`` the target knob value, formatted).
     recommended_meets : str
-        Class of the recommended setting(s): the worst class among them, :data:`NO_DATA`
-        when there is none.
-    loosest_meeting : Any
+        Ordered knobs: the worst class among the recommended settings. ``"category"``: the
+        class of the first recommended option (each option's class is in ``options``).
+        :data:`NO_DATA` when none was simulated.
+    options : tuple of (Any, str)
+        ``"category"``: each recommended option with its own class.
+    loosest_meeting, loosest_meeting_ci : Any
         Ordered knobs: the loosest value reached from the strictest one without a setting
-        that fails (None if the strictest already fails). ``"category"``: list of the
-        categories that meet on point estimates.
-    loosest_meeting_ci : Any
-        As ``loosest_meeting``, counting only settings whose whole CI is inside the limits.
+        that does not meet (None if the strictest already does not), counting both meets
+        classes, or :data:`MEETS` only. ``"category"``: lists of the categories that meet.
+    loosest_average, loosest_worst_tissue : Any
+        As ``loosest_meeting`` on the pooled (grid-average) checks alone, and with every
+        tissue of the grid required to meet.
     breaks_at : Any
         Ordered knobs: the first value on the walk that does not meet (None if none).
     settings : tuple of Setting
         The per-setting table, strictest first (``"category"``: in the result's order).
-    summary : str
-        A plain-words summary generated from the rows.
+    tissue_grid : bool
+        Whether the per-tissue criterion applies.
     notes : tuple of str
         Caveats: parameters not judged, settings without data, nearest-value substitution.
     """
@@ -205,15 +337,20 @@ class Verdict:
     knob_label: str
     kind: str
     fitter: str
-    criterion: str
+    criterion: Criterion
+    max_failure_rate: float
     parameters: tuple[str, ...]
     recommended_values: tuple[Any, ...]
+    recommended_tags: tuple[str, ...]
     recommended_meets: str
+    options: tuple[tuple[Any, str], ...]
     loosest_meeting: Any
     loosest_meeting_ci: Any
+    loosest_average: Any
+    loosest_worst_tissue: Any
     breaks_at: Any
     settings: tuple[Setting, ...]
-    summary: str
+    tissue_grid: bool = True
     notes: tuple[str, ...] = field(default=())
 
     def setting(self, knob_value: Any) -> Setting | None:
@@ -224,19 +361,20 @@ class Verdict:
                 return s
         return None
 
+    @property
+    def recommended_settings(self) -> tuple[Setting, ...]:
+        """The settings judged as recommended, in ``recommended_values`` order."""
+        return tuple(s for v in self.recommended_values if (s := self.setting(v)) is not None)
+
+    @property
+    def summary(self) -> str:
+        """The verdict in plain words (:func:`phantomdce.report.words.verdict_summary`)."""
+        from phantomdce.report.words import verdict_summary
+
+        return verdict_summary(self)
+
 
 # --------------------------------------------------------------------------- formatting
-
-
-def _fmt_num(x: float) -> str:
-    """Format a percentage-like number: 1 decimal below 100, none above; ``NaN`` spelled."""
-    if x is None or not math.isfinite(x):
-        return "NaN" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
-
-
-def _fmt_limit(x: float) -> str:
-    return f"{x:g}"
 
 
 def format_knob_value(value: Any, knob_label: str) -> str:
@@ -267,49 +405,20 @@ def format_knob_value(value: Any, knob_label: str) -> str:
     return f"{knob_label} = {number}" if knob_label else number
 
 
-def _join(words: list[str]) -> str:
-    if len(words) <= 1:
-        return "".join(words)
-    return ", ".join(words[:-1]) + " and " + words[-1]
+def describe_criterion(
+    criterion: Criterion, *, max_failure_rate: float = MAX_FAILURE_RATE
+) -> str:
+    """Return the criterion in words (see :func:`phantomdce.report.words.describe_criterion`)."""
+    from phantomdce.report.words import describe_criterion as words
 
-
-def describe_criterion(criterion: Criterion, *, max_failure_rate: float = MAX_FAILURE_RATE) -> str:
-    """Return the criterion in words.
-
-    Parameters
-    ----------
-    criterion : Criterion
-        Limits per parameter, in %.
-    max_failure_rate : float, optional
-        Largest admissible fraction of failed fits, 0-1.
-
-    Returns
-    -------
-    str
-        E.g. ``"|relative bias| <= 10% (95% CI inside ±10%) and CV <= 20% for Ktrans and
-        ve; failure rate <= 5%"``; parameters with the same limits are grouped.
-    """
-    groups: dict[tuple[float | None, float | None], list[str]] = {}
-    for p in _criterion_parameters(criterion):
-        limits = (criterion.max_abs_rel_bias_pct.get(p), criterion.max_cv_pct.get(p))
-        groups.setdefault(limits, []).append(p)
-    parts = []
-    for (bias, cv), params in groups.items():
-        terms = []
-        if bias is not None:
-            b = _fmt_limit(bias)
-            terms.append(f"|relative bias| <= {b}% (95% CI inside ±{b}%)")
-        if cv is not None:
-            terms.append(f"CV <= {_fmt_limit(cv)}%")
-        parts.append(f"{' and '.join(terms)} for {_join(params)}")
-    parts.append(f"failure rate <= {_fmt_limit(100 * max_failure_rate)}%")
-    return "; ".join(parts)
+    return words(criterion, max_failure_rate=max_failure_rate)
 
 
 # --------------------------------------------------------------------------- keys
 
 
-def _criterion_parameters(criterion: Criterion) -> list[str]:
+def criterion_parameters(criterion: Criterion) -> list[str]:
+    """Parameters with a limit in the criterion, bias limits' order first."""
     out: list[str] = []
     for p in (*criterion.max_abs_rel_bias_pct, *criterion.max_cv_pct):
         if p not in out:
@@ -369,32 +478,39 @@ def _check(
     hi = _metric(row, "rel_bias_ci_high")
     cv = _metric(row, "cv_pct")
     fr = _metric(row, "failure_rate")
-    fails: list[str] = []
-    doubts: list[str] = []
-    if bias_limit is not None:
-        if math.isnan(rb):
-            fails.append(f"{p} relative bias is NaN (not computable)")
-        elif abs(rb) > bias_limit:
-            fails.append(f"{p} bias {_fmt_num(rb)}% outside ±{_fmt_limit(bias_limit)}%")
-        elif math.isnan(lo) or math.isnan(hi):
-            doubts.append(f"{p} bias 95% CI unavailable")
-        elif lo < -bias_limit or hi > bias_limit:
-            doubts.append(
-                f"{p} bias 95% CI [{_fmt_num(lo)}, {_fmt_num(hi)}] crosses "
-                f"±{_fmt_limit(bias_limit)}%"
-            )
-    if cv_limit is not None:
-        if math.isnan(cv):
-            fails.append(f"{p} CV is NaN (not computable)")
-        elif cv > cv_limit:
-            fails.append(f"{p} CV {_fmt_num(cv)}% > {_fmt_limit(cv_limit)}%")
+    n_ok = _metric(row, "n_success")
+    noise_free = _metric(row, "noise_free") == 1.0
+    status = MEETS
+    reasons: list[Reason] = []
     if math.isnan(fr):
-        fails.append(f"{p} failure rate is NaN (not computable)")
+        status = NOT_ESTIMABLE
+        reasons.append(Reason("failure_nan", p))
     elif fr > max_failure_rate:
-        fails.append(
-            f"{p} failure rate {_fmt_num(100 * fr)}% > {_fmt_limit(100 * max_failure_rate)}%"
-        )
-    status = FAILS if fails else (MEETS_CI_CROSSES if doubts else MEETS)
+        status = NOT_ESTIMABLE
+        reasons.append(Reason("failure", p, fr, max_failure_rate))
+    elif not noise_free and math.isfinite(cv) and cv < DEGENERATE_CV_PCT and n_ok >= 2:
+        status = DEGENERATE
+        reasons.append(Reason("degenerate", p, cv, DEGENERATE_CV_PCT))
+    else:
+        if bias_limit is not None:
+            if math.isnan(rb):
+                reasons.append(Reason("bias_nan", p))
+            elif abs(rb) > bias_limit:
+                reasons.append(Reason("bias", p, rb, bias_limit))
+        if cv_limit is not None:
+            if math.isnan(cv):
+                reasons.append(Reason("cv_nan", p))
+            elif cv > cv_limit:
+                reasons.append(Reason("cv", p, cv, cv_limit))
+        if reasons:
+            status = FAILS
+        elif bias_limit is not None:
+            if math.isnan(lo) or math.isnan(hi):
+                reasons.append(Reason("bias_ci_unavailable", p, rb, bias_limit, blocking=False))
+            elif lo < -bias_limit or hi > bias_limit:
+                reasons.append(Reason("bias_ci", p, rb, bias_limit, lo, hi, blocking=False))
+            if reasons:
+                status = MEETS_CI_CROSSES
     return ParamCheck(
         parameter=p,
         rel_bias_pct=rb,
@@ -405,19 +521,70 @@ def _check(
         bias_limit=bias_limit,
         cv_limit=cv_limit,
         status=status,
+        reasons=tuple(reasons),
         cv_noise_pct=_metric(row, "cv_noise_pct"),
         case_bias_min=_metric(row, "rel_bias_case_min"),
         case_bias_max=_metric(row, "rel_bias_case_max"),
-        reasons=tuple(fails + doubts),
+        at_limit_rate=_metric(row, "at_limit_rate"),
     )
+
+
+def _ratio(x: float, limit: float | None) -> float:
+    if limit is None:
+        return 0.0
+    if not math.isfinite(x):
+        return math.inf
+    return abs(x) / limit if limit > 0 else (math.inf if x else 0.0)
+
+
+def _tissue_checks(
+    rows: dict[str, list[TissueRow]],
+    params: list[str],
+    criterion: Criterion,
+    max_failure_rate: float,
+) -> tuple[TissueCheck, ...]:
+    by_tissue: dict[Hashable, dict[str, TissueRow]] = {}
+    for p in params:
+        for t in rows.get(p, []):
+            key = t.tissue if t.tissue >= 0 else _hashable(t.truth)
+            by_tissue.setdefault(key, {})[p] = t
+    out = []
+    for i, (key, per) in enumerate(by_tissue.items()):
+        usage, worst_p = -1.0, params[0] if params else ""
+        meets = len(per) == len(params)
+        for p, t in per.items():
+            u = max(
+                _ratio(t.mean_rel_error_pct, criterion.max_abs_rel_bias_pct.get(p)),
+                _ratio(t.cv_pct, criterion.max_cv_pct.get(p)),
+                _ratio(t.failure_rate, max_failure_rate),
+            )
+            if u > usage:
+                usage, worst_p = u, p
+            meets = meets and u <= 1.0
+        any_row = next(iter(per.values()))
+        out.append(
+            TissueCheck(
+                tissue=key if isinstance(key, int) else i,
+                truth=dict(any_row.truth),
+                rel_bias_pct={p: t.mean_rel_error_pct for p, t in per.items()},
+                cv_pct={p: t.cv_pct for p, t in per.items()},
+                failure_rate={p: t.failure_rate for p, t in per.items()},
+                meets=meets,
+                usage=usage,
+                parameter=worst_p,
+            )
+        )
+    return tuple(out)
 
 
 def _setting(
     value: Any,
     rows: dict[str, KnobRow],
+    tissue_rows: dict[str, list[TissueRow]],
     params: list[str],
     criterion: Criterion,
     max_failure_rate: float,
+    tissue_grid: bool,
 ) -> Setting:
     checks: dict[str, ParamCheck] = {}
     missing = []
@@ -431,72 +598,51 @@ def _setting(
             )
         else:
             missing.append(p)
+    all_reasons = [r for c in checks.values() for r in c.reasons]
     if missing or not params:
-        why = f"no result for {_join(missing)}" if missing else "no judged parameter"
-        reasons = tuple(r for c in checks.values() for r in c.reasons)
-        return Setting(value, NO_DATA, checks, (why, *reasons))
-    statuses = [c.status for c in checks.values()]
-    status = min(statuses, key=_RANK.__getitem__)
-    fails = [r for c in checks.values() if c.status == FAILS for r in c.reasons]
-    doubts = [r for c in checks.values() if c.status != FAILS for r in c.reasons]
-    return Setting(value, status, checks, tuple(fails + doubts))
+        why = Reason("no_result", missing=tuple(missing)) if missing else Reason("no_parameter")
+        return Setting(value, NO_DATA, checks, (why, *all_reasons))
+    average = min((c.status for c in checks.values()), key=_RANK.__getitem__)
+    tissues = _tissue_checks(tissue_rows, params, criterion, max_failure_rate) if (
+        tissue_grid
+    ) else ()
+    status = average
+    tissue_reason: list[Reason] = []
+    if tissues and average in MEETING:
+        n_ok = sum(t.meets for t in tissues)
+        worst = max(tissues, key=lambda t: t.usage)
+        if n_ok < criterion.min_tissue_fraction * len(tissues) - 1e-9:
+            status = FAILS
+            tissue_reason.append(
+                Reason(
+                    "tissues",
+                    worst.parameter,
+                    n_ok / len(tissues),
+                    criterion.min_tissue_fraction,
+                    tissues_meeting=n_ok,
+                    tissues_total=len(tissues),
+                    worst=worst,
+                )
+            )
+    blocking = [r for r in all_reasons if r.blocking]
+    doubts = [r for r in all_reasons if not r.blocking]
+    return Setting(
+        value,
+        status,
+        checks,
+        tuple(blocking + tissue_reason + doubts),
+        tissues,
+        average,
+    )
 
 
-def _headline(setting: Setting) -> ParamCheck | None:
-    """The parameter that speaks for a setting: the first failing one, else the closest call."""
-    checks = list(setting.checks.values())
-    if not checks:
-        return None
-    failing = [c for c in checks if c.status == FAILS]
-    if failing:
-        return failing[0]
-
-    def usage(c: ParamCheck) -> float:
-        u = 0.0
-        if c.bias_limit:
-            u = max(u, abs(c.rel_bias_pct) / c.bias_limit)
-        if c.cv_limit:
-            u = max(u, c.cv_pct / c.cv_limit)
-        return u if math.isfinite(u) else math.inf
-
-    return max(checks, key=usage)
-
-
-def _describe_check(c: ParamCheck) -> str:
-    def pct(x: float) -> str:
-        return f"{_fmt_num(x)}%" if math.isfinite(x) else "NaN"
-
-    ci = ""
-    if math.isfinite(c.ci_low) and math.isfinite(c.ci_high):
-        ci = f" [{_fmt_num(c.ci_low)}, {_fmt_num(c.ci_high)}]"
-    return f"{c.parameter} bias {pct(c.rel_bias_pct)}{ci} and CV {pct(c.cv_pct)}"
-
-
-def _first_reason(setting: Setting) -> str:
-    return setting.reasons[0] if setting.reasons else setting.status
-
-
-def _describe_setting(setting: Setting, label: str, tag: str, prep: str = "At") -> str:
-    where = f"{label} ({tag})" if tag else label
-    if setting.status == NO_DATA:
-        return f"{prep} {where}: no data ({_first_reason(setting)})"
-    head = _headline(setting)
-    numbers = _describe_check(head) if head else ""
-    text = f"{prep} {where} {numbers}: {setting.status}"
-    if setting.status == FAILS:
-        text += f" ({_first_reason(setting)})"
-    elif setting.status == MEETS_CI_CROSSES:
-        text += f" ({_first_reason(setting)})"
-    return text
-
-
-def _walk(ordered: list[Setting], meeting: tuple[str, ...]) -> tuple[Any, Setting | None]:
+def _walk(ordered: list[Setting], meets) -> tuple[Any, Setting | None]:
     """Walk settings strictest first; return (loosest value meeting, first setting breaking)."""
     loosest = None
     for s in ordered:
         if s.status == NO_DATA:
             continue
-        if s.status not in meeting:
+        if not meets(s):
             return loosest, s
         loosest = s.knob_value
     return loosest, None
@@ -516,8 +662,8 @@ def judge(
     result : RecommendationResult
         Rows of the recommendation's scenario, pooled per knob value.
     criterion : Criterion, optional
-        Limits per parameter, in % (default: ``Criterion()``, |bias| <= 10 % and
-        CV <= 20 % for Ktrans and ve).
+        Limits per parameter, in %, and the fraction of tissues that must meet (default:
+        ``Criterion()``).
     fitter : str
         Name of the fitter to judge (need not have rows: then every setting has no data).
     max_failure_rate : float, optional
@@ -526,8 +672,8 @@ def judge(
     Returns
     -------
     Verdict
-        Class of the recommended setting, loosest setting that meets, per-setting table and
-        a summary in plain words (rules in the module docstring).
+        Classes, numbers and reasons (rules in the module docstring); its ``summary``
+        property puts them in words.
 
     Raises
     ------
@@ -547,7 +693,6 @@ def judge(
     def fmt(v: Any) -> str:
         return format_knob_value(v, label)
 
-    # knob values: the result's, then any extra value found in this fitter's rows
     values: list[Any] = []
     keys: list[Hashable] = []
 
@@ -566,11 +711,15 @@ def judge(
     for row in result.rows:
         if row.fitter == fitter:
             by_value.setdefault(add(row.knob_value), {})[row.parameter] = row
+    tissue_by_value: dict[Hashable, dict[str, list[TissueRow]]] = {}
+    for t in result.tissues:
+        if t.fitter == fitter:
+            tissue_by_value.setdefault(add(t.knob_value), {}).setdefault(t.parameter, []).append(t)
 
     estimated = {p for rows in by_value.values() for p in rows}
     notes: list[str] = []
     params = []
-    for p in _criterion_parameters(criterion):
+    for p in criterion_parameters(criterion):
         if p not in rec.parameters:
             notes.append(
                 f"{p} is in the criterion but not among this recommendation's "
@@ -580,9 +729,22 @@ def judge(
             notes.append(f"{fitter} gives no {p} estimate: {p} not judged")
         else:
             params.append(p)
+    tissue_grid = bool(result.tissue_grid)
+    if not tissue_grid:
+        notes.append(
+            "no tissue grid (the neck phantom): judged on the pooled numbers, not per tissue"
+        )
 
     settings = [
-        _setting(v, by_value.get(k, {}), params, criterion, max_failure_rate)
+        _setting(
+            v,
+            by_value.get(k, {}),
+            tissue_by_value.get(k, {}),
+            params,
+            criterion,
+            max_failure_rate,
+            tissue_grid,
+        )
         for v, k in zip(values, keys, strict=True)
     ]
     if kind in ("max", "min"):
@@ -594,7 +756,6 @@ def judge(
         notes.append("no data at " + ", ".join(fmt(s.knob_value) for s in no_data))
     with_data = [(k, s) for k, s in zip(keys, settings, strict=True) if s.status != NO_DATA]
 
-    # the recommended setting(s)
     recommended: list[Setting] = []
     tags: list[str] = []
     if kind in ("max", "min"):
@@ -628,91 +789,27 @@ def judge(
                 tags.append("recommended")
             else:
                 notes.append(f"the recommended {fmt(target)} was not simulated")
-    if recommended:
-        recommended_meets = min((s.status for s in recommended), key=_RANK.__getitem__)
-    else:
+    options: tuple[tuple[Any, str], ...] = ()
+    if not recommended:
         recommended_meets = NO_DATA
+    elif kind == "category":
+        options = tuple((s.knob_value, s.status) for s in recommended)
+        recommended_meets = recommended[0].status
+    else:
+        recommended_meets = min((s.status for s in recommended), key=_RANK.__getitem__)
 
-    # loosest setting that meets
     if kind in ("max", "min"):
-        loosest, breaking = _walk(settings, _MEETING)
-        loosest_ci, _ = _walk(settings, (MEETS,))
+        loosest, breaking = _walk(settings, lambda s: s.status in MEETING)
+        loosest_ci, _ = _walk(settings, lambda s: s.status == MEETS)
+        loosest_avg, _ = _walk(settings, lambda s: s.average_status in MEETING)
+        loosest_worst, _ = _walk(settings, lambda s: s.all_tissues_meet)
         breaks_at = breaking.knob_value if breaking is not None else None
     else:
-        loosest = [s.knob_value for s in settings if s.status in _MEETING]
+        loosest = [s.knob_value for s in settings if s.status in MEETING]
         loosest_ci = [s.knob_value for s in settings if s.status == MEETS]
-        breaking, breaks_at = None, None
-
-    # summary, from the rows only
-    sentences = []
-    if not with_data:
-        sentences.append(
-            f"No results for {fitter}"
-            + (f" ({_join(params)})" if params else " on the criterion's parameters")
-            + "."
-        )
-    else:
-        if recommended:
-            prep = "With" if kind == "category" else "At"
-            clauses = [
-                _describe_setting(s, fmt(s.knob_value), tag, prep if j == 0 else prep.lower())
-                for j, (s, tag) in enumerate(zip(recommended, tags, strict=True))
-            ]
-            sentences.append("; ".join(clauses) + ".")
-        elif rec.threshold is None and not rec.recommended:
-            sentences.append("The guideline recommends no setting here.")
-        else:
-            sentences.append("The recommended setting was not simulated.")
-        if kind in ("max", "min"):
-            bound = "up to" if kind == "max" else "down to"
-            if loosest is None:
-                assert breaking is not None
-                sentences.append(
-                    f"The criterion fails already at the strictest simulated setting, "
-                    f"{fmt(breaking.knob_value)} ({_first_reason(breaking)})."
-                )
-                later = [s for s in settings if s.status in _MEETING]
-                if later:
-                    sentences.append(
-                        "It is met at " + ", ".join(fmt(s.knob_value) for s in later) + "."
-                    )
-            elif breaking is None:
-                sentences.append(
-                    f"The criterion holds over the whole simulated range, {bound} {fmt(loosest)}."
-                )
-            else:
-                sentences.append(
-                    f"The criterion holds {bound} {fmt(loosest)} and breaks at "
-                    f"{fmt(breaking.knob_value)} ({_first_reason(breaking)})."
-                )
-                i = settings.index(breaking)
-                again = [s for s in settings[i + 1 :] if s.status in _MEETING]
-                if again:
-                    sentences.append(
-                        "It is met again at "
-                        + ", ".join(fmt(s.knob_value) for s in again)
-                        + ", beyond the break."
-                    )
-            if loosest is not None and not _same_value(loosest_ci, loosest, kind):
-                if loosest_ci is None:
-                    sentences.append(
-                        "With the whole 95% CI required inside the limits, no setting "
-                        "qualifies from the strictest on."
-                    )
-                else:
-                    sentences.append(
-                        f"With the whole 95% CI required inside the limits it holds {bound} "
-                        f"{fmt(loosest_ci)}."
-                    )
-        else:
-            failing = [s for s in settings if s.status not in _MEETING and s.status != NO_DATA]
-            met = ", ".join(fmt(v) for v in loosest) if loosest else "no category"
-            text = f"The criterion is met by {met}"
-            if failing:
-                text += "; not by " + "; ".join(
-                    f"{fmt(s.knob_value)} ({_first_reason(s)})" for s in failing
-                )
-            sentences.append(text + ".")
+        loosest_avg = [s.knob_value for s in settings if s.average_status in MEETING]
+        loosest_worst = [s.knob_value for s in settings if s.all_tissues_meet]
+        breaks_at = None
 
     return Verdict(
         recommendation_id=rec.id,
@@ -721,31 +818,22 @@ def judge(
         knob_label=label,
         kind=kind,
         fitter=fitter,
-        criterion=describe_criterion(criterion, max_failure_rate=max_failure_rate),
+        criterion=criterion,
+        max_failure_rate=max_failure_rate,
         parameters=tuple(params),
         recommended_values=tuple(s.knob_value for s in recommended),
+        recommended_tags=tuple(tags),
         recommended_meets=recommended_meets,
+        options=options,
         loosest_meeting=loosest,
         loosest_meeting_ci=loosest_ci,
+        loosest_average=loosest_avg,
+        loosest_worst_tissue=loosest_worst,
         breaks_at=breaks_at,
         settings=tuple(settings),
-        summary=" ".join(sentences),
+        tissue_grid=tissue_grid,
         notes=tuple(notes),
     )
-
-
-def _same_value(a: Any, b: Any, kind: str) -> bool:
-    if a is None or b is None:
-        return a is b
-    return _same(_key(a, kind), _key(b, kind))
-
-
-def _fitters(result: RecommendationResult) -> list[str]:
-    out = list(result.fitters)
-    for row in result.rows:
-        if row.fitter not in out:
-            out.append(row.fitter)
-    return out
 
 
 def judge_all(
@@ -754,7 +842,7 @@ def judge_all(
     *,
     max_failure_rate: float = MAX_FAILURE_RATE,
 ) -> list[Verdict]:
-    """Judge every fitter of a result (see :func:`judge`).
+    """Judge every fitter of a result (see :func:`judge`); error-budget entries are not judged.
 
     Parameters
     ----------
@@ -769,9 +857,137 @@ def judge_all(
     -------
     list of Verdict
         One per fitter, in the order of ``result.fitters`` (then fitters found only in
-        the rows).
+        the rows, except the error budget's oracle entries).
     """
+    names = list(result.fitters)
+    for row in result.rows:
+        if row.fitter not in names and row.fitter not in result.oracles:
+            names.append(row.fitter)
     return [
-        judge(result, criterion, fitter=f, max_failure_rate=max_failure_rate)
-        for f in _fitters(result)
+        judge(result, criterion, fitter=f, max_failure_rate=max_failure_rate) for f in names
     ]
+
+
+# --------------------------------------------------------------------------- tissue map
+
+
+def tissue_loosest(verdict: Verdict) -> dict[int, tuple[dict[str, float], Any]]:
+    """Per tissue, the loosest knob value reached from the strictest with the tissue meeting.
+
+    Parameters
+    ----------
+    verdict : Verdict
+        An ordered-knob verdict on a scenario with a tissue grid.
+
+    Returns
+    -------
+    dict of int to (dict, Any)
+        Tissue index -> (its truth, the loosest value; None if it fails already at the
+        strictest setting). ``"category"`` verdicts: the value is the list of categories
+        where the tissue meets. Settings without data or not estimable count as not met.
+    """
+    truths: dict[int, dict[str, float]] = {}
+    result: dict[int, Any] = {}
+    broken: set[int] = set()
+    for s in verdict.settings:
+        if s.status == NO_DATA:
+            continue
+        seen = {t.tissue: t for t in s.tissues}
+        for tissue, t in seen.items():
+            truths.setdefault(tissue, t.truth)
+            ok = t.meets and s.average_status not in (NOT_ESTIMABLE, DEGENERATE)
+            if verdict.kind == "category":
+                result.setdefault(tissue, [])
+                if ok:
+                    result[tissue].append(s.knob_value)
+                continue
+            result.setdefault(tissue, None)
+            if tissue in broken:
+                continue
+            if ok:
+                result[tissue] = s.knob_value
+            else:
+                broken.add(tissue)
+    return {k: (truths[k], result[k]) for k in truths}
+
+
+# --------------------------------------------------------------------------- error budget
+
+
+@dataclass(frozen=True)
+class BudgetEntry:
+    """One source of error at one setting: the numbers with that stage set to its truth.
+
+    Attributes
+    ----------
+    stage : str
+        ``""`` for the full pipeline (every stage estimated), else the stage set to its
+        true value (``"t1"``, ``"aif"``, ``"baseline"``).
+    parameter : str
+        Parameter symbol.
+    rel_bias_pct, cv_pct : float
+        Pooled relative bias and CV, % (with that stage true).
+    bias_share_pct, cv_share_pct : float
+        What the stage contributes: the full pipeline's relative bias minus this entry's,
+        and ``sqrt(max(CV_full^2 - CV^2, 0))`` (independent sources add in quadrature),
+        in % (NaN for the full pipeline).
+    """
+
+    stage: str
+    parameter: str
+    rel_bias_pct: float
+    cv_pct: float
+    bias_share_pct: float = math.nan
+    cv_share_pct: float = math.nan
+
+
+def error_budget(
+    result: RecommendationResult, fitter: str, knob_value: Any, parameters: tuple[str, ...]
+) -> list[BudgetEntry]:
+    """The error budget of one fitter at one setting, from the run's oracle entries.
+
+    Parameters
+    ----------
+    result : RecommendationResult
+        Results whose ``oracles`` name entries ``"<fitter> [true <stage>]"`` (the scenario's
+        ``[fit] error_budget``).
+    fitter : str
+        The judged fitter.
+    knob_value : Any
+        The setting.
+    parameters : tuple of str
+        Parameters to report.
+
+    Returns
+    -------
+    list of BudgetEntry
+        The full pipeline first, then one entry per stage and parameter; empty when the
+        run has no oracle entry for ``fitter``.
+    """
+    stages = [(name, stage) for name, (base, stage) in result.oracles.items() if base == fitter]
+    if not stages:
+        return []
+    kind = result.recommendation.kind
+    key = _key(knob_value, kind)
+
+    def row(name: str, p: str) -> KnobRow | None:
+        for r in result.rows:
+            if r.fitter == name and r.parameter == p and _same(_key(r.knob_value, kind), key):
+                return r
+        return None
+
+    out = []
+    for p in parameters:
+        full = row(fitter, p)
+        if full is None:
+            continue
+        fb, fc = _metric(full, "rel_bias_pct"), _metric(full, "cv_pct")
+        out.append(BudgetEntry("", p, fb, fc))
+        for name, stage in stages:
+            r = row(name, p)
+            if r is None:
+                continue
+            b, c = _metric(r, "rel_bias_pct"), _metric(r, "cv_pct")
+            share_c = math.sqrt(max(fc**2 - c**2, 0.0)) if math.isfinite(fc + c) else math.nan
+            out.append(BudgetEntry(stage, p, b, c, fb - b, share_c))
+    return out
