@@ -486,3 +486,30 @@ def test_bad_from_dose():
         Injection.from_dose(0.1, rate_ml_s=0.0)
     with pytest.raises(ValueError, match="injection"):
         injection_profile("box", [0.0])
+
+
+def test_no_flush_bolus_smaller_than_the_dead_space_drains_late_as_a_plug():
+    # issue 11, item 7: V = 7.5 mL < Vd = 10 mL. The injector pushes the contrast into the
+    # arm veins at r; when it stops the whole bolus is still there and drains at q = 1 mL/s,
+    # its front reaching the central veins at V/r + (Vd - V)/q instead of Vd/r with a flush.
+    v, vd, q = 7.5, 10.0, 1.0
+    starts = {}
+    for r in (1.0, 2.0, 5.0):
+        inj = Injection(rate_ml_s=r, volume_ml=v, saline_flush=False)
+        ((start, dur, height),) = inj.boxes
+        assert start == pytest.approx(v / r + (vd - v) / q - vd / r, rel=1e-12)
+        assert (dur, height) == (pytest.approx(v / q), pytest.approx(q / v))
+        starts[r] = start
+    assert starts[1.0] == 0.0 and 0.0 < starts[2.0] < starts[5.0]  # 0, 1.25 s, 2 s
+    # continuous with the V > Vd branch at V = Vd (no delay, the dead space at q)
+    at = Injection(rate_ml_s=3.0, volume_ml=vd, saline_flush=False).boxes
+    above = Injection(rate_ml_s=3.0, volume_ml=vd + 1e-9, saline_flush=False).boxes
+    assert at[0][0] == 0.0 and above[-1][0] == pytest.approx(0.0, abs=1e-8)
+    assert at[0][1] == pytest.approx(above[-1][1], rel=1e-8)
+    # the delayed plug arrives later: the AIF without a flush is zero for longer
+    t = np.arange(0.0, 30.0, 0.05)
+    fast = plasma_aif("parker", t, bat=5.0, injection=Injection(rate_ml_s=5.0, volume_ml=v))
+    late = plasma_aif(
+        "parker", t, bat=5.0, injection=Injection(rate_ml_s=5.0, volume_ml=v, saline_flush=False)
+    )
+    assert t[np.argmax(late > 0)] == pytest.approx(t[np.argmax(fast > 0)] + 2.0, abs=0.051)

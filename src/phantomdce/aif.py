@@ -36,19 +36,37 @@ Delivery profile ``k``:
 
 * with a saline flush, the whole contrast volume ``V`` enters the central circulation at the
   injection rate ``r``: one box of duration ``V / r``;
-* without a flush, the last ``dead_space_ml`` (``Vd``) of contrast stays in the extension
-  tubing and arm veins and is only carried on by venous return, at ``venous_clearance_ml_s``
-  (``q``): a box of duration ``(V - Vd) / r`` at height ``r / V`` followed by a box of duration
-  ``Vd / q`` at height ``q / V`` (the whole volume at ``q`` if ``V <= Vd``). If the injection
-  is slower than the venous clearance (``r < q``) the dead space is delivered at ``r``
-  instead (``q`` is replaced by ``min(q, r)``): omitting the flush can only slow delivery,
-  never speed it up.
+* without a flush, the contrast still between the cannula and the central veins when the
+  injector stops (the dead space ``dead_space_ml``, ``Vd``) is only carried on by venous
+  return, at ``venous_clearance_ml_s`` (``q``). The contrast moves as a plug: the injector
+  pushes the dead space's content at ``r`` while it runs, venous return at ``q`` after.
+  For ``V > Vd``: a box of duration ``(V - Vd) / r`` at height ``r / V`` followed by a box of
+  duration ``Vd / q`` at height ``q / V``. For ``V <= Vd`` the whole bolus is still in the
+  dead space when the injector stops, so the whole bolus drains at ``q``, whatever the
+  injection rate, and its front arrives later than with a flush: at
+  ``V / r + (Vd - V) / q`` after the start of the injection instead of ``Vd / r``, i.e. one
+  box of duration ``V / q`` starting ``(Vd - V) (1 / q - 1 / r)`` after the flushed bolus
+  would (time 0 of the profile is the arrival of the front of a flushed bolus). If the
+  injection is slower than the venous clearance (``r < q``) the dead space is delivered at
+  ``r`` instead (``q`` is replaced by ``min(q, r)``): omitting the flush can only slow and
+  delay delivery, never speed it up. That the injection rate stops mattering without a
+  flush when the dose is smaller than the dead space is the model's prediction, and the
+  reason for the recommended flush: its purpose is to "push" the otherwise unused contrast
+  agent in the peripheral vessels and connecting tubing, and it steepens the end of the
+  bolus by the "lack of lingering contrast arriving from the peripheries" (Radiopaedia,
+  "Saline flush during contrast medium administration",
+  https://radiopaedia.org/articles/saline-flush-during-contrast-medium-administration,
+  citing Bae 2010). Not modelled: the injector line is taken as primed with contrast, so the
+  whole injected volume leaves it; with a line primed with saline and no flush, the contrast
+  left in the line (about 7 mL per metre, see below) would never reach the patient.
 
 Defaults (assumptions, order-of-magnitude, chosen from the sources below):
 
-* ``dead_space_ml = 10.0`` mL: an intravenous extension line holds about 7 mL per metre
-  (pressure-injector line study, Rofo 1995, PubMed 7548875), plus cannula and the
-  antecubital/cephalic vein segment up to the axillary vein (a few mL). The primary purpose
+* ``dead_space_ml = 10.0`` mL: the cannula, a short extension piece and the arm veins from
+  the antecubital fossa to the central veins (an assumption of the order of 40-50 cm of
+  vein of 5-6 mm mean diameter, about 10 mL). The injector line itself is taken as primed
+  with contrast; had it to be emptied by the injection, it would add about 7 mL per metre
+  (pressure-injector line study, Rofo 1995, PubMed 7548875). The primary purpose
   of the saline chaser is exactly to push this otherwise unused contrast out of the
   connecting tubing and peripheral veins (Bae 2010; Schoellnast et al. 2003, Eur Radiol,
   saline flush in CT).
@@ -747,10 +765,12 @@ class Injection:
         Whether a saline chaser pushes all the contrast through at the injection rate
         (default True).
     dead_space_ml : float, optional
-        Without a flush: contrast volume, mL, left in extension tubing and arm veins that
-        reaches the central circulation only with venous return (default
-        ``DEFAULT_DEAD_SPACE_ML`` = 10 mL, an assumption: about 7 mL per metre of extension
-        line plus cannula and arm-vein segment; see the module docstring). Must be >= 0.
+        Without a flush: volume, mL, between the cannula and the central veins (extension
+        piece, cannula and arm-vein segment) whose contrast reaches the central circulation
+        only with venous return once the injector stops; a bolus smaller than it drains
+        whole at the venous-return rate, after a delay (see the module docstring) (default
+        ``DEFAULT_DEAD_SPACE_ML`` = 10 mL, an assumption: cannula, extension piece and
+        arm-vein segment; see the module docstring). Must be >= 0.
     venous_clearance_ml_s : float, optional
         Without a flush: rate, mL/s, at which that dead space is cleared by arm venous return
         (default ``DEFAULT_VENOUS_CLEARANCE_ML_S`` = 1 mL/s, an assumption of the order of
@@ -833,8 +853,9 @@ class Injection:
             return ((0.0, v / r, r / v),)
         vd = float(self.dead_space_ml)
         q = min(float(self.venous_clearance_ml_s), r)  # no flush never speeds delivery
-        if v <= vd:
-            return ((0.0, v / q, q / v),)
+        if v <= vd:  # the whole bolus drains from the dead space at q, its front delayed
+            delay = (vd - v) * (1.0 / q - 1.0 / r)
+            return ((delay, v / q, q / v),)
         t1 = (v - vd) / r
         if vd == 0:
             return ((0.0, t1, r / v),)
