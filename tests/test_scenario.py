@@ -183,11 +183,11 @@ def _dro_scenarios():
     for path in sorted(ESNR.glob("*.toml")):
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         if "phantom" not in raw:
-            out.append((path, raw))
+            out.append(pytest.param(path, raw, id=path.stem))
     return out
 
 
-@pytest.mark.parametrize(("path", "raw"), _dro_scenarios(), ids=lambda v: getattr(v, "stem", ""))
+@pytest.mark.parametrize(("path", "raw"), _dro_scenarios())
 def test_every_study_sweep_keeps_the_window_after_the_bolus_or_says_so(path, raw):
     sc = load_scenario(path)
     windows = {round(c.protocol.duration - c.protocol.bolus_arrival, 6) for c in sc.cases()}
@@ -245,3 +245,14 @@ def test_phantom_aif_source_scenarios_have_enough_subjects_and_quick_caps_them()
     assert cap_subjects({"phantom": {"subjects": 2}}, 5)["phantom"]["subjects"] == 2
     assert load_study(ESNR.parent / "quick.toml").phantom_subjects == 5
     assert load_study(ESNR.parent / "esnr2022.toml").phantom_subjects is None
+
+
+def test_a_phantom_subject_whose_bolus_arrives_late_must_keep_a_window():
+    from phantomdce.phantom.runner import subject_protocol
+
+    # arrival 20 s, 36 s after it; a subject arriving more than 6 s late keeps < 30 s
+    short = Protocol.from_mapping({"dt": 4.0, "duration": 56.0})
+    short.check_post_bolus_window()  # the scenario itself is long enough
+    with pytest.raises(ConfigError, match=r"subject \d+ \(phantom.subject_aif = 'varied'\)"):
+        for s in range(12):
+            subject_protocol(short, 7, s, "varied")

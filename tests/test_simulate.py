@@ -253,3 +253,23 @@ def test_vfa_noise_is_the_dynamic_noise_over_the_root_of_the_averages():
     ds = simulate_case(sc, sc.cases()[0])
     base = ds["signal"].values[:, :5].std(axis=0).mean()
     np.testing.assert_allclose(sd[1], base, rtol=0.06)
+
+
+def test_phantom_vfa_images_are_averaged_too():
+    from phantomdce.dro.protocol import Protocol
+    from phantomdce.phantom.acquire import Acquisition, acquire
+    from phantomdce.phantom.anatomy import make_neck
+
+    ph = make_neck((6, 96, 96), seed=5)
+    acq = Acquisition(2.0, 3.0, inflow=False)
+    out = {}
+    for n in (1, 4):
+        proto = Protocol.from_mapping(
+            {"dt": 5.0, "duration": 60.0, "snr": 30.0, "vfa_averages": n}
+        )
+        ds = acquire(ph, proto, acq, seed=3)
+        clean = acquire(ph, proto.replace(snr=float("inf")), acq, seed=3)
+        muscle = ds["vfa_signal"].values - clean["vfa_signal"].values
+        out[n] = (ds.attrs["noise_sigma"], ds.attrs["vfa_noise_sigma"], np.std(muscle))
+    assert out[1][1] == pytest.approx(out[1][0]) and out[4][1] == pytest.approx(out[4][0] / 2)
+    assert out[1][2] / out[4][2] == pytest.approx(2.0, rel=0.1)
