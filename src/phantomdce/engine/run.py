@@ -22,6 +22,12 @@ Layout of ``OUT/``:
   indices and ``fit_time_s`` (fitter, chunk).
 - ``metrics.csv``: one row per case, fitter and parameter (see
   :mod:`phantomdce.engine.metrics`); ``failures.csv``: one row per failed fitter chunk.
+
+With ``[fit] error_budget`` the ``fitter`` axis also holds each fitter's error-budget
+entries, ``"<fitter> [true <stage>]"`` (:class:`phantomdce.engine.config.FitEntry`): the same
+fitter on the same simulated voxels with one pipeline stage set to its truth. They are
+stored, resumed, isolated, timed and reported like any fitter; their ``run.json`` records
+add ``oracle_of`` and ``oracle_stage``.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import phantomdce
 from phantomdce.dro.config import ConfigError
 from phantomdce.dro.scenario import Scenario, parse_scenario
 from phantomdce.dro.simulate import simulate_case
-from phantomdce.engine.config import FitConfig
+from phantomdce.engine.config import FitConfig, FitEntry
 from phantomdce.params import MODELS, PARAMETERS
 
 __all__ = ["RunPlan", "plan_run", "execute", "finalize", "run", "ResultDirError"]
@@ -101,6 +107,11 @@ class RunPlan:
         """Units without a completion marker."""
         return [u for u in self.units if not self.marker(u[0], u[1]).exists()]
 
+    @property
+    def entries(self) -> list[FitEntry]:
+        """The results' fitter axis: the fitters, then their error-budget entries."""
+        return self.fit.entries(self.fitters)
+
 
 def _read_raw(path: str | Path) -> tuple[dict[str, Any], str]:
     path = Path(path)
@@ -133,7 +144,7 @@ def _run_json(plan: RunPlan, toml_text: str) -> dict[str, Any]:
         "scenario_toml": toml_text,
         "scenario": plan.scenario.source,
         "fit": plan.fit.as_dict(),
-        "fitters": [fitter_record(i) for i in plan.fitters],
+        "fitters": [{**fitter_record(e.info), **e.record_keys()} for e in plan.entries],
         "phantomdce_version": phantomdce.__version__,
     }
 
@@ -234,10 +245,28 @@ def plan_run(
         for k, a in enumerate(range(0, n_vox, step))
     ]
     plan = RunPlan(Path(out), raw, scenario, fit, infos, units)
+    _check_oracles(plan)
     meta = _run_json(plan, text)
     if not _check_existing(plan.out, meta):
         _create_store(plan, meta)
     return plan
+
+
+def _check_oracles(plan: RunPlan) -> None:
+    """With an error budget, run each pipeline on one voxel: one that cannot run fails here."""
+    if not plan.fit.error_budget:
+        return
+    ds = simulate_case(plan.scenario, plan.scenario.cases()[0], voxels=range(0, 1))
+    checks = [("fit.pipeline", plan.fit.pipeline)] + [
+        (f"fit.error_budget[{k}] = {stage!r}: the pipeline with {stage} = 'true'", pipe)
+        for k, stage in enumerate(plan.fit.error_budget)
+        for pipe in [plan.fit.oracle_pipeline(stage)]
+    ]
+    for what, pipeline in checks:
+        try:
+            pipeline(ds)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{what} cannot run on this scenario: {exc}") from None
 
 
 def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
@@ -251,16 +280,16 @@ def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
         shutil.rmtree(tmp)
     root_ds = cases_table(plan.scenario)
     root_ds.attrs.update(
-        {"run_identity": meta["run_identity"], "fitters": [i.name for i in plan.fitters]}
+        {"run_identity": meta["run_identity"], "fitters": [e.name for e in plan.entries]}
     )
     root_ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
     group = zarr.open_group(str(tmp), mode="a", zarr_format=2)
     n_vox = plan.scenario.n_voxels
-    n_fit = len(plan.fitters)
+    n_fit = len(plan.entries)
     step = plan.fit.chunk_voxels
     n_chunks = -(-n_vox // step)
     truth = _truth_names(plan.scenario)
-    names = np.array([i.name for i in plan.fitters])
+    names = np.array([e.name for e in plan.entries])
 
     def arr(g, name, shape, chunks, dtype, dims, fill, **attrs):
         g.create_array(
@@ -436,18 +465,35 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
         )
     a, b, k = job["start"], job["stop"], job["chunk_index"]
     ds = simulate_case(scenario, case, voxels=range(a, b))
-    data = fit.pipeline(ds)
+    entries = fit.entries(infos)
+    # one input per distinct pipeline, all from the same simulated voxels; an error-budget
+    # pipeline that cannot run fails its entries only (recorded like a fitter's failure)
+    inputs: dict[Any, Any] = {fit.pipeline: fit.pipeline(ds)}
     n = b - a
-    n_fit = len(infos)
+    n_fit = len(entries)
     block = {name: np.full((n_fit, n), np.nan) for name in ESTIMATED}
     success = np.zeros((n_fit, n), dtype=bool)
     times = np.full(n_fit, np.nan)
     errors: dict[str, str] = {}
-    for f, (spec, info) in enumerate(zip(job["fitters"], infos, strict=True)):
+    specs = dict(enumerate(job["fitters"]))
+    if len(specs) != len(infos):
+        raise RuntimeError(f"fitters {job['fitters']} resolve to {[i.name for i in infos]}")
+    for f, entry in enumerate(entries):
+        spec, info = specs[entry.index], entry.info
         isolate = fit.isolate == "all" or (fit.isolate == "plugins" and info.source != "builtin")
+        if entry.pipeline not in inputs:
+            try:
+                inputs[entry.pipeline] = entry.pipeline(ds)
+            except Exception as exc:  # noqa: BLE001 - recorded for each of its entries
+                inputs[entry.pipeline] = RuntimeError(
+                    f"the pipeline with {entry.oracle_stage} = 'true' failed:"
+                    f" {type(exc).__name__}: {exc}"
+                )
         t0 = time.perf_counter()
         try:
-            view = data.copy(deep=True)
+            if isinstance(inputs[entry.pipeline], Exception):
+                raise inputs[entry.pipeline]
+            view = inputs[entry.pipeline].copy(deep=True)
             if isolate:
                 result = _fit_isolated(spec, info, view, fit.timeout_s)
             else:
@@ -457,7 +503,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
                 block[name][f] = np.where(ok, values, np.nan)
             success[f] = ok
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is recorded, not raised
-            errors[info.name] = f"{type(exc).__name__}: {exc}"
+            errors[entry.name] = f"{type(exc).__name__}: {exc}"
         times[f] = time.perf_counter() - t0
     group = zarr.open_group(str(Path(job["out"]) / "estimates.zarr"), mode="r+", zarr_format=2)
     g = group[case.name]
@@ -474,7 +520,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
         "case": case.name,
         "chunk": k,
         "voxels": [a, b],
-        "fit_time_s": {i.name: float(t) for i, t in zip(infos, times, strict=True)},
+        "fit_time_s": {e.name: float(t) for e, t in zip(entries, times, strict=True)},
         "errors": errors,
     }
     marker = Path(job["out"]) / "progress" / f"case_{case.index:04d}_chunk_{k:05d}.json"
@@ -600,17 +646,17 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     failures = []
     for case in plan.scenario.cases():
         ds = tree[case.name].to_dataset().load()
-        for f, info in enumerate(plan.fitters):
-            est_names = estimated_parameters(info.model)
+        for f, entry in enumerate(plan.entries):
+            est_names = estimated_parameters(entry.info.model)
             # the true delay is 0 only when the fitter sees the true AIF
-            if np.isfinite(ds["delay"].values[f]).any() and plan.fit.pipeline.aif == "true":
+            if np.isfinite(ds["delay"].values[f]).any() and entry.pipeline.aif == "true":
                 est_names.append("delay")
             total_time = float(np.nansum(ds["fit_time_s"].values[f]))
             for name in est_names:
                 truth = _truth_for(ds, name)
                 if truth is None:
                     continue
-                row = {"case": case.name, "fitter": info.name, "parameter": name}
+                row = {"case": case.name, "fitter": entry.name, "parameter": name}
                 row.update(
                     case_metrics(
                         ds[name].values[f],

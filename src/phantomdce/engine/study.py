@@ -120,13 +120,14 @@ def run_study(
 
     study = load_study(path)
     out = Path(out)
-    from phantomdce.phantom.runner import _parse as parse_phantom
     from phantomdce.phantom.runner import (
+        PHANTOM_RUNNER,
         cap_subjects,
         is_phantom_scenario,
         phantom_digest,
         run_phantom_scenario,
     )
+    from phantomdce.phantom.runner import _parse as parse_phantom
 
     names: dict[str, Path] = {}
     phantom_names: set[str] = set()
@@ -144,8 +145,14 @@ def run_study(
                 phantom_names.add(scenario.name)
             else:
                 scenario = parse_scenario(raw)
-            model = "extended_tofts" if scenario.name in phantom_names else scenario.tissue.model
-            FitConfig.from_mapping(scenario.fit, model=model, fitters=fitters)
+            phantom = scenario.name in phantom_names
+            model = "extended_tofts" if phantom else scenario.tissue.model
+            FitConfig.from_mapping(
+                scenario.fit,
+                model=model,
+                fitters=fitters,
+                error_budget_runner=PHANTOM_RUNNER if phantom else None,
+            )
         except ConfigError as exc:
             raise ConfigError(f"{file.name}: {exc}") from None
         if scenario.name in names:

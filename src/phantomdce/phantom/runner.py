@@ -75,6 +75,8 @@ PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary", "subject_aif")
 #: Population AIF shapes the subjects cycle through with ``subject_aif = "varied"``.
 SUBJECT_AIFS = ("parker", "georgiou", "head_and_neck")
 ROI_RULES = ("recommended", "whole_lesion")
+#: How this runner names itself when it refuses ``[fit] error_budget`` (DRO scenarios only).
+PHANTOM_RUNNER = "phantom scenarios (phantomdce.phantom.runner)"
 ENHANCING = ("tumour_rim", "tumour_hypoxic")
 
 
@@ -408,7 +410,9 @@ def run_phantom_scenario(
     raw.setdefault("name", path.stem)
     raw = cap_subjects(raw, max_subjects)
     scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif = _parse(raw)
-    fit = FitConfig.from_mapping(scenario.fit, model="extended_tofts", fitters=fitters)
+    fit = FitConfig.from_mapping(
+        scenario.fit, model="extended_tofts", fitters=fitters, error_budget_runner=PHANTOM_RUNNER
+    )
     infos = fit.resolve()
     if (out / "run.json").exists() or (out.exists() and any(out.iterdir())):
         raise ConfigError(f"{out} is not empty: a phantom run needs a new directory")
