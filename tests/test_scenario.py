@@ -243,7 +243,7 @@ def test_phantom_aif_source_scenarios_have_enough_subjects_and_quick_caps_them()
         assert raw["phantom"]["subjects"] >= 20  # not changed in place
         assert cap_subjects(raw, None) is raw
     assert cap_subjects({"phantom": {"subjects": 2}}, 5)["phantom"]["subjects"] == 2
-    assert load_study(ESNR.parent / "quick.toml").phantom_subjects == 5
+    assert load_study(ESNR.parent / "quick.toml").phantom_subjects == 3
     assert load_study(ESNR.parent / "esnr2022.toml").phantom_subjects is None
 
 
