@@ -1,9 +1,11 @@
 """Numba kernels of the batched Levenberg-Marquardt fitter (private).
 
-Each voxel is fitted independently by bounded Levenberg-Marquardt with analytic
-Jacobians. The models are evaluated exactly for a piecewise-linear AIF by recursion over
-its segments; the recursion also gives ``G(k) = int (t-u) ca(u) exp(-k (t-u)) du``, the
-derivative of ``F(k) = int ca(u) exp(-k (t-u)) du`` with respect to the rate (dF/dk = -G).
+Each voxel is fitted independently by active-set projected Levenberg-Marquardt with
+analytic Jacobians (see :func:`_fit_one`): parameters on a bound that the gradient pushes
+against are held, the damped step is solved for the others and projected onto the box.
+The models are evaluated exactly for a piecewise-linear AIF by recursion over its segments;
+the recursion also gives ``G(k) = int (t-u) ca(u) exp(-k (t-u)) du``, the derivative of
+``F(k) = int ca(u) exp(-k (t-u)) du`` with respect to the rate (dF/dk = -G).
 
 Internal units: time in s, rates and flows in /s. Parameter vectors per model:
 
@@ -32,6 +34,13 @@ MODEL_CODES = {"tofts": 0, "extended_tofts": 1, "patlak": 2, "2cxm": 3, "2cum": 
 N_PARAMS = {0: 2, 1: 3, 2: 2, 3: 4, 4: 3}
 
 _SERIES = 0.1
+#: Projected-gradient tolerance: stop when every free column of J is this close to
+#: orthogonal to the residual (cosine).
+GTOL = 1e-10
+#: Relative cost reduction below which a Gauss-Newton-like step (lam < 1) ends the fit.
+FTOL = 1e-14
+#: Damping beyond which no step lowers the cost: the point is numerically stationary.
+LAM_MAX = 1e16
 
 
 @njit(cache=True, inline="always")
@@ -268,8 +277,69 @@ def _solve_spd(a, b, out):
 
 
 @njit(cache=True)
+def _normal(jac, model, y, jtj, jtr):
+    """Normal matrix ``J^T J`` and gradient ``J^T r`` (r = y - model) of the current point."""
+    n = jac.shape[0]
+    p = jac.shape[1]
+    for q in range(p):
+        s = 0.0
+        for i in range(n):
+            s += jac[i, q] * (y[i] - model[i])
+        jtr[q] = s
+        for q2 in range(q + 1):
+            s = 0.0
+            for i in range(n):
+                s += jac[i, q] * jac[i, q2]
+            jtj[q, q2] = s
+            jtj[q2, q] = s
+
+
+@njit(cache=True)
+def _free_set(theta, lo, hi, jtr, free):
+    """Mark the parameters that may move: not at a bound the gradient pushes against.
+
+    ``jtr`` is ``J^T r``, the direction in which the cost decreases. Returns the number free.
+    """
+    nf = 0
+    for q in range(theta.shape[0]):
+        pinned = (theta[q] <= lo[q] and jtr[q] <= 0.0) or (theta[q] >= hi[q] and jtr[q] >= 0.0)
+        free[q] = not pinned
+        if free[q]:
+            nf += 1
+    return nf
+
+
+@njit(cache=True)
+def _stationary(jtj, jtr, free, sse):
+    """True where the projected gradient vanishes: every free column is orthogonal to r.
+
+    Scale-free test ``|J_q . r| <= GTOL ||J_q|| ||r||`` for every free parameter q.
+    """
+    rnorm = math.sqrt(max(sse, 0.0))
+    for q in range(jtr.shape[0]):
+        if free[q] and abs(jtr[q]) > GTOL * math.sqrt(max(jtj[q, q], 0.0)) * rnorm:
+            return False
+    return True
+
+
+@njit(cache=True)
 def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
-    """Fit one voxel from one start; returns (sse, n_iter)."""
+    """Fit one voxel from one start by active-set projected Levenberg-Marquardt.
+
+    Each iteration pins the parameters that sit on a bound the gradient pushes against,
+    solves the damped Gauss-Newton system ``(A + lam diag(A)) s = g`` on the free ones
+    only (A, g the free block of ``J^T J``, ``J^T r``) and projects the trial point onto
+    the box. The step on the free parameters is therefore not distorted by a bound that
+    is active (the defect of clipping a full step), and for a large ``lam`` the projected
+    step is a scaled projected-gradient step, which always descends. The fit stops at a
+    point whose projected gradient vanishes (:data:`GTOL`), after a Gauss-Newton-like step
+    (``lam < 1``) that lowered the cost by less than :data:`FTOL` relative, or when no
+    step of any damping lowers the cost.
+
+    Returns ``(sse, n_accepted, converged)``: the residual sum of squares, the number of
+    accepted steps and whether the fit ended at a stationary point (projected gradient or
+    relative-reduction test), not by running out of damping or iterations.
+    """
     n = t.shape[0]
     p = theta0.shape[0]
     w = np.empty((9, n))
@@ -286,80 +356,124 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
         r = y[i] - model[i]
         sse += r * r
     lam = 1e-3
+    nu = 2.0
+    rho = 0.0
     jtj = np.empty((p, p))
     jtr = np.empty(p)
+    free = np.empty(p, dtype=np.bool_)
+    idx = np.empty(p, dtype=np.int64)
     a = np.empty((p, p))
+    b = np.empty(p)
     step = np.empty(p)
     trial = np.empty(p)
-    it = 0
-    for it in range(max_iter):  # noqa: B007 - the count is returned
+    accepted = 0
+    converged = False
+    if not math.isfinite(sse):
         for q in range(p):
-            s = 0.0
-            for i in range(n):
-                s += jac[i, q] * (y[i] - model[i])
-            jtr[q] = s
-            for q2 in range(q + 1):
-                s = 0.0
-                for i in range(n):
-                    s += jac[i, q] * jac[i, q2]
-                jtj[q, q2] = s
-                jtj[q2, q] = s
+            theta_out[q] = theta[q]
+        return sse, 0, False
+    for _ in range(max_iter):
+        _normal(jac, model, y, jtj, jtr)
+        nf = _free_set(theta, lo, hi, jtr, free)
+        if nf == 0 or sse == 0.0 or _stationary(jtj, jtr, free, sse):
+            converged = True
+            break
+        k = 0
+        dmax = 0.0
+        for q in range(p):
+            if free[q]:
+                idx[k] = q
+                k += 1
+                dmax = max(dmax, jtj[q, q])
         improved = False
-        while lam < 1e12:
-            for q in range(p):
-                for q2 in range(p):
-                    a[q, q2] = jtj[q, q2]
-                a[q, q] = jtj[q, q] * (1.0 + lam) + 1e-300
-            if not _solve_spd(a, jtr, step):
+        rel = 0.0
+        while lam < LAM_MAX:
+            for r1 in range(nf):
+                qa = idx[r1]
+                for r2 in range(nf):
+                    a[r1, r2] = jtj[qa, idx[r2]]
+                a[r1, r1] = jtj[qa, qa] + lam * max(jtj[qa, qa], 1e-12 * dmax) + 1e-300
+                b[r1] = jtr[qa]
+            if not _solve_spd(a[:nf, :nf], b[:nf], step[:nf]):
                 lam *= 10.0
                 continue
             for q in range(p):
-                trial[q] = min(max(theta[q] + step[q], lo[q]), hi[q])
+                trial[q] = theta[q]
+            for r1 in range(nf):
+                qa = idx[r1]
+                trial[qa] = min(max(theta[qa] + step[r1], lo[qa]), hi[qa])
             _model_jac(code, trial, t, ca, fit_delay, w, model_n, jac_n)
             sse_n = 0.0
             for i in range(n):
                 r = y[i] - model_n[i]
                 sse_n += r * r
             if sse_n < sse and math.isfinite(sse_n):
-                rel = (sse - sse_n) / max(sse, 1e-300)
-                change = 0.0
+                rel = (sse - sse_n) / sse
+                # gain ratio: actual over predicted reduction 2 d.g - d.A d of the step d
+                pred = 0.0
                 for q in range(p):
-                    change = max(change, abs(trial[q] - theta[q]) / (abs(theta[q]) + 1e-12))
+                    dq = trial[q] - theta[q]
+                    pred += 2.0 * dq * jtr[q]
+                    for q2 in range(p):
+                        pred -= dq * jtj[q, q2] * (trial[q2] - theta[q2])
+                rho = (sse - sse_n) / pred if pred > 0.0 else 0.0
+                for q in range(p):
                     theta[q] = trial[q]
                 for i in range(n):
                     model[i] = model_n[i]
                     for q in range(p):
                         jac[i, q] = jac_n[i, q]
                 sse = sse_n
-                lam = max(lam * 0.1, 1e-12)
                 improved = True
+                accepted += 1
                 break
-            lam *= 10.0
-        if not improved or rel < 1e-12 or change < 1e-10:
+            lam *= nu
+            nu *= 2.0
+        if not improved:
+            break
+        small = lam < 1.0 and rel < FTOL
+        # Nielsen's update: shrink the damping by up to 3x as the model predicts the gain
+        c = 2.0 * min(max(rho, 0.0), 1.0) - 1.0
+        lam = max(lam * max(1.0 / 3.0, 1.0 - c * c * c), 1e-12)
+        nu = 2.0
+        if small:
+            converged = True
             break
     for q in range(p):
         theta_out[q] = theta[q]
-    return sse, it + 1
+    return sse, accepted, converged
 
 
 @njit(cache=True)
 def _fit_voxel(code, t, ca, y, starts, lo, hi, fit_delay, max_iter, out):
-    """Fit one voxel from every start; keep the best. out: params..., sse."""
+    """Fit one voxel from every start; keep the best.
+
+    out: params..., sse, n_accepted, converged (1.0 or 0.0) of the best start.
+    """
     p = lo.shape[0]
     best = np.inf
     theta = np.empty(p)
+    out[p + 1] = 0.0
+    out[p + 2] = 0.0
     for s in range(starts.shape[0]):
-        sse, _ = _fit_one(code, t, ca, y, starts[s], lo, hi, fit_delay, max_iter, theta)
+        sse, acc, conv = _fit_one(code, t, ca, y, starts[s], lo, hi, fit_delay, max_iter, theta)
         if sse < best:
             best = sse
             for q in range(p):
                 out[q] = theta[q]
+            out[p + 1] = acc
+            out[p + 2] = 1.0 if conv else 0.0
     out[p] = best
 
 
 @njit(cache=True)
 def fit_serial(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
-    """Fit every voxel (rows of ys; starts (n_vox, n_starts, p)) one after another."""
+    """Fit every voxel (rows of ys; starts (n_vox, n_starts, p)) one after another.
+
+    ``out`` is (n_vox, p + 3): the parameters, the residual sum of squares, the number of
+    accepted steps and the converged flag of the best start. A row whose first value is
+    NaN is skipped.
+    """
     for v in range(ys.shape[0]):
         if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
             _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
@@ -371,6 +485,27 @@ def fit_parallel(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
     for v in prange(ys.shape[0]):
         if out[v, 0] == out[v, 0]:
             _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
+
+
+@njit(cache=True, parallel=True)
+def normal_matrices(code, t, ca, thetas, fit_delay, out):
+    """``J^T J`` (n_vox, p, p) at each row of thetas (NaN rows are left untouched)."""
+    n = t.shape[0]
+    p = thetas.shape[1]
+    for v in prange(thetas.shape[0]):
+        if thetas[v, 0] != thetas[v, 0]:
+            continue
+        w = np.empty((9, n))
+        model = np.empty(n)
+        jac = np.empty((n, p))
+        _model_jac(code, thetas[v], t, ca, fit_delay, w, model, jac)
+        for q in range(p):
+            for q2 in range(q + 1):
+                s = 0.0
+                for i in range(n):
+                    s += jac[i, q] * jac[i, q2]
+                out[v, q, q2] = s
+                out[v, q2, q] = s
 
 
 @njit(cache=True)

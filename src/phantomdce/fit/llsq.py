@@ -21,7 +21,14 @@ import xarray as xr
 from numba import njit, prange
 
 import phantomdce
-from phantomdce.fit._common import check_inputs, result_dataset, screen_voxels
+from phantomdce.fit._common import (
+    COND_MAX,
+    beats_no_contrast,
+    check_inputs,
+    condition_numbers,
+    result_dataset,
+    screen_voxels,
+)
 
 __all__ = ["LLSQFitter", "llsq", "llsq_numpy", "LLSQ_MODELS"]
 
@@ -164,15 +171,10 @@ def llsq(
     return _finish(model, raw)
 
 
-def llsq_numpy(
-    t: np.ndarray, ct: np.ndarray, ca: np.ndarray, *, model: str
-) -> dict[str, np.ndarray]:
-    """The same method as :func:`llsq` in plain vectorised numpy (batched lstsq)."""
-    if model not in _CODE:
-        raise ValueError(f"model={model!r}: expected one of {list(LLSQ_MODELS)}")
+def _system(t: np.ndarray, ct: np.ndarray, ca: np.ndarray, model: str):
+    """Design matrices (n_vox, n_t, p), normal matrices and right-hand sides."""
     ica = _cumtrapz(t, ca)
     ict = _cumtrapz(t, ct)
-    n_vox = ct.shape[0]
     if model == "tofts":
         cols = [np.broadcast_to(ica, ct.shape), -ict]
     elif model == "extended_tofts":
@@ -182,6 +184,17 @@ def llsq_numpy(
     a = np.stack(cols, axis=-1)  # (n_vox, n_t, p)
     ata = np.einsum("vtp,vtq->vpq", a, a)
     atb = np.einsum("vtp,vt->vp", a, ct)
+    return a, ata, atb
+
+
+def llsq_numpy(
+    t: np.ndarray, ct: np.ndarray, ca: np.ndarray, *, model: str
+) -> dict[str, np.ndarray]:
+    """The same method as :func:`llsq` in plain vectorised numpy (batched lstsq)."""
+    if model not in _CODE:
+        raise ValueError(f"model={model!r}: expected one of {list(LLSQ_MODELS)}")
+    n_vox = ct.shape[0]
+    _, ata, atb = _system(t, ct, ca, model)
     x = np.linalg.solve(ata, atb[..., None])[..., 0]
     raw = np.zeros((n_vox, 3))
     if model == "extended_tofts":
@@ -193,9 +206,38 @@ def llsq_numpy(
     return _finish(model, raw)
 
 
+def determined(
+    t: np.ndarray, ct: np.ndarray, ca: np.ndarray, model: str, block: int = 4096
+) -> np.ndarray:
+    """Voxels whose linear system determines the solution (see :mod:`phantomdce.fit._common`).
+
+    The normal matrix of the linear system, columns scaled to unit norm, has a condition
+    number of at most :data:`~phantomdce.fit._common.COND_MAX`, and the linear model
+    explains the curve better than no contrast (:func:`~phantomdce.fit._common.beats_no_contrast`
+    on the residual of the linear system). Evaluated in blocks of ``block`` voxels.
+    """
+    out = np.zeros(ct.shape[0], dtype=bool)
+    for a0 in range(0, ct.shape[0], block):
+        c = ct[a0 : a0 + block]
+        a, ata, atb = _system(t, c, ca, model)
+        cond = condition_numbers(ata)
+        ok = cond <= COND_MAX
+        x = np.zeros(atb.shape)
+        if ok.any():
+            x[ok] = np.linalg.solve(ata[ok], atb[ok][..., None])[..., 0]
+        sse = np.sum((c - np.einsum("vtp,vp->vt", a, x)) ** 2, axis=1)
+        out[a0 : a0 + block] = ok & beats_no_contrast(c, sse, a.shape[-1])
+    return out
+
+
 @dataclass(frozen=True)
 class LLSQFitter:
     """Linear least-squares (Murase) fitter, a built-in plug-in.
+
+    ``success`` is False for a voxel that cannot be fitted (non-finite, no positive value,
+    flat), whose linear system does not determine the solution (:func:`determined`:
+    near-singular normal matrix, or a curve not distinguishable from no contrast), or
+    whose solution is not a valid parameter set (kep <= 0).
 
     Parameters
     ----------
@@ -230,4 +272,5 @@ class LLSQFitter:
         bad = screen_voxels(ct)
         est = llsq(t, np.where(bad[:, None], 0.0, ct), ca, model=self.model, parallel=self.parallel)
         success = ~bad & np.all([np.isfinite(v) for v in est.values()], axis=0)
+        success &= determined(t, np.where(bad[:, None], 0.0, ct), ca, self.model)
         return result_dataset(data, est, success, {"fitter": self.name, "method": self.method})

@@ -1,9 +1,27 @@
 """Batched nonlinear least-squares fitters for all five kinetic models.
 
-Bounded Levenberg-Marquardt on every voxel at once in numba (:mod:`phantomdce.fit._lm`),
-with analytic Jacobians of models that are exact for a piecewise-linear AIF, starting
-values from the linear least-squares solution where one exists plus fixed fallbacks
-(the best of the starts is kept), and an optional arterial delay.
+Active-set projected Levenberg-Marquardt on every voxel at once in numba
+(:mod:`phantomdce.fit._lm`), with analytic Jacobians of models that are exact for a
+piecewise-linear AIF, starting values from the linear least-squares solution where one
+exists plus fixed fallbacks (the best of the starts is kept), and an optional arterial
+delay.
+
+What ``success`` means (the fitter contract, :mod:`phantomdce.fit.base`):
+
+- A bound in :data:`LIMITS` is a limit where the model degenerates to a simpler one:
+  ``fp`` at its upper search bound is Fp -> infinity (2CXM -> extended Tofts, 2CUM ->
+  Patlak), ``ps`` at 0 is no exchange, ``vp`` at its lower bound is no plasma volume. An
+  estimate there is stored as the limit itself (``inf``, ``0.0``), flagged by
+  ``at_limit_<param>``, and left out of the identifiability test; the fit can succeed.
+- Ktrans = 0 (:data:`PHYSICAL_BOUNDS`) is a valid estimate.
+- Any other bound (:func:`at_search_bound`) is a limit of the search, not of the model:
+  the fit found no minimum inside the admissible region and fails.
+- The data must determine the parameters (:mod:`phantomdce.fit._common`: condition
+  number of the scaled normal matrix at the solution, F-test against no contrast), and
+  the best start must have accepted a step or started at a stationary point.
+
+In the 2CXM, ``ps = 0`` leaves ``ve`` undetermined (its Jacobian column vanishes), so such
+a fit fails by the identifiability test although ``ps`` itself is at a limit.
 """
 
 from __future__ import annotations
@@ -15,7 +33,14 @@ import xarray as xr
 
 import phantomdce
 from phantomdce.fit import _lm
-from phantomdce.fit._common import check_inputs, result_dataset, screen_voxels
+from phantomdce.fit._common import (
+    COND_MAX,
+    beats_no_contrast,
+    check_inputs,
+    condition_numbers,
+    result_dataset,
+    screen_voxels,
+)
 from phantomdce.fit.llsq import llsq
 from phantomdce.kinetics import FP_UNIT, PER_MIN
 from phantomdce.params import MODELS
@@ -36,8 +61,13 @@ _STRICT = {("2cxm", "vp"): 1e-4, ("2cum", "vp"): 1e-4}
 _SCALE = {"Ktrans": PER_MIN, "ps": PER_MIN, "fp": FP_UNIT, "ve": 1.0, "vp": 1.0, "delay": 1.0}
 #: Delay values (s) every voxel is started from when the delay is fitted.
 DELAY_STARTS = (0.0, 4.0, 8.0, 14.0)
+#: Bounds where the model degenerates: (parameter, side) -> the value stored for an estimate
+#: there (package units), flagged by ``at_limit_<param>``.
+LIMITS = {("fp", "upper"): np.inf, ("ps", "lower"): 0.0, ("vp", "lower"): 0.0}
 #: Bounds that are physical values, not limits of the search: an estimate there is valid.
-PHYSICAL_BOUNDS = {("Ktrans", "lower"), ("vp", "lower"), ("ps", "lower")}
+PHYSICAL_BOUNDS = {("Ktrans", "lower")}
+#: Relative distance (of the bound interval) within which an estimate is at a bound.
+BOUND_TOL = 1e-6
 
 
 def _names(model: str, fit_delay: bool) -> list[str]:
@@ -86,6 +116,55 @@ def _starts(model: str, t, ct, ca, n_vox: int) -> list[dict[str, np.ndarray]]:
     return starts
 
 
+def _fit(
+    t: np.ndarray,
+    ct: np.ndarray,
+    ca: np.ndarray,
+    model: str,
+    fit_delay: bool,
+    parallel: bool,
+    max_iter: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The fit: estimates (package units), sse, stuck, theta (internal units), names.
+
+    ``stuck`` marks voxels whose best start accepted no step and did not start at a
+    stationary point: no iteration was accepted.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model={model!r}: expected one of {sorted(MODELS)}")
+    n_vox = ct.shape[0]
+    names = _names(model, fit_delay)
+    if t.size <= len(names):
+        raise ValueError(
+            f"time has {t.size} frames: the {model} model"
+            f"{' with delay' if fit_delay else ''} has {len(names)} parameters and needs at"
+            f" least {len(names) + 1} frames"
+        )
+    bad = screen_voxels(ct)
+    ct = np.where(bad[:, None], 0.0, ct)
+    lo, hi = _bounds(model, names)
+    scale = np.array([_SCALE[n] for n in names])
+    base = _starts(model, t, ct, ca, n_vox)
+    delays = DELAY_STARTS if fit_delay else (None,)
+    starts = np.empty((n_vox, len(base) * len(delays), len(names)))
+    k = 0
+    for d in delays:
+        for s in base:
+            for q, n in enumerate(names):
+                starts[:, k, q] = (d if n == "delay" else s[n]) * scale[q]
+            k += 1
+    p = len(names)
+    out = np.zeros((n_vox, p + 3))
+    out[bad, 0] = np.nan  # the kernel skips voxels marked NaN
+    kernel = _lm.fit_parallel if parallel else _lm.fit_serial
+    kernel(_lm.MODEL_CODES[model], t, ca, ct, starts, lo, hi, fit_delay, max_iter, out)
+    out[bad] = np.nan
+    est = {n: out[:, q] / scale[q] for q, n in enumerate(names)}
+    # a fit that moved from no start and ended anywhere but a stationary point
+    stuck = (out[:, p + 1] == 0) & (out[:, p + 2] == 0)
+    return est, out[:, p], stuck, out[:, :p], names
+
+
 def nlls(
     t: np.ndarray,
     ct: np.ndarray,
@@ -94,9 +173,12 @@ def nlls(
     model: str,
     fit_delay: bool = False,
     parallel: bool = False,
-    max_iter: int = 100,
+    max_iter: int = 300,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Fit every voxel by bounded Levenberg-Marquardt.
+    """Fit every voxel by active-set projected Levenberg-Marquardt.
+
+    The estimates are the raw minimisers within :data:`BOUNDS`; :class:`NLLSFitter`
+    judges which of them are determined and maps degenerate limits (:data:`LIMITS`).
 
     Parameters
     ----------
@@ -128,68 +210,72 @@ def nlls(
     ValueError
         Fewer frames than parameters + 1: the fit would be undetermined.
     """
-    if model not in MODELS:
-        raise ValueError(f"model={model!r}: expected one of {sorted(MODELS)}")
     t = np.ascontiguousarray(t, dtype=np.float64)
     ca = np.ascontiguousarray(ca, dtype=np.float64)
     ct = np.ascontiguousarray(ct, dtype=np.float64)
-    n_vox = ct.shape[0]
-    names = _names(model, fit_delay)
-    if t.size <= len(names):
-        raise ValueError(
-            f"time has {t.size} frames: the {model} model"
-            f"{' with delay' if fit_delay else ''} has {len(names)} parameters and needs at"
-            f" least {len(names) + 1} frames"
-        )
-    bad = screen_voxels(ct)
-    ct = np.where(bad[:, None], 0.0, ct)
-    lo, hi = _bounds(model, names)
-    scale = np.array([_SCALE[n] for n in names])
-    base = _starts(model, t, ct, ca, n_vox)
-    delays = DELAY_STARTS if fit_delay else (None,)
-    starts = np.empty((n_vox, len(base) * len(delays), len(names)))
-    k = 0
-    for d in delays:
-        for s in base:
-            for q, n in enumerate(names):
-                starts[:, k, q] = (d if n == "delay" else s[n]) * scale[q]
-            k += 1
-    out = np.zeros((n_vox, len(names) + 1))
-    out[bad, 0] = np.nan  # the kernel skips voxels marked NaN
-    kernel = _lm.fit_parallel if parallel else _lm.fit_serial
-    kernel(_lm.MODEL_CODES[model], t, ca, ct, starts, lo, hi, fit_delay, max_iter, out)
-    out[bad] = np.nan
-    est = {n: out[:, q] / scale[q] for q, n in enumerate(names)}
-    return est, out[:, -1]
+    est, sse, _, _, _ = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
+    return est, sse
+
+
+def _bound_interval(model: str, name: str) -> tuple[float, float]:
+    lo, hi = BOUNDS[name]
+    return max(lo, _STRICT.get((model, name), lo)), hi
+
+
+def at_limits(model: str, estimates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Voxels whose estimate sits at a limit where the model degenerates (:data:`LIMITS`).
+
+    Returns
+    -------
+    dict of str to ndarray of bool (n_vox,)
+        One entry per estimated parameter that has a limit.
+    """
+    out = {}
+    for name, values in estimates.items():
+        lo, hi = _bound_interval(model, name)
+        tol = BOUND_TOL * (hi - lo)
+        flags = np.zeros(values.shape, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            if (name, "lower") in LIMITS:
+                flags |= values <= lo + tol
+            if (name, "upper") in LIMITS:
+                flags |= values >= hi - tol
+        if (name, "lower") in LIMITS or (name, "upper") in LIMITS:
+            out[name] = flags
+    return out
 
 
 def at_search_bound(model: str, estimates: dict[str, np.ndarray]) -> np.ndarray:
-    """Voxels with a parameter at a limit of the search (not a physical zero).
+    """Voxels with a parameter at a limit of the search (not a physical value or a limit).
 
     Such a fit did not find a minimum inside the admissible region (typically a curve
     with no information on that parameter, such as pure noise), so it is not a success.
     """
     out = np.zeros(next(iter(estimates.values())).shape, dtype=bool)
     for name, values in estimates.items():
-        lo, hi = BOUNDS[name]
-        if name in ("ve", "vp") and model in ("2cxm", "2cum"):
-            lo = max(lo, _STRICT.get((model, name), lo))
-        tol = 1e-6 * (hi - lo)
+        lo, hi = _bound_interval(model, name)
+        tol = BOUND_TOL * (hi - lo)
         with np.errstate(invalid="ignore"):
-            if (name, "lower") not in PHYSICAL_BOUNDS:
+            lower = (name, "lower")
+            upper = (name, "upper")
+            if lower not in PHYSICAL_BOUNDS and lower not in LIMITS:
                 out |= values <= lo + tol
-            out |= values >= hi - tol
+            if upper not in PHYSICAL_BOUNDS and upper not in LIMITS:
+                out |= values >= hi - tol
     return out
 
 
 @dataclass(frozen=True)
 class NLLSFitter:
-    """Nonlinear least-squares fitter (batched Levenberg-Marquardt), a built-in plug-in.
+    """Nonlinear least-squares fitter (active-set Levenberg-Marquardt), a built-in plug-in.
 
-    ``success`` is False for a voxel that cannot be fitted (non-finite, no positive value,
-    flat) and for a fit that ends with a parameter at a limit of the search (see
-    :data:`BOUNDS`; the physical zeros of Ktrans, vp and ps are valid estimates), which is
-    what pure-noise curves do.
+    ``success`` follows the estimator's meaning (see the module docstring): False for a
+    voxel that cannot be fitted (non-finite, no positive value, flat), whose data do not
+    determine the parameters (:data:`phantomdce.fit._common.COND_MAX`,
+    :data:`phantomdce.fit._common.F_ALPHA`), whose best start accepted no step (and was
+    not already stationary), or whose
+    fit ends at a limit of the search; True, with ``at_limit_<param>`` set and the limit
+    value stored, for an estimate at a limit where the model degenerates (:data:`LIMITS`).
 
     Parameters
     ----------
@@ -206,7 +292,7 @@ class NLLSFitter:
     model: str
     fit_delay: bool = False
     parallel: bool = False
-    max_iter: int = 100
+    max_iter: int = 300
     input: str = "concentration"
     method: str = "nlls"
 
@@ -227,15 +313,29 @@ class NLLSFitter:
     def fit(self, data: xr.Dataset) -> xr.Dataset:
         """Fit every voxel of one case (see :mod:`phantomdce.fit.base`)."""
         t, ct, ca = check_inputs(data)
-        est, sse = nlls(
-            t,
-            ct,
-            ca,
-            model=self.model,
-            fit_delay=self.fit_delay,
-            parallel=self.parallel,
-            max_iter=self.max_iter,
+        est, sse, stuck, theta, names = _fit(
+            t, ct, ca, self.model, self.fit_delay, self.parallel, self.max_iter
         )
+        limits = at_limits(self.model, est)
+        include = np.ones(theta.shape, dtype=bool)
+        for q, name in enumerate(names):
+            if name in limits:
+                include[:, q] = ~limits[name]
+        jtj = np.full(theta.shape + (theta.shape[1],), np.nan)
+        _lm.normal_matrices(
+            _lm.MODEL_CODES[self.model], t, ca, np.ascontiguousarray(theta), self.fit_delay, jtj
+        )
+        cond = condition_numbers(jtj, include)
         finite = np.isfinite(sse) & np.all([np.isfinite(v) for v in est.values()], axis=0)
-        success = finite & ~at_search_bound(self.model, est)
-        return result_dataset(data, est, success, {"fitter": self.name, "method": self.method})
+        success = (
+            finite
+            & ~at_search_bound(self.model, est)
+            & ~stuck
+            & (cond <= COND_MAX)
+            & beats_no_contrast(ct, sse, len(names))
+        )
+        for name, flags in limits.items():
+            side = "upper" if (name, "upper") in LIMITS else "lower"
+            est[name] = np.where(flags, LIMITS[(name, side)], est[name])
+        attrs = {"fitter": self.name, "method": self.method}
+        return result_dataset(data, est, success, attrs, at_limit=limits)
