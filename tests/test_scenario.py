@@ -256,3 +256,53 @@ def test_a_phantom_subject_whose_bolus_arrives_late_must_keep_a_window():
     with pytest.raises(ConfigError, match=r"subject \d+ \(phantom.subject_aif = 'varied'\)"):
         for s in range(12):
             subject_protocol(short, 7, s, "varied")
+
+
+def test_a_study_caps_the_subjects_of_its_phantom_scenarios(tmp_path):
+    import json
+
+    from phantomdce.engine.study import run_study
+    from phantomdce.phantom.runner import phantom_digest
+
+    scenario = """
+name = "capped"
+seed = 5
+replicates = 1
+
+[protocol]
+dt = 5.0
+duration = 120.0
+snr = 30.0
+
+[phantom]
+shape = [8, 64, 64]
+subjects = 3
+subject_aif = "varied"
+
+[acquisition]
+in_plane_mm = 4.0
+slice_mm = 4.0
+
+[fit]
+fitters = ["llsq_extended_tofts"]
+"""
+    (tmp_path / "p.toml").write_text(scenario)
+    (tmp_path / "study.toml").write_text('include = ["p.toml"]\nphantom_subjects = 2\n')
+    run_study(tmp_path / "study.toml", tmp_path / "out")
+    run = json.loads((tmp_path / "out" / "capped" / "run.json").read_text())
+    assert run["phantom"]["subjects"] == 2
+    assert "phantom_subjects" not in run["scenario"]  # a study key, not the scenario's
+    # the cap is part of the run's identity: the study's resume check accepts its own run
+    manifest = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert manifest["scenarios"]["capped"] == run["scenario_hash"]
+    assert run["scenario_hash"] != phantom_digest({"name": "capped", **_toml(scenario)})
+    run_study(tmp_path / "study.toml", tmp_path / "out")  # resumes: the same capped run
+    with pytest.raises(ConfigError, match="phantom_subjects = 0: expected an integer >= 1"):
+        (tmp_path / "bad.toml").write_text('include = ["p.toml"]\nphantom_subjects = 0\n')
+        run_study(tmp_path / "bad.toml", tmp_path / "out2")
+
+
+def _toml(text):
+    import tomllib
+
+    return tomllib.loads(text)
