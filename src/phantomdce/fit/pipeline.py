@@ -19,8 +19,17 @@ Stages, each selectable so that one error source can be isolated at a time:
    value for the field, signal inverted to whole-blood concentration and divided by
    ``1 - hct``; partial volume is *not* corrected, as in practice).
 
-The pipeline removes every variable marked ``role = "truth"`` before any stage runs and
-reads one only when a stage is set to ``"true"``.
+The truth never reaches estimation (issue 11): every stage, ROI rule and fitter works on
+:func:`measurements_only` of the case, which drops every variable marked ``role = "truth"``,
+the per-voxel truth indices (``tissue``, ``replicate``) and every attribute that is not an
+acquisition setting (:data:`phantomdce.dro.boundary.ACQUISITION_ATTRS`: the true ``b1``,
+``hct``, ``bat``, ``aif``, ``aif_scale``, ``snr``, ... are dropped). What the analyst must
+assume instead is set from the pipeline's own settings and handed on as ``assumed_b1``,
+``assumed_hct``, ``assumed_bat`` (s) and ``assumed_t1_blood`` (s). A stage set to ``"true"``
+(an oracle run) reads its own truth variable and nothing else: ``t1`` reads ``T10``,
+``baseline`` reads ``signal_pre`` (and ``arterial_signal_pre``), ``concentration`` reads
+``ct``, ``aif`` reads ``ca``. The fitter's input holds no truth variable or attribute either
+way (an oracle stage's output is the estimate that stage hands on, not a truth variable).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import numpy as np
 import xarray as xr
 
 from phantomdce.aif import AIFS, Injection, plasma_aif
+from phantomdce.dro.boundary import TRUTH_COORDS, acquisition_attrs
 from phantomdce.fit.t1 import vfa_t1_linear, vfa_t1_nonlinear
 from phantomdce.signal import concentration_from_signal, native_t1
 
@@ -44,19 +54,28 @@ BASELINE_SOURCES = ("measured", "true")
 
 
 def measurements_only(case: xr.Dataset) -> xr.Dataset:
-    """The case without its ground truth (every variable with ``role = "truth"``)."""
+    """What a site knows of a case: its measurements and acquisition settings.
+
+    Drops every variable with ``role = "truth"``, the truth indices ``tissue`` and
+    ``replicate`` and every attribute outside
+    :data:`phantomdce.dro.boundary.ACQUISITION_ATTRS` (see :mod:`phantomdce.dro.boundary`).
+    """
     truth = [name for name, var in case.data_vars.items() if var.attrs.get("role") == "truth"]
-    return case.drop_vars(truth)
+    truth += [name for name in TRUTH_COORDS if name in case.coords]
+    out = case.drop_vars(truth)
+    out.attrs = acquisition_attrs(case.attrs)
+    return out
 
 
-def _truth(case: xr.Dataset, name: str, stage: str) -> np.ndarray:
+def _truth(case: xr.Dataset, name: str, stage: str, *dims: str) -> np.ndarray:
     """A truth variable an oracle stage reads, with a clear error when the case lacks it."""
     if name not in case:
         raise ValueError(
             f"pipeline.{stage} = 'true' needs the truth variable {name!r}, which this case"
             " does not hold (it is simulated for DRO cases, not for phantom cases)"
         )
-    return np.asarray(case[name].values, dtype=np.float64)
+    var = case[name].transpose(*dims) if dims else case[name]
+    return np.asarray(var.values, dtype=np.float64)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -139,50 +158,93 @@ class Pipeline:
         """The settings as plain attributes."""
         return {f"pipeline_{k}": ("none" if v is None else v) for k, v in asdict(self).items()}
 
-    # -- stages ---------------------------------------------------------------------------
+    def assumed_bat(self, case: xr.Dataset) -> float:
+        """The bolus arrival the analyst assumes, s.
+
+        ``population_bat``, or the nominal ``n_baseline * dt`` of the protocol (never the
+        simulated arrival).
+        """
+        if self.population_bat is not None:
+            return float(self.population_bat)
+        return int(case.attrs["n_baseline"]) * float(case.attrs["dt"])
+
+    def assumptions(self, case: xr.Dataset) -> dict[str, Any]:
+        """What the analyst assumes instead of knowing, from the pipeline's own settings.
+
+        Returns
+        -------
+        dict
+            ``assumed_b1`` (actual / nominal flip angle), ``assumed_hct``, ``assumed_bat``
+            (s) and ``assumed_t1_blood`` (s, the literature native T1 of blood at the
+            field), with their units in ``assumed_units``.
+        """
+        return {
+            "assumed_b1": float(self.b1),
+            "assumed_hct": float(self.hct),
+            "assumed_bat": self.assumed_bat(case),
+            "assumed_t1_blood": float(native_t1("blood", float(case.attrs["field_strength"]))),
+            "assumed_units": {
+                "assumed_b1": "1 (actual/nominal)",
+                "assumed_hct": "1",
+                "assumed_bat": "s",
+                "assumed_t1_blood": "s",
+            },
+        }
+
+    # -- stages: each sees the measurements only, and its own truth variable when "true" ----
 
     def t10(self, case: xr.Dataset) -> np.ndarray:
-        """Native T1 per voxel, s."""
+        """Native T1 per voxel, s (``t1 = "true"`` reads the truth ``T10``)."""
         if self.t1 == "true":
-            return np.asarray(case["T10"].values, dtype=np.float64)
+            return _truth(case, "T10", "t1")
+        known = measurements_only(case)
         fit = vfa_t1_linear if self.t1 == "vfa_linear" else vfa_t1_nonlinear
         t1, _ = fit(
-            case["vfa_signal"].transpose("voxel", "flip_angle").values,
-            case["flip_angle"].values,
-            tr=float(case.attrs["tr"]),
+            known["vfa_signal"].transpose("voxel", "flip_angle").values,
+            known["flip_angle"].values,
+            tr=float(known.attrs["tr"]),
             b1=self.b1,
         )
         return np.asarray(t1, dtype=np.float64)
 
     def tissue_concentration(self, case: xr.Dataset, t10: np.ndarray) -> np.ndarray:
-        """Tissue concentration (voxel, time), mM."""
+        """Tissue concentration (voxel, time), mM.
+
+        ``concentration = "true"`` reads the truth ``ct``; ``baseline = "true"`` reads
+        ``signal_pre``.
+        """
         if self.concentration == "true":
-            return np.asarray(case["ct"].transpose("voxel", "time").values, dtype=np.float64)
-        signal = case["signal"].transpose("voxel", "time").values
+            return _truth(case, "ct", "concentration", "voxel", "time")
+        known = measurements_only(case)
+        signal = known["signal"].transpose("voxel", "time").values
         if self.baseline == "true":
             s_pre = _truth(case, "signal_pre", "baseline")
         else:
-            s_pre = signal[:, : int(case.attrs["n_baseline"])].mean(axis=1)
+            s_pre = signal[:, : int(known.attrs["n_baseline"])].mean(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return concentration_from_signal(
                 signal,
                 s_pre[:, None],
                 r10=(1.0 / t10)[:, None],
-                fa=float(case.attrs["fa"]),
-                tr=float(case.attrs["tr"]),
-                r1_relaxivity=float(case.attrs["r1"]),
+                fa=float(known.attrs["fa"]),
+                tr=float(known.attrs["tr"]),
+                r1_relaxivity=float(known.attrs["r1"]),
                 b1=self.b1,
             )
 
     def plasma_aif(self, case: xr.Dataset) -> np.ndarray:
-        """Plasma AIF at the frames, mM."""
-        t = np.asarray(case["time"].values, dtype=np.float64)
-        attrs = case.attrs
+        """Plasma AIF at the frames, mM.
+
+        ``aif = "true"`` reads the truth ``ca``; ``baseline = "true"`` reads
+        ``arterial_signal_pre`` for the measured AIF.
+        """
         if self.aif == "true":
-            return np.asarray(case["ca"].values, dtype=np.float64)
+            return _truth(case, "ca", "aif")
+        known = measurements_only(case)
+        t = np.asarray(known["time"].values, dtype=np.float64)
+        attrs = known.attrs
+        assumed = self.assumptions(known)
         if self.aif == "population":
-            nominal = int(attrs["n_baseline"]) * float(attrs["dt"])
-            bat = nominal if self.population_bat is None else self.population_bat
             injection = None
             if self.population_injection and attrs.get("injection_rate", "none") != "none":
                 injection = Injection(
@@ -193,27 +255,25 @@ class Pipeline:
             return plasma_aif(
                 self.population_aif,
                 t,
-                bat=bat,
+                bat=assumed["assumed_bat"],
                 hct=self.hct,
                 dose=float(attrs["dose"]),
                 injection=injection,
             )
-        if "arterial_signal" not in case:
+        if "arterial_signal" not in known:
             raise ValueError(
                 "pipeline.aif = 'measured' needs arterial voxels: the case has no"
                 " 'arterial_signal' (set protocol.arterial_voxels > 0)"
             )
-        art = case["arterial_signal"].transpose("arterial_voxel", "time").values.mean(axis=0)
-        nb = int(attrs["n_baseline"])
-        t1_blood = native_t1("blood", float(attrs["field_strength"]))
+        art = known["arterial_signal"].transpose("arterial_voxel", "time").values.mean(axis=0)
         if self.baseline == "true":
             art_pre = float(_truth(case, "arterial_signal_pre", "baseline"))
         else:
-            art_pre = float(art[:nb].mean())
+            art_pre = float(art[: int(attrs["n_baseline"])].mean())
         cb = concentration_from_signal(
             art,
             art_pre,
-            r10=1.0 / t1_blood,
+            r10=1.0 / assumed["assumed_t1_blood"],
             fa=float(attrs["fa"]),
             tr=float(attrs["tr"]),
             r1_relaxivity=float(attrs["r1"]),
@@ -227,25 +287,26 @@ class Pipeline:
         Parameters
         ----------
         case : xarray.Dataset
-            One case node of a DRO store.
+            One case node of a DRO store (or a phantom case).
 
         Returns
         -------
         xarray.Dataset
             What a fitter sees: ``time`` (s), ``ct`` (voxel, time, mM, estimated), ``ca``
             (time, mM, plasma), ``T10`` estimate (voxel, s), the measurements ``signal``,
-            ``vfa_signal`` (and ``flip_angle``) for signal fitters, and the protocol attrs
-            plus the pipeline settings. No ground truth is included.
+            ``vfa_signal`` (and ``flip_angle``) and ``arterial_signal`` for signal fitters;
+            as attributes the acquisition settings
+            (:data:`phantomdce.dro.boundary.ACQUISITION_ATTRS`), the analyst's assumptions
+            (``assumed_*``, see :meth:`assumptions`) and the settings (``pipeline_*``).
+            No truth variable, truth index or truth attribute is included.
         """
-        measured = measurements_only(case)
-        need_truth = "true" in (self.t1, self.concentration, self.aif, self.baseline)
-        source = case if need_truth else measured
-        t10 = self.t10(source)
-        ct = self.tissue_concentration(source, t10)
-        ca = self.plasma_aif(source)
-        out = measured.copy()
+        known = measurements_only(case)
+        t10 = self.t10(case)
+        ct = self.tissue_concentration(case, t10)
+        ca = self.plasma_aif(case)
+        out = known.copy()
         out["ct"] = (("voxel", "time"), ct, {"units": "mM", "long_name": "tissue concentration"})
         out["ca"] = ("time", ca, {"units": "mM", "long_name": "plasma AIF"})
         out["T10"] = ("voxel", t10, {"units": "s", "long_name": "native T1 (estimated)"})
-        out.attrs = {**case.attrs, **self.as_attrs()}
+        out.attrs = {**known.attrs, **self.assumptions(known), **self.as_attrs()}
         return out

@@ -35,8 +35,10 @@ Units and naming
 * dcmri's input ``ca`` is the arterial *blood* concentration and every model divides it by
   ``1 - H``. phantomdce gives *plasma* concentration, so the adapter passes
   ``ca_blood = (1 - H) ca_plasma``. ``H`` cancels in every concentration curve; it only sets
-  the admissible range of vp through dcmri's bound ``vb <= 0.999``. ``H`` is the protocol's
-  ``hct`` attribute if the dataset has one, else dcmri's default 0.45.
+  the admissible range of vp through dcmri's bound ``vb <= 0.999``. ``H`` is the
+  haematocrit the analyst assumes, the pipeline's ``assumed_hct`` attribute if the dataset
+  has one, else dcmri's default 0.45 (never the subject's true haematocrit, which a fitter
+  does not see).
 * dcmri concentrations are in M by convention; every model is linear in concentration, so
   curves in mM give estimates in the same units.
 * dcmri's time axis is in s, as phantomdce's.
@@ -303,7 +305,7 @@ class DcmriFitter:
         ----------
         data : xarray.Dataset
             Coordinate ``time`` (s), ``ct`` (voxel, time) mM, ``ca`` (time) plasma mM;
-            optional attribute ``hct``. Not modified.
+            optional attribute ``assumed_hct``. Not modified.
 
         Returns
         -------
@@ -329,7 +331,7 @@ class DcmriFitter:
             raise ValueError("time or ca has non-finite values: the AIF must be finite")
         if t.size < 2 or np.any(np.diff(t) <= 0):
             raise ValueError("time must be strictly increasing with >= 2 samples (s)")
-        H = float(data.attrs.get("hct", DEFAULT_H))
+        H = float(data.attrs.get("assumed_hct", DEFAULT_H))
         if not 0.0 < H < 1.0:
             H = DEFAULT_H
         ca_blood = (1.0 - H) * ca  # dcmri wants blood concentration; it divides by 1 - H
