@@ -73,8 +73,9 @@ MIN_POST_BOLUS_S = 30.0
 #: 3D SPGR sequence, voxel and receiver as the dynamic series, one average each, "a
 #: convenient and common approach" for prostate DCE (Elsevier 2012, PubMed 22898681, a
 #: study of VFA T1 mapping with B1 correction); so each VFA image has the noise SD of one
-#: dynamic frame. The number of averages in practice is not from a source (an assumption). Sites that average
-#: the VFA images set ``vfa_averages`` (the study's ``vfa_noise`` scenario sweeps it).
+#: dynamic frame. The number of averages in practice is not from a source (an assumption).
+#: Sites that average the VFA images set ``vfa_averages`` (the ``vfa_noise`` scenario sweeps
+#: it).
 DEFAULT_VFA_AVERAGES = 1
 #: Most averages of a VFA image accepted (beyond this the acquisition time is unrealistic).
 MAX_VFA_AVERAGES = 64
