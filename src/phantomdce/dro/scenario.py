@@ -161,7 +161,9 @@ class Scenario:
     def cases(self) -> list[Case]:
         """Expand the Cartesian product of the sweep axes into checked cases.
 
-        Keys linked by ``zip`` advance together (their lists have the same length).
+        Keys linked by ``zip`` advance together (their lists have the same length). Every
+        case must leave a window after the bolus arrival that a fit can use (see
+        :meth:`Protocol.check_post_bolus_window`); the error names the case.
         """
         axes = self.axes()
         columns = [list(zip(*[self.sweep[k] for k in group], strict=True)) for group in axes]
