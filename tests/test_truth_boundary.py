@@ -352,3 +352,23 @@ def test_dcmri_adapter_reads_the_assumed_haematocrit():
     data.attrs["assumed_hct"] = 0.3
     data.attrs["hct"] = 0.38  # a true value, were it given, is not read
     assert fitter.fit(data).attrs["dcmri_H"] == 0.3
+
+
+def test_roi_rules_find_the_arrival_on_the_images():
+    from phantomdce.dro.protocol import Protocol
+    from phantomdce.phantom.acquire import Acquisition, acquire
+    from phantomdce.phantom.anatomy import make_neck
+    from phantomdce.phantom.roi import bolus_arrival_from_images, carotid_roi_auto, tumour_rois
+
+    ph = make_neck((16, 96, 96), seed=6)
+    for bat in (17.0, 31.0):  # before and after the nominal n_baseline * dt = 20 s
+        proto = Protocol.from_mapping({"dt": 4.0, "duration": 120.0, "snr": 30.0, "bat": bat})
+        acquired = acquire(ph, proto, Acquisition(2.0, 3.0), seed=1)
+        found = bolus_arrival_from_images(acquired)
+        assert bat - proto.dt <= found <= bat + proto.dt
+        rois, carotid = tumour_rois(ph, acquired), carotid_roi_auto(acquired, n=6)
+        # the rules read no truth: a wrong simulated arrival in the attributes changes nothing
+        for wrong in (0.0, 80.0):
+            lied = acquired.assign_attrs(bat=wrong)
+            xr.testing.assert_equal(tumour_rois(ph, lied), rois)
+            np.testing.assert_array_equal(carotid_roi_auto(lied, n=6), carotid)

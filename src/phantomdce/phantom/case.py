@@ -54,10 +54,11 @@ def phantom_case(
         What to acquire and how.
     roi : ndarray (slice, y, x) bool or {"recommended", "whole_lesion"}
         Tumour ROI on the acquired grid, or the rule that draws it
-        (:func:`phantomdce.phantom.roi.tumour_rois`, on the first acquisition).
+        (:func:`phantomdce.phantom.roi.tumour_rois`, on the first acquisition: the lesion
+        outline from the anatomy, the rest from the images, the first pass timed on them).
     carotid : ndarray bool or {"auto", "manual"}
         Carotid ROI, or how to place it (automatic selection, or a 3 mm sphere at the
-        right carotid landmark), on the first acquisition.
+        right carotid landmark), on the images of the first acquisition, without its truth.
     replicates : int
         Repeated acquisitions with independent noise.
     seed : int
@@ -68,14 +69,18 @@ def phantom_case(
     -------
     xarray.Dataset
         ``signal``, ``vfa_signal``, ``arterial_signal``, truth ``Ktrans``/``ve``/``vp`` per
-        voxel, ``ca`` and the protocol and acquisition attributes.
+        voxel, ``ca`` and the protocol and acquisition attributes (truth among them: see
+        :mod:`phantomdce.dro.boundary`; the estimation pipeline keeps only what a site
+        knows).
     """
+    from phantomdce.fit.pipeline import measurements_only
     from phantomdce.phantom.roi import carotid_roi, tumour_rois
 
     first = acquire(phantom, protocol, acquisition, seed=repeat_seed(seed, 0))
     if isinstance(roi, str):
         roi = tumour_rois(phantom, first)[roi].values
-    carotid = carotid_roi(phantom, first, carotid)
+    # the carotid ROI is placed on the images alone: no truth variable or attribute
+    carotid = carotid_roi(phantom, measurements_only(first), carotid)
     if not roi.any():
         raise ValueError("the tumour ROI holds no voxel at this resolution")
     n_roi = int(roi.sum())

@@ -12,6 +12,10 @@ Tumour ROIs, on the acquired grid:
   ``vessel_fraction`` of the image's largest that washes out, the late rise under 60% of
   it: neighbouring vessels or partial volume with them).
 
+The first pass, which the recommended rule and the automatic carotid search use, is timed on
+the images (:func:`bolus_arrival_from_images`), never from the simulated arrival: an analyst
+knows when the contrast was injected, not when it reached the neck.
+
 The carotid AIF is measured from an ROI on the acquired images: a manual sphere at given
 coordinates (:attr:`Phantom.landmarks` gives the carotids), or an automatic selection:
 the ``n`` voxels with the largest first-pass signal rise among voxels with a real baseline
@@ -35,9 +39,14 @@ __all__ = [
     "carotid_roi_auto",
     "roi_aif",
     "class_fractions",
+    "bolus_arrival_from_images",
 ]
 
 TUMOUR = ("tumour_rim", "tumour_hypoxic", "necrosis", "haemorrhage")
+#: Percentile of the voxels' signal rises that times the bolus arrival (the arteries).
+ARRIVAL_PERCENTILE = 99.9
+#: Fraction of its peak rise (above the baseline frames' noise) that marks the first pass.
+ARRIVAL_LEVEL = 0.1
 
 
 def class_fractions(phantom: Phantom, acquired: xr.Dataset, names) -> xr.DataArray:
@@ -46,13 +55,61 @@ def class_fractions(phantom: Phantom, acquired: xr.Dataset, names) -> xr.DataArr
     return acquired["fraction"].sel(type=idx).sum("type")
 
 
+def bolus_arrival_from_images(
+    acquired: xr.Dataset,
+    *,
+    percentile: float = ARRIVAL_PERCENTILE,
+    level: float = ARRIVAL_LEVEL,
+) -> float:
+    """The bolus arrival (s) as an analyst finds it on the images, without the truth.
+
+    Each voxel's rise is its signal minus its baseline (the mean of the first
+    ``n_baseline`` frames), among voxels with a real baseline signal (at least a quarter of
+    the image's 90th percentile, so that noise in air cannot count). At each frame the
+    image's largest rise is the ``percentile`` of the voxels' rises (the arteries, robust to
+    a few noisy voxels); the arrival is the last frame before that curve first rises above
+    its baseline-frame maximum (the noise) by ``level`` of its peak rise above it, so the
+    first pass starts at or shortly after it. Without any rise the nominal arrival of the
+    protocol, ``n_baseline * dt``, is returned.
+
+    Parameters
+    ----------
+    acquired : xarray.Dataset
+        An acquisition (:func:`phantomdce.phantom.acquire.acquire`): ``signal`` (..., time)
+        and the protocol's ``n_baseline`` and ``dt`` attributes; nothing of the truth is read.
+    percentile : float
+        Percentile (0-100) of the voxels' rises taken as the image's largest rise.
+    level : float
+        Fraction of the peak rise (above the noise) that marks the first pass.
+
+    Returns
+    -------
+    float
+        Estimated bolus arrival, s from the start of the series.
+    """
+    t = np.asarray(acquired["time"].values, dtype=np.float64)
+    s = acquired["signal"].values.astype(np.float64).reshape(-1, t.size)
+    nb = int(acquired.attrs["n_baseline"])
+    nominal = float(nb * float(acquired.attrs["dt"]))
+    base = s[:, :nb].mean(axis=1)
+    ok = np.isfinite(base) & (base >= 0.25 * np.nanpercentile(base, 90))
+    if not ok.any():
+        return nominal
+    largest = np.percentile(s[ok] - base[ok, None], percentile, axis=0)
+    floor, peak = largest[:nb].max(), largest.max()
+    if not np.isfinite(peak) or peak <= floor:
+        return nominal
+    first = int(np.argmax(largest > floor + level * (peak - floor)))
+    return float(t[max(first - 1, 0)])
+
+
 def _enhancement(acquired: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Late relative enhancement, first-pass signal rise (a.u.) and baseline per voxel."""
     s = acquired["signal"].values.astype(np.float64)
     t = acquired["time"].values
     nb = int(acquired.attrs["n_baseline"])
     base = s[..., :nb].mean(axis=-1)
-    bat = float(acquired.attrs["bat"])
+    bat = bolus_arrival_from_images(acquired)
     first = (t >= bat) & (t <= bat + 25.0)  # the first pass: about 25 s from arrival
     if not first.any():
         first = np.zeros_like(t, dtype=bool)
