@@ -15,7 +15,10 @@ A fitter is any object with these attributes and one method:
     Free text naming the estimator family, e.g. ``"nlls"``, ``"llsq"``, ``"bayes"``.
 ``fit(data: xarray.Dataset) -> xarray.Dataset``
     ``data`` is one case in DRO naming: coordinate ``time`` (s), ``ct`` (voxel, time) in mM,
-    ``ca`` (time) plasma concentration in mM, and the protocol in ``data.attrs``. The result
+    ``ca`` (time) plasma concentration in mM, and in ``data.attrs`` the acquisition settings
+    a site knows (:data:`phantomdce.dro.boundary.ACQUISITION_ATTRS`) with the analyst's
+    assumptions (``assumed_hct``, ``assumed_b1``, ``assumed_bat`` in s, ``assumed_t1_blood``
+    in s); never the subject's truth (true B1, haematocrit, bolus arrival, SNR). The result
     has dimension ``voxel`` (same length and order) with one variable per estimated
     parameter (``Ktrans`` in /min, ``ve``, ``vp``, ``fp`` in mL/100mL/min, ``ps`` in /min,
     ``delay`` in s, as the model has them) and a boolean ``success``. A fitter never
