@@ -248,7 +248,7 @@ def _run(path: Path, tmp: Path):
     return (_run_phantom if _is_phantom(raw) else _run_dro)(path, tmp)
 
 
-FAST = {"vfa_b1_error.toml", "aif_population.toml"}
+FAST = {"vfa_b1_error.toml"}  # the example, in the default suite; the rest are slow
 
 
 def test_every_study_scenario_is_covered():
