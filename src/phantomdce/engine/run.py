@@ -18,8 +18,9 @@ Layout of ``OUT/``:
   sources, identities (scenario hash, run identity), package version.
 - ``estimates.zarr``: an :class:`xarray.DataTree`; the root holds the cases table; each
   case node holds ``<parameter>`` (fitter, voxel) estimates in package units, ``success``
-  (fitter, voxel), ``true_<parameter>`` (voxel) ground truth, ``tissue`` and ``replicate``
-  indices and ``fit_time_s`` (fitter, chunk).
+  (fitter, voxel), ``at_limit_<parameter>`` (fitter, voxel; bool, False where the fitter
+  gave no flag) for the parameters in :data:`AT_LIMIT`, ``true_<parameter>`` (voxel)
+  ground truth, ``tissue`` and ``replicate`` indices and ``fit_time_s`` (fitter, chunk).
 - ``metrics.csv``: one row per case, fitter and parameter (see
   :mod:`phantomdce.engine.metrics`); ``failures.csv``: one row per failed fitter chunk.
 
@@ -61,6 +62,9 @@ __all__ = ["RunPlan", "plan_run", "execute", "finalize", "run", "ResultDirError"
 
 #: Parameters every run stores estimates for (NaN where a fitter has none).
 ESTIMATED = ("Ktrans", "ve", "vp", "fp", "ps", "kep", "delay")
+#: Parameters whose ``at_limit_<param>`` flags (fitter, voxel) the store holds: a fitter's
+#: estimate at a limit where its model degenerates (see :mod:`phantomdce.fit.base`).
+AT_LIMIT = ("Ktrans", "ve", "vp", "fp", "ps", "delay")
 
 
 class ResultDirError(ConfigError):
@@ -343,6 +347,17 @@ def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
                 long_name=f"estimated {PARAMETERS[name].long_name}",
             )
         arr(g, "success", (n_fit, n_vox), (n_fit, step), bool, ["fitter", "voxel"], None)
+        for name in AT_LIMIT:
+            arr(
+                g,
+                f"at_limit_{name}",
+                (n_fit, n_vox),
+                (n_fit, step),
+                bool,
+                ["fitter", "voxel"],
+                None,
+                long_name=f"estimated {name} at the limit where the model degenerates",
+            )
         arr(
             g,
             "fit_time_s",
@@ -408,7 +423,24 @@ def _fit_isolated(spec: str, info, data: xr.Dataset, timeout: float) -> xr.Datas
 
 
 def _collect(result: Any, info, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Check a fitter's output; raise ValueError naming what is wrong."""
+    """Check a fitter's output; raise ValueError naming what is wrong.
+
+    The estimates and ``success`` of :func:`_collect_limits`, without the flags.
+    """
+    est, success, _ = _collect_limits(result, info, n)
+    return est, success
+
+
+def _collect_limits(
+    result: Any, info, n: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Check a fitter's output; raise ValueError naming what is wrong.
+
+    Returns the estimates (with the derived Ktrans and kep), ``success`` and the
+    ``at_limit_<param>`` flags the fitter gave (bool, False where ``success`` is False).
+    A flagged estimate may be infinite (Fp -> infinity); the two-compartment Ktrans is
+    then PS.
+    """
     if not isinstance(result, xr.Dataset):
         raise ValueError(f"returned {type(result).__name__}, expected an xarray.Dataset")
     if "success" not in result:
@@ -426,15 +458,35 @@ def _collect(result: Any, info, n: int) -> tuple[dict[str, np.ndarray], np.ndarr
     success = np.asarray(result["success"].values).reshape(-1)
     if success.size != n:
         raise ValueError(f"returned {success.size} success flags for {n} voxels")
-    success = success.astype(bool) & np.all([np.isfinite(v) for v in est.values()], axis=0)
+    limits = {}
+    for var in result.data_vars:
+        if not str(var).startswith("at_limit_"):
+            continue
+        name = str(var)[len("at_limit_") :]
+        if name not in est:
+            raise ValueError(f"returned {var!r} for {name!r}, which it does not estimate")
+        flags = np.asarray(result[var].values).reshape(-1)
+        if flags.size != n or flags.dtype != bool:
+            raise ValueError(
+                f"returned {var!r} with {flags.size} values of dtype {flags.dtype}: expected"
+                f" {n} bool flags"
+            )
+        limits[name] = flags
+    ok_values = [
+        np.isfinite(v) | (limits[k] & ~np.isnan(v)) if k in limits else np.isfinite(v)
+        for k, v in est.items()
+    ]
+    success = success.astype(bool) & np.all(ok_values, axis=0)
+    limits = {k: v & success for k, v in limits.items()}
     with np.errstate(invalid="ignore", divide="ignore"):
         if "fp" in est and "ps" in est and "Ktrans" not in est:
             # the two-compartment models' Ktrans, Fp PS / (Fp + PS), as the truth defines it
+            # (PS itself in the limit Fp -> infinity)
             fp = est["fp"] / 100.0
-            est["Ktrans"] = fp * est["ps"] / (fp + est["ps"])
+            est["Ktrans"] = np.where(np.isposinf(fp), est["ps"], fp * est["ps"] / (fp + est["ps"]))
         if "Ktrans" in est and "ve" in est:
             est["kep"] = est["Ktrans"] / est["ve"]
-    return est, success
+    return est, success, limits
 
 
 def run_unit(job: dict[str, Any]) -> dict[str, Any]:
@@ -473,6 +525,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
     n_fit = len(entries)
     block = {name: np.full((n_fit, n), np.nan) for name in ESTIMATED}
     success = np.zeros((n_fit, n), dtype=bool)
+    at_limit = {name: np.zeros((n_fit, n), dtype=bool) for name in AT_LIMIT}
     times = np.full(n_fit, np.nan)
     errors: dict[str, str] = {}
     specs = dict(enumerate(job["fitters"]))
@@ -498,10 +551,13 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
                 result = _fit_isolated(spec, info, view, fit.timeout_s)
             else:
                 result = info.fitter.fit(view)
-            est, ok = _collect(result, info, n)
+            est, ok, limits = _collect_limits(result, info, n)
             for name, values in est.items():
                 block[name][f] = np.where(ok, values, np.nan)
             success[f] = ok
+            for name, flags in limits.items():
+                if name in at_limit:
+                    at_limit[name][f] = flags
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is recorded, not raised
             errors[entry.name] = f"{type(exc).__name__}: {exc}"
         times[f] = time.perf_counter() - t0
@@ -515,6 +571,8 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
     for name, values in block.items():
         g[name][:, a:b] = values
     g["success"][:, a:b] = success
+    for name, flags in at_limit.items():
+        g[f"at_limit_{name}"][:, a:b] = flags
     g["fit_time_s"][:, k] = times
     record = {
         "case": case.name,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy import stats
+from scipy.special import fdtrc
 
 from phantomdce.params import PARAMETERS
 
@@ -103,7 +103,7 @@ def beats_no_contrast(ct: np.ndarray, sse: np.ndarray, n_params: int) -> np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         f = ((s0 - sse) / n_params) / (sse / dof)
         f = np.where(sse <= 0.0, np.where(s0 > 0.0, np.inf, 0.0), f)
-        pval = stats.f.sf(f, n_params, dof)
+        pval = fdtrc(n_params, dof, np.maximum(f, 0.0))
     return np.isfinite(sse) & (dof > 0) & (pval < F_ALPHA)
 
 

@@ -10,9 +10,11 @@ What ``success`` means (the fitter contract, :mod:`phantomdce.fit.base`):
 
 - A bound in :data:`LIMITS` is a limit where the model degenerates to a simpler one:
   ``fp`` at its upper search bound is Fp -> infinity (2CXM -> extended Tofts, 2CUM ->
-  Patlak), ``ps`` at 0 is no exchange, ``vp`` at its lower bound is no plasma volume. An
-  estimate there is stored as the limit itself (``inf``, ``0.0``), flagged by
-  ``at_limit_<param>``, and left out of the identifiability test; the fit can succeed.
+  Patlak, :data:`FP_LIMIT_MODELS`), ``ps`` at 0 is no exchange, ``vp`` at its lower bound
+  is no plasma volume. An estimate there is stored as the limit itself (``inf``, ``0.0``),
+  flagged by ``at_limit_<param>``, and left out of the identifiability test; the fit can
+  succeed. For Fp -> infinity the limit model is fitted to the voxel and, where it fits at
+  least as well, gives the other estimates (PS = its Ktrans, ve, vp) and the verdict.
 - Ktrans = 0 (:data:`PHYSICAL_BOUNDS`) is a valid estimate.
 - Any other bound (:func:`at_search_bound`) is a limit of the search, not of the model:
   the fit found no minimum inside the admissible region and fails.
@@ -313,29 +315,64 @@ class NLLSFitter:
     def fit(self, data: xr.Dataset) -> xr.Dataset:
         """Fit every voxel of one case (see :mod:`phantomdce.fit.base`)."""
         t, ct, ca = check_inputs(data)
-        est, sse, stuck, theta, names = _fit(
-            t, ct, ca, self.model, self.fit_delay, self.parallel, self.max_iter
-        )
-        limits = at_limits(self.model, est)
-        include = np.ones(theta.shape, dtype=bool)
-        for q, name in enumerate(names):
-            if name in limits:
-                include[:, q] = ~limits[name]
-        jtj = np.full(theta.shape + (theta.shape[1],), np.nan)
-        _lm.normal_matrices(
-            _lm.MODEL_CODES[self.model], t, ca, np.ascontiguousarray(theta), self.fit_delay, jtj
-        )
-        cond = condition_numbers(jtj, include)
-        finite = np.isfinite(sse) & np.all([np.isfinite(v) for v in est.values()], axis=0)
-        success = (
-            finite
-            & ~at_search_bound(self.model, est)
-            & ~stuck
-            & (cond <= COND_MAX)
-            & beats_no_contrast(ct, sse, len(names))
-        )
+        opts = (self.fit_delay, self.parallel, self.max_iter)
+        est, sse, success, limits = _judged_fit(t, ct, ca, self.model, *opts)
+        if self.model in FP_LIMIT_MODELS and limits["fp"].any():
+            # Fp -> infinity: the estimates are those of the limit model, not of the fit
+            # at the numeric bound of fp (which biases PS, ve and vp by up to ~10 %)
+            rows = np.flatnonzero(limits["fp"])
+            lim_model = FP_LIMIT_MODELS[self.model]
+            l_est, l_sse, l_success, l_limits = _judged_fit(t, ct[rows], ca, lim_model, *opts)
+            better = l_sse <= sse[rows] * (1.0 + 1e-9)
+            use = rows[better]
+            for name in est:
+                if name == "fp":
+                    continue
+                est[name][use] = l_est["Ktrans" if name == "ps" else name][better]
+            sse[use] = l_sse[better]
+            success[use] = l_success[better]
+            if "vp" in limits:
+                limits["vp"][use] = l_limits["vp"][better]
+            k_lo, k_hi = BOUNDS["Ktrans"]
+            limits["ps"][use] = l_est["Ktrans"][better] <= k_lo + BOUND_TOL * (k_hi - k_lo)
         for name, flags in limits.items():
             side = "upper" if (name, "upper") in LIMITS else "lower"
             est[name] = np.where(flags, LIMITS[(name, side)], est[name])
         attrs = {"fitter": self.name, "method": self.method}
         return result_dataset(data, est, success, attrs, at_limit=limits)
+
+
+#: The model each two-compartment model becomes as Fp -> infinity (its PS is their Ktrans).
+FP_LIMIT_MODELS = {"2cxm": "extended_tofts", "2cum": "patlak"}
+
+
+def _judged_fit(
+    t: np.ndarray,
+    ct: np.ndarray,
+    ca: np.ndarray,
+    model: str,
+    fit_delay: bool,
+    parallel: bool,
+    max_iter: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Fit and judge: raw estimates, sse, success, and the at-limit flags per parameter."""
+    est, sse, stuck, theta, names = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
+    limits = at_limits(model, est)
+    include = np.ones(theta.shape, dtype=bool)
+    for q, name in enumerate(names):
+        if name in limits:
+            include[:, q] = ~limits[name]
+    jtj = np.full(theta.shape + (theta.shape[1],), np.nan)
+    _lm.normal_matrices(
+        _lm.MODEL_CODES[model], t, ca, np.ascontiguousarray(theta), fit_delay, jtj
+    )
+    cond = condition_numbers(jtj, include)
+    finite = np.isfinite(sse) & np.all([np.isfinite(v) for v in est.values()], axis=0)
+    success = (
+        finite
+        & ~at_search_bound(model, est)
+        & ~stuck
+        & (cond <= COND_MAX)
+        & beats_no_contrast(ct, sse, len(names))
+    )
+    return est, sse, success, limits

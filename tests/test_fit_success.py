@@ -1,0 +1,173 @@
+"""What ``success`` means (issue 11, items 1b and 3).
+
+1b. Every built-in fitter reports ``success=False`` (and NaN) for a voxel whose data cannot
+    determine the parameters: a window with no contrast, a pure-noise curve, a singular
+    normal matrix at the solution, a fit that accepted no step.
+3.  A parameter at a limit where the model degenerates (Fp -> infinity, PS -> 0, vp -> 0)
+    is flagged ``at_limit_<param>`` and stored as the limit; the fit stays a success, and
+    the engine stores the flags beside the estimates.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from phantomdce import kinetics as K
+from phantomdce.aif import plasma_aif
+from phantomdce.engine.run import open_results, run
+from phantomdce.fit._common import COND_MAX, F_ALPHA, beats_no_contrast, condition_numbers
+from phantomdce.fit.builtin import builtin_fitters
+from phantomdce.fit.nlls import NLLSFitter
+
+T = np.arange(100) * 3.0
+CA = plasma_aif("parker", T, bat=15.0, hct=0.42)
+
+
+def dataset(ct, ca=CA, t=T):
+    return xr.Dataset(
+        {"ct": (("voxel", "time"), ct), "ca": ("time", ca)},
+        coords={"time": t, "voxel": np.arange(ct.shape[0])},
+    )
+
+
+def params(out):
+    return [v for v in out.data_vars if v != "success" and not v.startswith("at_limit_")]
+
+
+@pytest.mark.parametrize("fitter", builtin_fitters(), ids=lambda f: f.name)
+def test_a_window_with_no_contrast_is_never_a_success(fitter):
+    """duration 52 s at dt 10 s, bolus at 50 s: six frames, ca = 0, ct noise (or zero)."""
+    t = np.arange(6) * 10.0
+    ca = np.zeros(t.size)
+    rng = np.random.default_rng(7)
+    ct = np.vstack([np.zeros((1, t.size)), rng.normal(0.0, 0.01, (20, t.size))])
+    out = fitter.fit(dataset(ct, ca, t))
+    assert not out["success"].values.any()
+    for name in params(out):
+        assert np.isnan(out[name].values).all(), name
+
+
+@pytest.mark.parametrize("fitter", builtin_fitters(), ids=lambda f: f.name)
+def test_pure_noise_curves_are_not_successes(fitter):
+    rng = np.random.default_rng(8)
+    out = fitter.fit(dataset(rng.normal(0.0, 0.02, (200, T.size))))
+    assert out["success"].values.mean() <= 0.02, fitter.name
+
+
+@pytest.mark.parametrize("fitter", builtin_fitters(), ids=lambda f: f.name)
+def test_a_curve_that_determines_the_parameters_is_a_success(fitter):
+    truth = {
+        "tofts": {"ktrans": 0.2, "ve": 0.3},
+        "extended_tofts": {"ktrans": 0.2, "ve": 0.3, "vp": 0.05},
+        "patlak": {"ktrans": 0.05, "vp": 0.08},
+        "2cxm": {"fp": 40.0, "ps": 0.2, "ve": 0.3, "vp": 0.05},
+        "2cum": {"fp": 40.0, "ps": 0.2, "vp": 0.05},
+    }[fitter.model]
+    ct = K.MODEL_FUNCTIONS[fitter.model](T, CA, **truth)
+    rng = np.random.default_rng(9)
+    out = fitter.fit(dataset(ct + rng.normal(0.0, 0.005, (5, T.size))))
+    assert out["success"].values.all(), fitter.name
+
+
+def test_a_singular_normal_matrix_at_the_solution_fails():
+    """Plasma only: the ETM fit puts Ktrans at 0, where ve has no effect on the curve."""
+    ct = K.extended_tofts(T, CA, ktrans=0.0, ve=0.3, vp=0.05)[None]
+    out = NLLSFitter("extended_tofts").fit(dataset(ct))
+    assert not out["success"].values[0] and np.isnan(out["ve"].values[0])
+    # the threshold itself: a zero column is infinitely ill-conditioned
+    jtj = np.array([[[1.0, 0.0], [0.0, 0.0]], [[1.0, 0.5], [0.5, 1.0]]])
+    np.testing.assert_allclose(condition_numbers(jtj), [np.inf, 3.0])
+    assert COND_MAX == 1e10 and F_ALPHA == 1e-3
+
+
+def test_f_test_against_no_contrast():
+    rng = np.random.default_rng(10)
+    noise = rng.normal(0.0, 0.02, (2000, 60))
+    # the best fit of pure noise removes about p of the n squared noise values
+    sse = np.sum(noise**2, axis=1) * (1 - 3 / 60)
+    assert beats_no_contrast(noise, sse, 3).mean() < 0.01
+    assert beats_no_contrast(noise + 0.1, np.sum(noise**2, axis=1), 3).all()
+
+
+def test_a_fit_that_accepts_no_step_fails():
+    """Monkey-free: a start that cannot be improved because the model is blind (ca = 0)."""
+    t = T[:30]
+    ct = np.abs(np.random.default_rng(11).normal(0.0, 0.05, (4, t.size))) + 0.1
+    out = NLLSFitter("tofts").fit(dataset(ct, np.zeros(t.size), t))
+    assert not out["success"].values.any()
+
+
+@pytest.mark.parametrize(
+    ("model", "limit_model"), [("2cxm", "extended_tofts"), ("2cum", "patlak")]
+)
+def test_fp_to_infinity_is_a_success_at_the_limit(model, limit_model):
+    """The issue's example: 2CXM fitted to extended Tofts tissue, noise-free."""
+    kt, ve, vp = 0.2, 0.25, 0.03
+    truth = {"ktrans": kt, "vp": vp} | ({"ve": ve} if model == "2cxm" else {})
+    ct = K.MODEL_FUNCTIONS[limit_model](T, CA, **truth)[None]
+    out = NLLSFitter(model).fit(dataset(ct))
+    assert out["success"].values[0]
+    assert out["at_limit_fp"].values[0] and out["fp"].values[0] == np.inf
+    assert not out["at_limit_ps"].values[0] and not out["at_limit_vp"].values[0]
+    # in the limit PS is the Ktrans of the limit model
+    assert out["ps"].values[0] == pytest.approx(kt, rel=0.02)
+    assert out["vp"].values[0] == pytest.approx(vp, rel=0.02)
+    if model == "2cxm":
+        assert out["ve"].values[0] == pytest.approx(ve, rel=0.02)
+
+
+def test_vp_to_zero_and_ps_to_zero_are_limits():
+    et = NLLSFitter("extended_tofts").fit(dataset(K.tofts(T, CA, ktrans=0.2, ve=0.3)[None]))
+    assert et["success"].values[0] and et["at_limit_vp"].values[0] and et["vp"].values[0] == 0.0
+    assert et["Ktrans"].values[0] == pytest.approx(0.2, rel=1e-6)
+    # 2CUM of a plasma-only curve: no exchange, Fp and vp determined
+    plasma = K.two_cum(T, CA, fp=40.0, ps=0.0, vp=0.05)[None]
+    cu = NLLSFitter("2cum").fit(dataset(plasma))
+    assert cu["success"].values[0] and cu["at_limit_ps"].values[0] and cu["ps"].values[0] == 0.0
+    assert cu["fp"].values[0] == pytest.approx(40.0, rel=1e-4)
+
+
+SCENARIO = """
+name = "limits"
+seed = 3
+replicates = 2
+
+[protocol]
+snr = 1000.0
+dt = 3.0
+duration = 240.0
+
+[tissue]
+model = "extended_tofts"
+Ktrans = [0.1, 0.3]
+ve = [0.2, 0.4]
+vp = [0.02, 0.06]
+
+[fit]
+fitters = {fitters}
+
+[fit.pipeline]
+t1 = "true"
+aif = "true"
+"""
+
+
+def test_the_engine_stores_the_at_limit_flags(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO.format(fitters=json.dumps(["nlls_2cxm", "nlls_extended_tofts"])))
+    run(path, tmp_path / "out")
+    ds = open_results(tmp_path / "out")["case_0000"].ds
+    flags = ds["at_limit_fp"]
+    assert flags.dims == ("fitter", "voxel") and flags.dtype == bool
+    cx = ds.sel(fitter="nlls_2cxm")
+    assert cx["at_limit_fp"].values.mean() >= 0.25
+    hit = cx["at_limit_fp"].values
+    assert cx["success"].values[hit].all() and np.all(cx["fp"].values[hit] == np.inf)
+    # the two-compartment Ktrans in the limit is PS, a finite estimate
+    np.testing.assert_array_equal(cx["Ktrans"].values[hit], cx["ps"].values[hit])
+    err = cx["Ktrans"].values[hit] / ds["true_Ktrans"].values[hit] - 1
+    assert np.abs(err).max() < 0.05
+    assert not ds.sel(fitter="nlls_extended_tofts")["at_limit_fp"].values.any()
+    assert not (ds["at_limit_vp"].values & ~ds["success"].values).any()
