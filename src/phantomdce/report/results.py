@@ -214,7 +214,10 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
                     label = f"{label} ({option})"
                 if fitter in oracle_of:
                     base, stage = oracle_of[fitter]
-                    if option is not None:
+                    if rec.knob == "fitter":  # the fitted model is the knob: its oracle too
+                        key_value, base = base, label
+                        label = f"{label} [true {stage}]"
+                    elif option is not None:
                         base = f"{base} ({option})"
                     oracles[label] = (base, stage)
                 if key_value not in knob_values:
