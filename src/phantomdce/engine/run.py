@@ -725,6 +725,11 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                         parameter=name,
                         fit_time_s=total_time,
                         seed=plan.scenario.seed,
+                        at_limit=(
+                            ds[f"at_limit_{name}"].values[f]
+                            if f"at_limit_{name}" in ds
+                            else None
+                        ),
                     )
                 )
                 rows.append(row)
