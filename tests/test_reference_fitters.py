@@ -87,7 +87,11 @@ def _assert_recovered(res, truth, rtol=0.01):
 
 def _assert_layout(res, data, fitter, *, delay=False):
     expected = set(MODELS[fitter.model].parameters) | {"success"} | ({"delay"} if delay else set())
-    assert set(res.data_vars) == expected
+    limits = {v for v in res.data_vars if v.startswith("at_limit_")}
+    assert set(res.data_vars) - limits == expected
+    for name in limits:  # the contract: bool flags of estimated parameters, False on failure
+        assert name[len("at_limit_") :] in expected and res[name].dtype == bool
+        assert not (res[name].values & ~res["success"].values).any()
     assert res.sizes == {"voxel": data.sizes["voxel"]}
     np.testing.assert_array_equal(res["voxel"].values, data["voxel"].values)
     for name in expected - {"success"}:
@@ -325,3 +329,47 @@ def test_curvefit_extended_tofts_passes_osipi(curvefit, record_property):
 
 def test_dcmri_extended_tofts_passes_osipi(dcmri_adapter, record_property):
     _check_osipi(dcmri_adapter.DcmriFitter("extended_tofts"), record_property)
+
+
+def _limit_case(model):
+    """Noise-free curves of the model's limit: Tofts (vp -> 0) or extended Tofts (Fp -> inf)."""
+    t = np.arange(0.0, 300.0, 2.0)
+    ca = plasma_aif("parker", t, bat=20.0, hct=0.42)
+    if model == "extended_tofts":
+        ct = K.tofts(t, ca, ktrans=np.array([0.2]), ve=np.array([0.3]))
+    else:
+        kt, ve, vp = np.array([0.2]), np.array([0.3]), np.array([0.05])
+        ct = K.extended_tofts(t, ca, ktrans=kt, ve=ve, vp=vp)
+    return xr.Dataset(
+        {"ct": (("voxel", "time"), ct), "ca": ("time", ca)},
+        coords={"time": t, "voxel": np.arange(1)},
+        attrs={"dt": 2.0},
+    )
+
+
+def test_curvefit_reports_limits_as_successes(curvefit):
+    """The contract's limits (issue 11, item 3): vp -> 0 and Fp -> inf are not failures."""
+    et = curvefit.CurveFitFitter("extended_tofts").fit(_limit_case("extended_tofts"))
+    assert et["success"].values[0] and et["at_limit_vp"].values[0] and et["vp"].values[0] == 0.0
+    assert et["Ktrans"].values[0] == pytest.approx(0.2, rel=1e-3)
+    cx = curvefit.CurveFitFitter("2cxm").fit(_limit_case("2cxm"))
+    assert cx["success"].values[0] and cx["at_limit_fp"].values[0]
+    assert cx["fp"].values[0] == np.inf and not cx["at_limit_ps"].values[0]
+    assert cx["ps"].values[0] == pytest.approx(0.2, rel=0.05)
+    _, search = curvefit.limit_flags(curvefit.MODEL_SETUP["tofts"], np.array([[5.0, 0.3]]))
+    assert search[0]  # Ktrans on its upper bound: a limit of the search only
+
+
+def test_dcmri_reports_limits_as_successes(dcmri_adapter):
+    et = dcmri_adapter.DcmriFitter("extended_tofts").fit(_limit_case("extended_tofts"))
+    assert et["success"].values[0] and et["at_limit_vp"].values[0] and et["vp"].values[0] == 0.0
+    assert et["Ktrans"].values[0] == pytest.approx(0.2, rel=0.01)
+    lim, search = dcmri_adapter.limit_flags(
+        "2cxm",
+        {"fp": np.array([5e3, 50.0]), "ps": np.array([0.1, 0.0]), "ve": np.array([0.3, 0.999]),
+         "vp": np.array([0.05, 0.05])},
+        0.45,
+    )  # fmt: skip
+    np.testing.assert_array_equal(lim["fp"], [True, False])
+    np.testing.assert_array_equal(lim["ps"], [False, True])
+    np.testing.assert_array_equal(search, [False, True])

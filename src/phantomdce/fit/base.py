@@ -23,6 +23,29 @@ A fitter is any object with these attributes and one method:
     parameter (``Ktrans`` in /min, ``ve``, ``vp``, ``fp`` in mL/100mL/min, ``ps`` in /min,
     ``delay`` in s, as the model has them) and a boolean ``success``. A fitter never
     modifies its input; a voxel it cannot fit gets NaN estimates and ``success=False``.
+
+What ``success`` means (the same rule for built-in fitters and plug-ins):
+
+- ``success`` is True when the parameters the data identify converged, whether or not a
+  parameter sits on a bound of the search; it is False (estimates NaN) when the data cannot
+  determine the parameters: a flat, pure-noise or no-contrast curve, a singular or
+  near-singular normal matrix ``J^T J`` at the solution, a fit that accepted no iteration,
+  or a fit that ended on a bound that is only a limit of the search (not of the model).
+- A parameter at a limit where the model degenerates is not a failure. The result then
+  holds a boolean variable ``at_limit_<param>`` (dim ``voxel``) that is True for that
+  voxel, the value stored for the parameter is the limit itself, and the voxel's other
+  parameters are finite estimates that count as successful fits. The limits are
+  ``fp -> inf`` (stored ``inf``: the 2CXM becomes the extended Tofts model and the 2CUM the
+  Patlak model, with PS their Ktrans), ``ps -> 0`` (stored ``0.0``: no exchange) and
+  ``vp -> 0`` (stored ``0.0``: no plasma volume). A parameter made undetermined by such a
+  limit (``ve`` of the 2CXM when ``ps = 0``) makes the fit fail.
+- ``at_limit_<param>`` may be given for any estimated parameter; an absent variable means
+  all False; it is False wherever ``success`` is False. The engine stores the flags as
+  ``at_limit_<param>`` (fitter, voxel) beside the estimates.
+
+The built-in fitters' thresholds for "cannot determine" are in
+:mod:`phantomdce.fit._common` (:data:`~phantomdce.fit._common.COND_MAX`,
+:data:`~phantomdce.fit._common.F_ALPHA`).
 """
 
 from __future__ import annotations
@@ -33,10 +56,13 @@ import xarray as xr
 
 from phantomdce.params import MODELS
 
-__all__ = ["Fitter", "FITTER_ATTRIBUTES", "INPUTS", "check_fitter"]
+__all__ = ["Fitter", "FITTER_ATTRIBUTES", "INPUTS", "AT_LIMIT_VALUES", "check_fitter"]
 
 FITTER_ATTRIBUTES = ("name", "version", "model", "input", "method")
 INPUTS = ("concentration", "signal")
+#: The limits where a model degenerates: parameter -> the value stored for an estimate there
+#: (package units), flagged ``at_limit_<param>`` (see the module docstring).
+AT_LIMIT_VALUES = {"fp": float("inf"), "ps": 0.0, "vp": 0.0}
 
 
 @runtime_checkable

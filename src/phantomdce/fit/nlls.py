@@ -43,6 +43,7 @@ from phantomdce.fit._common import (
     result_dataset,
     screen_voxels,
 )
+from phantomdce.fit.base import AT_LIMIT_VALUES
 from phantomdce.fit.llsq import llsq
 from phantomdce.kinetics import FP_UNIT, PER_MIN
 from phantomdce.params import MODELS
@@ -65,7 +66,11 @@ _SCALE = {"Ktrans": PER_MIN, "ps": PER_MIN, "fp": FP_UNIT, "ve": 1.0, "vp": 1.0,
 DELAY_STARTS = (0.0, 4.0, 8.0, 14.0)
 #: Bounds where the model degenerates: (parameter, side) -> the value stored for an estimate
 #: there (package units), flagged by ``at_limit_<param>``.
-LIMITS = {("fp", "upper"): np.inf, ("ps", "lower"): 0.0, ("vp", "lower"): 0.0}
+LIMITS = {
+    ("fp", "upper"): AT_LIMIT_VALUES["fp"],
+    ("ps", "lower"): AT_LIMIT_VALUES["ps"],
+    ("vp", "lower"): AT_LIMIT_VALUES["vp"],
+}
 #: Bounds that are physical values, not limits of the search: an estimate there is valid.
 PHYSICAL_BOUNDS = {("Ktrans", "lower")}
 #: Relative distance (of the bound interval) within which an estimate is at a bound.

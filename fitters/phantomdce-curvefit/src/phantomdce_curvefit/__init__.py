@@ -7,6 +7,7 @@ Register with phantomdce through the entry point ``phantomdce.fitters``
 
 from phantomdce_curvefit.fitters import (
     DELAY_SETUP,
+    LIMITS,
     MODEL_SETUP,
     VERSION,
     CurveFit2CUM,
@@ -17,6 +18,7 @@ from phantomdce_curvefit.fitters import (
     CurveFitTofts,
     ParameterSetup,
     all_fitters,
+    limit_flags,
     shift_aif,
     unfittable,
 )
@@ -36,5 +38,7 @@ __all__ = [
     "all_fitters",
     "shift_aif",
     "unfittable",
+    "LIMITS",
+    "limit_flags",
     "__version__",
 ]

@@ -31,6 +31,15 @@ fits the kinetic parameters at each fixed delay of :data:`DELAY_GRID` (every 2.5
 bounds, loose tolerances) and then refines all parameters jointly from the best node. Delay
 fits are therefore about 10-20 times slower than the plain fits.
 
+Limits and bounds (the phantomdce fitter contract)
+--------------------------------------------------
+An estimate at a bound where the model degenerates is a success, flagged by the boolean
+output ``at_limit_<param>`` and stored as the limit itself (:data:`LIMITS`): ``fp`` at its
+upper bound is Fp -> infinity (stored ``inf``; the other parameters are those of the fit at
+the bound), ``ps`` at 0 and ``vp`` at its lower bound are stored ``0.0``. An estimate at
+any other bound except ``Ktrans = 0`` is at a limit of the search only: the voxel fails
+(NaN, ``success=False``).
+
 Unfittable voxels
 -----------------
 A voxel is not fitted (NaN estimates, ``success=False``) if its curve has any non-finite
@@ -66,6 +75,8 @@ __all__ = [
     "all_fitters",
     "unfittable",
     "shift_aif",
+    "LIMITS",
+    "limit_flags",
 ]
 
 VERSION = "0.1.0"
@@ -116,6 +127,61 @@ DELAY_SETUP = ParameterSetup("delay", "delay", 0.0, -10.0, 30.0)
 
 DELAY_GRID = np.arange(DELAY_SETUP.lower, DELAY_SETUP.upper + 1e-9, 2.5)
 """Fixed delays (s) of the coarse search that picks the start of a delay fit."""
+
+LIMITS: dict[tuple[str, str], float] = {
+    ("fp", "upper"): float("inf"),
+    ("ps", "lower"): 0.0,
+    ("vp", "lower"): 0.0,
+}
+"""Bounds where the model degenerates: (parameter, side) -> the value stored there."""
+
+PHYSICAL_BOUNDS = {("Ktrans", "lower")}
+"""Bounds that are valid estimates (neither a limit nor a search failure)."""
+
+BOUND_TOL = 1e-6
+"""Relative distance (of the bound interval) within which an estimate is at a bound."""
+
+
+def limit_flags(
+    parameters: tuple[ParameterSetup, ...], est: NDArray[np.float64]
+) -> tuple[dict[str, NDArray[np.bool_]], NDArray[np.bool_]]:
+    """Estimates at a limit of the model, and voxels at a bound of the search only.
+
+    Parameters
+    ----------
+    parameters : tuple of ParameterSetup
+        The fitted parameters, in the column order of ``est``.
+    est : ndarray, shape (n_voxel, n_parameters)
+        Estimates, package units (NaN where not fitted).
+
+    Returns
+    -------
+    limits : dict of str to ndarray of bool
+        ``at_limit`` flags of every parameter that has a limit in :data:`LIMITS`.
+    search : ndarray of bool
+        True where some parameter sits on a bound that is neither a limit nor physical.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lim, search = limit_flags(MODEL_SETUP["extended_tofts"], np.array([[0.2, 0.3, 0.0]]))
+    >>> bool(lim["vp"][0]), bool(search[0])
+    (True, False)
+
+    """
+    limits: dict[str, NDArray[np.bool_]] = {}
+    search = np.zeros(est.shape[0], dtype=bool)
+    for j, p in enumerate(parameters):
+        tol = BOUND_TOL * (p.upper - p.lower)
+        with np.errstate(invalid="ignore"):
+            at = {"lower": est[:, j] <= p.lower + tol, "upper": est[:, j] >= p.upper - tol}
+        for side, hit in at.items():
+            key = (p.name, side)
+            if key in LIMITS:
+                limits[p.name] = limits.get(p.name, np.zeros_like(hit)) | hit
+            elif key not in PHYSICAL_BOUNDS:
+                search |= hit
+    return limits, search
 
 
 def shift_aif(t: NDArray[np.float64], ca: NDArray[np.float64], delay: float) -> NDArray:
@@ -201,7 +267,12 @@ def _case_arrays(data: xr.Dataset) -> tuple[NDArray, NDArray, NDArray]:
 
 
 def _result(
-    data: xr.Dataset, names: list[str], est: NDArray, ok: NDArray, fitter: object
+    data: xr.Dataset,
+    names: list[str],
+    est: NDArray,
+    ok: NDArray,
+    fitter: object,
+    limits: dict[str, NDArray] | None = None,
 ) -> xr.Dataset:
     """Assemble the result dataset in the contract's layout."""
     coords = {"voxel": data["voxel"].values.copy()} if "voxel" in data.coords else {}
@@ -210,6 +281,8 @@ def _result(
         coords=coords,
     )
     out["success"] = ("voxel", ok.astype(bool))
+    for name, flags in (limits or {}).items():
+        out[f"at_limit_{name}"] = ("voxel", flags & ok)
     out.attrs.update(
         fitter=getattr(fitter, "name", ""),
         fitter_version=getattr(fitter, "version", ""),
@@ -352,8 +425,9 @@ class CurveFitFitter:
         -------
         xarray.Dataset
             Dimension ``voxel``; one float variable per fitted parameter (``Ktrans`` /min,
-            ``ve``, ``vp``, ``fp`` mL/100mL/min, ``ps`` /min, ``delay`` s) and a boolean
-            ``success``. Unfittable voxels are NaN with ``success=False``.
+            ``ve``, ``vp``, ``fp`` mL/100mL/min, ``ps`` /min, ``delay`` s), a boolean
+            ``success`` and ``at_limit_<param>`` flags (see the module docstring).
+            Unfittable voxels are NaN with ``success=False``.
 
         Raises
         ------
@@ -377,7 +451,14 @@ class CurveFitFitter:
             if popt is not None:
                 est[i] = popt
                 ok[i] = True
-        return _result(data, names, est, ok, self)
+        limits, search = limit_flags(self.parameters, est)
+        ok &= ~search
+        for j, p in enumerate(self.parameters):
+            if p.name in limits:
+                side = "upper" if (p.name, "upper") in LIMITS else "lower"
+                est[limits[p.name], j] = LIMITS[(p.name, side)]
+        est[~ok] = np.nan
+        return _result(data, names, est, ok, self, limits)
 
 
 class CurveFitTofts(CurveFitFitter):

@@ -6,12 +6,14 @@ Register with phantomdce through the entry point ``phantomdce.fitters``
 
 from phantomdce_dcmri.fitters import (
     DCMRI_VERSION,
+    FP_LIMIT,
     MODEL_MAP,
     VERSION,
     DcmriConcentrationTissue,
     DcmriFitter,
     ModelMapping,
     all_fitters,
+    limit_flags,
     to_phantomdce,
     unfittable,
 )
@@ -27,5 +29,7 @@ __all__ = [
     "all_fitters",
     "to_phantomdce",
     "unfittable",
+    "FP_LIMIT",
+    "limit_flags",
     "__version__",
 ]

@@ -50,6 +50,13 @@ Initial values and bounds are dcmri's defaults (``dcmri.ui_tissue.PARAMS``): ``v
 Not provided: delay fitting (dcmri's ``Tissue`` has a plug-flow arterial delay ``Ta``, but
 not as a per-voxel free parameter of ``TissueArray``; this adapter does not fit it).
 
+Limits (the phantomdce fitter contract): an estimate where the model degenerates is a
+success, flagged ``at_limit_<param>`` and stored as the limit: ``vb`` at dcmri's lower bound
+is vp -> 0 (stored 0.0), ``PS`` at 0 in the 2CX/2CU models is PS -> 0 (stored 0.0), and
+``fp`` at or above :data:`FP_LIMIT` (dcmri does not bound ``Fb`` above) is Fp -> infinity
+(stored ``inf``; the other parameters are those of the fit). ``vi`` or ``vb`` at any other
+dcmri bound is a limit of the search only: the voxel fails.
+
 Unfittable voxels (NaN, success False): non-finite values, no positive value (all zeros or a
 negative curve), non-positive mean, flat curve, or dcmri's ``train`` reporting a curve_fit
 error (it then warns and returns the initial values, which this adapter treats as failure).
@@ -75,6 +82,8 @@ __all__ = [
     "all_fitters",
     "to_phantomdce",
     "unfittable",
+    "limit_flags",
+    "FP_LIMIT",
 ]
 
 VERSION = "0.1.0"
@@ -83,6 +92,10 @@ DEFAULT_H = float(DCMRI_TISSUE_PARAMS["H"]["init"])  # dcmri's default tissue ha
 
 PER_S_TO_PER_MIN = 60.0  # /s -> /min
 FLOW_TO_ML_100ML_MIN = 6000.0  # mL/sec/cm3 -> mL/100mL/min
+#: Plasma flow (mL/100mL/min) from which a fit is at the limit Fp -> infinity (the upper
+#: search bound of phantomdce's built-in fitter; no tissue comes near it).
+FP_LIMIT = 2000.0
+BOUND_TOL = 1e-6  # relative distance (of the bound interval) that counts as on a bound
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,57 @@ class DcmriConcentrationTissue(dcmri.Model):
             self.ca, t=self.t, kinetics=self.kinetics, H=self.H, **self.kinetic_params()
         )
         return np.asarray(c, dtype=np.float64)
+
+
+def limit_flags(
+    model: str, est: dict[str, NDArray[np.float64]], H: float
+) -> tuple[dict[str, NDArray[np.bool_]], NDArray[np.bool_]]:
+    """``at_limit`` flags per parameter, and voxels on a bound of the search only.
+
+    Parameters
+    ----------
+    model : str
+        phantomdce model name.
+    est : dict of str to ndarray
+        Estimates in phantomdce units (NaN where not fitted).
+    H : float
+        Tissue haematocrit used in the fit (vp = vb (1 - H)).
+
+    Returns
+    -------
+    limits : dict of str to ndarray of bool
+        ``vp`` (vb at its lower bound), ``ps`` (2CX/2CU: PS = 0), ``fp`` (>= FP_LIMIT).
+    search : ndarray of bool
+        True where vi or vb sits on another of dcmri's bounds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lim, search = limit_flags("2cum", {"fp": np.array([3e3]), "ps": np.array([0.0]),
+    ...                                    "vp": np.array([0.05])}, 0.45)
+    >>> {k: bool(v[0]) for k, v in lim.items()}, bool(search[0])
+    ({'fp': True, 'ps': True, 'vp': False}, False)
+
+    """
+    n = next(iter(est.values())).shape[0]
+    limits: dict[str, NDArray[np.bool_]] = {}
+    search = np.zeros(n, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        if "fp" in est:
+            limits["fp"] = est["fp"] >= FP_LIMIT
+        if "ps" in est:
+            limits["ps"] = est["ps"] <= 0.0
+        for name, dname, scale in (("vp", "vb", 1.0 - H), ("ve", "vi", 1.0)):
+            if name not in est:
+                continue
+            lo, hi = (b * scale for b in DCMRI_TISSUE_PARAMS[dname]["bounds"])
+            tol = BOUND_TOL * (hi - lo)
+            if name == "vp":
+                limits["vp"] = est[name] <= lo + tol
+            else:
+                search |= est[name] <= lo + tol
+            search |= est[name] >= hi - tol
+    return limits, search
 
 
 def unfittable(ct: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -350,9 +414,16 @@ class DcmriFitter:
                 est[i] = [got[k] for k in names]
                 ok[i] = True
 
+        limits, search = limit_flags(self.model, {k: est[:, j] for j, k in enumerate(names)}, H)
+        ok &= ~search
+        for name, flags in limits.items():
+            est[flags, names.index(name)] = np.inf if name == "fp" else 0.0
+        est[~ok] = np.nan
         coords = {"voxel": data["voxel"].values.copy()} if "voxel" in data.coords else {}
         out = xr.Dataset({k: ("voxel", est[:, j]) for j, k in enumerate(names)}, coords=coords)
         out["success"] = ("voxel", ok)
+        for name, flags in limits.items():
+            out[f"at_limit_{name}"] = ("voxel", flags & ok)
         out.attrs.update(
             fitter=self.name,
             fitter_version=self.version,
