@@ -36,9 +36,9 @@ N_PARAMS = {0: 2, 1: 3, 2: 2, 3: 4, 4: 3}
 _SERIES = 0.1
 #: Projected-gradient tolerance: stop when every free column of J is this close to
 #: orthogonal to the residual (cosine).
-GTOL = 1e-10
+GTOL = 1e-6
 #: Relative cost reduction below which a Gauss-Newton-like step (lam < 1) ends the fit.
-FTOL = 1e-14
+FTOL = 1e-10
 #: Damping beyond which no step lowers the cost: the point is numerically stationary.
 LAM_MAX = 1e16
 
@@ -487,12 +487,15 @@ def fit_parallel(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
             _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def normal_matrices(code, t, ca, thetas, fit_delay, out):
-    """``J^T J`` (n_vox, p, p) at each row of thetas (NaN rows are left untouched)."""
+    """``J^T J`` (n_vox, p, p) at each row of thetas (NaN rows are left untouched).
+
+    One thread: one Jacobian per voxel costs little beside the fit itself.
+    """
     n = t.shape[0]
     p = thetas.shape[1]
-    for v in prange(thetas.shape[0]):
+    for v in range(thetas.shape[0]):
         if thetas[v, 0] != thetas[v, 0]:
             continue
         w = np.empty((9, n))
