@@ -365,6 +365,7 @@ def test_roi_rules_find_the_arrival_on_the_images():
         proto = Protocol.from_mapping({"dt": 4.0, "duration": 120.0, "snr": 30.0, "bat": bat})
         acquired = acquire(ph, proto, Acquisition(2.0, 3.0), seed=1)
         found = bolus_arrival_from_images(acquired)
+        assert set(acquired.attrs) <= ACQUISITION_ATTRS | SUBJECT_TRUTH_ATTRS | PROVENANCE_ATTRS
         assert bat - proto.dt <= found <= bat + proto.dt
         rois, carotid = tumour_rois(ph, acquired), carotid_roi_auto(acquired, n=6)
         # the rules read no truth: a wrong simulated arrival in the attributes changes nothing
