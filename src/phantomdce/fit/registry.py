@@ -260,6 +260,8 @@ def _load_spec(spec: str) -> list[FitterInfo]:
     for info in infos:
         if info.name in registry:
             other = registry[info.name]
+            if type(other.fitter) is type(info.fitter) and other.version == info.version:
+                continue  # an installed plug-in named by its spec: the same fitter, not two
             raise DuplicateFitterError(
                 f"duplicate fitter name {info.name!r}: from {source} and from {other.source}"
             )
