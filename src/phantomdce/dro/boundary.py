@@ -75,6 +75,7 @@ SUBJECT_TRUTH_ATTRS = frozenset(
         "aif_scale",
         "snr",
         "noise_sigma",
+        "vfa_noise_sigma",
         "blood_fraction",
         "sampling",
         "fat_suppression",  # efficiency of the simulated fat suppression
