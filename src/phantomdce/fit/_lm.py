@@ -378,57 +378,68 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
         if nf == 0 or sse == 0.0 or _stationary(jtj, jtr, free, sse):
             converged = True
             break
-        k = 0
-        dmax = 0.0
-        for q in range(p):
-            if free[q]:
-                idx[k] = q
-                k += 1
-                dmax = max(dmax, jtj[q, q])
         improved = False
         rel = 0.0
-        while lam < LAM_MAX:
-            for r1 in range(nf):
-                qa = idx[r1]
-                for r2 in range(nf):
-                    a[r1, r2] = jtj[qa, idx[r2]]
-                a[r1, r1] = jtj[qa, qa] + lam * max(jtj[qa, qa], 1e-12 * dmax) + 1e-300
-                b[r1] = jtr[qa]
-            if not _solve_spd(a[:nf, :nf], b[:nf], step[:nf]):
-                lam *= 10.0
-                continue
+        # attempt 1 holds a fitted delay: the model has a kink in the delay wherever a
+        # shifted frame meets an AIF sample (delay 0 among them), and there the one-sided
+        # derivative can block every step of the others
+        for attempt in range(2):
+            if attempt == 1:
+                if improved or not fit_delay or not free[p - 1] or nf < 2:
+                    break
+                free[p - 1] = False
+                nf -= 1
+                lam = 1e-3
+                nu = 2.0
+            k = 0
+            dmax = 0.0
             for q in range(p):
-                trial[q] = theta[q]
-            for r1 in range(nf):
-                qa = idx[r1]
-                trial[qa] = min(max(theta[qa] + step[r1], lo[qa]), hi[qa])
-            _model_jac(code, trial, t, ca, fit_delay, w, model_n, jac_n)
-            sse_n = 0.0
-            for i in range(n):
-                r = y[i] - model_n[i]
-                sse_n += r * r
-            if sse_n < sse and math.isfinite(sse_n):
-                rel = (sse - sse_n) / sse
-                # gain ratio: actual over predicted reduction 2 d.g - d.A d of the step d
-                pred = 0.0
+                if free[q]:
+                    idx[k] = q
+                    k += 1
+                    dmax = max(dmax, jtj[q, q])
+            while lam < LAM_MAX:
+                for r1 in range(nf):
+                    qa = idx[r1]
+                    for r2 in range(nf):
+                        a[r1, r2] = jtj[qa, idx[r2]]
+                    a[r1, r1] = jtj[qa, qa] + lam * max(jtj[qa, qa], 1e-12 * dmax) + 1e-300
+                    b[r1] = jtr[qa]
+                if not _solve_spd(a[:nf, :nf], b[:nf], step[:nf]):
+                    lam *= 10.0
+                    continue
                 for q in range(p):
-                    dq = trial[q] - theta[q]
-                    pred += 2.0 * dq * jtr[q]
-                    for q2 in range(p):
-                        pred -= dq * jtj[q, q2] * (trial[q2] - theta[q2])
-                rho = (sse - sse_n) / pred if pred > 0.0 else 0.0
-                for q in range(p):
-                    theta[q] = trial[q]
+                    trial[q] = theta[q]
+                for r1 in range(nf):
+                    qa = idx[r1]
+                    trial[qa] = min(max(theta[qa] + step[r1], lo[qa]), hi[qa])
+                _model_jac(code, trial, t, ca, fit_delay, w, model_n, jac_n)
+                sse_n = 0.0
                 for i in range(n):
-                    model[i] = model_n[i]
+                    r = y[i] - model_n[i]
+                    sse_n += r * r
+                if sse_n < sse and math.isfinite(sse_n):
+                    rel = (sse - sse_n) / sse
+                    # gain ratio: actual over predicted reduction 2 d.g - d.A d of the step d
+                    pred = 0.0
                     for q in range(p):
-                        jac[i, q] = jac_n[i, q]
-                sse = sse_n
-                improved = True
-                accepted += 1
-                break
-            lam *= nu
-            nu *= 2.0
+                        dq = trial[q] - theta[q]
+                        pred += 2.0 * dq * jtr[q]
+                        for q2 in range(p):
+                            pred -= dq * jtj[q, q2] * (trial[q2] - theta[q2])
+                    rho = (sse - sse_n) / pred if pred > 0.0 else 0.0
+                    for q in range(p):
+                        theta[q] = trial[q]
+                    for i in range(n):
+                        model[i] = model_n[i]
+                        for q in range(p):
+                            jac[i, q] = jac_n[i, q]
+                    sse = sse_n
+                    improved = True
+                    accepted += 1
+                    break
+                lam *= nu
+                nu *= 2.0
         if not improved:
             break
         small = lam < 1.0 and rel < FTOL
