@@ -556,3 +556,25 @@ def test_error_budget_from_oracle_entries():
     assert t1.bias_share_pct == pytest.approx(-6.0)
     assert t1.cv_share_pct == pytest.approx(4.0)
     assert error_budget(res, "nobody", 5, ("Ktrans",)) == []
+
+
+def test_a_bias_ci_wider_than_the_band_is_undecided_not_met_or_failed():
+    # three phantom subjects: population AIF +9.5% [-5.5, 22.6] and +11.7% [-4.2, 25.6]
+    from phantomdce.report.verdict import UNDECIDED
+
+    def table(fitter, param, value):
+        if value == "population":
+            rb = 9.5 if fitter == "lsq" else 11.7
+            m = metrics(rb, 15.0)
+            m["rel_bias_ci_low"], m["rel_bias_ci_high"] = rb - 15.0, rb + 13.5
+            return m
+        return metrics(52.0, 15.0, half_ci=2.0)  # carotid: fails, the CI decides
+
+    res = make_result(table, ["carotid", "population"], kind="category", threshold=None,
+                      recommended=["carotid", "population"], knob="aif", knob_label="AIF",
+                      tissue_grid=False)  # fmt: skip
+    for fitter in ("lsq", "llsq"):
+        v = judge(res, fitter=fitter)
+        assert v.options == (("carotid", FAILS), ("population", UNDECIDED))
+        assert "population: undecided: CI too wide" in v.summary
+        assert "wider than the ±10% band" in v.summary

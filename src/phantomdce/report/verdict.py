@@ -29,6 +29,10 @@ fails). The setting is classified, the first rule that applies winning:
 :data:`FAILS`                       a pooled bias or CV is outside its limit or NaN, or the
                                     criterion holds in fewer than
                                     ``criterion.min_tissue_fraction`` of the tissues
+:data:`UNDECIDED`                   the bootstrap 95 % CI of a pooled relative bias crosses
+                                    its limit and is wider than the acceptance band itself
+                                    (``hi - lo > 2 limit``): too few subjects or replicates
+                                    to tell, whatever the point estimate
 :data:`MEETS_CI_CROSSES`            all the above pass, but a bootstrap 95 % CI of a pooled
                                     relative bias crosses its limit (or is unavailable)
 :data:`MEETS`                       all the above pass with every CI inside the limits
@@ -83,6 +87,7 @@ __all__ = [
     "MEETS_CI_CROSSES",
     "NOT_ESTIMABLE",
     "NO_DATA",
+    "UNDECIDED",
     "BudgetEntry",
     "ParamCheck",
     "Reason",
@@ -107,6 +112,8 @@ DEGENERATE_CV_PCT = 1e-6
 MEETS = "meets"
 #: Class of a setting whose checks pass but whose bias CI crosses a limit.
 MEETS_CI_CROSSES = "meets (CI crosses the limit)"
+#: Class of a setting whose bias CI is wider than the acceptance band: the data cannot decide.
+UNDECIDED = "undecided: CI too wide"
 #: Class of a setting that fails a check on bias, CV or the fraction of tissues.
 FAILS = "fails"
 #: Class of a setting where more fits failed than the criterion allows.
@@ -118,7 +125,15 @@ NO_DATA = "no data"
 
 MEETING = (MEETS, MEETS_CI_CROSSES)
 # worst first: the class of several settings together is the worst of theirs
-_RANK = {NO_DATA: 0, NOT_ESTIMABLE: 1, DEGENERATE: 2, FAILS: 3, MEETS_CI_CROSSES: 4, MEETS: 5}
+_RANK = {
+    NO_DATA: 0,
+    NOT_ESTIMABLE: 1,
+    DEGENERATE: 2,
+    FAILS: 3,
+    UNDECIDED: 4,
+    MEETS_CI_CROSSES: 5,
+    MEETS: 6,
+}
 _KINDS = ("max", "min", "category")
 
 
@@ -129,7 +144,8 @@ class Reason:
     Attributes
     ----------
     code : str
-        ``"bias"``, ``"bias_nan"``, ``"bias_ci"``, ``"bias_ci_unavailable"``, ``"cv"``,
+        ``"bias"``, ``"bias_nan"``, ``"bias_ci"``, ``"bias_ci_unavailable"``,
+        ``"bias_ci_wide"``, ``"cv"``,
         ``"cv_nan"``, ``"failure"``, ``"failure_nan"``, ``"degenerate"``, ``"tissues"``,
         ``"no_result"`` or ``"no_parameter"``.
     parameter : str
@@ -492,10 +508,17 @@ def _check(
         status = DEGENERATE
         reasons.append(Reason("degenerate", p, cv, DEGENERATE_CV_PCT))
     else:
+        too_wide = (
+            bias_limit is not None
+            and math.isfinite(lo)
+            and math.isfinite(hi)
+            and (lo < -bias_limit or hi > bias_limit)
+            and hi - lo > 2 * bias_limit
+        )
         if bias_limit is not None:
             if math.isnan(rb):
                 reasons.append(Reason("bias_nan", p))
-            elif abs(rb) > bias_limit:
+            elif abs(rb) > bias_limit and not too_wide:
                 reasons.append(Reason("bias", p, rb, bias_limit))
         if cv_limit is not None:
             if math.isnan(cv):
@@ -504,6 +527,9 @@ def _check(
                 reasons.append(Reason("cv", p, cv, cv_limit))
         if reasons:
             status = FAILS
+        elif too_wide:
+            status = UNDECIDED
+            reasons.append(Reason("bias_ci_wide", p, rb, bias_limit, lo, hi))
         elif bias_limit is not None:
             if math.isnan(lo) or math.isnan(hi):
                 reasons.append(Reason("bias_ci_unavailable", p, rb, bias_limit, blocking=False))

@@ -31,6 +31,7 @@ from phantomdce.report.verdict import (
     MEETS_CI_CROSSES,
     NO_DATA,
     NOT_ESTIMABLE,
+    UNDECIDED,
     ParamCheck,
     Reason,
     Setting,
@@ -65,6 +66,11 @@ CLASS_WORDS: tuple[tuple[str, str], ...] = (
         FAILS,
         "a pooled bias or CV outside a limit or not computable, or the criterion holds in "
         "too few tissues of the grid",
+    ),
+    (
+        UNDECIDED,
+        "the 95% CI of the pooled relative bias is wider than the acceptance band: too few "
+        "subjects or replicates to decide",
     ),
     (
         NOT_ESTIMABLE,
@@ -141,7 +147,7 @@ def tissue_words(truth: dict[str, float]) -> str:
         if p in truth:
             units = PARAMETERS[p].units if p in PARAMETERS else ""
             unit = f" {units}" if units and units != "1" else ""
-            out.append(f"{p} {truth[p]:g}{unit}")
+            out.append(f"{p} {truth[p]:.3g}{unit}")
     return ", ".join(out)
 
 
@@ -182,6 +188,11 @@ def reason_text(reason: Reason) -> str:
         return (
             f"{p} bias 95% CI [{fmt_pct(reason.low)}, {fmt_pct(reason.high)}] crosses "
             f"±{_limit(reason.limit)}%"
+        )
+    if code == "bias_ci_wide":
+        return (
+            f"{p} bias {fmt_pct(reason.value)}% with a 95% CI [{fmt_pct(reason.low)}, "
+            f"{fmt_pct(reason.high)}] wider than the ±{_limit(reason.limit)}% band"
         )
     if code == "bias_ci_unavailable":
         return f"{p} bias 95% CI unavailable"
