@@ -32,12 +32,24 @@ An export writes, into one directory:
 The measured series are float32: their relative rounding (6e-8) is far below any noise
 level or fitting tolerance of interest. Truth maps and ``ct`` are float64 because they
 are what fitted values are compared against.
+
+A case of a *phantom* store (``phantomdce simulate`` of a phantom scenario; its root has
+``kind = "phantom"`` and each case an ``acquired`` and a ``truth`` node) is an image and is
+exported as one, with its geometry (see :data:`IMAGE_LAYOUT`): ``dynamic`` (x, y, z, time),
+``vfa`` (x, y, z, flip angle), the volume-weighted truth ``Ktrans``, ``ve``, ``vp`` at the
+acquired grid, ``labels_truth``, ``Ktrans_truth``, ``ve_truth``, ``vp_truth`` at the 1 mm
+truth grid (each grid with its own affine) and ``aif.tsv``.
+
+An export is written into a temporary sibling directory and moved into place when every
+file is written: a failed export leaves nothing behind (no empty or partial directory).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,7 +62,7 @@ import phantomdce
 from phantomdce.dro.config import ConfigError
 from phantomdce.params import PARAMETERS
 
-__all__ = ["export_nifti", "LAYOUT", "MEASUREMENT_DTYPE", "TRUTH_DTYPE"]
+__all__ = ["export_nifti", "LAYOUT", "IMAGE_LAYOUT", "MEASUREMENT_DTYPE", "TRUTH_DTYPE"]
 
 #: Data type of the measured series (dynamic and VFA signal).
 MEASUREMENT_DTYPE = np.float32
@@ -69,11 +81,20 @@ SPATIAL_NOTE = (
     "No spatial meaning: voxels are nominally 1 mm isotropic with an identity affine"
     " (qform and sform)."
 )
+#: Voxel layout of a phantom store's export (written to every sidecar).
+IMAGE_LAYOUT = (
+    "arrays (x, y, z[, t or flip angle]), i.e. the store's (slice, y, x[, ...]) transposed;"
+    " the affine (qform = sform) maps voxel indices (i, j, k) to the centres' x_mm, y_mm and"
+    " slice_mm coordinates of the store (mm), with the acquired voxel size in plane and the"
+    " slice spacing (thickness plus gap) along z"
+)
 #: Active ingredient (BIDS ``ContrastBolusIngredient``) of each supported agent.
 _INGREDIENT = {"gadobutrol": "GADOLINIUM", "gadoterate": "GADOLINIUM", "gadoteridol": "GADOLINIUM"}
 #: Non-truth-map outputs; with the truth-variable names, every file name an export may write.
 _FIXED_STEMS = ("dynamic", "vfa", "ct")
 _POSSIBLE_TRUTH = (*PARAMETERS, "m0", "signal_pre")
+#: Files of a phantom export beyond those (``<name>_truth`` maps on the truth grid).
+_IMAGE_STEMS = ("labels_truth", "Ktrans_truth", "ve_truth", "vp_truth")
 #: Case attributes that are provenance rather than protocol values.
 _NOT_PROTOCOL = frozenset(
     {
@@ -229,12 +250,62 @@ def export_nifti(
         if name not in names or name not in tree.children:
             # ConfigError is a ValueError that the CLI reports as a one-line error (status 2)
             raise ConfigError(f"case {name!r} is not in the store; available cases: {names}")
-        ds = tree[name].to_dataset(inherit=False).load()
+        node = tree[name]
+        ds = node.to_dataset(inherit=False).load()
         root_attrs = dict(tree.attrs)
+        image = None
+        if root_attrs.get("kind") == "phantom" or "acquired" in node.children:
+            if "acquired" not in node.children or "truth" not in node.children:
+                raise ConfigError(
+                    f"case {name!r} of the phantom store has no 'acquired' and 'truth' nodes:"
+                    " was it written by `phantomdce simulate`?"
+                )
+            image = (
+                node["acquired"].to_dataset(inherit=False).load(),
+                node["truth"].to_dataset(inherit=False).load(),
+            )
     finally:
         if opened:
             tree.close()
-    return _export_case(ds, name, root_attrs, outdir, overwrite=overwrite)
+    if image is not None:
+        return _write_atomically(
+            outdir,
+            overwrite,
+            lambda tmp: _export_image_case(ds, *image, name, root_attrs, tmp),
+        )
+    return _write_atomically(
+        outdir, overwrite, lambda tmp: _export_case(ds, name, root_attrs, tmp, overwrite=False)
+    )
+
+
+def _write_atomically(outdir: Path, overwrite: bool, write) -> list[Path]:
+    """Run ``write(tmp)`` in a temporary sibling of ``outdir``, then move its files in.
+
+    On any failure the temporary directory is removed and ``outdir`` is left as it was
+    (not created if it did not exist). With ``overwrite``, files an export could have
+    written are deleted from ``outdir`` first; other files are left alone.
+    """
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.partial-"))
+    try:
+        written = write(tmp)
+        if not outdir.exists():
+            tmp.rename(outdir)
+        else:
+            if overwrite:
+                names = {p.name for p in written}
+                stems = (*_FIXED_STEMS, *_POSSIBLE_TRUTH, *_IMAGE_STEMS)
+                names |= {f"{s}{x}" for s in stems for x in (".nii.gz", ".json")}
+                names.add("aif.tsv")
+                for n in names:
+                    (outdir / n).unlink(missing_ok=True)
+            for p in written:
+                (tmp / p.name).replace(outdir / p.name)
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [outdir / p.name for p in written]
 
 
 def _export_case(
@@ -407,3 +478,170 @@ def _export_case(
     aif_path.write_text("\n".join(lines) + "\n")
     written.append(aif_path)
     return written
+
+
+def _axis(coord: np.ndarray, fallback_mm: float, what: str) -> tuple[float, float]:
+    """Origin and spacing (mm) of an evenly spaced axis of voxel centres."""
+    c = np.asarray(coord, dtype=np.float64)
+    if c.size > 1:
+        steps = np.diff(c)
+        if not np.allclose(steps, steps[0], rtol=1e-6, atol=1e-9):
+            raise ValueError(f"the {what} coordinates are not evenly spaced: {c.tolist()}")
+        return float(c[0]), float(steps[0])
+    return float(c[0]), float(fallback_mm)
+
+
+def _image_affine(x: tuple[float, float], y: tuple[float, float], z: tuple[float, float]):
+    """Voxel index (i, j, k) -> mm, from (origin, spacing) per axis."""
+    affine = np.diag([x[1], y[1], z[1], 1.0])
+    affine[:3, 3] = [x[0], y[0], z[0]]
+    return affine
+
+
+def _save_image(data: np.ndarray, path: Path, affine: np.ndarray, dt_s: float | None) -> None:
+    """Write a gzip'd NIfTI-1 with its affine (qform and sform), units mm and s."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(data.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    zooms = tuple(float(z) for z in np.abs(np.diag(affine)[:3]))
+    img.header.set_zooms(zooms + ((dt_s if dt_s is not None else 1.0),) * (data.ndim - 3))
+    img.header.set_xyzt_units(xyz="mm", t="sec")
+    nib.save(img, str(path))
+
+
+def _xyz(a: np.ndarray) -> np.ndarray:
+    """(slice, y, x[, ...]) -> (x, y, slice[, ...])."""
+    return np.swapaxes(np.asarray(a), 0, 2)
+
+
+def _export_image_case(
+    ds: xr.Dataset,
+    acquired: xr.Dataset,
+    truth: xr.Dataset,
+    name: str,
+    root_attrs: Mapping[str, Any],
+    outdir: Path,
+) -> list[Path]:
+    """Export one case of a phantom store as images with their geometry."""
+    a = dict(acquired.attrs)
+    in_plane = float(a.get("in_plane_mm", 1.0))
+    spacing = float(a.get("slice_mm", 1.0)) + float(a.get("gap_mm", 0.0))
+    acq_affine = _image_affine(
+        _axis(acquired["x"].values, in_plane, "acquired x"),
+        _axis(acquired["y"].values, in_plane, "acquired y"),
+        _axis(acquired["slice"].values, spacing, "acquired slice"),
+    )
+    vox = float(truth.attrs.get("voxel_mm", 1.0))
+    truth_affine = _image_affine(
+        _axis(truth["x"].values, vox, "truth x"),
+        _axis(truth["y"].values, vox, "truth y"),
+        _axis(truth["z"].values, vox, "truth z"),
+    )
+    time = np.asarray(acquired["time"].values, dtype=np.float64)
+    dt = float(a["dt"])
+    window = dt if a.get("sampling") == "average" else 0.0
+    units = dict(a.get("protocol_units", {}))
+    provenance = {
+        "case": name,
+        "case_values": ds.attrs.get("case_values", {}),
+        "scenario": root_attrs.get("scenario"),
+        "seed": root_attrs.get("seed"),
+        "phantomdce_version": root_attrs.get("phantomdce_version", phantomdce.__version__),
+        "exported_by_phantomdce_version": phantomdce.__version__,
+        "protocol": {k: v for k, v in a.items() if k != "protocol_units"},
+        "protocol_units": units,
+        "voxel_layout": IMAGE_LAYOUT,
+    }
+    acq_meta = {
+        "MagneticFieldStrength": a.get("field_strength"),
+        "ContrastBolusIngredient": _INGREDIENT.get(str(a.get("agent")), "GADOLINIUM"),
+        "SliceThickness": a.get("slice_mm"),
+        "SpacingBetweenSlices": spacing,
+    }
+    written: list[Path] = []
+
+    def emit(stem, data, affine, sidecar, dt_s=None):
+        img_path, json_path = outdir / f"{stem}.nii.gz", outdir / f"{stem}.json"
+        _save_image(data, img_path, affine, dt_s)
+        _write_json(sidecar, json_path)
+        written.extend([img_path, json_path])
+
+    emit(
+        "dynamic",
+        _xyz(acquired["signal"].values).astype(MEASUREMENT_DTYPE),
+        acq_affine,
+        {
+            **acq_meta,
+            "RepetitionTime": a.get("tr"),
+            "FlipAngle": a.get("fa"),
+            "FrameTimesStart": (time - window / 2).tolist(),
+            "FrameDuration": [window] * time.size,
+            "Units": "a.u.",
+            "phantomdce": {
+                **provenance,
+                "image": "dynamic SPGR magnitude signal (x, y, z, time), Rician noise",
+                "frame_times_s": time.tolist(),
+                "dt_s": dt,
+                "affine_mm": acq_affine.tolist(),
+            },
+        },
+        dt_s=dt,
+    )
+    angles = np.asarray(acquired["flip_angle"].values, dtype=np.float64).tolist()
+    emit(
+        "vfa",
+        _xyz(acquired["vfa_signal"].values).astype(MEASUREMENT_DTYPE),
+        acq_affine,
+        {
+            **acq_meta,
+            "RepetitionTime": a.get("tr"),
+            "FlipAngle": angles,
+            "Units": "a.u.",
+            "phantomdce": {
+                **provenance,
+                "image": "variable flip angle SPGR signal (x, y, z, flip angle); volume n at"
+                " FlipAngle[n] (deg)",
+                "affine_mm": acq_affine.tolist(),
+            },
+        },
+    )
+    for key in ("Ktrans", "ve", "vp"):
+        unit = acquired[key].attrs.get("units", PARAMETERS[key].units)
+        emit(
+            key,
+            _xyz(acquired[key].values).astype(TRUTH_DTYPE),
+            acq_affine,
+            {
+                **acq_meta,
+                "Units": unit,
+                "phantomdce": {
+                    **provenance,
+                    "image": f"ground truth {key} at the acquired grid (volume-weighted)",
+                    "affine_mm": acq_affine.tolist(),
+                },
+            },
+        )
+    for key in ("labels", "Ktrans", "ve", "vp"):
+        var = truth[key]
+        emit(
+            f"{key}_truth",
+            _xyz(var.values),
+            truth_affine,
+            {
+                "Units": var.attrs.get("units", "1"),
+                "phantomdce": {
+                    **provenance,
+                    "image": f"{key} on the truth grid ({vox:g} mm)",
+                    "affine_mm": truth_affine.tolist(),
+                },
+            },
+        )
+    ca = np.asarray(ds["ca"].values, dtype=np.float64)
+    aif_path = outdir / "aif.tsv"
+    lines = ["time_s\tca_mM"]
+    lines += [f"{float(t)!r}\t{float(c)!r}" for t, c in zip(time, ca, strict=True)]
+    aif_path.write_text("\n".join(lines) + "\n")
+    written.append(aif_path)
+    return written
+
