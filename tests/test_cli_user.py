@@ -133,3 +133,155 @@ def test_a_failed_export_leaves_no_folder_behind(phantom, phantom_store, tmp_pat
     with pytest.raises(OSError, match="disk full"):
         nifti.export_nifti(store, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+# -- run: refusals before any work, Ctrl-C, fitters that fail ---------------------------
+
+PLUGINS = str(Path(__file__).parent / "engine_plugins")
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL + '\n[sweep]\ndt = [2.0, 5.0]\n')
+    return path
+
+
+def test_an_output_path_that_is_a_file_is_refused_in_one_line(small, tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    for command in (["run", str(small)], ["simulate", str(small)]):
+        assert main([*command, "-o", str(target), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert "is a file" in err and "Traceback" not in err and str(target) in err
+    assert main(["run", str(small), "-o", str(target / "sub"), "-q"]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_a_scheduler_without_dask_is_refused_before_the_output_folder_is_made(
+    small, tmp_path, capsys, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dask", None)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    for scheduler in ("processes", "tcp://127.0.0.1:8786"):
+        out = tmp_path / "out"
+        assert main(["run", str(small), "-o", str(out), "--scheduler", scheduler, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert f"--scheduler {scheduler}" in err and "phantomdce[dask]" in err
+        assert not out.exists()
+
+
+def test_ctrl_c_says_how_to_resume(small, tmp_path, capsys, monkeypatch):
+    import phantomdce.engine.run as engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "execute", interrupted)
+    assert main(["run", str(small), "-o", str(tmp_path / "out"), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: run the same command again to resume" in err
+    assert "Traceback" not in err
+
+
+def test_a_fitter_module_that_fails_on_import_is_named_with_the_exception_type(
+    small, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "h5_boom_fitter.py").write_text("x = 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    assert main(["run", str(small), "-o", str(out), "--fitters", "h5_boom_fitter:F", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "'h5_boom_fitter:F'" in err and "ZeroDivisionError" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+LOCAL_FITTER = '''
+from phantomdce.fit.registry import get_fitter
+
+
+class Local:
+    name = "h5_local"
+    version = "1.0"
+    model = "extended_tofts"
+    input = "concentration"
+    method = "llsq"
+
+    def fit(self, data):
+        return get_fitter("llsq_extended_tofts").fit(data)
+'''
+
+
+def test_a_fitter_module_in_the_current_folder_is_found(small, tmp_path, capsys, monkeypatch):
+    import os
+    import sys
+
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "h5_local_fitter.py").write_text(LOCAL_FITTER)
+    monkeypatch.chdir(here)
+    # as the console script starts: the current folder is not on sys.path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    out = tmp_path / "out"
+    code = main(
+        ["run", str(small), "-o", str(out), "--fitters", "h5_local_fitter:Local", "-q"]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "h5_local" in (out / "metrics.csv").read_text()
+    # a module that is nowhere: the error says where it looked
+    assert main(["run", str(small), "-o", str(tmp_path / "o2"), "--fitters", "h5_nowhere:F"]) == 2
+    err = capsys.readouterr().err
+    assert "'h5_nowhere:F'" in err and "current folder" in err
+
+
+def test_a_fitter_that_failed_on_every_chunk_makes_the_run_exit_3(
+    small, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.syspath_prepend(PLUGINS)
+    out = tmp_path / "out"
+    args = ["run", str(small), "-o", str(out), "-q"]
+    code = main([*args, "--fitters", "llsq_extended_tofts,acme_faulty:Raises"])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "'acme_raises' failed on every chunk (2 of 2)" in err
+    assert "acme solver exploded" in err
+    # a run whose fitters all produced estimates exits 0
+    assert main([*args[:3], str(tmp_path / "ok"), "-q"]) == 0
+
+
+# -- reports of scenarios without a recommendation ----------------------------------------
+
+
+def test_run_report_of_a_scenario_without_recommendation_is_a_plain_report(
+    small, tmp_path, capsys
+):
+    report = tmp_path / "report"
+    assert main(["run", str(small), "-o", str(tmp_path / "out"), "--report", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert "no [recommendation]" in captured.err  # said before the run
+    html = (report / "index.html").read_text()
+    assert "dt=2.0" in html and "llsq_extended_tofts" in html
+    assert "without a verdict" in html
+    assert (report / "figures" / "out_metrics.png").stat().st_size > 1000
+    md = (report / "summary.md").read_text()
+    assert "| dt=5.0 | llsq_extended_tofts | Ktrans |" in md
+    # `phantomdce report` of the same results writes the same plain report
+    assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "index.html").exists()
+
+
+def test_run_report_problems_are_refused_before_the_sweep(small, tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        small.read_text()
+        + '\n[recommendation]\nid = "x"\ntitle = "X"\ntext = "x"\nknob = "dt"\nkind = "sideways"\n'
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(bad), "-o", str(out), "--report", str(tmp_path / "r")]) == 2
+    assert "recommendation.kind" in capsys.readouterr().err and not out.exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["run", str(small), "-o", str(out), "--report", str(a_file)]) == 2
+    assert "--report" in capsys.readouterr().err and not out.exists()

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import phantomdce
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_USAGE", "EXIT_FITTER_FAILED", "EXIT_INTERRUPTED"]
+
+#: Exit status of a refused command: a bad scenario, path, option or fitter spec.
+EXIT_USAGE = 2
+#: Exit status of a finished run in which a fitter failed on every chunk (see failures.csv).
+EXIT_FITTER_FAILED = 3
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+
+#: ``--scheduler`` values that run in this process (no dask needed).
+_IN_PROCESS = (None, "local", "sync", "synchronous")
 
 
 def _progress(quiet: bool, desc: str = "simulating", unit: str = "case"):
@@ -86,10 +96,109 @@ def _summary(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _check_output_dir(path: str | Path, option: str = "-o") -> Path:
+    """Refuse an output path that is not a folder (or cannot become one) before any work."""
+    from phantomdce.dro.config import ConfigError
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option} {out}: exists and is a file; expected a folder (new or empty)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {out}: {parent} is a file, not a folder")
+            break
+    return out
+
+
+def _check_scheduler(scheduler: str | None) -> None:
+    """Refuse a ``--scheduler`` whose package is not installed, before anything is written."""
+    import importlib.util
+
+    from phantomdce.dro.config import ConfigError
+
+    if scheduler in _IN_PROCESS:
+        return
+    module = "dask" if scheduler in ("processes", "threads") else "distributed"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"--scheduler {scheduler}: needs the {module!r} package, which is not installed;"
+            " install the extra with `pip install 'phantomdce[dask]'` or run without"
+            " --scheduler (in this process)"
+        )
+
+
+def _check_report_target(args: argparse.Namespace) -> None:
+    """Before a run: the report folder can be written and the scenario's report is known.
+
+    A scenario without ``[recommendation]`` gets a plain report (metrics tables and
+    figures, no verdict); a ``[recommendation]`` table with a bad key is refused here, not
+    after the sweep.
+    """
+    import tomllib
+
+    from phantomdce.report.results import parse_recommendation
+
+    if not args.report:
+        return
+    _check_output_dir(args.report, "--report")
+    try:
+        raw = tomllib.loads(Path(args.scenario).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return  # the run reports the problem with the file
+    if "include" in raw:  # a study: its scenarios are checked by the study
+        return
+    if "recommendation" in raw:
+        parse_recommendation(raw["recommendation"], args.scenario)
+    elif not args.quiet:
+        print(
+            f"note: {args.scenario} has no [recommendation]: the report will show the metrics"
+            " (tables and figures) without a verdict",
+            file=sys.stderr,
+        )
+
+
+def _failed_fitters(out: Path, n_units: int) -> dict[str, str]:
+    """Fitters that failed on every one of the ``n_units`` chunks of a run: first error each."""
+    import csv
+
+    path = out / "failures.csv"
+    if n_units <= 0 or not path.exists():
+        return {}
+    chunks: dict[str, set[tuple[str, str]]] = {}
+    first: dict[str, str] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            fitter = row.get("fitter", "")
+            chunks.setdefault(fitter, set()).add((row.get("case", ""), row.get("chunk", "")))
+            first.setdefault(fitter, row.get("error", ""))
+    return {f: first[f] for f, c in chunks.items() if len(c) >= n_units}
+
+
+def _report_failed_fitters(out: Path, n_units: int) -> int:
+    """Say which fitters failed on every chunk of a run; the exit status (0 or 3)."""
+    failed = _failed_fitters(out, n_units)
+    if not failed:
+        return 0
+    for fitter, error in failed.items():
+        print(
+            f"phantomdce: error: fitter {fitter!r} failed on every chunk ({n_units} of"
+            f" {n_units}) of {out}: it produced no estimates; first error: {error}; see"
+            f" {out}/failures.csv",
+            file=sys.stderr,
+        )
+    return EXIT_FITTER_FAILED
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from phantomdce.dro.scenario import load_scenario
     from phantomdce.dro.store import write_dro
 
+    _check_output_dir(args.output)
     if _is_phantom(args.scenario):
         from phantomdce.phantom.runner import simulate_phantom_scenario
 
@@ -151,6 +260,9 @@ def _metrics_summary(
 def _cmd_run(args: argparse.Namespace) -> int:
     from phantomdce.engine.study import is_study
 
+    _check_output_dir(args.output)
+    _check_scheduler(args.scheduler)
+    _check_report_target(args)
     if is_study(args.scenario):
         return _cmd_run_study(args)
     if _is_phantom(args.scenario):
@@ -184,14 +296,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     }
     print("  bias in the parameter's units (Ktrans /min; ve, vp fractions); CV over replicates")
     print(_metrics_summary(rows, labels))
-    failures = (plan.out / "failures.csv").read_text().strip().splitlines()[1:]
-    if failures:
-        print(f"  {len(failures)} fitter chunks failed: see {plan.out}/failures.csv")
+    n_failed = _count_failures(plan.out)
+    if n_failed:
+        print(f"  {n_failed} fitter chunks failed: see {plan.out}/failures.csv")
     n = len(plan.scenario.cases()) * plan.scenario.n_voxels
     print(f"  {n} voxel curves in {elapsed:.1f} s")
     if args.report:
         _write_report(plan.out, Path(args.report), argv_command(args))
-    return 0
+    return _report_failed_fitters(plan.out, len(plan.units))
+
+
+def _count_failures(out: Path) -> int:
+    import csv
+
+    path = out / "failures.csv"
+    if not path.exists():
+        return 0
+    with open(path, newline="", encoding="utf-8") as fh:
+        return sum(1 for _ in csv.DictReader(fh))
 
 
 def _is_phantom(path: str) -> bool:
@@ -282,19 +404,38 @@ def _cmd_run_study(args: argparse.Namespace) -> int:
         print(f"  {Path(args.output) / name}/metrics.csv ({len(r)} rows)")
     if args.report:
         _write_report(Path(args.output), Path(args.report), argv_command(args))
-    return 0
+    status = 0
+    for name in rows:
+        run_dir = Path(args.output) / name
+        n_units = len(list((run_dir / "progress").glob("*.json")))
+        status = max(status, _report_failed_fitters(run_dir, n_units))
+    return status
 
 
 def _write_report(out: Path, dest: Path, command: str) -> None:
     from phantomdce.report.literature import check_claims
     from phantomdce.report.model import Criterion
+    from phantomdce.report.plain import has_recommendation, write_plain_report
     from phantomdce.report.render import write_report
-    from phantomdce.report.results import collect_results
+    from phantomdce.report.results import collect_results, run_dirs
     from phantomdce.report.verdict import judge_all
 
+    info = _study_info(out)
+    dirs = run_dirs(out)
+    if dirs and not any(has_recommendation(d) for d in dirs):
+        paths = write_plain_report(
+            dirs,
+            dest,
+            title=f"phantomdce report: {info.get('study', out.name)}",
+            command=command,
+            version=phantomdce.__version__,
+            scenario_info=info,
+        )
+        print("no [recommendation] in these results: a plain report (metrics, no verdict)")
+        print(f"report: {paths['html']}")
+        return
     results = collect_results(out)
     criterion = Criterion()
-    info = _study_info(out)
     paths = write_report(
         results,
         dest,
@@ -474,9 +615,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:
+        # Ctrl-C: no traceback (it would end in whatever numba or dask kernel ran)
+        what = (
+            "run the same command again to resume"
+            if args.command == "run"
+            else "nothing was written; run the command again"
+        )
+        print(f"\nphantomdce: interrupted: {what}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, ValueError, ImportError, OSError) as exc:
+        # OSError: a path that exists, is missing, is a file where a folder is expected, ...
         print(f"phantomdce: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

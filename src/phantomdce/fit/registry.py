@@ -7,7 +7,11 @@ Fitters come from three places:
 - the entry-point group ``phantomdce.fitters`` of any installed distribution (source
   ``"<distribution> <version>"``);
 - a ``"module:attribute"`` spec passed to :func:`get_fitter` or :func:`resolve_fitters`
-  (source ``"spec module:attribute"``), for a fitter that is not packaged.
+  (source ``"spec module:attribute"``), for a fitter that is not packaged. The module is
+  looked up on ``sys.path`` and then in the current folder (as ``python -m`` does; the
+  folder is appended to ``sys.path``, so an installed module of the same name wins). A module
+  that raises while it is imported gives an :class:`ImportError` naming the spec and the
+  exception's type.
 
 An entry point or spec may name a fitter instance, a fitter class (instantiated with no
 arguments), or a callable returning a fitter or a list of fitters. Every fitter must pass
@@ -25,6 +29,8 @@ import difflib
 import functools
 import importlib
 import importlib.metadata
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -231,21 +237,52 @@ def list_fitters() -> list[FitterInfo]:
     return [info for _, info in sorted(_registry().items())]
 
 
+def _top_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """True if the spec's module (or a parent package) itself is missing."""
+    return bool(exc.name) and (module_name == exc.name or module_name.startswith(exc.name + "."))
+
+
+def _import_spec_module(spec: str, module_name: str) -> Any:
+    """Import a spec's module; the current folder is searched too, as ``python -m`` does.
+
+    Raises ModuleNotFoundError (the module is nowhere on the path, searched folders named)
+    or ImportError naming the spec and the type of the exception the module raised.
+    """
+    cwd = os.getcwd()
+    for attempt in (0, 1):
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if not _top_missing(exc, module_name):
+                raise ImportError(
+                    f"fitter spec {spec!r}: importing module {module_name!r} failed with"
+                    f" ModuleNotFoundError: {exc}"
+                ) from None
+            if attempt == 0 and cwd not in sys.path and "" not in sys.path:
+                # the console script does not search the current folder; python -m does
+                sys.path.append(cwd)
+                importlib.invalidate_caches()
+                continue
+            raise ModuleNotFoundError(
+                f"fitter spec {spec!r}: cannot import module {module_name!r}: it is not in"
+                f" the current folder ({cwd}) nor on sys.path or PYTHONPATH; is the package"
+                " installed?",
+                name=exc.name,
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - a plug-in's import may raise anything
+            raise ImportError(
+                f"fitter spec {spec!r}: importing module {module_name!r} failed with"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _load_spec(spec: str) -> list[FitterInfo]:
     module_name, _, attr = spec.partition(":")
     module_name, attr = module_name.strip(), attr.strip()
     if not module_name or not attr:
         raise ValueError(f"fitter spec {spec!r}: expected 'module:attribute'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ModuleNotFoundError(
-                f"fitter spec {spec!r}: cannot import module {module_name!r} (is its folder"
-                " on sys.path or PYTHONPATH, or is the package installed?)",
-                name=exc.name,
-            ) from None
-        raise
+    module = _import_spec_module(spec, module_name)
     obj: Any = module
     try:
         for part in attr.split("."):
