@@ -394,23 +394,54 @@ def _load(raw_json: str, fitters: tuple[str, ...]) -> tuple[Scenario, FitConfig,
     return scenario, fit, fit.resolve()
 
 
+#: Seconds a fitter's child process may take to start (interpreter, imports, plug-in
+#: resolution) before ``fit.timeout_s`` starts counting; past it the chunk fails.
+CHILD_STARTUP_LIMIT_S = 120.0
+
+
 def _fit_isolated(spec: str, info, data: xr.Dataset, timeout: float) -> xr.Dataset:
+    """Fit one chunk in a child process; ``timeout`` (s) counts from the child's READY signal.
+
+    The child (:mod:`phantomdce.engine._child`) creates a READY file once its interpreter is
+    up and the fitter is imported and resolved, so a slow start on a loaded machine does not
+    count against the fit's time limit; the start-up has its own limit,
+    :data:`CHILD_STARTUP_LIMIT_S`. A result written within the limit is accepted even if the
+    child's interpreter has not finished exiting.
+    """
     with tempfile.TemporaryDirectory(prefix="phantomdce-fit-") as tmp:
         src, dst = Path(tmp) / "in.pkl", Path(tmp) / "out.pkl"
+        ready, log = Path(tmp) / "ready", Path(tmp) / "stderr.txt"
         with open(src, "wb") as fh:
             pickle.dump({"spec": spec, "name": info.name, "sys_path": sys.path, "data": data}, fh)
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "phantomdce.engine._child", str(src), str(dst)],
-                timeout=timeout,
-                check=False,
-                capture_output=True,
-                text=True,
+        with open(log, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "phantomdce.engine._child", str(src), str(dst), str(ready)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
             )
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"ran past the time limit of {timeout:g} s per chunk") from None
+            try:
+                started = time.monotonic()
+                while not ready.exists() and proc.poll() is None:
+                    if time.monotonic() - started > CHILD_STARTUP_LIMIT_S:
+                        raise TimeoutError(
+                            f"the fitter's process did not start within"
+                            f" {CHILD_STARTUP_LIMIT_S:g} s"
+                        )
+                    time.sleep(0.01)
+                try:
+                    proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    if not dst.exists():  # else the fit ended in time, the interpreter's exit not
+                        raise TimeoutError(
+                            f"ran past the time limit of {timeout:g} s per chunk"
+                        ) from None
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if not dst.exists():
-            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
             raise RuntimeError(
                 f"the fitter's process ended without a result (exit code {proc.returncode})"
                 + (f": {tail}" if tail else "")
