@@ -285,3 +285,43 @@ def test_run_report_problems_are_refused_before_the_sweep(small, tmp_path, capsy
     a_file.write_text("x")
     assert main(["run", str(small), "-o", str(out), "--report", str(a_file)]) == 2
     assert "--report" in capsys.readouterr().err and not out.exists()
+
+
+# -- the regression gate ------------------------------------------------------------------
+
+
+def test_check_names_a_baseline_fitter_the_run_lacks_and_refuses_junk(
+    small, tmp_path, capsys, monkeypatch
+):
+    base, new = tmp_path / "base", tmp_path / "new"
+    fitters = "llsq_extended_tofts,nlls_extended_tofts"
+    assert main(["run", str(small), "-o", str(base), "-q", "--fitters", fitters]) == 0
+    assert main(["baseline", str(base), "-o", str(tmp_path / "b.json")]) == 0
+    assert main(["run", str(small), "-o", str(new), "-q", "--fitters", "llsq_extended_tofts"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(new), "--baseline", str(tmp_path / "b.json")]) == 1
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    assert "fitter 'nlls_extended_tofts' of the baseline" in out
+    assert "missing from the run, which has llsq_extended_tofts" in out
+    assert out.count("nlls_extended_tofts") == 1  # once, not once per row
+    junk = {
+        "junk1.json": "[1, 2]",
+        "junk2.json": '{"hello": "world"}',
+        "junk3.json": json.dumps(
+            {"scenario_name": "small", "scenario_hash": "x", "metrics": [{"case": "c"}]}
+        ),
+        "junk4.json": "not json",
+    }
+    expected = {
+        "junk1.json": "expected a JSON object",
+        "junk2.json": "scenario_name = None, expected text",
+        "junk3.json": "metrics[0].fitter = None: expected text",
+        "junk4.json": "not JSON",
+    }
+    for name, text in junk.items():
+        (tmp_path / name).write_text(text)
+        assert main(["check", str(new), "--baseline", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert "is not a phantomdce baseline" in err or f"{name}: metrics" in err
+        assert expected[name] in err and "None (hash None)" not in err

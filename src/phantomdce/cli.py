@@ -495,9 +495,16 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import json
 
-    from phantomdce.engine.gate import check_run
+    from phantomdce.dro.config import ConfigError
+    from phantomdce.engine.gate import check_baseline, check_run
 
-    baseline = json.loads(Path(args.baseline).read_text())
+    try:
+        baseline = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{args.baseline} is not a phantomdce baseline: not JSON ({exc})"
+        ) from None
+    check_baseline(baseline, args.baseline)
     regressions = check_run(args.run, baseline)
     if not regressions:
         print(f"check passed: {len(baseline['metrics'])} rows no worse than {args.baseline}")

@@ -8,7 +8,13 @@ tolerances. ``phantomdce check OUT --baseline baseline.json`` compares a new run
 - bias: ``|bias_new| > |bias_base| + max(bias_atol, bias_rtol * |bias_base|)``
 - precision: ``sd_new > sd_base * (1 + sd_rtol) + bias_atol``
 - failures: ``failure_rate_new > failure_rate_base + failure_atol``
-- a case, fitter or parameter of the baseline missing from the new run.
+- a case, fitter or parameter of the baseline missing from the new run (a fitter of the
+  baseline that the run lacks is named once, with the fitters the run has).
+
+A baseline that is not one (not a JSON object with ``scenario_name``, ``scenario_hash`` and
+a ``metrics`` list of rows with ``case``, ``fitter``, ``parameter``, ``bias``, ``sd`` and
+``failure_rate``) is refused with :class:`~phantomdce.dro.config.ConfigError` naming what
+is wrong (:func:`check_baseline`).
 
 ``bias_atol`` defaults to a tenth of the OSIPI tolerance of each parameter (Ktrans
 0.0005 /min, ve 0.005, vp 0.0025, fp 0.5 mL/100mL/min, ps and kep 0.0005 /min, delay 0.1
@@ -28,7 +34,10 @@ from typing import Any
 import phantomdce
 from phantomdce.dro.config import ConfigError
 
-__all__ = ["Tolerances", "make_baseline", "check_run", "Regression"]
+__all__ = ["Tolerances", "make_baseline", "check_run", "check_baseline", "Regression"]
+
+#: Keys every baseline row holds; the numbers must be numbers (or null for NaN).
+BASELINE_ROW_KEYS = ("case", "fitter", "parameter", "bias", "sd", "failure_rate")
 
 #: A tenth of the OSIPI absolute tolerance of each parameter (package units).
 DEFAULT_BIAS_ATOL = {
@@ -55,7 +64,7 @@ class Tolerances:
 
 @dataclass(frozen=True)
 class Regression:
-    """One thing that got worse."""
+    """One thing that got worse (or is missing: then ``note`` says what)."""
 
     case: str
     fitter: str
@@ -64,8 +73,11 @@ class Regression:
     baseline: float
     current: float
     allowed: float
+    note: str = ""
 
     def __str__(self) -> str:
+        if self.note:
+            return self.note
         return (
             f"{self.case} {self.fitter} {self.parameter}: {self.metric} {self.current:.6g}"
             f" (baseline {self.baseline:.6g}, allowed up to {self.allowed:.6g})"
@@ -128,6 +140,7 @@ def check_run(
     """
     out = Path(out)
     meta = _run_meta(out)
+    check_baseline(baseline)
     if baseline.get("scenario_hash") != meta["scenario_hash"]:
         raise ConfigError(
             f"the baseline was made from scenario {baseline.get('scenario_name')!r} (hash"
@@ -136,13 +149,49 @@ def check_run(
             " applies to a run of the same scenario"
         )
     tol = tolerances or Tolerances(**baseline.get("tolerances", {}))
-    current = {(r["case"], r["fitter"], r["parameter"]): r for r in _read_metrics(out)}
+    rows = _read_metrics(out)
+    current = {(r["case"], r["fitter"], r["parameter"]): r for r in rows}
+    run_fitters = list(dict.fromkeys(r["fitter"] for r in rows))
     found: list[Regression] = []
+    absent: set[str] = set()
     for base in baseline["metrics"]:
         key = (base["case"], base["fitter"], base["parameter"])
         now = current.get(key)
+        if now is None and base["fitter"] not in run_fitters:
+            if base["fitter"] not in absent:
+                absent.add(base["fitter"])
+                n = sum(1 for b in baseline["metrics"] if b["fitter"] == base["fitter"])
+                found.append(
+                    Regression(
+                        "every case",
+                        base["fitter"],
+                        "every parameter",
+                        "missing fitter",
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        note=(
+                            f"fitter {base['fitter']!r} of the baseline ({n} rows) is missing"
+                            f" from the run, which has {', '.join(run_fitters) or 'no fitter'}:"
+                            " run it too (--fitters) or make a new baseline"
+                        ),
+                    )
+                )
+            continue
         if now is None:
-            found.append(Regression(*key, "missing from the run", math.nan, math.nan, math.nan))
+            found.append(
+                Regression(
+                    *key,
+                    "missing",
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    note=(
+                        f"{base['case']} {base['fitter']} {base['parameter']}: in the baseline"
+                        " but missing from the run's metrics.csv"
+                    ),
+                )
+            )
             continue
         atol = tol.bias_atol.get(base["parameter"], 0.0)
         b0, b1 = abs(base["bias"]), abs(now["bias"])
@@ -158,6 +207,58 @@ def check_run(
                 Regression(*key, "failure_rate", base["failure_rate"], now["failure_rate"], allowed)
             )
     return found
+
+
+def check_baseline(baseline: Any, source: str = "the baseline") -> None:
+    """Refuse anything that is not a baseline written by :func:`make_baseline`.
+
+    Parameters
+    ----------
+    baseline : object
+        The parsed JSON.
+    source : str, optional
+        How to name it in the message (e.g. its file name).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first key that is missing or of the wrong type.
+    """
+    hint = "; make one with `phantomdce baseline RUN -o baseline.json`"
+    if not isinstance(baseline, dict):
+        raise ConfigError(
+            f"{source} is not a phantomdce baseline: expected a JSON object, found"
+            f" {type(baseline).__name__}{hint}"
+        )
+    for key in ("scenario_name", "scenario_hash"):
+        if not isinstance(baseline.get(key), str) or not baseline[key]:
+            raise ConfigError(
+                f"{source} is not a phantomdce baseline: {key} = {baseline.get(key)!r},"
+                f" expected text{hint}"
+            )
+    metrics = baseline.get("metrics")
+    if not isinstance(metrics, list) or not metrics:
+        raise ConfigError(
+            f"{source} is not a phantomdce baseline: metrics = {metrics!r:.60}, expected a"
+            f" non-empty list of rows{hint}"
+        )
+    for i, row in enumerate(metrics):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{source}: metrics[{i}] = {row!r:.60}: expected an object{hint}")
+        for key in BASELINE_ROW_KEYS:
+            value = row.get(key)
+            text = key in ("case", "fitter", "parameter")
+            ok = isinstance(value, str) if text else (
+                value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+            )
+            if not ok:
+                raise ConfigError(
+                    f"{source}: metrics[{i}].{key} = {value!r}: expected"
+                    f" {'text' if text else 'a number'}{hint}"
+                )
+        for key in ("bias", "sd", "failure_rate"):
+            if row[key] is None:
+                row[key] = math.nan
 
 
 def _worse(value: float, allowed: float, base: float) -> bool:
