@@ -107,7 +107,8 @@ def test_results_do_not_depend_on_chunking(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_one_and_two_distributed_workers_give_identical_estimates(tmp_path):
-    distributed = pytest.importorskip("dask.distributed")
+    from dask import distributed
+
     path = scenario(tmp_path, chunk=40)
     stores = {}
     for n in (1, 2):
@@ -278,7 +279,6 @@ def test_cases_keep_the_written_axis_order(tmp_path):
 
 
 def test_dask_local_processes_scheduler_gives_identical_estimates(tmp_path):
-    pytest.importorskip("dask")
     path = scenario(tmp_path, chunk=50)
     run(path, tmp_path / "procs", scheduler="processes", workers=2)
     run(path, tmp_path / "local")

@@ -322,7 +322,6 @@ def test_an_interrupted_run_resumes_the_oracle_entries(tmp_path):
 
 
 def test_schedulers_give_the_same_oracle_estimates(tmp_path):
-    pytest.importorskip("dask")
     path = scenario(tmp_path, chunk=16, budget=["t1"])
     run(path, tmp_path / "threads", scheduler="threads", workers=2)
     run(path, tmp_path / "local")

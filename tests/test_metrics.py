@@ -351,7 +351,8 @@ def test_no_warnings_on_empty_and_nan_time():
 
 
 def test_accepts_xarray():
-    xr = pytest.importorskip("xarray")
+    import xarray as xr
+
     d = {k: xr.DataArray(v, dims="voxel") for k, v in HAND.items()}
     m = case_metrics(
         d["estimate"], d["truth"], d["success"], d["tissue"], d["replicate"], parameter="fp"

@@ -195,7 +195,6 @@ def test_nifti_export_and_reimport_are_lossless(tmp_path):
 
 
 def test_dicom_export_and_reimport_are_lossless(tmp_path):
-    pytest.importorskip("pydicom")
     from phantomdce.phantom.dicom import export_phantom_dicom, read_dicom_series
 
     ph = make_neck((6, 64, 64), seed=8)
