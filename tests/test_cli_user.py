@@ -325,3 +325,62 @@ def test_check_names_a_baseline_fitter_the_run_lacks_and_refuses_junk(
         err = capsys.readouterr().err
         assert "is not a phantomdce baseline" in err or f"{name}: metrics" in err
         assert expected[name] in err and "None (hash None)" not in err
+
+
+# -- reading results ----------------------------------------------------------------------
+
+
+def test_open_results_is_public_ordered_integer_indexed_and_quiet(tmp_path):
+    import warnings
+
+    import phantomdce
+    from phantomdce.engine.run import run
+
+    many = tmp_path / "many.toml"
+    dts = ", ".join(str(1.0 + 0.5 * i) for i in range(12))
+    text = SMALL.replace("replicates = 4", "replicates = 1")
+    many.write_text(text + f"\n[sweep]\ndt = [{dts}]\n")
+    out = tmp_path / "out"
+    run(many, out)
+    # a resume: the units of two cases are redone
+    for case in ("case_0003", "case_0010"):
+        for marker in (out / "progress").glob(f"{case}_*"):
+            marker.unlink()
+    run(many, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Failed to open Zarr store with consolidated metadata"
+        tree = phantomdce.open_results(out)
+    names = [f"case_{i:04d}" for i in range(12)]
+    assert list(tree.children) == names  # the scenario's order, not the file system's
+    case = tree["case_0005"].to_dataset()
+    assert case["tissue"].dtype == np.int64 and case["replicate"].dtype == np.int64
+    assert case["tissue"].values.tolist() == [0, 1] and case["replicate"].values.tolist() == [0, 0]
+    assert case.attrs["case_values"] == {"dt": 3.5}
+    assert "open_results" in phantomdce.__all__ and phantomdce.open_results.__doc__
+
+
+def test_failures_csv_names_the_type_once_and_keeps_the_last_frames(tmp_path, monkeypatch):
+    import csv
+
+    from phantomdce.engine.run import run
+
+    monkeypatch.syspath_prepend(PLUGINS)
+    path = tmp_path / "s.toml"
+    path.write_text(SMALL.replace('["llsq_extended_tofts"]', '["acme_faulty:Raises"]'))
+    for isolate in ("plugins", "none"):  # in a child process, and in this one
+        text = path.read_text().replace("[fit]\n", f'[fit]\nisolate = "{isolate}"\n')
+        (tmp_path / f"{isolate}.toml").write_text(text)
+        out = tmp_path / isolate
+        run(tmp_path / f"{isolate}.toml", out)
+        with open(out / "failures.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 1, rows
+        row = rows[0]
+        assert row["error"] == "RuntimeError: acme solver exploded"  # the type once
+        assert row["fitter"] == "acme_raises" and row["voxel_stop"] == "8"
+        trace = row["traceback"]
+        assert trace.startswith("Traceback (most recent call last):")
+        assert "acme_faulty.py" in trace and "in fit" in trace
+        assert trace.splitlines()[-1].strip() == 'raise RuntimeError("acme solver exploded")'
+        assert trace.count("RuntimeError") == 1  # the error is in `error`, not repeated
+        assert trace.count('  File "') <= 4

@@ -15,7 +15,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "open_dro", "list_fitters", "get_fitter"]
+__all__ = ["__version__", "open_dro", "open_results", "list_fitters", "get_fitter"]
 
 
 def open_dro(path):
@@ -33,6 +33,32 @@ def open_dro(path):
 
     """
     from phantomdce.dro.store import open_dro as _open
+
+    return _open(path)
+
+
+def open_results(path):
+    """Open the estimates of a finished (or partly run) ``phantomdce run``, lazily.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The result directory given to ``phantomdce run -o``.
+
+    Returns
+    -------
+    xarray.DataTree
+        Root holds the cases table (``case_name`` and the swept values); one child node
+        per case, in the scenario's order, with the estimates (fitter, voxel) in package
+        units, ``success``, ``at_limit_<parameter>``, the truth ``true_<parameter>`` and
+        the integer ``tissue`` and ``replicate`` index of each voxel.
+
+    See Also
+    --------
+    phantomdce.engine.run.open_results
+
+    """
+    from phantomdce.engine.run import open_results as _open
 
     return _open(path)
 

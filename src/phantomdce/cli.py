@@ -19,9 +19,6 @@ EXIT_FITTER_FAILED = 3
 #: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
 EXIT_INTERRUPTED = 130
 
-#: ``--scheduler`` values that run in this process (no dask needed).
-_IN_PROCESS = (None, "local", "sync", "synchronous")
-
 
 def _progress(quiet: bool, desc: str = "simulating", unit: str = "case"):
     """A progress callback ``(done, total)`` and its closer.
@@ -113,23 +110,9 @@ def _check_output_dir(path: str | Path, option: str = "-o") -> Path:
 
 def _check_scheduler(scheduler: str | None) -> None:
     """Refuse a ``--scheduler`` whose package is not installed, before anything is written."""
-    import importlib.util
+    from phantomdce.engine.run import check_scheduler
 
-    from phantomdce.dro.config import ConfigError
-
-    if scheduler in _IN_PROCESS:
-        return
-    module = "dask" if scheduler in ("processes", "threads") else "distributed"
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise ConfigError(
-            f"--scheduler {scheduler}: needs the {module!r} package, which is not installed;"
-            " install the extra with `pip install 'phantomdce[dask]'` or run without"
-            " --scheduler (in this process)"
-        )
+    check_scheduler(scheduler)
 
 
 def _check_report_target(args: argparse.Namespace) -> None:

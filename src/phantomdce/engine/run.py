@@ -20,9 +20,15 @@ Layout of ``OUT/``:
   case node holds ``<parameter>`` (fitter, voxel) estimates in package units, ``success``
   (fitter, voxel), ``at_limit_<parameter>`` (fitter, voxel; bool, False where the fitter
   gave no flag) for the parameters in :data:`AT_LIMIT`, ``true_<parameter>`` (voxel)
-  ground truth, ``tissue`` and ``replicate`` indices and ``fit_time_s`` (fitter, chunk).
+  ground truth, ``tissue`` and ``replicate`` indices (int64; -1 until the voxel's unit has
+  run) and ``fit_time_s`` (fitter, chunk). Its metadata is consolidated when the run is
+  finalized; open it with :func:`open_results` (``phantomdce.open_results``).
 - ``metrics.csv``: one row per case, fitter and parameter (see
-  :mod:`phantomdce.engine.metrics`); ``failures.csv``: one row per failed fitter chunk.
+  :mod:`phantomdce.engine.metrics`); ``failures.csv`` (written with :mod:`csv`): one row per
+  failed fitter chunk, columns ``case, chunk, voxel_start, voxel_stop, fitter, error,
+  traceback``; ``error`` is ``"<ExceptionType>: <message>"`` and ``traceback`` the last
+  frames (:data:`TRACEBACK_FRAMES`) of where it was raised (in the fitter's child process
+  for an isolated fitter), without repeating the error.
 
 With ``[fit] error_budget`` the ``fitter`` axis also holds each fitter's error-budget
 entries, ``"<fitter> [true <stage>]"`` (:class:`phantomdce.engine.config.FitEntry`): the same
@@ -58,7 +64,17 @@ from phantomdce.dro.simulate import simulate_case
 from phantomdce.engine.config import FitConfig, FitEntry
 from phantomdce.params import MODELS, PARAMETERS
 
-__all__ = ["RunPlan", "plan_run", "execute", "finalize", "run", "ResultDirError"]
+__all__ = [
+    "RunPlan",
+    "plan_run",
+    "execute",
+    "finalize",
+    "run",
+    "open_results",
+    "ResultDirError",
+    "FitterError",
+    "check_scheduler",
+]
 
 #: Parameters every run stores estimates for (NaN where a fitter has none).
 ESTIMATED = ("Ktrans", "ve", "vp", "fp", "ps", "kep", "delay")
@@ -67,8 +83,82 @@ ESTIMATED = ("Ktrans", "ve", "vp", "fp", "ps", "kep", "delay")
 AT_LIMIT = ("Ktrans", "ve", "vp", "fp", "ps", "delay")
 
 
+#: Frames of a failed fitter's traceback kept in ``failures.csv`` (the innermost ones).
+TRACEBACK_FRAMES = 4
+
+
 class ResultDirError(ConfigError):
     """The output directory holds something else than this run."""
+
+
+class FitterError(RuntimeError):
+    """A fitter failed in its child process; the message is ``"<Type>: <message>"``.
+
+    Attributes
+    ----------
+    traceback : str
+        The child's formatted traceback (empty if there was none).
+    """
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """How ``failures.csv`` records an exception: ``("<Type>: <message>", last frames)``.
+
+    The type is named once (a :class:`FitterError` from a child already carries it); the
+    traceback keeps the innermost :data:`TRACEBACK_FRAMES` frames (:func:`last_frames`).
+    """
+    import traceback
+
+    if isinstance(exc, FitterError):
+        return str(exc), last_frames(exc.traceback)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}", last_frames(text)
+
+
+def last_frames(text: str, n: int = TRACEBACK_FRAMES) -> str:
+    """The innermost ``n`` frames of a formatted traceback (header and frames only).
+
+    The exception line itself is left out: ``failures.csv`` has it in ``error``.
+    """
+    lines = text.rstrip("\n").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if not starts:
+        return ""
+    end = starts[-1] + 1
+    while end < len(lines) and lines[end].startswith("    "):  # source line, ^^^ markers
+        end += 1
+    cut = len(starts) > n
+    head = ["Traceback (most recent call last):", *(["  ..."] if cut else [])]
+    return "\n".join([*head, *lines[starts[-n] if cut else starts[0] : end]])
+
+
+def check_scheduler(scheduler: str | None) -> None:
+    """Refuse a scheduler whose package is not installed (before anything is written).
+
+    Raises
+    ------
+    ConfigError
+        ``"processes"``/``"threads"`` without dask, or an address without dask.distributed.
+    """
+    import importlib.util
+
+    if scheduler is None or scheduler in ("local", "sync", "synchronous"):
+        return
+    module = "dask" if scheduler in ("processes", "threads") else "distributed"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"--scheduler {scheduler}: needs the {module!r} package, which is not installed;"
+            " install the extra with `pip install 'phantomdce[dask]'` or run without"
+            " --scheduler (in this process)"
+        )
 
 
 @dataclass(frozen=True)
@@ -176,6 +266,8 @@ def _check_existing(out: Path, meta: dict[str, Any]) -> bool:
     """True if ``out`` already holds this run (resume); raise if it holds another."""
     if not out.exists():
         return False
+    if not out.is_dir():
+        raise ResultDirError(f"{out} exists and is a file: choose an empty or new directory")
     run_file = out / "run.json"
     if not run_file.exists():
         if any(out.iterdir()):
@@ -449,7 +541,7 @@ def _fit_isolated(spec: str, info, data: xr.Dataset, timeout: float) -> xr.Datas
         with open(dst, "rb") as fh:
             outcome = pickle.load(fh)
     if "error" in outcome:
-        raise RuntimeError(outcome["error"])
+        raise FitterError(outcome["error"], outcome.get("traceback", ""))
     return outcome["result"]
 
 
@@ -559,6 +651,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
     at_limit = {name: np.zeros((n_fit, n), dtype=bool) for name in AT_LIMIT}
     times = np.full(n_fit, np.nan)
     errors: dict[str, str] = {}
+    tracebacks: dict[str, str] = {}
     specs = dict(enumerate(job["fitters"]))
     if len(specs) != len(infos):
         raise RuntimeError(f"fitters {job['fitters']} resolve to {[i.name for i in infos]}")
@@ -590,7 +683,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
                 if name in at_limit:
                     at_limit[name][f] = flags
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is recorded, not raised
-            errors[entry.name] = f"{type(exc).__name__}: {exc}"
+            errors[entry.name], tracebacks[entry.name] = describe_failure(exc)
         times[f] = time.perf_counter() - t0
     group = zarr.open_group(str(Path(job["out"]) / "estimates.zarr"), mode="r+", zarr_format=2)
     g = group[case.name]
@@ -611,6 +704,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
         "voxels": [a, b],
         "fit_time_s": {e.name: float(t) for e, t in zip(entries, times, strict=True)},
         "errors": errors,
+        "tracebacks": tracebacks,
     }
     marker = Path(job["out"]) / "progress" / f"case_{case.index:04d}_chunk_{k:05d}.json"
     _atomic_write(marker, json.dumps(record))
@@ -666,6 +760,7 @@ def execute(
     list of dict
         The records of the units run now.
     """
+    check_scheduler(scheduler)
     jobs = _jobs(plan, plan.pending())
     total = len(jobs)
     done: list[dict[str, Any]] = []
@@ -718,8 +813,51 @@ def run(
 
 
 def open_results(out: str | Path) -> xr.DataTree:
-    """Open ``OUT/estimates.zarr`` of a run."""
-    return xr.open_datatree(Path(out) / "estimates.zarr", engine="zarr", consolidated=False)
+    """Open the estimates of a run (``OUT/estimates.zarr``), lazily.
+
+    Parameters
+    ----------
+    out : str or Path
+        Result directory of :func:`run` or ``phantomdce run``.
+
+    Returns
+    -------
+    xarray.DataTree
+        The root holds the cases table (``case_name`` and the swept values); one child per
+        case, in the scenario's order, with ``<parameter>`` (fitter, voxel) estimates in
+        package units, ``success``, ``at_limit_<parameter>``, ``true_<parameter>``,
+        ``tissue`` and ``replicate`` (int64 indices; -1 where a voxel's unit has not run
+        yet) and ``fit_time_s`` (fitter, chunk) in s. See the module docstring.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``out`` holds no ``estimates.zarr``.
+
+    Examples
+    --------
+    >>> import phantomdce
+    >>> tree = phantomdce.open_results("out/")  # doctest: +SKIP
+    >>> tree["case_0000"]["Ktrans"].sel(fitter="nlls_extended_tofts")  # doctest: +SKIP
+    """
+    store = Path(out) / "estimates.zarr"
+    if not store.is_dir():
+        raise FileNotFoundError(f"{store}: no results; is {out} a `phantomdce run` directory?")
+    # masks off: the -1 fill of tissue/replicate would turn them into floats; the float
+    # arrays' fill is NaN either way
+    tree = xr.open_datatree(
+        store,
+        engine="zarr",
+        consolidated=(store / ".zmetadata").exists(),
+        mask_and_scale=False,
+    )
+    root = tree.to_dataset(inherit=False)
+    if "case_name" in root:
+        order = [str(c) for c in root["case_name"].values]
+        if set(order) == set(tree.children) and order != list(tree.children):
+            # a store lists its groups in the file system's order, not the scenario's
+            tree.children = {name: tree[name].copy() for name in order}
+    return tree
 
 
 def finalize(plan: RunPlan) -> list[dict[str, Any]]:
@@ -766,13 +904,44 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                 rows.append(row)
     for marker in sorted((plan.out / "progress").glob("*.json")):
         record = json.loads(marker.read_text())
+        tracebacks = record.get("tracebacks", {})
         for fitter, message in record["errors"].items():
-            failures.append((record["case"], record["chunk"], *record["voxels"], fitter, message))
+            failures.append(
+                (
+                    record["case"],
+                    record["chunk"],
+                    *record["voxels"],
+                    fitter,
+                    message,
+                    tracebacks.get(fitter, ""),
+                )
+            )
     (plan.out / "metrics.csv").write_text(metrics_table(rows))
-    lines = ["case,chunk,voxel_start,voxel_stop,fitter,error"]
-    lines += [",".join([*map(str, r[:5]), json.dumps(r[5])]) for r in failures]
-    (plan.out / "failures.csv").write_text("\n".join(lines) + "\n")
+    _write_failures(plan.out / "failures.csv", failures)
+    _consolidate(plan.store)
     return rows
+
+
+#: Columns of ``failures.csv``.
+FAILURE_COLUMNS = ("case", "chunk", "voxel_start", "voxel_stop", "fitter", "error", "traceback")
+
+
+def _write_failures(path: Path, failures: list[tuple]) -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(FAILURE_COLUMNS)
+    writer.writerows(failures)
+    _atomic_write(path, buf.getvalue())
+
+
+def _consolidate(store: Path) -> None:
+    """Consolidate a finished store's metadata, so it opens fast and without a warning."""
+    import zarr
+
+    zarr.consolidate_metadata(str(store), zarr_format=2)
 
 
 def _verify_units(plan: RunPlan, tree: xr.DataTree) -> None:

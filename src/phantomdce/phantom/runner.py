@@ -524,9 +524,9 @@ def run_phantom_scenario(
         attrs={"scenario": scenario.name, "scenario_hash": digest[:16]},
     )
     tree = xr.DataTree.from_dict({"/": root, **{f"/{k}": v for k, v in nodes.items()}})
-    tree.to_zarr(out / "estimates.zarr", zarr_format=2, consolidated=False)
+    tree.to_zarr(out / "estimates.zarr", zarr_format=2, consolidated=True)
     (out / "metrics.csv").write_text(metrics_table(rows))
-    (out / "failures.csv").write_text("case,chunk,voxel_start,voxel_stop,fitter,error\n")
+    (out / "failures.csv").write_text("case,chunk,voxel_start,voxel_stop,fitter,error,traceback\n")
     meta = {
         "scenario_name": scenario.name,
         "scenario_hash": digest[:16],
