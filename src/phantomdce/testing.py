@@ -156,7 +156,7 @@ def fitter_metrics(
     from phantomdce.dro.scenario import load_scenario
     from phantomdce.dro.simulate import simulate_case
     from phantomdce.engine.metrics import case_metrics
-    from phantomdce.engine.run import _collect
+    from phantomdce.engine.run import collect_estimates
     from phantomdce.fit.base import check_fitter
     from phantomdce.fit.pipeline import Pipeline
     from phantomdce.fit.registry import get_fitter
@@ -171,7 +171,9 @@ def fitter_metrics(
         ds = simulate_case(sc, case)
         data = pipeline(ds)
         t0 = time.perf_counter()
-        est, ok = _collect(fitter.fit(data.copy(deep=True)), fitter, ds.sizes["voxel"])
+        est, ok, limits = collect_estimates(
+            fitter.fit(data.copy(deep=True)), fitter, ds.sizes["voxel"]
+        )
         elapsed = time.perf_counter() - t0
         for name, values in est.items():
             if name in ds:
@@ -196,6 +198,7 @@ def fitter_metrics(
                     parameter=name,
                     fit_time_s=elapsed,
                     seed=sc.seed,
+                    at_limit=limits.get(name),
                 )
             )
             rows.append(row)

@@ -74,6 +74,7 @@ __all__ = [
     "ResultDirError",
     "FitterError",
     "check_scheduler",
+    "collect_estimates",
 ]
 
 #: Parameters every run stores estimates for (NaN where a fitter has none).
@@ -552,6 +553,32 @@ def _collect(result: Any, info, n: int) -> tuple[dict[str, np.ndarray], np.ndarr
     """
     est, success, _ = _collect_limits(result, info, n)
     return est, success
+
+
+def collect_estimates(
+    result: Any, info: Any, n: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Check a fitter's output for ``n`` voxels as the engine does; raise ValueError if bad.
+
+    Parameters
+    ----------
+    result : xarray.Dataset
+        What ``fitter.fit`` returned.
+    info : object
+        The fitter (or its registry entry): ``model`` names its parameters.
+    n : int
+        Voxels it was given.
+
+    Returns
+    -------
+    estimates : dict of str to ndarray
+        Per parameter (package units), with the derived Ktrans and kep.
+    success : ndarray of bool
+        False also where an estimate is not finite (and not a flagged limit).
+    at_limit : dict of str to ndarray of bool
+        The ``at_limit_<param>`` flags the fitter gave.
+    """
+    return _collect_limits(result, info, n)
 
 
 def _collect_limits(
