@@ -384,3 +384,34 @@ def test_failures_csv_names_the_type_once_and_keeps_the_last_frames(tmp_path, mo
         assert trace.splitlines()[-1].strip() == 'raise RuntimeError("acme solver exploded")'
         assert trace.count("RuntimeError") == 1  # the error is in `error`, not repeated
         assert trace.count('  File "') <= 4
+
+
+@pytest.mark.slow
+def test_sigint_during_a_real_run_prints_one_line_and_the_run_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "long.toml"
+    path.write_text(
+        SMALL.replace("replicates = 4", "replicates = 200")
+        .replace('["llsq_extended_tofts"]', '["nlls_extended_tofts"]\nchunk_voxels = 40')
+        + "\n[sweep]\ndt = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]\n"
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "phantomdce.cli", "run", str(path), "-o", str(out), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "progress").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: run the same command again to resume" in err
+    assert "Traceback" not in err
+    done = len(list((out / "progress").glob("*.json")))
+    assert 0 < done < 60
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
+    assert len(list((out / "progress").glob("*.json"))) == 60
