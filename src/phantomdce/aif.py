@@ -96,6 +96,7 @@ __all__ = [
     "AIFS",
     "AIFModel",
     "DEFAULT_DEAD_SPACE_ML",
+    "DEFAULT_HCT",
     "DEFAULT_VENOUS_CLEARANCE_ML_S",
     "Injection",
     "cumulative_plasma_aif",
@@ -112,6 +113,10 @@ __all__ = [
 DEFAULT_DEAD_SPACE_ML = 10.0
 #: Default rate (mL/s) at which arm-vein return clears that dead space.
 DEFAULT_VENOUS_CLEARANCE_ML_S = 1.0
+#: Haematocrit (fraction, 1) wherever none is given (OSIPI synthetic data): the protocol's
+#: simulated ``hct``, the pipeline's assumed ``hct`` and the plasma AIFs' blood-to-plasma
+#: conversion. The one definition; everything else reads it from here.
+DEFAULT_HCT = 0.42
 
 _REFERENCE_DOSE = 0.1  # mmol/kg, the dose every curve here was published for
 _SEC_PER_MIN = 60.0
@@ -916,7 +921,7 @@ def _cumulative_unchecked(
 
 
 def cumulative_plasma_aif(
-    name: str, t: ArrayLike, *, bat: float = 0.0, hct: float = 0.42, dose: float = 0.1
+    name: str, t: ArrayLike, *, bat: float = 0.0, hct: float = DEFAULT_HCT, dose: float = 0.1
 ) -> NDArray[np.float64]:
     """Cumulative integral of the plasma AIF, ``I(t) = integral_0^t Cp(u) du``.
 
@@ -960,7 +965,7 @@ def plasma_aif(
     t: ArrayLike,
     *,
     bat: float = 0.0,
-    hct: float = 0.42,
+    hct: float = DEFAULT_HCT,
     dose: float = 0.1,
     injection: Injection | None = None,
 ) -> NDArray[np.float64]:
@@ -981,7 +986,7 @@ def plasma_aif(
     bat : float, optional
         Bolus arrival time, s (>= 0).
     hct : float, optional
-        Haematocrit fraction in [0, 1), default 0.42 (OSIPI synthetic data).
+        Haematocrit fraction in [0, 1), default :data:`DEFAULT_HCT` (0.42, OSIPI data).
     dose : float, optional
         Dose, mmol/kg (> 0). The injection's volume is not tied to it: build the injection
         with ``Injection.from_dose(dose, ...)`` for consistency.

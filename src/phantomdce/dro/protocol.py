@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from phantomdce.aif import DEFAULT_HCT
 from phantomdce.dro.config import (
     ConfigError,
     as_bool,
@@ -226,7 +227,7 @@ class Protocol:
     weight: float = 75.0
     injection_rate: float | None = 2.0
     saline_flush: bool = True
-    hct: float = 0.42
+    hct: float = DEFAULT_HCT
     snr: float = 20.0
     vfa_averages: int = DEFAULT_VFA_AVERAGES
     sampling: str = "instant"

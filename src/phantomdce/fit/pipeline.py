@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from phantomdce.aif import AIFS, Injection, plasma_aif
+from phantomdce.aif import AIFS, DEFAULT_HCT, Injection, plasma_aif
 from phantomdce.dro.boundary import TRUTH_COORDS, acquisition_attrs
+from phantomdce.dro.config import ConfigError, as_bool, as_float, as_str, unknown_key
 from phantomdce.fit.t1 import vfa_t1_linear, vfa_t1_nonlinear
 from phantomdce.signal import concentration_from_signal, native_t1
 
@@ -120,7 +121,7 @@ class Pipeline:
     population_aif: str = "parker"
     population_bat: float | None = None
     population_injection: bool = False
-    hct: float = 0.42
+    hct: float = DEFAULT_HCT
 
     def __post_init__(self) -> None:
         _choice("t1", self.t1, T1_SOURCES)
@@ -141,18 +142,45 @@ class Pipeline:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, path: str = "pipeline") -> Pipeline:
-        """Build from a mapping (e.g. a scenario's ``[fit.pipeline]`` table), checking keys."""
-        import difflib
+        """Build from a mapping (e.g. a scenario's ``[fit.pipeline]`` table), checking it.
 
-        fields = set(cls.__dataclass_fields__)
+        Parameters
+        ----------
+        values : dict
+            Settings by field name; missing fields keep their defaults.
+        path : str
+            Key path of the table, for messages (``fit.pipeline``).
+
+        Raises
+        ------
+        phantomdce.dro.config.ConfigError
+            For an unknown key (with a close-match suggestion) or a bad value; the message
+            names the key path (``fit.pipeline.hct``), the value and what was expected.
+        """
+        fields = cls.__dataclass_fields__
         for key in values:
             if key not in fields:
-                hint = difflib.get_close_matches(key, fields, n=1)
-                did = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ValueError(
-                    f"unknown key '{path}.{key}'{did}: expected one of {sorted(fields)}"
-                )
-        return cls(**values)
+                raise unknown_key(path, key, fields)
+        checked = dict(values)
+        for key in ("b1", "hct"):
+            if key in checked:
+                checked[key] = as_float(f"{path}.{key}", checked[key])
+        if checked.get("population_bat") is not None:
+            checked["population_bat"] = as_float(
+                f"{path}.population_bat", checked["population_bat"], units="s"
+            )
+        if "population_injection" in checked:
+            as_bool(f"{path}.population_injection", checked["population_injection"])
+        for key in ("t1", "concentration", "baseline", "aif", "population_aif"):
+            if key in checked:
+                as_str(f"{path}.{key}", checked[key])
+        try:
+            return cls(**checked)
+        except ValueError as exc:  # a range or choice check of __post_init__
+            msg = str(exc)
+            if msg.startswith("pipeline."):
+                msg = f"{path}.{msg.removeprefix('pipeline.')}"
+            raise ConfigError(msg) from None
 
     def as_attrs(self) -> dict[str, Any]:
         """The settings as plain attributes."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from phantomdce.aif import DEFAULT_HCT
 from phantomdce.phantom.anatomy import CLASSES, Phantom
 from phantomdce.signal import concentration_from_signal, native_t1
 
@@ -203,7 +204,7 @@ def carotid_roi(phantom: Phantom, acquired: xr.Dataset, how: np.ndarray | str) -
     raise ValueError(f"carotid={how!r}: expected 'auto', 'manual' or a mask")
 
 
-def roi_aif(acquired: xr.Dataset, mask: np.ndarray, *, hct: float = 0.42) -> np.ndarray:
+def roi_aif(acquired: xr.Dataset, mask: np.ndarray, *, hct: float = DEFAULT_HCT) -> np.ndarray:
     """Plasma AIF (mM) at the frames from the mean signal of an ROI."""
     s = acquired["signal"].values[mask].astype(np.float64).mean(axis=0)
     nb = int(acquired.attrs["n_baseline"])
