@@ -415,3 +415,17 @@ def test_sigint_during_a_real_run_prints_one_line_and_the_run_resumes(tmp_path):
     assert 0 < done < 60
     assert subprocess.run(cmd, capture_output=True, text=True, timeout=600).returncode == 0
     assert len(list((out / "progress").glob("*.json"))) == 60
+
+
+def test_an_export_folder_has_ordinary_permissions(phantom_store, tmp_path):
+    import os
+    import stat
+
+    from phantomdce.dro.nifti import export_nifti
+
+    umask = os.umask(0o022)
+    try:
+        export_nifti(phantom_store, tmp_path / "nii")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "nii").stat().st_mode) == 0o755

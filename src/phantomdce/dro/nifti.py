@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -287,6 +288,9 @@ def _write_atomically(outdir: Path, overwrite: bool, write) -> list[Path]:
     """
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=outdir.parent, prefix=f".{outdir.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         written = write(tmp)
         if not outdir.exists():
