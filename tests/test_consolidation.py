@@ -3,14 +3,17 @@ atomic writer, units from one table, collision-free replicate codes (issue 10, p
 
 import dataclasses
 import inspect
+import os
 import re
 from pathlib import Path
 
 import pytest
 
+from phantomdce import files
 from phantomdce.aif import DEFAULT_HCT, cumulative_plasma_aif, plasma_aif
 from phantomdce.dro.config import ConfigError
 from phantomdce.dro.protocol import Protocol
+from phantomdce.files import write_atomic
 from phantomdce.fit.pipeline import Pipeline
 from phantomdce.phantom.roi import roi_aif
 
@@ -49,3 +52,35 @@ def test_haematocrit_has_one_default():
         if restated.search(line) and ">>>" not in line and not line.lstrip().startswith("#")
     ]
     assert offenders == []
+
+
+def test_one_atomic_writer_that_syncs_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    target = tmp_path / "run.json"
+    write_atomic(target, "old")
+    synced = []
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(fd))
+    write_atomic(target, b"new")
+    assert target.read_text() == "new" and len(synced) == 1
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())  # not mkstemp's 0600
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, "half")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    # every other module writes through it: no second rename-into-place helper
+    others = [
+        str(p.relative_to(SRC))
+        for p in sorted(SRC.rglob("*.py"))
+        if p.name != "files.py" and re.search(r"os\.replace\(|\.part\b|mkstemp\(", p.read_text())
+    ]
+    assert others == []
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

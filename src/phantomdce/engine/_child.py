@@ -2,7 +2,7 @@
 
 ``python -m phantomdce.engine._child IN OUT READY``: IN is a pickle of ``{"spec", "name",
 "sys_path", "data"}``; OUT receives ``{"result": Dataset}`` or ``{"error": str, "traceback":
-str}``, written whole (to a temporary name, then renamed). The child creates the file READY
+str}``, written atomically (:func:`phantomdce.files.write_atomic`). The child creates the file READY
 once it has started: the interpreter is up, the job is loaded and the fitter's modules are
 imported and resolved. The parent's per-chunk time limit (``fit.timeout_s``) starts then, so
 it measures the fit, not the start-up; the parent can stop this process when the fitter runs
@@ -11,11 +11,12 @@ past it.
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import traceback
 from pathlib import Path
+
+from phantomdce.files import write_atomic
 
 
 def main(argv: list[str]) -> int:
@@ -36,14 +37,11 @@ def main(argv: list[str]) -> int:
         outcome = {"result": infos[0].fitter.fit(job["data"])}
     except BaseException as exc:  # noqa: BLE001 - everything a plug-in does is reported
         outcome = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    part = f"{dst}.part"
     try:
-        with open(part, "wb") as fh:
-            pickle.dump(outcome, fh)
+        payload = pickle.dumps(outcome)
     except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-        with open(part, "wb") as fh:
-            pickle.dump({"error": f"result could not be returned: {exc}"}, fh)
-    os.replace(part, dst)
+        payload = pickle.dumps({"error": f"result could not be returned: {exc}"})
+    write_atomic(dst, payload)
     return 0
 
 

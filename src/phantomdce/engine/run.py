@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -62,6 +61,7 @@ from phantomdce.dro.config import ConfigError
 from phantomdce.dro.scenario import Scenario, parse_scenario
 from phantomdce.dro.simulate import simulate_case
 from phantomdce.engine.config import FitConfig, FitEntry
+from phantomdce.files import write_atomic
 from phantomdce.params import MODELS, PARAMETERS
 
 __all__ = [
@@ -464,16 +464,7 @@ def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
         )
     (plan.out / "progress").mkdir(exist_ok=True)
     tmp.rename(plan.store)
-    _atomic_write(plan.out / "run.json", json.dumps(meta, indent=2, default=str))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(plan.out / "run.json", json.dumps(meta, indent=2, default=str))
 
 
 # -- one unit of work --------------------------------------------------------------------
@@ -734,7 +725,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
         "tracebacks": tracebacks,
     }
     marker = Path(job["out"]) / "progress" / f"case_{case.index:04d}_chunk_{k:05d}.json"
-    _atomic_write(marker, json.dumps(record))
+    write_atomic(marker, json.dumps(record))
     return record
 
 
@@ -961,7 +952,7 @@ def _write_failures(path: Path, failures: list[tuple]) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(FAILURE_COLUMNS)
     writer.writerows(failures)
-    _atomic_write(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def _consolidate(store: Path) -> None:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from phantomdce.files import write_atomic
 from phantomdce.report.model import Criterion, RecommendationResult
 from phantomdce.report.verdict import (
     DEGENERATE,
@@ -308,7 +309,7 @@ def _make_sections(
     def save(fig: Any, name: str, caption: str) -> _Fig:
         png = figure_to_png(fig)
         path = figdir / f"{name}.png"
-        _write_atomic(path, png)
+        write_atomic(path, png)
         return _Fig(path, png, caption)
 
     sections = []
@@ -373,7 +374,7 @@ def _make_sections(
         for k, (path, caption) in enumerate(result.figures):
             png = Path(path).read_bytes()
             copy = figdir / f"{stem}_run_{k:02d}.png"
-            _write_atomic(copy, png)
+            write_atomic(copy, png)
             detail.append(_Fig(copy, png, caption))
         sections.append(_Section(result, verdicts, knob, detail, note, budgets))
     return sections
@@ -746,15 +747,6 @@ def _markdown(
 # --------------------------------------------------------------------------- entry point
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_report(
     results: Sequence[RecommendationResult],
     outdir: str | os.PathLike[str],
@@ -835,6 +827,6 @@ def write_report(
     }
     html_path = out / "index.html"
     md_path = out / "summary.md"
-    _write_atomic(html_path, _html(sections, **common))
-    _write_atomic(md_path, _markdown(sections, out, **common))
+    write_atomic(html_path, _html(sections, **common))
+    write_atomic(md_path, _markdown(sections, out, **common))
     return {"html": html_path, "markdown": md_path, "figures": figdir}
