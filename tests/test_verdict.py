@@ -578,3 +578,16 @@ def test_a_bias_ci_wider_than_the_band_is_undecided_not_met_or_failed():
         assert v.options == (("carotid", FAILS), ("population", UNDECIDED))
         assert "population: undecided: CI too wide" in v.summary
         assert "wider than the ±10% band" in v.summary
+
+
+def test_a_wide_ci_entirely_outside_the_band_still_fails():
+    # phantom inflow at 30 mm, llsq: +917% [848, 987] is wide but decides
+    def table(fitter, param, value):
+        m = metrics(917.0 if value == 30 else 2.0, 15.0)
+        if value == 30:
+            m["rel_bias_ci_low"], m["rel_bias_ci_high"] = 848.0, 987.0
+        return m
+
+    res = make_result(table, [30, 320], kind="min", threshold=30.0, knob_label="slab (mm)",
+                      tissue_grid=False)  # fmt: skip
+    assert judge(res, fitter="lsq").setting(30).status == FAILS

@@ -512,7 +512,7 @@ def _check(
             bias_limit is not None
             and math.isfinite(lo)
             and math.isfinite(hi)
-            and (lo < -bias_limit or hi > bias_limit)
+            and (lo < -bias_limit < hi or lo < bias_limit < hi)  # reaches in and out
             and hi - lo > 2 * bias_limit
         )
         if bias_limit is not None:
