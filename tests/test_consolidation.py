@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from phantomdce import files
@@ -16,6 +17,7 @@ from phantomdce.dro.protocol import Protocol
 from phantomdce.files import write_atomic
 from phantomdce.fit.pipeline import Pipeline
 from phantomdce.phantom.roi import roi_aif
+from phantomdce.phantom.runner import replicate_codes, subject_of
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "phantomdce"
 
@@ -84,3 +86,15 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_phantom_replicate_codes_cannot_collide():
+    # 3 subjects x 1001 acquisitions: the old code (replicate + 1000 * subject) gave subject
+    # 0's replicate 999 + 1 the code of subject 1's replicate 0 once replicates > 1000
+    reps = 1001
+    per_subject = [np.arange(reps)] * 3
+    codes = replicate_codes(per_subject, reps)
+    assert np.unique(codes).size == 3 * reps
+    np.testing.assert_array_equal(subject_of(codes, reps), np.repeat([0, 1, 2], reps))
+    with pytest.raises(ValueError, match="subject 1: replicate indices 0..5: expected 0..4"):
+        replicate_codes([np.arange(5), np.arange(6)], 5)

@@ -53,6 +53,8 @@ __all__ = [
     "simulate_phantom_scenario",
     "phantom_digest",
     "subject_protocol",
+    "replicate_codes",
+    "subject_of",
     "cap_subjects",
 ]
 
@@ -101,15 +103,57 @@ def cap_subjects(raw: dict[str, Any], max_subjects: int | None) -> dict[str, Any
     return {**raw, "phantom": ph}
 
 
-def _roi_means(est, success, replicate, phantoms, *, n_fitters):
+def replicate_codes(subject_replicates: list[np.ndarray], replicates: int) -> np.ndarray:
+    """Replicate codes of a case pooled over subjects, unique for any number of replicates.
+
+    Parameters
+    ----------
+    subject_replicates : list of ndarray of int
+        For each subject (in order), the replicate index (0 to ``replicates - 1``) of each of
+        its voxels.
+    replicates : int
+        Acquisitions per subject (the scenario's ``replicates``).
+
+    Returns
+    -------
+    ndarray of int64
+        ``subject * replicates + replicate`` per voxel, concatenated over subjects; the
+        subject of a code is ``code // replicates`` (see :func:`subject_of`).
+
+    Examples
+    --------
+    >>> replicate_codes([np.array([0, 999]), np.array([0, 999])], 1000)
+    array([   0,  999, 1000, 1999])
+    """
+    if replicates < 1:
+        raise ValueError(f"replicates = {replicates!r}: expected an integer >= 1")
+    parts = []
+    for s, r in enumerate(subject_replicates):
+        r = np.asarray(r, dtype=np.int64)
+        if r.size and (r.min() < 0 or r.max() >= replicates):
+            raise ValueError(
+                f"subject {s}: replicate indices {int(r.min())}..{int(r.max())}:"
+                f" expected 0..{replicates - 1}"
+            )
+        parts.append(s * replicates + r)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def subject_of(codes: np.ndarray, replicates: int) -> np.ndarray:
+    """The subject index of each replicate code of :func:`replicate_codes`."""
+    return np.asarray(codes, dtype=np.int64) // replicates
+
+
+def _roi_means(est, success, replicate, phantoms, *, n_fitters, replicates):
     """One value per subject and acquisition: the ROI mean against the enhancing truth.
 
     The estimate is the mean over the ROI's successfully fitted voxels; the truth is the
     mean over the truth-grid voxels of the enhancing tumour (rim and hypoxic zone) of that
-    subject, what an ROI on the enhancing tumour is meant to measure.
+    subject, what an ROI on the enhancing tumour is meant to measure. ``replicate`` holds
+    the codes of :func:`replicate_codes`.
     """
     groups = np.unique(replicate)
-    subject = groups // 1000
+    subject = subject_of(groups, replicates)
     out_est = {k: np.full((n_fitters, groups.size), np.nan) for k in est}
     out_ok = np.zeros((n_fitters, groups.size), dtype=bool)
     for g, key in enumerate(groups):
@@ -478,13 +522,18 @@ def run_phantom_scenario(
                 infos[0].name,
             )
         tissue = np.concatenate([p["tissue"].values for p in parts])
-        replicate = np.concatenate([p["replicate"].values + 1000 * i for i, p in enumerate(parts)])
+        replicate = replicate_codes([p["replicate"].values for p in parts], scenario.replicates)
         truth = {k: np.concatenate([p[k].values for p in parts]) for k in ("Ktrans", "ve", "vp")}
         with np.errstate(invalid="ignore", divide="ignore"):
             truth["kep"] = truth["Ktrans"] / truth["ve"]
         if summary == "roi_mean":
             est, success, truth, tissue, replicate = _roi_means(
-                est, success, replicate, phantoms, n_fitters=len(infos)
+                est,
+                success,
+                replicate,
+                phantoms,
+                n_fitters=len(infos),
+                replicates=scenario.replicates,
             )
             n_vox = tissue.size
         node = {
