@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ import pytest
 
 from phantomdce import files
 from phantomdce.aif import DEFAULT_HCT, cumulative_plasma_aif, plasma_aif
+from phantomdce.dro import protocol as protocol_module
 from phantomdce.dro.config import ConfigError
-from phantomdce.dro.protocol import Protocol
+from phantomdce.dro.protocol import PRESETS, Protocol
+from phantomdce.dro.scenario import parse_scenario
 from phantomdce.files import write_atomic
 from phantomdce.fit.pipeline import Pipeline
 from phantomdce.phantom.roi import roi_aif
@@ -98,3 +101,30 @@ def test_phantom_replicate_codes_cannot_collide():
     np.testing.assert_array_equal(subject_of(codes, reps), np.repeat([0, 1, 2], reps))
     with pytest.raises(ValueError, match="subject 1: replicate indices 0..5: expected 0..4"):
         replicate_codes([np.arange(5), np.arange(6)], 5)
+
+
+def test_presets_are_real_and_packaged_data_exists(monkeypatch):
+    # the preset states the recommended values itself (not "whatever the defaults are")
+    assert dict(PRESETS["esnr2022"]) == {
+        "dt": 5.0,
+        "n_baseline": 5,
+        "duration": 300.0,
+        "flip_angles": (5.0, 15.0, 30.0),
+        "injection_rate": 2.0,
+        "saline_flush": True,
+        "field_strength": 3.0,
+    }
+    with pytest.raises(TypeError):
+        PRESETS["esnr2022"]["dt"] = 1.0  # read-only
+    # a scenario's unknown preset is refused with the list read from PRESETS
+    extra = {**PRESETS, "qiba": {"dt": 2.0}}
+    monkeypatch.setattr(protocol_module, "PRESETS", extra)
+    tissue = {"model": "tofts", "Ktrans": [0.1], "ve": [0.2]}
+    assert parse_scenario({"protocol": {"preset": "qiba"}, "tissue": tissue}).protocol.dt == 2.0
+    with pytest.raises(ConfigError, match=r"protocol.preset = 'nope': .*\['esnr2022', 'qiba'\]"):
+        parse_scenario({"protocol": {"preset": "nope"}, "tissue": tissue})
+    # every package-data pattern of pyproject.toml matches a file
+    setup = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package, patterns in setup.get("package-data", {}).items():
+        for pattern in patterns:
+            assert list((SRC.parent / package).glob(pattern)), f"{package}: {pattern}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -399,15 +400,36 @@ class Protocol:
         return {k: f.units for k, f in PROTOCOL_FIELDS.items()}
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # ESNR 2022 (Table 2): temporal resolution <= 5 s, 5 pre-contrast frames, >= 5 min,
-    # VFA with >= 3 angles in 5-30 deg, injection >= 2 mL/s with a saline flush, 1.5 or 3 T.
-    "esnr2022": {},
-}
+#: Named protocols (``[protocol] preset``), each the values it sets in package units on top
+#: of the :class:`Protocol` defaults. Read-only; the one place presets are defined.
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        # ESNR 2022 (Table 2): temporal resolution <= 5 s, 5 pre-contrast frames, >= 5 min,
+        # VFA with >= 3 angles in 5-30 deg, injection >= 2 mL/s with a saline flush, 1.5 or
+        # 3 T.
+        "esnr2022": MappingProxyType(
+            {
+                "dt": 5.0,
+                "n_baseline": 5,
+                "duration": 300.0,
+                "flip_angles": (5.0, 15.0, 30.0),
+                "injection_rate": 2.0,
+                "saline_flush": True,
+                "field_strength": 3.0,
+            }
+        ),
+    }
+)
 
 
 def preset(name: str) -> Protocol:
-    """Return a named protocol preset (``"esnr2022"``: the recommended values)."""
+    """Return a named protocol preset (``"esnr2022"``: the recommended values).
+
+    Raises
+    ------
+    phantomdce.dro.config.ConfigError
+        For a name that is not a key of :data:`PRESETS` (the message lists them).
+    """
     if name not in PRESETS:
         raise ConfigError(f"protocol.preset = {name!r}: expected one of {sorted(PRESETS)}")
-    return Protocol.from_mapping(PRESETS[name])
+    return Protocol.from_mapping(PRESETS[name], base=Protocol())
