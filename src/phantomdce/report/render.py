@@ -282,7 +282,9 @@ _BUDGET_NOTE = (
     "Error budget: the same cases (same noise) fitted with one pipeline stage at a time set "
     "to its true value. The bias due to a stage is the full pipeline's relative bias minus "
     "the bias with that stage true; the CV due to a stage is sqrt(CV_full^2 - CV_true^2) "
-    "(independent sources add in quadrature)."
+    "(independent sources add in quadrature). A stage missing from the table is already set "
+    "to its truth by the scenario (e.g. the true AIF in the sweeps that isolate an acquisition "
+    "setting; see the notes above)."
 )
 
 
