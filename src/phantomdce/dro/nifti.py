@@ -60,6 +60,7 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
+from phantomdce.dro.boundary import PROVENANCE_ATTRS
 from phantomdce.dro.config import ConfigError
 from phantomdce.params import PARAMETERS
 
@@ -97,22 +98,7 @@ _POSSIBLE_TRUTH = (*PARAMETERS, "m0", "signal_pre")
 #: Files of a phantom export beyond those (``<name>_truth`` maps on the truth grid).
 _IMAGE_STEMS = ("labels_truth", "Ktrans_truth", "ve_truth", "vp_truth")
 #: Case attributes that are provenance rather than protocol values.
-_NOT_PROTOCOL = frozenset(
-    {
-        "protocol_units",
-        "model",
-        "case_index",
-        "case_values",
-        "seed",
-        "replicates",
-        "scenario",
-        "scenario_hash",
-        "phantomdce_version",
-        "noise_block_voxels",
-        "truth_grid_step_s",
-        "snr_definition",
-    }
-)
+_NOT_PROTOCOL = PROVENANCE_ATTRS
 
 
 def _jsonable(value: Any) -> Any:

@@ -290,6 +290,18 @@ def _tissue_axes(truths: list[dict[str, float]]) -> tuple[str | None, str | None
     return x, y, others
 
 
+def _label_grid(
+    ax: Axes, xs: list[float], ys: list[float], xname: str, yname: str | None
+) -> None:
+    """Ticks at the cell centres of a tissue-grid map, labelled with the true values."""
+    ax.set_xticks(np.arange(len(xs)) + 0.5)
+    ax.set_xticklabels([f"{v:.3g}" for v in xs])
+    ax.set_yticks(np.arange(len(ys)) + 0.5)
+    ax.set_yticklabels([f"{v:.3g}" for v in ys] if yname else [""])
+    ax.set_xlabel(f"true {xname}{_unit_suffix(xname)}")
+    ax.set_ylabel(f"true {yname}{_unit_suffix(yname)}" if yname else "")
+
+
 def _finite_sorted(values: Any) -> list[float]:
     return sorted({float(v) for v in values if v is not None and math.isfinite(float(v))})
 
@@ -376,12 +388,7 @@ def error_map_figure(
                 j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8,
                 color="white" if dark else "black",
             )  # fmt: skip
-    ax.set_xticks(np.arange(len(xs)) + 0.5)
-    ax.set_xticklabels([f"{v:.3g}" for v in xs])
-    ax.set_yticks(np.arange(len(ys)) + 0.5)
-    ax.set_yticklabels([f"{v:.3g}" for v in ys] if yname else [""])
-    ax.set_xlabel(f"true {xname}{_unit_suffix(xname)}")
-    ax.set_ylabel(f"true {yname}{_unit_suffix(yname)}" if yname else "")
+    _label_grid(ax, xs, ys, xname, yname)
     cbar = fig.colorbar(mesh, ax=ax)
     cbar.set_label(f"mean relative error of {parameter} (%)")
     return fig
@@ -448,12 +455,7 @@ def tissue_threshold_figure(verdict: Verdict) -> Figure:
             sign * score, verdict.knob_label
         )
         ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=9)
-    ax.set_xticks(np.arange(len(xs)) + 0.5)
-    ax.set_xticklabels([f"{v:.3g}" for v in xs])
-    ax.set_yticks(np.arange(len(ys)) + 0.5)
-    ax.set_yticklabels([f"{v:.3g}" for v in ys] if yname else [""])
-    ax.set_xlabel(f"true {xname}{_unit_suffix(xname)}")
-    ax.set_ylabel(f"true {yname}{_unit_suffix(yname)}" if yname else "")
+    _label_grid(ax, xs, ys, xname, yname)
     if target is not None:
         where = format_knob_value(target, verdict.knob_label)
         ax.text(
