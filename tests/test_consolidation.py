@@ -19,6 +19,7 @@ from phantomdce.dro.protocol import PRESETS, Protocol
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.files import write_atomic
 from phantomdce.fit.pipeline import Pipeline
+from phantomdce.params import PARAMETERS
 from phantomdce.phantom.roi import roi_aif
 from phantomdce.phantom.runner import replicate_codes, subject_of
 
@@ -128,3 +129,17 @@ def test_presets_are_real_and_packaged_data_exists(monkeypatch):
     for package, patterns in setup.get("package-data", {}).items():
         for pattern in patterns:
             assert list((SRC.parent / package).glob(pattern)), f"{package}: {pattern}"
+
+
+def test_units_of_parameters_are_read_from_the_parameter_table():
+    # a literal {"Ktrans": "/min", ...} beside params.PARAMETERS is a second source of truth
+    names = "|".join(PARAMETERS)
+    literal = re.compile(rf"[\"'](?:{names})[\"']\s*:\s*[\"']")
+    offenders = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in sorted(SRC.rglob("*.py"))
+        if p.name != "params.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert offenders == []

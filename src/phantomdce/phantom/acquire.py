@@ -72,6 +72,7 @@ from phantomdce.dro.simulate import case_aif
 from phantomdce.dro.truth import aif_on_grid, tissue_truth, truth_grid
 from phantomdce.kinetics import convolve_irf
 from phantomdce.noise import add_rician_noise, rng_for
+from phantomdce.params import PARAMETERS
 from phantomdce.phantom.anatomy import CLASSES, Phantom
 from phantomdce.signal import r1_from_concentration, spgr, spgr_inflow, vfa_signal
 
@@ -590,7 +591,7 @@ def acquire(
                 "long_name": "vessel signal with inflow, per vessel type and laminar ring",
             },
         )
-    units = {"Ktrans": "/min", "ve": "1", "vp": "1"}
+    units = {k: PARAMETERS[k].units for k in ("Ktrans", "ve", "vp")}
     for name, m in maps.items():
         data[name] = (
             dims4,

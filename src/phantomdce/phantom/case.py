@@ -15,6 +15,7 @@ import xarray as xr
 
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.simulate import case_aif
+from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import Acquisition, acquire
 from phantomdce.phantom.anatomy import Phantom
 
@@ -108,7 +109,7 @@ def phantom_case(
         ),
         "ca": ("time", case_aif(protocol)(t), {"units": "mM", "role": "truth"}),
     }
-    units = {"Ktrans": "/min", "ve": "1", "vp": "1"}
+    units = {k: PARAMETERS[k].units for k in ("Ktrans", "ve", "vp")}
     for k, v in truth.items():
         data[k] = (
             "voxel",

@@ -9,7 +9,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from phantomdce.params import PARAMETERS
 from phantomdce.phantom.anatomy import CLASSES, Phantom
+
+_KTRANS_UNITS = PARAMETERS["Ktrans"].units
 
 __all__ = ["maps_figure", "aif_figure"]
 
@@ -52,7 +55,7 @@ def maps_figure(
     panels = [
         ("labels (truth grid)", phantom.labels[k_truth], "tab20", None),
         (
-            "Ktrans truth (/min), truth grid",
+            f"Ktrans truth ({_KTRANS_UNITS}), truth grid",
             phantom.truth_map("Ktrans")[k_truth],
             "viridis",
             (0, 0.5),
@@ -65,14 +68,14 @@ def maps_figure(
             None,
         ),
         (
-            "Ktrans truth (/min), acquired grid",
+            f"Ktrans truth ({_KTRANS_UNITS}), acquired grid",
             acquired["Ktrans"].values[slice_index],
             "viridis",
             (0, 0.5),
         ),
     ]
     if fitted is not None:
-        title = "Ktrans fitted (/min)"
+        title = f"Ktrans fitted ({_KTRANS_UNITS})"
         if roi is not None:
             n_roi = int(roi.sum())
             n_ok = int(np.isfinite(fitted[roi]).sum())

@@ -32,6 +32,7 @@ import xarray as xr
 import phantomdce
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.simulate import case_aif
+from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import Acquisition, acquire
 from phantomdce.phantom.anatomy import Phantom
 
@@ -52,10 +53,7 @@ def truth_grid_dataset(phantom: Phantom) -> xr.Dataset:
         for d, n in zip(dims, (nz, ny, nx), strict=True)
     }
     units = {
-        "Ktrans": "/min",
-        "ve": "1",
-        "vp": "1",
-        "T10": "s",
+        **{k: PARAMETERS[k].units for k in ("Ktrans", "ve", "vp", "T10")},
         "pd": "1 (relative to muscle)",
         "fat_fraction": "1",
     }
