@@ -143,3 +143,15 @@ def test_units_of_parameters_are_read_from_the_parameter_table():
         if literal.search(line)
     ]
     assert offenders == []
+
+
+def test_csv_is_written_with_the_csv_module():
+    # a CSV header or row joined by hand ("case,chunk,...\n") breaks on a comma in a value
+    by_hand = re.compile(r"[\"'][\w ]+(?:,[\w ]+){2,}\\n[\"']|[\"'],[\"']\.join\(")
+    offenders = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in sorted(SRC.rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if by_hand.search(line)
+    ]
+    assert offenders == []

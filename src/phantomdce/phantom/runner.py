@@ -25,7 +25,9 @@ whole, in this process (no chunking or resume: a phantom case is small).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import itertools
 import json
 import time
@@ -41,7 +43,13 @@ from phantomdce.dro.config import ConfigError, as_bool, as_float, as_int, as_str
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.engine.config import FitConfig
 from phantomdce.engine.metrics import case_metrics, metrics_table
-from phantomdce.engine.run import _collect, estimated_parameters, fitter_record
+from phantomdce.engine.run import (
+    FAILURE_COLUMNS,
+    _collect,
+    estimated_parameters,
+    fitter_record,
+)
+from phantomdce.files import write_atomic
 from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
@@ -574,8 +582,10 @@ def run_phantom_scenario(
     )
     tree = xr.DataTree.from_dict({"/": root, **{f"/{k}": v for k, v in nodes.items()}})
     tree.to_zarr(out / "estimates.zarr", zarr_format=2, consolidated=True)
-    (out / "metrics.csv").write_text(metrics_table(rows))
-    (out / "failures.csv").write_text("case,chunk,voxel_start,voxel_stop,fitter,error,traceback\n")
+    write_atomic(out / "metrics.csv", metrics_table(rows))
+    failures = io.StringIO()
+    csv.writer(failures, lineterminator="\n").writerow(FAILURE_COLUMNS)
+    write_atomic(out / "failures.csv", failures.getvalue())
     meta = {
         "scenario_name": scenario.name,
         "scenario_hash": digest[:16],
@@ -594,6 +604,6 @@ def run_phantom_scenario(
         },
         "phantomdce_version": phantomdce.__version__,
     }
-    (out / "figures.json").write_text(json.dumps(manifest, indent=1))
-    (out / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    write_atomic(out / "figures.json", json.dumps(manifest, indent=1))
+    write_atomic(out / "run.json", json.dumps(meta, indent=1, default=str))
     return rows
