@@ -934,7 +934,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                     tracebacks.get(fitter, ""),
                 )
             )
-    (plan.out / "metrics.csv").write_text(metrics_table(rows))
+    write_atomic(plan.out / "metrics.csv", metrics_table(rows))
     _write_failures(plan.out / "failures.csv", failures)
     _consolidate(plan.store)
     return rows
