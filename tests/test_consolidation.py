@@ -14,7 +14,7 @@ import pytest
 from phantomdce import files
 from phantomdce.aif import DEFAULT_HCT, cumulative_plasma_aif, plasma_aif
 from phantomdce.dro import protocol as protocol_module
-from phantomdce.dro.config import ConfigError
+from phantomdce.dro.config import ConfigError, did_you_mean
 from phantomdce.dro.protocol import PRESETS, Protocol
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.files import write_atomic
@@ -155,3 +155,12 @@ def test_csv_is_written_with_the_csv_module():
         if by_hand.search(line)
     ]
     assert offenders == []
+
+
+def test_one_did_you_mean_helper():
+    users = sorted(
+        str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if "get_close_matches" in p.read_text()
+    )
+    assert users == ["dro/config.py"]
+    assert did_you_mean("dtt", ["dt", "snr"]) == " (did you mean 'dt'?)"
+    assert did_you_mean("xyz", ["dt", "snr"]) == ""

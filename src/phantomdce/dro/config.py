@@ -11,18 +11,53 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["ConfigError", "unknown_key", "as_float", "as_int", "as_str", "as_bool", "as_floats"]
+__all__ = [
+    "ConfigError",
+    "did_you_mean",
+    "unknown_key",
+    "as_float",
+    "as_int",
+    "as_str",
+    "as_bool",
+    "as_floats",
+]
 
 
 class ConfigError(ValueError):
     """A scenario or protocol value is invalid; the message names its key path."""
 
 
+def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:
+    """The suggestion every "unknown name" message of the package appends.
+
+    Parameters
+    ----------
+    name : str
+        The name that was not recognised.
+    known : iterable of str
+        The names that would have been.
+    n : int
+        At most this many suggestions (close matches, best first).
+
+    Returns
+    -------
+    str
+        ``" (did you mean 'dt'?)"``, ``" (did you mean 'a', 'b'?)"`` or ``""`` if nothing is
+        close.
+
+    Examples
+    --------
+    >>> did_you_mean("dtt", ["dt", "snr"])
+    " (did you mean 'dt'?)"
+    """
+    close = difflib.get_close_matches(name, sorted(known), n=n)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def unknown_key(path: str, key: str, allowed: Iterable[str]) -> ConfigError:
     """Error for a key that is not recognised, with a close-match suggestion."""
     allowed = sorted(allowed)
-    hint = difflib.get_close_matches(key, allowed, n=1)
-    did = f" (did you mean {hint[0]!r}?)" if hint else ""
+    did = did_you_mean(key, allowed)
     where = f"{path}.{key}" if path else key
     return ConfigError(f"unknown key {where!r}{did}: expected one of {allowed}")
 

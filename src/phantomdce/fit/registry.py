@@ -25,7 +25,6 @@ name are an error (:class:`DuplicateFitterError`). Discovery runs once and is ca
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import importlib.metadata
@@ -36,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from phantomdce.dro.config import did_you_mean
 from phantomdce.fit.base import check_fitter
 
 __all__ = [
@@ -314,8 +314,7 @@ def _resolve_one(name_or_spec: str) -> list[FitterInfo]:
     if name_or_spec in registry:
         return [registry[name_or_spec]]
     available = sorted(registry)
-    close = difflib.get_close_matches(name_or_spec, available, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    hint = did_you_mean(name_or_spec, available, n=3)
     listed = ", ".join(available) if available else "none installed"
     raise UnknownFitterError(
         f"unknown fitter {name_or_spec!r}{hint}; available fitters: {listed}"
