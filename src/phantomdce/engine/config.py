@@ -104,7 +104,8 @@ class FitConfig:
     chunk_voxels : int
         Voxels per work unit; a multiple of 1024 keeps noise blocks whole.
     timeout_s : float
-        Time limit per chunk for each isolated fitter, s.
+        Time limit per chunk for each isolated fitter, s. It counts the fit, from the
+        moment the child process has started and imported the fitter, not the start-up.
     isolate : str
         Which fitters run in a child process that can be stopped: ``"plugins"`` (default),
         ``"all"`` or ``"none"``.
