@@ -185,10 +185,10 @@ def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
 
 
 def test_the_time_limit_counts_the_fit_not_the_child_start_up(monkeypatch):
-    # a plug-in whose import takes 3 s (a heavy library, or a loaded machine) and whose fit
+    # a plug-in whose import takes 2 s (a heavy library, or a loaded machine) and whose fit
     # is instant: a 1 s limit per chunk must not stop it, since the fit itself is quick
     monkeypatch.syspath_prepend(PLUGINS)
-    monkeypatch.setenv("ACME_IMPORT_DELAY_S", "3")
+    monkeypatch.setenv("ACME_IMPORT_DELAY_S", "2")
     data = xr.Dataset({"ct": (("voxel", "time"), np.zeros((5, 8)))})
     info = SimpleNamespace(name="acme_slow_start")
     result = _fit_isolated("acme_slow_start:QuickFit", info, data, timeout=1.0)
