@@ -37,8 +37,17 @@ What ``success`` means (the same rule for built-in fitters and plug-ins):
   parameters are finite estimates that count as successful fits. The limits are
   ``fp -> inf`` (stored ``inf``: the 2CXM becomes the extended Tofts model and the 2CUM the
   Patlak model, with PS their Ktrans), ``ps -> 0`` (stored ``0.0``: no exchange) and
-  ``vp -> 0`` (stored ``0.0``: no plasma volume). A parameter made undetermined by such a
-  limit (``ve`` of the 2CXM when ``ps = 0``) makes the fit fail.
+  ``vp -> 0`` (stored ``0.0``: no plasma volume), ``Ktrans -> 0`` (stored ``0.0``: no
+  leakage; extended Tofts becomes a plasma-only model, Tofts a curve with no contrast) and
+  ``ve -> 1`` (stored ``1.0``: the whole tissue is extravascular extracellular space, a
+  physical limit, not a bound of the search).
+- A parameter that such a limit leaves undetermined (its Jacobian column vanishes:
+  ``ve`` when ``Ktrans = 0`` in the Tofts models, ``ve`` of the 2CXM when ``ps = 0``,
+  :data:`UNDETERMINED_AT_LIMIT`) is stored as NaN with its own ``at_limit_<param>`` True:
+  a NaN flagged at a limit means "undetermined at this limit". It does not make the fit
+  fail (the parameters that are still determined, e.g. ``vp``, are the estimate), it is
+  left out of the identifiability test, and metrics count it as neither a valid estimate
+  nor a failed fit (:mod:`phantomdce.engine.metrics`).
 - ``at_limit_<param>`` may be given for any estimated parameter; an absent variable means
   all False; it is False wherever ``success`` is False. The engine stores the flags as
   ``at_limit_<param>`` (fitter, voxel) beside the estimates.
@@ -56,13 +65,23 @@ import xarray as xr
 
 from phantomdce.params import MODELS
 
-__all__ = ["Fitter", "FITTER_ATTRIBUTES", "INPUTS", "AT_LIMIT_VALUES", "check_fitter"]
+__all__ = [
+    "Fitter",
+    "FITTER_ATTRIBUTES",
+    "INPUTS",
+    "AT_LIMIT_VALUES",
+    "UNDETERMINED_AT_LIMIT",
+    "check_fitter",
+]
 
 FITTER_ATTRIBUTES = ("name", "version", "model", "input", "method")
 INPUTS = ("concentration", "signal")
 #: The limits where a model degenerates: parameter -> the value stored for an estimate there
 #: (package units), flagged ``at_limit_<param>`` (see the module docstring).
-AT_LIMIT_VALUES = {"fp": float("inf"), "ps": 0.0, "vp": 0.0}
+AT_LIMIT_VALUES = {"fp": float("inf"), "ps": 0.0, "vp": 0.0, "Ktrans": 0.0, "ve": 1.0}
+#: Limits that leave other parameters undetermined: parameter at its limit -> the
+#: parameters then stored as NaN and flagged ``at_limit_<param>`` (see the module docstring).
+UNDETERMINED_AT_LIMIT = {"Ktrans": ("ve",), "ps": ("ve",)}
 
 
 @runtime_checkable

@@ -8,22 +8,26 @@ delay.
 
 What ``success`` means (the fitter contract, :mod:`phantomdce.fit.base`):
 
-- A bound in :data:`LIMITS` is a limit where the model degenerates to a simpler one:
-  ``fp`` at its upper search bound is Fp -> infinity (2CXM -> extended Tofts, 2CUM ->
-  Patlak, :data:`FP_LIMIT_MODELS`), ``ps`` at 0 is no exchange, ``vp`` at its lower bound
-  is no plasma volume. An estimate there is stored as the limit itself (``inf``, ``0.0``),
-  flagged by ``at_limit_<param>``, and left out of the identifiability test; the fit can
-  succeed. For Fp -> infinity the limit model is fitted to the voxel and, where it fits at
-  least as well, gives the other estimates (PS = its Ktrans, ve, vp) and the verdict.
-- Ktrans = 0 (:data:`PHYSICAL_BOUNDS`) is a valid estimate.
+- A bound in :data:`LIMITS` is a limit where the model degenerates to a simpler one or a
+  physical limit: ``fp`` at its upper search bound is Fp -> infinity (2CXM -> extended
+  Tofts, 2CUM -> Patlak, :data:`FP_LIMIT_MODELS`), ``ps`` at 0 is no exchange, ``vp`` at
+  its lower bound is no plasma volume, ``Ktrans`` at 0 is no leakage, ``ve`` at 1 is a
+  tissue that is all extravascular extracellular space. An estimate there is stored as the
+  limit itself (``inf``, ``0.0``, ``1.0``), flagged by ``at_limit_<param>``, and left out
+  of the identifiability test; the fit can succeed. For Fp -> infinity the limit model is
+  fitted to the voxel and, where it fits at least as well, gives the other estimates
+  (PS = its Ktrans, ve, vp) and the verdict.
+- A limit can leave another parameter undetermined
+  (:data:`phantomdce.fit.base.UNDETERMINED_AT_LIMIT`: ``ve`` when ``Ktrans = 0``, ``ve`` of
+  the 2CXM when ``ps = 0``): its Jacobian column vanishes, so it is left out of the
+  identifiability test and of the search-bound test, stored as NaN and flagged
+  ``at_limit_<param>`` ("undetermined at this limit"); the fit succeeds on the parameters
+  that are still determined.
 - Any other bound (:func:`at_search_bound`) is a limit of the search, not of the model:
   the fit found no minimum inside the admissible region and fails.
 - The data must determine the parameters (:mod:`phantomdce.fit._common`: condition
   number of the scaled normal matrix at the solution, F-test against no contrast), and
   the best start must have accepted a step or started at a stationary point.
-
-In the 2CXM, ``ps = 0`` leaves ``ve`` undetermined (its Jacobian column vanishes), so such
-a fit fails by the identifiability test although ``ps`` itself is at a limit.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from phantomdce.fit._common import (
     result_dataset,
     screen_voxels,
 )
-from phantomdce.fit.base import AT_LIMIT_VALUES
+from phantomdce.fit.base import AT_LIMIT_VALUES, UNDETERMINED_AT_LIMIT
 from phantomdce.fit.llsq import llsq
 from phantomdce.kinetics import FP_UNIT, PER_MIN
 from phantomdce.params import MODELS
@@ -64,15 +68,15 @@ _STRICT = {("2cxm", "vp"): 1e-4, ("2cum", "vp"): 1e-4}
 _SCALE = {"Ktrans": PER_MIN, "ps": PER_MIN, "fp": FP_UNIT, "ve": 1.0, "vp": 1.0, "delay": 1.0}
 #: Delay values (s) every voxel is started from when the delay is fitted.
 DELAY_STARTS = (0.0, 4.0, 8.0, 14.0)
-#: Bounds where the model degenerates: (parameter, side) -> the value stored for an estimate
-#: there (package units), flagged by ``at_limit_<param>``.
+#: Bounds where the model degenerates or that are physical limits: (parameter, side) -> the
+#: value stored for an estimate there (package units), flagged by ``at_limit_<param>``.
 LIMITS = {
     ("fp", "upper"): AT_LIMIT_VALUES["fp"],
     ("ps", "lower"): AT_LIMIT_VALUES["ps"],
     ("vp", "lower"): AT_LIMIT_VALUES["vp"],
+    ("Ktrans", "lower"): AT_LIMIT_VALUES["Ktrans"],
+    ("ve", "upper"): AT_LIMIT_VALUES["ve"],
 }
-#: Bounds that are physical values, not limits of the search: an estimate there is valid.
-PHYSICAL_BOUNDS = {("Ktrans", "lower")}
 #: Relative distance (of the bound interval) within which an estimate is at a bound.
 BOUND_TOL = 1e-6
 
@@ -252,23 +256,54 @@ def at_limits(model: str, estimates: dict[str, np.ndarray]) -> dict[str, np.ndar
     return out
 
 
+def undetermined(limits: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Voxels whose parameter a limit leaves undetermined (``UNDETERMINED_AT_LIMIT``).
+
+    Parameters
+    ----------
+    limits : dict of str to ndarray of bool (n_vox,)
+        The at-limit flags (:func:`at_limits`).
+    names : list of str
+        The model's estimated parameters.
+
+    Returns
+    -------
+    dict of str to ndarray of bool (n_vox,)
+        One entry per estimated parameter that some limit of the model can leave
+        undetermined (e.g. ``ve`` where ``Ktrans`` or the 2CXM's ``ps`` is at 0).
+    """
+    out: dict[str, np.ndarray] = {}
+    for cause, params in UNDETERMINED_AT_LIMIT.items():
+        if cause not in limits:
+            continue
+        for name in params:
+            if name in names:
+                out[name] = out.get(name, np.zeros_like(limits[cause])) | limits[cause]
+    return out
+
+
 def at_search_bound(model: str, estimates: dict[str, np.ndarray]) -> np.ndarray:
-    """Voxels with a parameter at a limit of the search (not a physical value or a limit).
+    """Voxels with a parameter at a limit of the search (not a limit in :data:`LIMITS`).
 
     Such a fit did not find a minimum inside the admissible region (typically a curve
     with no information on that parameter, such as pure noise), so it is not a success.
+    A parameter left undetermined by a limit (:func:`undetermined`) is not judged: its
+    value is arbitrary.
     """
     out = np.zeros(next(iter(estimates.values())).shape, dtype=bool)
+    free = undetermined(at_limits(model, estimates), list(estimates))
     for name, values in estimates.items():
         lo, hi = _bound_interval(model, name)
         tol = BOUND_TOL * (hi - lo)
+        hit = np.zeros(values.shape, dtype=bool)
         with np.errstate(invalid="ignore"):
-            lower = (name, "lower")
-            upper = (name, "upper")
-            if lower not in PHYSICAL_BOUNDS and lower not in LIMITS:
-                out |= values <= lo + tol
-            if upper not in PHYSICAL_BOUNDS and upper not in LIMITS:
-                out |= values >= hi - tol
+            if (name, "lower") not in LIMITS:
+                hit |= values <= lo + tol
+            if (name, "upper") not in LIMITS:
+                hit |= values >= hi - tol
+        if name in free:
+            hit &= ~free[name]
+        out |= hit
     return out
 
 
@@ -336,13 +371,10 @@ class NLLSFitter:
                 est[name][use] = l_est["Ktrans" if name == "ps" else name][better]
             sse[use] = l_sse[better]
             success[use] = l_success[better]
-            if "vp" in limits:
-                limits["vp"][use] = l_limits["vp"][better]
-            k_lo, k_hi = BOUNDS["Ktrans"]
-            limits["ps"][use] = l_est["Ktrans"][better] <= k_lo + BOUND_TOL * (k_hi - k_lo)
-        for name, flags in limits.items():
-            side = "upper" if (name, "upper") in LIMITS else "lower"
-            est[name] = np.where(flags, LIMITS[(name, side)], est[name])
+            for name in limits:
+                if name in ("vp", "ve"):
+                    limits[name][use] = l_limits[name][better]
+            limits["ps"][use] = l_limits["Ktrans"][better]
         attrs = {"fitter": self.name, "method": self.method}
         return result_dataset(data, est, success, attrs, at_limit=limits)
 
@@ -360,13 +392,20 @@ def _judged_fit(
     parallel: bool,
     max_iter: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Fit and judge: raw estimates, sse, success, and the at-limit flags per parameter."""
+    """Fit and judge: estimates, sse, success, and the at-limit flags per parameter.
+
+    An estimate at a limit is stored as the limit (:data:`LIMITS`); a parameter that a
+    limit leaves undetermined (:func:`undetermined`) is stored as NaN, and both are flagged.
+    """
     est, sse, stuck, theta, names = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
     limits = at_limits(model, est)
+    free = undetermined(limits, names)
     include = np.ones(theta.shape, dtype=bool)
     for q, name in enumerate(names):
         if name in limits:
-            include[:, q] = ~limits[name]
+            include[:, q] &= ~limits[name]
+        if name in free:
+            include[:, q] &= ~free[name]
     jtj = np.full(theta.shape + (theta.shape[1],), np.nan)
     _lm.normal_matrices(
         _lm.MODEL_CODES[model], t, ca, np.ascontiguousarray(theta), fit_delay, jtj
@@ -380,4 +419,10 @@ def _judged_fit(
         & (cond <= COND_MAX)
         & beats_no_contrast(ct, sse, len(names))
     )
+    for name, flags in limits.items():
+        side = "upper" if (name, "upper") in LIMITS else "lower"
+        est[name] = np.where(flags, LIMITS[(name, side)], est[name])
+    for name, flags in free.items():
+        est[name] = np.where(flags, np.nan, est[name])
+        limits[name] = limits.get(name, np.zeros_like(flags)) | flags
     return est, sse, success, limits
