@@ -146,8 +146,12 @@ def test_units_of_parameters_are_read_from_the_parameter_table():
 
 
 def test_csv_is_written_with_the_csv_module():
-    # a CSV header or row joined by hand ("case,chunk,...\n") breaks on a comma in a value
-    by_hand = re.compile(r"[\"'][\w ]+(?:,[\w ]+){2,}\\n[\"']|[\"'],[\"']\.join\(")
+    # a CSV header or row joined by hand ("case,chunk,...\n", f"{t}\t{c}") breaks on a
+    # delimiter in a value; TSV (aif.tsv) too
+    by_hand = re.compile(
+        r"[\"'][\w ]+(?:,[\w ]+){2,}\\n[\"']|[\"'](?:,|\\t)[\"']\.join\("
+        r"|[\"'][\w ]+(?:\\t[\w ]+)+[\"']|\}\\t\{"
+    )
     offenders = [
         f"{p.relative_to(SRC)}:{i}"
         for p in sorted(SRC.rglob("*.py"))

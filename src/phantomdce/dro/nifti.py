@@ -46,6 +46,7 @@ file is written: a failed export leaves nothing behind (no empty or partial dire
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -265,6 +266,15 @@ def export_nifti(
     )
 
 
+def _write_aif_tsv(path: Path, time: np.ndarray, ca: np.ndarray) -> Path:
+    """Write ``aif.tsv`` (columns ``time_s``, ``ca_mM``; round-trip floats) with :mod:`csv`."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        writer.writerow(("time_s", "ca_mM"))
+        writer.writerows((repr(float(t)), repr(float(c))) for t, c in zip(time, ca, strict=True))
+    return path
+
+
 def _write_atomically(outdir: Path, overwrite: bool, write) -> list[Path]:
     """Run ``write(tmp)`` in a temporary sibling of ``outdir``, then move its files in.
 
@@ -462,10 +472,7 @@ def _export_case(
     )
 
     ca = np.asarray(ds["ca"].values, dtype=np.float64)
-    aif_path = outdir / "aif.tsv"
-    lines = ["time_s\tca_mM"]
-    lines += [f"{float(t)!r}\t{float(c)!r}" for t, c in zip(time, ca, strict=True)]
-    aif_path.write_text("\n".join(lines) + "\n")
+    aif_path = _write_aif_tsv(outdir / "aif.tsv", time, ca)
     written.append(aif_path)
     return written
 
@@ -628,10 +635,7 @@ def _export_image_case(
             },
         )
     ca = np.asarray(ds["ca"].values, dtype=np.float64)
-    aif_path = outdir / "aif.tsv"
-    lines = ["time_s\tca_mM"]
-    lines += [f"{float(t)!r}\t{float(c)!r}" for t, c in zip(time, ca, strict=True)]
-    aif_path.write_text("\n".join(lines) + "\n")
+    aif_path = _write_aif_tsv(outdir / "aif.tsv", time, ca)
     written.append(aif_path)
     return written
 
