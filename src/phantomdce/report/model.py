@@ -98,7 +98,11 @@ class KnobRow:
     ``rel_bias_ci_low`` and ``rel_bias_ci_high`` (bootstrap 95% CI of the relative bias, %),
     ``cv_noise_pct`` (CV over noise replicates alone: root mean square of the pooled cases'
     CVs, %) and ``rel_bias_case_min``/``rel_bias_case_max`` (the range of the pooled cases'
-    relative biases, %).
+    relative biases, %). On the neck phantom with several subjects the bootstrap resamples
+    subjects (the independent units), ``cv_subject_pct`` is the SD over subjects of each
+    subject's mean relative error (%), and ``cv_pct`` adds it in quadrature: the spread
+    between subjects is a nuisance axis like the others. ``noise_free`` (1 or 0) and
+    ``tissue_grid`` (1 or 0) say whether the cases had noise and a tissue grid.
     """
 
     knob_value: Any
@@ -114,7 +118,8 @@ class TissueRow:
     Pooled over the cases of the knob value (nuisance axes) like :class:`KnobRow`. ``n`` is
     the number of valid estimates; ``failure_rate`` (0-1) counts failed fits among the
     tissue's voxels (a parameter at a degenerate limit, ``at_limit_<param>`` with a
-    non-finite value, is neither valid nor failed); ``tissue`` is the grid index.
+    non-finite value, is neither valid nor failed); ``tissue`` is the grid index. The
+    standard errors let the verdict tell a tissue outside a limit from sampling noise.
     """
 
     knob_value: Any
@@ -126,6 +131,10 @@ class TissueRow:
     n: int
     failure_rate: float = 0.0
     tissue: int = -1
+    rel_bias_se_pct: float = float("nan")
+    """Standard error of ``mean_rel_error_pct`` (SD of the relative errors / sqrt(n)), %."""
+    cv_se_pct: float = float("nan")
+    """Approximate standard error of ``cv_pct``, ``cv / sqrt(2 (n - 1))``, %."""
 
 
 @dataclass

@@ -169,6 +169,8 @@ def _verdict_rows(v: Verdict) -> list[tuple[str, str]]:
     """(recommended setting words, class) rows: one per option of a category verdict."""
     if v.kind == "category" and v.options:
         return [(_fmt(v, value), status) for value, status in v.options]
+    if not v.recommended_values and v.kind != "category":
+        return [("no recommended setting (the guideline sets none)", "-")]
     return [(_recommended_words(v), v.recommended_meets)]
 
 

@@ -194,6 +194,10 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
     for run_dir, meta, fixed, option in runs:
         scenarios.append(meta["scenario_name"])
         tissue_grid = tissue_grid and "model" in meta["scenario"].get("tissue", {})
+        # neck-phantom runs: a replicate code is subject * replicates + acquisition
+        # (phantom.runner.replicate_codes); subjects, not acquisitions, are independent
+        phantom = "phantom" in meta["scenario"].get("tissue", {})
+        per_subject = int(meta["scenario"].get("replicates", 1)) if phantom else 0
         estimated = {f["name"]: estimated_parameters(f["model"]) for f in meta["fitters"]}
         oracle_of = {
             f["name"]: (f["oracle_of"], f["oracle_stage"])
@@ -206,6 +210,11 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
             case_values = ds.attrs.get("case_values", {})
             knob = _case_knob(case_values, rec.knob, fixed)
             replicate = ds["replicate"].values + block
+            subject = (
+                ds["replicate"].values // per_subject + block
+                if per_subject
+                else np.full(ds.sizes["voxel"], -1)
+            )
             block += int(ds["replicate"].values.max()) + 1
             for f, fitter in enumerate(ds["fitter"].values.tolist()):
                 key_value = fitter if rec.knob == "fitter" else knob
@@ -245,6 +254,7 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
                             "at_limit": at_limit,
                             "tissue": ds["tissue"].values,
                             "replicate": replicate,
+                            "subject": subject,
                             **{
                                 f"t_{p}": _truth(ds, p)
                                 for p in ("Ktrans", "ve", "vp")
@@ -273,8 +283,23 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
             rel = np.where(
                 ok & (p["truth"] != 0), 100 * (p["estimate"] - p["truth"]) / p["truth"], np.nan
             )
-        lo, hi = block_bootstrap_bias_ci(rel, p["replicate"], seed=seed)
+        subjects = np.unique(p["subject"][p["subject"] >= 0])
+        # the bootstrap resamples independent blocks: subjects where there are several
+        blocks = p["subject"] if subjects.size > 1 else p["replicate"]
+        lo, hi = block_bootstrap_bias_ci(rel, blocks, seed=seed)
         m["rel_bias_ci_low"], m["rel_bias_ci_high"] = lo, hi
+        m["cv_subject_pct"] = float("nan")
+        if subjects.size > 1:
+            # between subjects: SD of each subject's mean relative error, a nuisance axis
+            # whose spread the CV covers like the other pooled axes
+            means = [
+                float(np.nanmean(rel[p["subject"] == sub]))
+                for sub in subjects
+                if np.isfinite(rel[p["subject"] == sub]).any()
+            ]
+            if len(means) > 1:
+                m["cv_subject_pct"] = float(np.std(means, ddof=1))
+                m["cv_pct"] = float(np.hypot(m["cv_pct"], m["cv_subject_pct"]))
         # per pooled case: noise-only precision and the spread of the bias over cases
         per_case = [
             case_metrics(
@@ -356,6 +381,13 @@ def _tissue_rows(knob, fitter, name, p, rel, ok) -> list[TissueRow]:
                 else float("nan")
             )
         failure = 1.0 - int(good.sum()) / counted if counted else float("nan")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bias_se = (
+                float(finite.std(ddof=1) / np.sqrt(finite.size))
+                if finite.size > 1
+                else float("nan")
+            )
+        cv_se = cv / np.sqrt(2.0 * (est.size - 1)) if est.size > 1 else float("nan")
         out.append(
             TissueRow(
                 knob,
@@ -367,6 +399,8 @@ def _tissue_rows(knob, fitter, name, p, rel, ok) -> list[TissueRow]:
                 int(good.sum()),
                 failure_rate=failure,
                 tissue=int(tissue),
+                rel_bias_se_pct=bias_se,
+                cv_se_pct=float(cv_se),
             )
         )
     return out

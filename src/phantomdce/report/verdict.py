@@ -15,8 +15,12 @@ with a tissue grid, on each tissue's :class:`~phantomdce.report.model.TissueRow`
 - ``|rel_bias_pct| <= criterion.max_abs_rel_bias_pct[p]`` (if ``p`` has a bias limit);
 - ``cv_pct <= criterion.max_cv_pct[p]`` (if ``p`` has a CV limit).
 
-A tissue *meets* when every judged parameter meets all three on that tissue's numbers (NaN
-fails). The setting is classified, the first rule that applies winning:
+A tissue *meets* unless a judged parameter is outside a limit by more than its sampling
+noise on that tissue's numbers: ``|bias| - 1.96 SE > limit`` or ``CV - 1.96 SE(CV) > limit``
+(``SE`` of the tissue's mean relative error and of its CV, from its replicates), or its
+failure rate exceeds the limit; NaN fails. With a few dozen replicates per tissue one tissue's
+bias has a standard error of a few per cent, so the largest of 36 noisy estimates is not by
+itself a failing tissue. The setting is classified, the first rule that applies winning:
 
 =================================== =========================================================
 :data:`NO_DATA`                     the fitter has no row for a judged parameter here
@@ -193,10 +197,13 @@ class TissueCheck:
     rel_bias_pct, cv_pct, failure_rate : dict of str to float
         Per judged parameter: mean relative error (%), CV (%) and failure rate (0-1).
     meets : bool
-        Every judged parameter within every limit.
+        No judged parameter outside a limit by more than its sampling noise (1.96 standard
+        errors of the tissue's bias and CV): a tissue fails only when its data show it.
     usage : float
-        The largest ratio of a number to its limit (> 1: outside); the worst tissue has the
-        largest.
+        The largest ``(|number| - 1.96 SE) / limit`` (> 1: outside beyond the noise); the
+        worst tissue has the largest.
+    rel_bias_se_pct, cv_se_pct : dict of str to float
+        Per judged parameter: the standard errors of the bias and the CV, %.
     parameter : str
         The parameter with that largest ratio.
     """
@@ -209,6 +216,8 @@ class TissueCheck:
     meets: bool
     usage: float
     parameter: str
+    rel_bias_se_pct: dict[str, float] = field(default_factory=dict)
+    cv_se_pct: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -555,12 +564,19 @@ def _check(
     )
 
 
-def _ratio(x: float, limit: float | None) -> float:
+#: Two-sided 95 % normal quantile: a tissue fails a limit only when its number is outside
+#: it by more than this many standard errors (sampling noise is not a failure).
+Z95 = 1.96
+
+
+def _ratio(x: float, limit: float | None, se: float = 0.0) -> float:
+    """How far ``|x|`` is past ``limit`` beyond its noise: ``(|x| - Z95 se) / limit``."""
     if limit is None:
         return 0.0
     if not math.isfinite(x):
         return math.inf
-    return abs(x) / limit if limit > 0 else (math.inf if x else 0.0)
+    margin = abs(x) - Z95 * (se if math.isfinite(se) else 0.0)
+    return margin / limit if limit > 0 else (math.inf if margin > 0 else 0.0)
 
 
 def _tissue_checks(
@@ -580,8 +596,10 @@ def _tissue_checks(
         meets = len(per) == len(params)
         for p, t in per.items():
             u = max(
-                _ratio(t.mean_rel_error_pct, criterion.max_abs_rel_bias_pct.get(p)),
-                _ratio(t.cv_pct, criterion.max_cv_pct.get(p)),
+                _ratio(
+                    t.mean_rel_error_pct, criterion.max_abs_rel_bias_pct.get(p), t.rel_bias_se_pct
+                ),
+                _ratio(t.cv_pct, criterion.max_cv_pct.get(p), t.cv_se_pct),
                 _ratio(t.failure_rate, max_failure_rate),
             )
             if u > usage:
@@ -595,6 +613,8 @@ def _tissue_checks(
                 rel_bias_pct={p: t.mean_rel_error_pct for p, t in per.items()},
                 cv_pct={p: t.cv_pct for p, t in per.items()},
                 failure_rate={p: t.failure_rate for p, t in per.items()},
+                rel_bias_se_pct={p: t.rel_bias_se_pct for p, t in per.items()},
+                cv_se_pct={p: t.cv_se_pct for p, t in per.items()},
                 meets=meets,
                 usage=usage,
                 parameter=worst_p,

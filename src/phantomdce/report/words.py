@@ -151,10 +151,15 @@ def tissue_words(truth: dict[str, float]) -> str:
     return ", ".join(out)
 
 
+def _pm(se: float) -> str:
+    return f" ± {fmt_pct(se)}" if se is not None and math.isfinite(se) else ""
+
+
 def _worst_words(t: TissueCheck) -> str:
     p = t.parameter
-    numbers = [f"{p} bias {fmt_pct(t.rel_bias_pct.get(p, math.nan))}%"]
-    numbers.append(f"CV {fmt_pct(t.cv_pct.get(p, math.nan))}%")
+    bias_se, cv_se = t.rel_bias_se_pct.get(p, math.nan), t.cv_se_pct.get(p, math.nan)
+    numbers = [f"{p} bias {fmt_pct(t.rel_bias_pct.get(p, math.nan))}{_pm(bias_se)}%"]
+    numbers.append(f"CV {fmt_pct(t.cv_pct.get(p, math.nan))}{_pm(cv_se)}%")
     fr = t.failure_rate.get(p, 0.0)
     if fr:
         numbers.append(f"{fmt_pct(100 * fr)}% failed")
@@ -228,6 +233,9 @@ def _headline(setting: Setting) -> ParamCheck | None:
     failing = [c for c in checks if c.status not in MEETING]
     if failing:
         return failing[0]
+    named = [r.parameter for r in setting.reasons if r.parameter in setting.checks]
+    if named:  # the numbers shown are those of the parameter the reason names
+        return setting.checks[named[0]]
 
     def usage(c: ParamCheck) -> float:
         u = 0.0
@@ -253,7 +261,7 @@ def _numbers(c: ParamCheck) -> str:
 def setting_clause(verdict: Verdict, setting: Setting, tag: str = "", prep: str = "At") -> str:
     """One setting in words: where, the headline numbers, the class and why."""
     label = format_knob_value(setting.knob_value, verdict.knob_label)
-    where = f"{label} ({tag})" if tag else label
+    where = f"{label} ({tag})" if tag and tag != label else label
     if setting.status == NO_DATA:
         return f"{prep} {where}: no data ({_first_reason(setting)})"
     if setting.status == NOT_ESTIMABLE:
@@ -294,43 +302,42 @@ def loosest_words(verdict: Verdict) -> tuple[str, str]:
         point = ", ".join(fmt(x) for x in verdict.loosest_meeting) or "none"
         ci = ", ".join(fmt(x) for x in verdict.loosest_meeting_ci) or "none"
         return point, ci
-    point = "none" if verdict.loosest_meeting is None else fmt(verdict.loosest_meeting)
-    met = [s.knob_value for s in verdict.settings if s.status in MEETING]
-    if verdict.loosest_meeting is None and met:  # the strictest fails, looser ones meet
-        point = "none from the strictest (met at " + ", ".join(fmt(x) for x in met) + ")"
-    ci = "none" if verdict.loosest_meeting_ci is None else fmt(verdict.loosest_meeting_ci)
-    return point, ci
+    def words(loosest: Any, classes: tuple[str, ...]) -> str:
+        if loosest is not None:
+            return fmt(loosest)
+        met = [s.knob_value for s in verdict.settings if s.status in classes]
+        if met:  # the strictest does not meet, looser ones do
+            return "none from the strictest (met at " + ", ".join(fmt(x) for x in met) + ")"
+        return "none"
+
+    return words(verdict.loosest_meeting, MEETING), words(verdict.loosest_meeting_ci, (MEETS,))
 
 
 def _grid_sentence(verdict: Verdict) -> str:
-    """Where the grid average and the worst tissue hold, when they differ from the verdict."""
+    """Where the grid average and every tissue hold, when they differ from the verdict."""
     if not verdict.tissue_grid or verdict.kind == "category":
         return ""
-
-    def fmt(x: Any) -> str:
-        return "no setting from the strictest" if x is None else format_knob_value(
-            x, verdict.knob_label
-        )
-
     avg, worst = verdict.loosest_average, verdict.loosest_worst_tissue
     if avg == verdict.loosest_meeting and worst == verdict.loosest_meeting:
         return ""
     bound = "up to" if verdict.kind == "max" else "down to"
-    text = f"On the grid average the criterion holds {bound} {fmt(avg)}"
-    text = text.replace(f"{bound} no setting", "for no setting")
-    every = f"; in every tissue {bound} {fmt(worst)}"
-    text += every.replace(f"{bound} no setting", "at no setting")
-    # name the tissue that breaks first after the worst-tissue walk
-    breaking = None
-    seen_worst = worst is None
+
+    def holds(x: Any) -> str:
+        if x is None:
+            return "already fails at the strictest setting"
+        return f"holds {bound} {format_knob_value(x, verdict.knob_label)}"
+
+    text = f"On the grid average the criterion {holds(avg)}; in every tissue it {holds(worst)}"
+    # the tissue that breaks the every-tissue walk
+    breaking, passed = None, worst is None
     for s in verdict.settings:
         if s.status == NO_DATA:
             continue
-        if seen_worst and not s.all_tissues_meet:
+        if passed and not s.all_tissues_meet:
             breaking = s
             break
         if worst is not None and s.knob_value == worst:
-            seen_worst = True
+            passed = True
     if breaking is not None and breaking.worst_tissue is not None:
         text += (
             f" (at {format_knob_value(breaking.knob_value, verdict.knob_label)} the worst "
