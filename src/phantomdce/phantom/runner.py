@@ -19,8 +19,12 @@ table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
 Each case acquires every subject ``replicates`` times (independent noise), takes the ROI
 voxels through the estimation pipeline and the fitters, and stores the estimates, the
 volume-weighted truth of each voxel and the metrics in the same layout as
-:mod:`phantomdce.engine.run`, so the study report reads it like any other run. Cases run
-whole, in this process (no chunking or resume: a phantom case is small).
+:mod:`phantomdce.engine.run`, so the study report reads it like any other run: the fitters'
+``at_limit_<param>`` flags (for Ktrans, ve and vp) are stored and counted by the metrics as
+the engine does. With ``summary = "roi_mean"`` each case also stores
+``roi_failed_fraction`` (fitter, ROI value; 0-1): the fraction of the ROI's voxels whose fit
+failed; a ROI value counts as failed when it exceeds :data:`ROI_MAX_FAILED_FRACTION`. Cases
+run whole, in this process (no chunking or resume: a phantom case is small).
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ from phantomdce.dro.scenario import parse_scenario
 from phantomdce.engine.config import FitConfig
 from phantomdce.engine.metrics import case_metrics, metrics_table
 from phantomdce.engine.run import (
+    AT_LIMIT,
     FAILURE_COLUMNS,
-    _collect,
+    collect_estimates,
     estimated_parameters,
     fitter_record,
 )
@@ -54,6 +59,7 @@ from phantomdce.params import PARAMETERS
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import CLASSES, make_neck
 from phantomdce.phantom.case import acquisition_seed, phantom_case, repeat_seed
+from phantomdce.report.verdict import MAX_FAILURE_RATE
 
 __all__ = [
     "is_phantom_scenario",
@@ -64,6 +70,7 @@ __all__ = [
     "replicate_codes",
     "subject_of",
     "cap_subjects",
+    "ROI_MAX_FAILED_FRACTION",
 ]
 
 ACQ_FLOATS = (
@@ -88,6 +95,15 @@ ROI_RULES = ("recommended", "whole_lesion")
 #: How this runner names itself when it refuses ``[fit] error_budget`` (DRO scenarios only).
 PHANTOM_RUNNER = "phantom scenarios (phantomdce.phantom.runner)"
 ENHANCING = ("tumour_rim", "tumour_hypoxic")
+#: With ``summary = "roi_mean"``, a ROI value counts as a failed fit (``success`` False, its
+#: estimates NaN) when more than this fraction (0-1) of the ROI's voxels failed: the 5 % a
+#: setting may lose before the verdict calls it not estimable
+#: (:data:`phantomdce.report.verdict.MAX_FAILURE_RATE`). A site averages the parameter map
+#: over the ROI, where failed voxels are NaN; a mean over the survivors of a ROI that lost
+#: more than this would silently drop a part of the tissue (e.g. the necrosis of a
+#: whole-lesion ROI) instead of measuring it. The stored ``roi_failed_fraction`` gives the
+#: fraction itself.
+ROI_MAX_FAILED_FRACTION: float = MAX_FAILURE_RATE
 
 
 def is_phantom_scenario(raw: dict[str, Any]) -> bool:
@@ -152,27 +168,55 @@ def subject_of(codes: np.ndarray, replicates: int) -> np.ndarray:
     return np.asarray(codes, dtype=np.int64) // replicates
 
 
-def _roi_means(est, success, replicate, phantoms, *, n_fitters, replicates):
+def _roi_means(
+    est,
+    success,
+    at_limit,
+    replicate,
+    phantoms,
+    *,
+    n_fitters,
+    replicates,
+    max_failed=ROI_MAX_FAILED_FRACTION,
+):
     """One value per subject and acquisition: the ROI mean against the enhancing truth.
 
-    The estimate is the mean over the ROI's successfully fitted voxels; the truth is the
-    mean over the truth-grid voxels of the enhancing tumour (rim and hypoxic zone) of that
-    subject, what an ROI on the enhancing tumour is meant to measure. ``replicate`` holds
-    the codes of :func:`replicate_codes`.
+    The estimate is the mean of the finite estimates of the ROI's successfully fitted voxels
+    (failed voxels are NaN on the map a site averages); the value counts as failed
+    (``success`` False, every estimate NaN) when more than ``max_failed`` (0-1, default
+    :data:`ROI_MAX_FAILED_FRACTION`) of the ROI's voxels failed. A ROI value is at a
+    parameter's limit (``at_limit``) when it did not fail and every successful voxel of the
+    ROI is flagged at that limit. The truth is the mean over the truth-grid voxels of the
+    enhancing tumour (rim and hypoxic zone) of that subject, what an ROI on the enhancing
+    tumour is meant to measure. ``replicate`` holds the codes of :func:`replicate_codes`.
+
+    Returns
+    -------
+    tuple
+        ROI estimates, success, at-limit flags (dicts of (fitter, ROI value) arrays), the
+        fraction (0-1) of each ROI's voxels whose fit failed (fitter, ROI value), the truth
+        per ROI value, the subject index and the replicate code of each ROI value.
     """
     groups = np.unique(replicate)
     subject = subject_of(groups, replicates)
     out_est = {k: np.full((n_fitters, groups.size), np.nan) for k in est}
     out_ok = np.zeros((n_fitters, groups.size), dtype=bool)
+    out_limit = {k: np.zeros((n_fitters, groups.size), dtype=bool) for k in at_limit}
+    failed_fraction = np.full((n_fitters, groups.size), np.nan)
     for g, key in enumerate(groups):
         sel = replicate == key
         for f in range(n_fitters):
             ok = sel & success[f]
-            out_ok[f, g] = ok.any()
+            failed_fraction[f, g] = (sel & ~success[f]).sum() / sel.sum()
+            out_ok[f, g] = ok.any() and failed_fraction[f, g] <= max_failed
+            if not out_ok[f, g]:
+                continue
             for k in est:
                 vals = est[k][f, ok]
                 vals = vals[np.isfinite(vals)]
                 out_est[k][f, g] = vals.mean() if vals.size else np.nan
+            for k in at_limit:
+                out_limit[k][f, g] = bool(at_limit[k][f, ok].all())
     truth = {}
     for k in ("Ktrans", "ve", "vp"):
         per_subject = []
@@ -181,7 +225,7 @@ def _roi_means(est, success, replicate, phantoms, *, n_fitters, replicates):
             per_subject.append(float(ph.truth_map(k)[enh].mean()))
         truth[k] = np.asarray(per_subject)[subject]
     truth["kep"] = truth["Ktrans"] / truth["ve"]
-    return out_est, out_ok, truth, subject, groups
+    return out_est, out_ok, out_limit, failed_fraction, truth, subject, groups
 
 
 def subject_protocol(protocol, seed: int, subject: int, how: str = "same"):
@@ -498,6 +542,8 @@ def run_phantom_scenario(
         n_vox = sum(p.sizes["voxel"] for p in parts)
         est = {k: np.full((len(infos), n_vox), np.nan) for k in ("Ktrans", "ve", "vp", "kep")}
         success = np.zeros((len(infos), n_vox), dtype=bool)
+        # the engine's at-limit flags, for the parameters this runner stores
+        at_limit = {k: np.zeros((len(infos), n_vox), dtype=bool) for k in AT_LIMIT if k in est}
         times = np.zeros(len(infos))
         a = 0
         for part in parts:
@@ -507,11 +553,14 @@ def run_phantom_scenario(
                 t0 = time.perf_counter()
                 res = info.fitter.fit(data.copy(deep=True))
                 times[f] += time.perf_counter() - t0
-                fitted, ok = _collect(res, info, b - a)
+                fitted, ok, limits = collect_estimates(res, info, b - a)
                 for k in est:
                     if k in fitted:
                         est[k][f, a:b] = np.where(ok, fitted[k], np.nan)
                 success[f, a:b] = ok
+                for k, flags in limits.items():
+                    if k in at_limit:
+                        at_limit[k][f, a:b] = flags
             a = b
         if ci in figure_cases:
             n_first = int(parts[0].attrs["roi_voxels"])
@@ -534,10 +583,12 @@ def run_phantom_scenario(
         truth = {k: np.concatenate([p[k].values for p in parts]) for k in ("Ktrans", "ve", "vp")}
         with np.errstate(invalid="ignore", divide="ignore"):
             truth["kep"] = truth["Ktrans"] / truth["ve"]
+        roi_failed = None
         if summary == "roi_mean":
-            est, success, truth, tissue, replicate = _roi_means(
+            est, success, at_limit, roi_failed, truth, tissue, replicate = _roi_means(
                 est,
                 success,
+                at_limit,
                 replicate,
                 phantoms,
                 n_fitters=len(infos),
@@ -553,6 +604,22 @@ def run_phantom_scenario(
         for k in est:
             node[k] = (("fitter", "voxel"), est[k], {"units": PARAMETERS[k].units})
             node[f"true_{k}"] = ("voxel", truth[k], {"units": PARAMETERS[k].units})
+        for k, flags in at_limit.items():
+            node[f"at_limit_{k}"] = (
+                ("fitter", "voxel"),
+                flags,
+                {"long_name": f"estimated {k} at the limit where the model degenerates"},
+            )
+        if roi_failed is not None:
+            node["roi_failed_fraction"] = (
+                ("fitter", "voxel"),
+                roi_failed,
+                {
+                    "units": "1",
+                    "long_name": "fraction of the ROI's voxels whose fit failed",
+                    "max_failed_fraction": ROI_MAX_FAILED_FRACTION,
+                },
+            )
         nodes[name] = xr.Dataset(
             node,
             coords={"fitter": [i.name for i in infos], "voxel": np.arange(n_vox)},
@@ -572,6 +639,7 @@ def run_phantom_scenario(
                         parameter=p,
                         fit_time_s=times[f],
                         seed=scenario.seed,
+                        at_limit=at_limit[p][f] if p in at_limit else None,
                     )
                 )
                 rows.append(row)
@@ -601,6 +669,7 @@ def run_phantom_scenario(
             "carotid": carotid,
             "summary": summary,
             "subject_aif": subject_aif,
+            "roi_max_failed_fraction": ROI_MAX_FAILED_FRACTION,
         },
         "phantomdce_version": phantomdce.__version__,
     }
