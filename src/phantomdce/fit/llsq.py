@@ -19,18 +19,21 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 from numba import njit, prange
+from scipy.special import fdtrc
 
 import phantomdce
 from phantomdce.fit._common import (
     COND_MAX,
+    F_ALPHA,
     beats_no_contrast,
     check_inputs,
     condition_numbers,
     result_dataset,
     screen_voxels,
 )
+from phantomdce.fit.base import AT_LIMIT_VALUES
 
-__all__ = ["LLSQFitter", "llsq", "llsq_numpy", "LLSQ_MODELS"]
+__all__ = ["LLSQFitter", "llsq", "llsq_numpy", "plasma_limit", "LLSQ_MODELS"]
 
 LLSQ_MODELS = ("tofts", "extended_tofts", "patlak")
 _CODE = {"tofts": 0, "extended_tofts": 1, "patlak": 2}
@@ -230,6 +233,51 @@ def determined(
     return out
 
 
+def plasma_limit(t: np.ndarray, ct: np.ndarray, ca: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Extended Tofts voxels at the limit Ktrans -> 0 (plasma only), and their vp.
+
+    A plasma-only curve ``ct = vp ca`` makes the extended Tofts linear system singular
+    (``int(ct)`` is proportional to ``int(ca)``), or, with noise, leaves kep arbitrary. A
+    voxel is at the limit when the plasma-only model ``ct = vp ca`` explains the curve
+    better than no contrast (:func:`~phantomdce.fit._common.beats_no_contrast`) and the full
+    linear system does not explain it significantly better (nested F-test, 2 extra
+    parameters, p-value at least :data:`~phantomdce.fit._common.F_ALPHA`).
+
+    Parameters
+    ----------
+    t : ndarray (n_t,)
+        Frame times in s.
+    ct : ndarray (n_vox, n_t)
+        Tissue concentration in mM (finite).
+    ca : ndarray (n_t,)
+        Plasma AIF in mM.
+
+    Returns
+    -------
+    at_limit : ndarray of bool (n_vox,)
+        Voxels at Ktrans -> 0.
+    vp : ndarray (n_vox,)
+        The plasma-only estimate of vp (NaN where ``ca`` is all zero).
+    """
+    caa = float(ca @ ca)
+    if ct.shape[0] == 0 or caa <= 0.0:
+        return np.zeros(ct.shape[0], dtype=bool), np.full(ct.shape[0], np.nan)
+    vp = (ct @ ca) / caa
+    s_r = np.sum((ct - vp[:, None] * ca) ** 2, axis=1)
+    a, ata, atb = _system(t, ct, ca, "extended_tofts")
+    x = np.einsum("vpq,vq->vp", np.linalg.pinv(ata), atb)
+    s_f = np.sum((ct - np.einsum("vtp,vp->vt", a, x)) ** 2, axis=1)
+    dof = ct.shape[1] - 3
+    gain = s_r - s_f
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (gain / 2.0) / (s_f / dof)
+        pval = fdtrc(2, dof, np.where(np.isfinite(f), np.maximum(f, 0.0), np.inf))
+    # a gain at the level of round-off is no gain (noise-free plasma-only curves)
+    tiny = gain <= 1e-12 * np.sum(ct**2, axis=1)
+    better = ~tiny & (pval < F_ALPHA)
+    return ~better & beats_no_contrast(ct, s_r, 1), vp
+
+
 @dataclass(frozen=True)
 class LLSQFitter:
     """Linear least-squares (Murase) fitter, a built-in plug-in.
@@ -237,7 +285,11 @@ class LLSQFitter:
     ``success`` is False for a voxel that cannot be fitted (non-finite, no positive value,
     flat), whose linear system does not determine the solution (:func:`determined`:
     near-singular normal matrix, or a curve not distinguishable from no contrast), or
-    whose solution is not a valid parameter set (kep <= 0).
+    whose solution is not a valid parameter set (kep <= 0). For the extended Tofts model,
+    such a voxel that a plasma-only curve explains (:func:`plasma_limit`) is at the limit
+    Ktrans -> 0: a success with ``Ktrans = 0`` and ``vp`` from ``ct = vp ca``, ``ve`` NaN
+    (undetermined at this limit), ``at_limit_Ktrans`` and ``at_limit_ve`` True (see
+    :mod:`phantomdce.fit.base`).
 
     Parameters
     ----------
@@ -273,4 +325,16 @@ class LLSQFitter:
         est = llsq(t, np.where(bad[:, None], 0.0, ct), ca, model=self.model, parallel=self.parallel)
         success = ~bad & np.all([np.isfinite(v) for v in est.values()], axis=0)
         success &= determined(t, np.where(bad[:, None], 0.0, ct), ca, self.model)
-        return result_dataset(data, est, success, {"fitter": self.name, "method": self.method})
+        attrs = {"fitter": self.name, "method": self.method}
+        if self.model != "extended_tofts":
+            return result_dataset(data, est, success, attrs)
+        rows = np.flatnonzero(~bad & ~success)
+        at0, vp0 = plasma_limit(t, ct[rows], ca)
+        use = rows[at0]
+        limit = np.zeros(ct.shape[0], dtype=bool)
+        limit[use] = True
+        est["Ktrans"][use] = AT_LIMIT_VALUES["Ktrans"]
+        est["ve"][use] = np.nan
+        est["vp"][use] = vp0[at0]
+        success[use] = True
+        return result_dataset(data, est, success, attrs, at_limit={"Ktrans": limit, "ve": limit})
