@@ -206,6 +206,24 @@ def test_llsq_plasma_only_is_the_ktrans_zero_limit(sd):
     assert lk["success"].values.all() and not lk["at_limit_Ktrans"].values.any()
 
 
+def test_curvefit_plugin_applies_the_same_limits():
+    """The reference plug-in: ve = 1 stored and kept (it failed ~50% of these voxels);
+    Ktrans at 0 leaves ve undetermined (NaN, flagged), not a search failure."""
+    curvefit = pytest.importorskip("phantomdce_curvefit")
+    t = np.arange(0.0, 300.0, 5.0)
+    ca = plasma_aif("parker", t, bat=25.0, hct=0.42)
+    ct = K.extended_tofts(t, ca, ktrans=0.01, ve=0.3, vp=0.05)[None]
+    ct = ct + np.random.default_rng(25).normal(0.0, 0.02, (60, t.size))
+    out = curvefit.CurveFitExtendedTofts().fit(dataset(ct, ca, t))
+    assert out["success"].values.mean() >= 0.95
+    lim = out["at_limit_ve"].values
+    assert lim.any() and np.all(out["ve"].values[lim] == 1.0)
+    setup = curvefit.MODEL_SETUP["extended_tofts"]
+    limits, search = curvefit.limit_flags(setup, np.array([[0.0, 1e-4, 0.05], [0.1, 1e-4, 0.05]]))
+    assert limits["Ktrans"].tolist() == [True, False] and search.tolist() == [False, True]
+    assert curvefit.undetermined_flags(setup, limits)["ve"].tolist() == [True, False]
+
+
 def test_metrics_count_an_undetermined_ve_as_neither_valid_nor_failed():
     ct = K.extended_tofts(T, CA, ktrans=0.0, ve=0.2, vp=0.05)[None]
     out = NLLSFitter("extended_tofts").fit(dataset(np.repeat(ct, 4, axis=0)))

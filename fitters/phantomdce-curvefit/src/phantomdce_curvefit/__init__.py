@@ -9,6 +9,7 @@ from phantomdce_curvefit.fitters import (
     DELAY_SETUP,
     LIMITS,
     MODEL_SETUP,
+    UNDETERMINED_AT_LIMIT,
     VERSION,
     CurveFit2CUM,
     CurveFit2CXM,
@@ -20,6 +21,7 @@ from phantomdce_curvefit.fitters import (
     all_fitters,
     limit_flags,
     shift_aif,
+    undetermined_flags,
     unfittable,
 )
 
@@ -40,5 +42,7 @@ __all__ = [
     "unfittable",
     "LIMITS",
     "limit_flags",
+    "UNDETERMINED_AT_LIMIT",
+    "undetermined_flags",
     "__version__",
 ]

@@ -36,9 +36,12 @@ Limits and bounds (the phantomdce fitter contract)
 An estimate at a bound where the model degenerates is a success, flagged by the boolean
 output ``at_limit_<param>`` and stored as the limit itself (:data:`LIMITS`): ``fp`` at its
 upper bound is Fp -> infinity (stored ``inf``; the other parameters are those of the fit at
-the bound), ``ps`` at 0 and ``vp`` at its lower bound are stored ``0.0``. An estimate at
-any other bound except ``Ktrans = 0`` is at a limit of the search only: the voxel fails
-(NaN, ``success=False``).
+the bound), ``ps`` at 0, ``vp`` at its lower bound and ``Ktrans`` at 0 are stored ``0.0``,
+``ve`` at 1 (a physical limit: all tissue is extravascular extracellular space) is stored
+``1.0``. A parameter that a limit leaves undetermined (:data:`UNDETERMINED_AT_LIMIT`: ``ve``
+when ``Ktrans = 0`` or, in the 2CXM, ``ps = 0``) is stored NaN with its ``at_limit_<param>``
+True ("undetermined at this limit") and does not fail the voxel. An estimate at any other
+bound is at a limit of the search only: the voxel fails (NaN, ``success=False``).
 
 Unfittable voxels
 -----------------
@@ -77,6 +80,8 @@ __all__ = [
     "shift_aif",
     "LIMITS",
     "limit_flags",
+    "undetermined_flags",
+    "UNDETERMINED_AT_LIMIT",
 ]
 
 VERSION = "0.1.0"
@@ -132,11 +137,14 @@ LIMITS: dict[tuple[str, str], float] = {
     ("fp", "upper"): float("inf"),
     ("ps", "lower"): 0.0,
     ("vp", "lower"): 0.0,
+    ("Ktrans", "lower"): 0.0,
+    ("ve", "upper"): 1.0,
 }
-"""Bounds where the model degenerates: (parameter, side) -> the value stored there."""
+"""Bounds where the model degenerates or that are physical limits: (parameter, side) -> the
+value stored there."""
 
-PHYSICAL_BOUNDS = {("Ktrans", "lower")}
-"""Bounds that are valid estimates (neither a limit nor a search failure)."""
+UNDETERMINED_AT_LIMIT: dict[str, tuple[str, ...]] = {"Ktrans": ("ve",), "ps": ("ve",)}
+"""Parameter at its limit -> the parameters it leaves undetermined (stored NaN, flagged)."""
 
 BOUND_TOL = 1e-6
 """Relative distance (of the bound interval) within which an estimate is at a bound."""
@@ -157,9 +165,11 @@ def limit_flags(
     Returns
     -------
     limits : dict of str to ndarray of bool
-        ``at_limit`` flags of every parameter that has a limit in :data:`LIMITS`.
+        ``at_limit`` flags of every parameter that has a limit in :data:`LIMITS` (at the
+        bound only; see :func:`undetermined_flags`).
     search : ndarray of bool
-        True where some parameter sits on a bound that is neither a limit nor physical.
+        True where some parameter sits on a bound that is not a limit (a parameter left
+        undetermined by a limit is not judged).
 
     Examples
     --------
@@ -170,18 +180,59 @@ def limit_flags(
 
     """
     limits: dict[str, NDArray[np.bool_]] = {}
-    search = np.zeros(est.shape[0], dtype=bool)
+    hits: dict[str, NDArray[np.bool_]] = {}
     for j, p in enumerate(parameters):
         tol = BOUND_TOL * (p.upper - p.lower)
         with np.errstate(invalid="ignore"):
             at = {"lower": est[:, j] <= p.lower + tol, "upper": est[:, j] >= p.upper - tol}
+        hits[p.name] = np.zeros(est.shape[0], dtype=bool)
         for side, hit in at.items():
             key = (p.name, side)
             if key in LIMITS:
                 limits[p.name] = limits.get(p.name, np.zeros_like(hit)) | hit
-            elif key not in PHYSICAL_BOUNDS:
-                search |= hit
+            else:
+                hits[p.name] |= hit
+    free = undetermined_flags(parameters, limits)
+    search = np.zeros(est.shape[0], dtype=bool)
+    for name, hit in hits.items():
+        search |= hit & ~free.get(name, np.zeros_like(hit))
     return limits, search
+
+
+def undetermined_flags(
+    parameters: tuple[ParameterSetup, ...], limits: dict[str, NDArray[np.bool_]]
+) -> dict[str, NDArray[np.bool_]]:
+    """Voxels whose parameter a limit leaves undetermined (:data:`UNDETERMINED_AT_LIMIT`).
+
+    Parameters
+    ----------
+    parameters : tuple of ParameterSetup
+        The fitted parameters.
+    limits : dict of str to ndarray of bool
+        The ``at_limit`` flags of :func:`limit_flags`.
+
+    Returns
+    -------
+    dict of str to ndarray of bool
+        One entry per fitted parameter that a limit of the model can leave undetermined.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lim, _ = limit_flags(MODEL_SETUP["extended_tofts"], np.array([[0.0, 0.3, 0.05]]))
+    >>> bool(undetermined_flags(MODEL_SETUP["extended_tofts"], lim)["ve"][0])
+    True
+
+    """
+    names = [p.name for p in parameters]
+    out: dict[str, NDArray[np.bool_]] = {}
+    for cause, params in UNDETERMINED_AT_LIMIT.items():
+        if cause not in limits:
+            continue
+        for name in params:
+            if name in names:
+                out[name] = out.get(name, np.zeros_like(limits[cause])) | limits[cause]
+    return out
 
 
 def shift_aif(t: NDArray[np.float64], ca: NDArray[np.float64], delay: float) -> NDArray:
@@ -457,6 +508,11 @@ class CurveFitFitter:
             if p.name in limits:
                 side = "upper" if (p.name, "upper") in LIMITS else "lower"
                 est[limits[p.name], j] = LIMITS[(p.name, side)]
+        free = undetermined_flags(self.parameters, limits)
+        for j, p in enumerate(self.parameters):
+            if p.name in free:
+                est[free[p.name], j] = np.nan
+                limits[p.name] = limits.get(p.name, np.zeros_like(free[p.name])) | free[p.name]
         est[~ok] = np.nan
         return _result(data, names, est, ok, self, limits)
 
