@@ -224,6 +224,24 @@ def test_curvefit_plugin_applies_the_same_limits():
     assert curvefit.undetermined_flags(setup, limits)["ve"].tolist() == [True, False]
 
 
+def test_dcmri_plugin_keeps_ve_at_one():
+    """dcmri's vi at its upper bound is ve -> 1: stored 1.0, flagged, a success (the old
+    adapter failed ~50% of these voxels); Ktrans = 0 leaves ve undetermined."""
+    dc = pytest.importorskip("phantomdce_dcmri.fitters")
+    t = np.arange(0.0, 300.0, 5.0)
+    ca = plasma_aif("parker", t, bat=25.0, hct=0.42)
+    ct = K.extended_tofts(t, ca, ktrans=0.01, ve=0.3, vp=0.05)[None]
+    ct = ct + np.random.default_rng(26).normal(0.0, 0.02, (30, t.size))
+    out = dc.DcmriFitter("extended_tofts").fit(dataset(ct, ca, t))
+    assert out["success"].values.mean() >= 0.95
+    lim = out["at_limit_ve"].values
+    assert lim.any() and np.all(out["ve"].values[lim] == 1.0)
+    est = {"Ktrans": np.array([0.0, 0.1]), "ve": np.array([1e-3, 1e-3]), "vp": np.full(2, 0.05)}
+    limits, search = dc.limit_flags("extended_tofts", est, 0.45)
+    assert limits["Ktrans"].tolist() == [True, False] and limits["ve"].tolist() == [True, False]
+    assert search.tolist() == [False, True]
+
+
 def test_metrics_count_an_undetermined_ve_as_neither_valid_nor_failed():
     ct = K.extended_tofts(T, CA, ktrans=0.0, ve=0.2, vp=0.05)[None]
     out = NLLSFitter("extended_tofts").fit(dataset(np.repeat(ct, 4, axis=0)))

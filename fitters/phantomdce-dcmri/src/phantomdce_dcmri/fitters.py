@@ -54,7 +54,10 @@ Limits (the phantomdce fitter contract): an estimate where the model degenerates
 success, flagged ``at_limit_<param>`` and stored as the limit: ``vb`` at dcmri's lower bound
 is vp -> 0 (stored 0.0), ``PS`` at 0 in the 2CX/2CU models is PS -> 0 (stored 0.0), and
 ``fp`` at or above :data:`FP_LIMIT` (dcmri does not bound ``Fb`` above) is Fp -> infinity
-(stored ``inf``; the other parameters are those of the fit). ``vi`` or ``vb`` at any other
+(stored ``inf``; the other parameters are those of the fit), ``Ktrans`` at 0 is no leakage
+(stored 0.0) and ``vi`` at dcmri's upper bound is the physical limit ve -> 1 (stored 1.0).
+``Ktrans = 0`` (and ``PS = 0`` in the 2CX model) leaves ``ve`` undetermined: it is stored
+NaN with ``at_limit_ve`` True and does not fail the voxel. ``vi`` or ``vb`` at any other
 dcmri bound is a limit of the search only: the voxel fails.
 
 Unfittable voxels (NaN, success False): non-finite values, no positive value (all zeros or a
@@ -247,9 +250,12 @@ def limit_flags(
     Returns
     -------
     limits : dict of str to ndarray of bool
-        ``vp`` (vb at its lower bound), ``ps`` (2CX/2CU: PS = 0), ``fp`` (>= FP_LIMIT).
+        ``vp`` (vb at its lower bound), ``ps`` (2CX/2CU: PS = 0), ``fp`` (>= FP_LIMIT),
+        ``Ktrans`` (Ktrans = 0), ``ve`` (vi at its upper bound, or undetermined because
+        Ktrans or the 2CX PS is 0: see :func:`undetermined_ve`).
     search : ndarray of bool
-        True where vi or vb sits on another of dcmri's bounds.
+        True where vi or vb sits on another of dcmri's bounds (vi not judged where it is
+        undetermined).
 
     Examples
     --------
@@ -268,6 +274,9 @@ def limit_flags(
             limits["fp"] = est["fp"] >= FP_LIMIT
         if "ps" in est:
             limits["ps"] = est["ps"] <= 0.0
+        if "Ktrans" in est:
+            limits["Ktrans"] = est["Ktrans"] <= 0.0
+        free = undetermined_ve(limits)
         for name, dname, scale in (("vp", "vb", 1.0 - H), ("ve", "vi", 1.0)):
             if name not in est:
                 continue
@@ -275,10 +284,33 @@ def limit_flags(
             tol = BOUND_TOL * (hi - lo)
             if name == "vp":
                 limits["vp"] = est[name] <= lo + tol
+                search |= est[name] >= hi - tol
             else:
-                search |= est[name] <= lo + tol
-            search |= est[name] >= hi - tol
+                limits["ve"] = (est[name] >= hi - tol) | free
+                search |= (est[name] <= lo + tol) & ~free
     return limits, search
+
+
+def undetermined_ve(limits: dict[str, NDArray[np.bool_]]) -> NDArray[np.bool_]:
+    """Voxels whose ``ve`` is undetermined: ``Ktrans`` or ``ps`` at its limit 0.
+
+    Parameters
+    ----------
+    limits : dict of str to ndarray of bool
+        ``at_limit`` flags with (some of) ``Ktrans`` and ``ps``.
+
+    Returns
+    -------
+    ndarray of bool
+        True where ve has no effect on the curve (its value is arbitrary).
+
+    """
+    n = next(iter(limits.values())).shape[0] if limits else 0
+    out = np.zeros(n, dtype=bool)
+    for cause in ("Ktrans", "ps"):
+        if cause in limits:
+            out |= limits[cause]
+    return out
 
 
 def unfittable(ct: NDArray[np.float64]) -> NDArray[np.bool_]:
@@ -417,7 +449,10 @@ class DcmriFitter:
         limits, search = limit_flags(self.model, {k: est[:, j] for j, k in enumerate(names)}, H)
         ok &= ~search
         for name, flags in limits.items():
-            est[flags, names.index(name)] = np.inf if name == "fp" else 0.0
+            est[flags, names.index(name)] = {"fp": np.inf, "ve": 1.0}.get(name, 0.0)
+        if "ve" in names:
+            free = undetermined_ve(limits)
+            est[free, names.index("ve")] = np.nan
         est[~ok] = np.nan
         coords = {"voxel": data["voxel"].values.copy()} if "voxel" in data.coords else {}
         out = xr.Dataset({k: ("voxel", est[:, j]) for j, k in enumerate(names)}, coords=coords)
