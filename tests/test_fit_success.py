@@ -290,6 +290,9 @@ def test_the_engine_stores_the_at_limit_flags(tmp_path):
     ds = open_results(tmp_path / "out")["case_0000"].ds
     flags = ds["at_limit_fp"]
     assert flags.dims == ("fitter", "voxel") and flags.dtype == bool
+    for name in ("Ktrans", "ve"):
+        assert ds[f"at_limit_{name}"].dims == ("fitter", "voxel")
+        assert ds[f"at_limit_{name}"].dtype == bool
     cx = ds.sel(fitter="nlls_2cxm")
     assert cx["at_limit_fp"].values.mean() >= 0.25
     hit = cx["at_limit_fp"].values

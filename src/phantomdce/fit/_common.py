@@ -7,8 +7,10 @@ parameters (issue 11, item 1b). The thresholds of that rule live here, in one pl
     The normal matrix ``J^T J`` at the solution, with its columns scaled to unit norm
     (the correlation form, which does not depend on the parameters' units), must have a
     condition number of at most ``1e10``. Larger means a parameter combination that the
-    curve does not constrain (a zero or near-zero column, e.g. ``ve`` when ``Ktrans = 0``,
-    or two columns that are nearly proportional): its estimate is arbitrary.
+    curve does not constrain (a zero or near-zero column, or two columns that are nearly
+    proportional): its estimate is arbitrary. Parameters at a limit, and those a limit
+    leaves undetermined (``ve`` when ``Ktrans = 0``: its column vanishes; see
+    :mod:`phantomdce.fit.base`), are left out of the test.
 :data:`F_ALPHA`
     The model must explain the curve better than "no contrast" (``ct = 0``): the F
     statistic ``((S0 - S) / p) / (S / (n - p))`` (S0 = sum of ct^2, S = residual sum of
