@@ -218,7 +218,7 @@ def _run_dro(path: Path, tmp: Path) -> list[tuple[xr.Dataset, Any, Any, Pipeline
 def _run_phantom(path: Path, tmp: Path) -> list[tuple[xr.Dataset, Any, Any, Pipeline]]:
     from phantomdce.phantom.runner import (
         _cases,
-        _parse,
+        parse_phantom_scenario,
         run_phantom_scenario,
         subject_protocol,
     )
@@ -232,7 +232,8 @@ def _run_phantom(path: Path, tmp: Path) -> list[tuple[xr.Dataset, Any, Any, Pipe
     truth_recorder.RECORDS.clear()
     run_phantom_scenario(path, tmp / raw["name"], fitters=[RECORDER], overrides=overrides)
     assert truth_recorder.RECORDS, f"{path.name}: the recorder saw nothing"
-    scenario, base, acq_sweep, _, subjects, *_, subject_aif = _parse({**raw, **overrides})
+    parsed = parse_phantom_scenario({**raw, **overrides})
+    scenario, base, acq_sweep, _, subjects, *_, subject_aif = parsed
     cases = _cases(scenario, base, acq_sweep)
     protocols = [
         subject_protocol(p, scenario.seed, s, subject_aif)

@@ -202,7 +202,7 @@ def _first_bad(arr: NDArray[np.float64], ok: NDArray[np.bool_]) -> float:
     return float(arr[~ok].flat[0])
 
 
-def _as_float(value: ArrayLike, name: str) -> NDArray[np.float64]:
+def as_float_array(value: ArrayLike, name: str) -> NDArray[np.float64]:
     """Convert ``value`` to a float64 array, naming ``name`` in the error if impossible."""
     try:
         return np.asarray(value, dtype=np.float64)
@@ -210,9 +210,9 @@ def _as_float(value: ArrayLike, name: str) -> NDArray[np.float64]:
         raise ValueError(f"{name}={value!r}: expected a real number or array of numbers") from None
 
 
-def _check_flip_angle(fa: ArrayLike, name: str = "fa") -> NDArray[np.float64]:
+def check_flip_angle(fa: ArrayLike, name: str = "fa") -> NDArray[np.float64]:
     """Validate nominal flip angles in degrees: finite and in the open interval (0, 90)."""
-    arr = _as_float(fa, name)
+    arr = as_float_array(fa, name)
     ok = np.isfinite(arr) & (arr > 0.0) & (arr < 90.0)
     if not np.all(ok):
         raise ValueError(
@@ -223,18 +223,20 @@ def _check_flip_angle(fa: ArrayLike, name: str = "fa") -> NDArray[np.float64]:
 
 def _check_positive(value: ArrayLike, name: str, unit: str, what: str) -> NDArray[np.float64]:
     """Validate a finite, strictly positive quantity."""
-    arr = _as_float(value, name)
+    arr = as_float_array(value, name)
     ok = np.isfinite(arr) & (arr > 0.0)
     if not np.all(ok):
         raise ValueError(f"{name}={_first_bad(arr, ok)!r}{unit}: expected {what}")
     return arr
 
 
-def _check_tr(tr: ArrayLike) -> NDArray[np.float64]:
+def check_tr(tr: ArrayLike) -> NDArray[np.float64]:
+    """Validate a repetition time in s: finite and > 0; the error names ``tr``."""
     return _check_positive(tr, "tr", " s", "a repetition time > 0 in seconds")
 
 
-def _check_b1(b1: ArrayLike, fa: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+def check_b1(b1: ArrayLike, fa: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+    """Validate a B1 scale (actual / nominal flip angle) > 0, and the actual angles with ``fa``."""
     arr = _check_positive(b1, "b1", "", "a flip-angle scale factor (actual/nominal) > 0")
     if fa is not None:
         actual = arr * fa
@@ -248,7 +250,7 @@ def _check_b1(b1: ArrayLike, fa: NDArray[np.float64] | None = None) -> NDArray[n
 
 
 def _check_finite(value: ArrayLike, name: str, unit: str, what: str) -> NDArray[np.float64]:
-    arr = _as_float(value, name)
+    arr = as_float_array(value, name)
     ok = np.isfinite(arr)
     if not np.all(ok):
         raise ValueError(f"{name}={_first_bad(arr, ok)!r}{unit}: expected {what}")
@@ -311,11 +313,11 @@ def spgr(
     array([33.191, 58.951])
 
     """
-    fa_ = _check_flip_angle(fa)
-    tr_ = _check_tr(tr)
-    b1_ = _check_b1(b1, fa_)
-    r1_ = _as_float(r1, "r1")
-    m0_ = _as_float(m0, "m0")
+    fa_ = check_flip_angle(fa)
+    tr_ = check_tr(tr)
+    b1_ = check_b1(b1, fa_)
+    r1_ = as_float_array(r1, "r1")
+    m0_ = as_float_array(m0, "m0")
     a = np.deg2rad(b1_ * fa_)
     e1 = np.exp(-tr_ * r1_)
     return m0_ * np.sin(a) * (1.0 - e1) / (1.0 - np.cos(a) * e1)
@@ -370,14 +372,14 @@ def spgr_inflow(
     True
 
     """
-    fa_ = _check_flip_angle(fa)
-    tr_ = _check_tr(tr)
-    b1_ = _check_b1(b1, fa_)
-    r1_ = _as_float(r1, "r1")
+    fa_ = check_flip_angle(fa)
+    tr_ = check_tr(tr)
+    b1_ = check_b1(b1, fa_)
+    r1_ = as_float_array(r1, "r1")
     if np.any(~(r1_ >= 0)):
         raise ValueError(f"r1={_first_bad(r1_, r1_ >= 0)!r} /s: expected a relaxation rate >= 0")
-    m0_ = _as_float(m0, "m0")
-    n0 = _as_float(pulses, "pulses")
+    m0_ = as_float_array(m0, "m0")
+    n0 = as_float_array(pulses, "pulses")
     if np.any(~(n0 >= 0)):
         raise ValueError(f"pulses={_first_bad(n0, n0 >= 0)!r}: expected a number of RF pulses >= 0")
     a = np.deg2rad(b1_ * fa_)
@@ -387,7 +389,7 @@ def spgr_inflow(
     if pulses_to is None:
         decay = q**n0
     else:
-        n1 = _as_float(pulses_to, "pulses_to")
+        n1 = as_float_array(pulses_to, "pulses_to")
         ok = np.broadcast_to(n1 > n0, np.broadcast_shapes(n0.shape, n1.shape))
         if not ok.all():
             i = np.unravel_index(np.argmin(ok), ok.shape)
@@ -436,14 +438,14 @@ def vfa_signal(
            [3.382 , 1.7712]])
 
     """
-    fas = _check_flip_angle(flip_angles, "flip_angles")
+    fas = check_flip_angle(flip_angles, "flip_angles")
     if fas.ndim != 1:
         raise ValueError(
             f"flip_angles with shape {fas.shape}: expected a 1-D sequence of angles in degrees"
         )
-    r10_ = _as_float(r10, "r10")[..., np.newaxis]
-    m0_ = _as_float(m0, "m0")[..., np.newaxis]
-    b1_ = _check_b1(b1)[..., np.newaxis]
+    r10_ = as_float_array(r10, "r10")[..., np.newaxis]
+    m0_ = as_float_array(m0, "m0")[..., np.newaxis]
+    b1_ = check_b1(b1)[..., np.newaxis]
     return spgr(r10_, fa=fas, tr=tr, m0=m0_, b1=b1_)
 
 
@@ -472,8 +474,8 @@ def r1_from_concentration(
     array([1. , 5.5])
 
     """
-    c_ = _as_float(c, "c")
-    r10_ = _as_float(r10, "r10")
+    c_ = as_float_array(c, "c")
+    r10_ = as_float_array(r10, "r10")
     rel = _check_finite(r1_relaxivity, "r1_relaxivity", " /mM/s", "a finite relaxivity in /mM/s")
     return r10_ + rel * c_
 
@@ -529,13 +531,13 @@ def r1_from_signal(
     array([1., 3., 9.])
 
     """
-    s_ = _as_float(s, "s")
+    s_ = as_float_array(s, "s")
     nd = max(s_.ndim, 1)
-    fa_ = _per_voxel(_check_flip_angle(fa), nd)
-    tr_ = _check_tr(tr)
-    b1_ = _per_voxel(_check_b1(b1, np.max(fa_) if fa_.size else None), nd)
-    s_pre_ = _per_voxel(_as_float(s_pre, "s_pre"), nd)
-    r10_ = _per_voxel(_as_float(r10, "r10"), nd)
+    fa_ = _per_voxel(check_flip_angle(fa), nd)
+    tr_ = check_tr(tr)
+    b1_ = _per_voxel(check_b1(b1, np.max(fa_) if fa_.size else None), nd)
+    s_pre_ = _per_voxel(as_float_array(s_pre, "s_pre"), nd)
+    r10_ = _per_voxel(as_float_array(r10, "r10"), nd)
     cos_a = np.cos(np.deg2rad(b1_ * fa_))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = s_ / s_pre_
@@ -601,11 +603,11 @@ def concentration_from_signal(
     array([0. , 0.5, 2. ])
 
     """
-    s_ = _as_float(s, "s")
+    s_ = as_float_array(s, "s")
     nd = max(s_.ndim, 1)
     rel = _check_finite(r1_relaxivity, "r1_relaxivity", " /mM/s", "a finite relaxivity in /mM/s")
     if np.any(rel == 0.0):
         raise ValueError("r1_relaxivity=0.0 /mM/s: expected a non-zero relaxivity in /mM/s")
     r1 = r1_from_signal(s_, s_pre, r10=r10, fa=fa, tr=tr, b1=b1)
-    r10_ = _per_voxel(_as_float(r10, "r10"), nd)
+    r10_ = _per_voxel(as_float_array(r10, "r10"), nd)
     return (r1 - r10_) / _per_voxel(rel, nd)

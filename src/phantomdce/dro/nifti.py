@@ -168,7 +168,7 @@ def _save(data: np.ndarray, path: Path, *, tr_s: float | None = None, t0_s: floa
     nib.save(img, str(path))
 
 
-def _write_json(obj: Mapping[str, Any], path: Path) -> None:
+def write_json(obj: Mapping[str, Any], path: Path) -> None:
     path.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
@@ -365,7 +365,7 @@ def _export_case(
     def emit(stem: str, data: np.ndarray, sidecar: dict[str, Any], **kw: Any) -> None:
         img_path, json_path = outdir / f"{stem}.nii.gz", outdir / f"{stem}.json"
         _save(data, img_path, **kw)
-        _write_json(sidecar, json_path)
+        write_json(sidecar, json_path)
         written.extend([img_path, json_path])
 
     frames = {
@@ -561,7 +561,7 @@ def _export_image_case(
     def emit(stem, data, affine, sidecar, dt_s=None):
         img_path, json_path = outdir / f"{stem}.nii.gz", outdir / f"{stem}.json"
         _save_image(data, img_path, affine, dt_s)
-        _write_json(sidecar, json_path)
+        write_json(sidecar, json_path)
         written.extend([img_path, json_path])
 
     emit(

@@ -127,7 +127,7 @@ def run_study(
         phantom_digest,
         run_phantom_scenario,
     )
-    from phantomdce.phantom.runner import _parse as parse_phantom
+    from phantomdce.phantom.runner import parse_phantom_scenario as parse_phantom
 
     names: dict[str, Path] = {}
     phantom_names: set[str] = set()

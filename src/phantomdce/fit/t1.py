@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from phantomdce.signal import _as_float, _check_b1, _check_flip_angle, _check_tr
+from phantomdce.signal import as_float_array, check_b1, check_flip_angle, check_tr
 
 __all__ = ["vfa_t1_linear", "vfa_t1_nonlinear"]
 
@@ -22,14 +22,14 @@ def _prepare(
     signals: ArrayLike, flip_angles: ArrayLike, tr: float, b1: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_], float]:
     """Validate inputs; return signals, actual angles (rad), usable mask, and TR."""
-    s = _as_float(signals, "signals")
+    s = as_float_array(signals, "signals")
     if s.ndim < 1:
         raise ValueError(f"signals with shape {s.shape}: expected shape (..., n_angles)")
-    fa = _check_flip_angle(flip_angles, "flip_angles")
-    tr_ = _check_tr(tr)
+    fa = check_flip_angle(flip_angles, "flip_angles")
+    tr_ = check_tr(tr)
     if tr_.ndim != 0:
         raise ValueError(f"tr with shape {tr_.shape}: expected a scalar repetition time in s")
-    b1_ = _check_b1(b1, float(np.max(fa)))
+    b1_ = check_b1(b1, float(np.max(fa)))
     if b1_.ndim >= 1 and b1_.ndim == s.ndim - 1:
         b1_ = b1_[..., np.newaxis]
     try:

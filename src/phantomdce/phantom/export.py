@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from phantomdce.dro.nifti import _write_json
+from phantomdce.dro.nifti import write_json
 from phantomdce.phantom.anatomy import CLASSES, Phantom
 
 __all__ = ["export_phantom_nifti", "read_nifti"]
@@ -119,7 +119,7 @@ def export_phantom_nifti(
     def put(name, data, zooms, meta, dt=None):
         path = out / f"{name}.nii.gz"
         _save(data, path, zooms, dt)
-        _write_json({**common, **meta}, out / f"{name}.json")
+        write_json({**common, **meta}, out / f"{name}.json")
         written.extend([path, out / f"{name}.json"])
 
     put(

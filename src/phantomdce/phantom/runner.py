@@ -233,7 +233,8 @@ def subject_protocol(protocol, seed: int, subject: int, how: str = "same"):
 
     Subjects differ as the DRO scenario ``aif_population`` makes them differ: the AIF
     shape cycles through :data:`SUBJECT_AIFS` (subject 0 gets Parker; the scenario's
-    ``protocol.aif`` is replaced, and :func:`_parse` refuses a scenario that sets it), the
+    ``protocol.aif`` is replaced, and :func:`parse_phantom_scenario` refuses a scenario that
+    sets it), the
     scenario's amplitude scale is multiplied by a factor drawn uniformly in 0.7-1.3 and its
     bolus arrival is moved by -4 to +8 s (not before 0 s), both drawn from a generator
     seeded by ``(seed, subject)``, so scenarios with the same seed have the same subjects.
@@ -355,7 +356,12 @@ def _acquisition(path: str, values: dict[str, Any]) -> Acquisition:
 INFLOW_KEYS = ("artery_velocity_cm_s", "vein_velocity_cm_s", "inflow_offset_mm", "flow_profile")
 
 
-def _parse(raw: dict[str, Any]):
+def parse_phantom_scenario(raw: dict[str, Any]):
+    """Check a phantom scenario's TOML mapping; returns its parts.
+
+    Returns ``(scenario, acquisition, acquisition sweep, shape, subjects, roi rule, carotid
+    ROI, summary, subject_aif)``; every bad value raises ``ConfigError`` naming its key.
+    """
     raw = dict(raw)
     ph = dict(raw.pop("phantom"))
     acq = dict(raw.pop("acquisition", {}))
@@ -459,7 +465,8 @@ def simulate_phantom_scenario(
     path = Path(path)
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     raw.setdefault("name", path.stem)
-    scenario, base, acq_sweep, shape, subjects, _, carotid, _, subject_aif = _parse(raw)
+    parsed = parse_phantom_scenario(raw)
+    scenario, base, acq_sweep, shape, subjects, _, carotid, _, subject_aif = parsed
     phantoms = [
         make_neck(shape, seed=scenario.seed + s, field_strength=scenario.protocol.field_strength)
         for s in range(subjects)
@@ -505,7 +512,8 @@ def run_phantom_scenario(
     raw = {**tomllib.loads(text), **(overrides or {})}
     raw.setdefault("name", path.stem)
     raw = cap_subjects(raw, max_subjects)
-    scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif = _parse(raw)
+    parsed = parse_phantom_scenario(raw)
+    scenario, base, acq_sweep, shape, subjects, roi, carotid, summary, subject_aif = parsed
     fit = FitConfig.from_mapping(
         scenario.fit, model="extended_tofts", fitters=fitters, error_budget_runner=PHANTOM_RUNNER
     )

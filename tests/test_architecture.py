@@ -1,0 +1,67 @@
+"""The architecture's one direction, checked: truth never imports estimation, no private reach."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "phantomdce"
+
+#: The truth side: simulation modules that make cases.
+TRUTH_MODULES = [
+    "phantomdce.aif",
+    "phantomdce.kinetics",
+    "phantomdce.signal",
+    "phantomdce.noise",
+    "phantomdce.dro.scenario",
+    "phantomdce.dro.simulate",
+    "phantomdce.dro.store",
+    "phantomdce.dro.nifti",
+    "phantomdce.dro.boundary",
+    "phantomdce.phantom.anatomy",
+    "phantomdce.phantom.acquire",
+    "phantomdce.phantom.store",
+    "phantomdce.phantom.export",
+    "phantomdce.phantom.dicom",
+]
+
+
+def test_the_truth_side_loads_no_estimation_engine_or_report_module():
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in TRUTH_MODULES)
+        + "bad = sorted(m for m in sys.modules if m.startswith(("
+        "'phantomdce.fit', 'phantomdce.engine', 'phantomdce.report')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def _parent(module: str) -> str:
+    """The package a module belongs to (a package is its own)."""
+    if (SRC.parent / module.replace(".", "/")).is_dir():
+        return module
+    return module.rsplit(".", 1)[0]
+
+
+def test_no_module_imports_a_private_name_of_another_package():
+    offences = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        module = ".".join(rel.parts).removesuffix(".__init__")
+        own = _parent(module)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            if not node.module.startswith("phantomdce"):
+                continue
+            home = _parent(node.module)
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                private_module = any(p.startswith("_") for p in node.module.split(".")[1:])
+                if (private or private_module) and home != own:
+                    offences.append(f"{module}: from {node.module} import {alias.name}")
+    assert offences == []
