@@ -59,8 +59,9 @@ The built-in fitters' thresholds for "cannot determine" are in
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import xarray as xr
 
 from phantomdce.params import MODELS
@@ -72,6 +73,7 @@ __all__ = [
     "AT_LIMIT_VALUES",
     "UNDETERMINED_AT_LIMIT",
     "check_fitter",
+    "undetermined_at_limit",
 ]
 
 FITTER_ATTRIBUTES = ("name", "version", "model", "input", "method")
@@ -82,6 +84,38 @@ AT_LIMIT_VALUES = {"fp": float("inf"), "ps": 0.0, "vp": 0.0, "Ktrans": 0.0, "ve"
 #: Limits that leave other parameters undetermined: parameter at its limit -> the
 #: parameters then stored as NaN and flagged ``at_limit_<param>`` (see the module docstring).
 UNDETERMINED_AT_LIMIT = {"Ktrans": ("ve",), "ps": ("ve",)}
+
+
+def undetermined_at_limit(limits: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Voxels whose parameter a limit leaves undetermined (:data:`UNDETERMINED_AT_LIMIT`).
+
+    Parameters
+    ----------
+    limits : dict of str to ndarray of bool (n_vox,)
+        The ``at_limit_<param>`` flags of the parameters at a limit.
+    names : list of str
+        The model's estimated parameters.
+
+    Returns
+    -------
+    dict of str to ndarray of bool (n_vox,)
+        One entry per estimated parameter that some limit can leave undetermined (e.g.
+        ``ve`` where ``Ktrans`` or the 2CXM's ``ps`` is at 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> undetermined_at_limit({"Ktrans": np.array([True, False])}, ["Ktrans", "ve", "vp"])
+    {'ve': array([ True, False])}
+    """
+    out: dict[str, Any] = {}
+    for cause, params in UNDETERMINED_AT_LIMIT.items():
+        if cause not in limits:
+            continue
+        for name in params:
+            if name in names:
+                out[name] = out.get(name, np.zeros_like(limits[cause])) | limits[cause]
+    return out
 
 
 @runtime_checkable

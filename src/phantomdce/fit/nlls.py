@@ -47,7 +47,7 @@ from phantomdce.fit._common import (
     result_dataset,
     screen_voxels,
 )
-from phantomdce.fit.base import AT_LIMIT_VALUES, UNDETERMINED_AT_LIMIT
+from phantomdce.fit.base import AT_LIMIT_VALUES, undetermined_at_limit
 from phantomdce.fit.llsq import llsq
 from phantomdce.kinetics import FP_UNIT, PER_MIN
 from phantomdce.params import MODELS
@@ -272,14 +272,7 @@ def undetermined(limits: dict[str, np.ndarray], names: list[str]) -> dict[str, n
         One entry per estimated parameter that some limit of the model can leave
         undetermined (e.g. ``ve`` where ``Ktrans`` or the 2CXM's ``ps`` is at 0).
     """
-    out: dict[str, np.ndarray] = {}
-    for cause, params in UNDETERMINED_AT_LIMIT.items():
-        if cause not in limits:
-            continue
-        for name in params:
-            if name in names:
-                out[name] = out.get(name, np.zeros_like(limits[cause])) | limits[cause]
-    return out
+    return undetermined_at_limit(limits, names)
 
 
 def at_search_bound(model: str, estimates: dict[str, np.ndarray]) -> np.ndarray:

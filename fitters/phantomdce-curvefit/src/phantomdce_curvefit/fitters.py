@@ -62,6 +62,8 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 from phantomdce import kinetics
+from phantomdce.fit import base
+from phantomdce.fit.base import undetermined_at_limit
 from scipy.optimize import OptimizeWarning, curve_fit
 
 __all__ = [
@@ -143,7 +145,8 @@ LIMITS: dict[tuple[str, str], float] = {
 """Bounds where the model degenerates or that are physical limits: (parameter, side) -> the
 value stored there."""
 
-UNDETERMINED_AT_LIMIT: dict[str, tuple[str, ...]] = {"Ktrans": ("ve",), "ps": ("ve",)}
+# the contract's own table: which parameters a limit leaves undetermined
+UNDETERMINED_AT_LIMIT = base.UNDETERMINED_AT_LIMIT
 """Parameter at its limit -> the parameters it leaves undetermined (stored NaN, flagged)."""
 
 BOUND_TOL = 1e-6
@@ -224,15 +227,7 @@ def undetermined_flags(
     True
 
     """
-    names = [p.name for p in parameters]
-    out: dict[str, NDArray[np.bool_]] = {}
-    for cause, params in UNDETERMINED_AT_LIMIT.items():
-        if cause not in limits:
-            continue
-        for name in params:
-            if name in names:
-                out[name] = out.get(name, np.zeros_like(limits[cause])) | limits[cause]
-    return out
+    return undetermined_at_limit(limits, [p.name for p in parameters])
 
 
 def shift_aif(t: NDArray[np.float64], ca: NDArray[np.float64], delay: float) -> NDArray:
