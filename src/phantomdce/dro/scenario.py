@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -225,6 +226,40 @@ def _parse_tissue(raw: Mapping[str, Any]) -> TissueGrid:
     return TissueGrid(model, axes)
 
 
+#: A scenario name is a folder name under the output folder: no separators, no "..".
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(path: str, name: str) -> str:
+    """Return ``name`` if it can name a folder inside an output folder, else refuse it.
+
+    Parameters
+    ----------
+    path : str
+        The key, for the message (e.g. ``"name"``).
+    name : str
+        The scenario (or study) name.
+
+    Raises
+    ------
+    ConfigError
+        If the name is empty, absolute, holds a path separator or ``..``, or starts with a
+        character other than a letter or digit (so results cannot escape ``-o``).
+
+    Examples
+    --------
+    >>> check_name("name", "temporal_resolution")
+    'temporal_resolution'
+    """
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{path} = {name!r}: expected a plain name of up to 128 letters, digits, '.', '_'"
+            " or '-', starting with a letter or digit (no path separators, no '..'): it"
+            " names the scenario's folder inside the output folder"
+        )
+    return name
+
+
 def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -> Scenario:
     """Validate a scenario given as a mapping (the parsed TOML).
 
@@ -251,7 +286,7 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     for key in data:
         if key not in TOP_KEYS:
             raise unknown_key("", key, TOP_KEYS)
-    name = as_str("name", data.get("name", default_name))
+    name = check_name("name", as_str("name", data.get("name", default_name)))
     description = data.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"description = {description!r}: expected a string")

@@ -84,16 +84,53 @@ class Regression:
         )
 
 
+#: Columns of ``metrics.csv`` that the gate reads.
+GATE_COLUMNS = ("case", "fitter", "parameter", "bias", "sd", "failure_rate")
+
+
 def _read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.csv``, refusing an empty, truncated or partial file.
+
+    Every fitter that ``run.json`` names must have rows: a run whose metrics do not cover
+    its fitters (a disk that filled while writing, a file cut short) is refused, so that a
+    baseline or a check can never rest on nothing.
+    """
     path = out / "metrics.csv"
+    redo = "; run the same `phantomdce run` command again to rewrite it"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics; is {out} a finished `phantomdce run`?")
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in GATE_COLUMNS if c not in header]
+        if missing:
+            raise ConfigError(
+                f"{path} is empty or damaged: no column {', '.join(missing)}{redo}"
+            )
+        rows = list(reader)
+    if not rows:
+        raise ConfigError(f"{path} holds no metrics rows{redo}")
+    for i, row in enumerate(rows):
+        if None in row or any(v is None for v in row.values()):
+            raise ConfigError(f"{path}: row {i + 2} is cut short or has extra fields{redo}")
         for key, value in row.items():
             if key not in ("case", "fitter", "parameter"):
-                row[key] = float(value) if value not in ("", "nan") else math.nan
+                try:
+                    row[key] = float(value) if value not in ("", "nan") else math.nan
+                except ValueError:
+                    raise ConfigError(
+                        f"{path}: row {i + 2}, {key} = {value!r}: expected a number{redo}"
+                    ) from None
+    meta_path = out / "run.json"
+    if meta_path.exists():
+        named = [f["name"] for f in json.loads(meta_path.read_text()).get("fitters", [])]
+        present = {r["fitter"] for r in rows}
+        absent = [f for f in named if f not in present]
+        if absent:
+            raise ConfigError(
+                f"{path} has no rows for {', '.join(absent)}, which the run names: the"
+                f" metrics are incomplete{redo}"
+            )
     return rows
 
 
@@ -205,6 +242,24 @@ def check_run(
         if _worse(now["failure_rate"], allowed, base["failure_rate"]):
             found.append(
                 Regression(*key, "failure_rate", base["failure_rate"], now["failure_rate"], allowed)
+            )
+    base_fitters = {b["fitter"] for b in baseline["metrics"]}
+    for fitter in run_fitters:
+        if fitter not in base_fitters:
+            found.append(
+                Regression(
+                    "every case",
+                    fitter,
+                    "every parameter",
+                    "not in the baseline",
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    note=(
+                        f"fitter {fitter!r} of the run has no rows in the baseline: the check"
+                        " cannot judge it; make a new baseline that includes it"
+                    ),
+                )
             )
     return found
 
