@@ -88,10 +88,10 @@ class Regression:
 GATE_COLUMNS = ("case", "fitter", "parameter", "bias", "sd", "failure_rate")
 
 
-def _read_metrics(out: Path) -> list[dict[str, Any]]:
+def _read_metrics(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.csv``, refusing an empty, truncated or partial file.
 
-    Every fitter that ``run.json`` names must have rows: a run whose metrics do not cover
+    Every fitter that ``run.json`` (``meta``) names must have rows: a run whose metrics do not cover
     its fitters (a disk that filled while writing, a file cut short) is refused, so that a
     baseline or a check can never rest on nothing.
     """
@@ -121,16 +121,13 @@ def _read_metrics(out: Path) -> list[dict[str, Any]]:
                     raise ConfigError(
                         f"{path}: row {i + 2}, {key} = {value!r}: expected a number{redo}"
                     ) from None
-    meta_path = out / "run.json"
-    if meta_path.exists():
-        named = [f["name"] for f in json.loads(meta_path.read_text()).get("fitters", [])]
-        present = {r["fitter"] for r in rows}
-        absent = [f for f in named if f not in present]
-        if absent:
-            raise ConfigError(
-                f"{path} has no rows for {', '.join(absent)}, which the run names: the"
-                f" metrics are incomplete{redo}"
-            )
+    present = {r["fitter"] for r in rows}
+    absent = [f["name"] for f in meta.get("fitters", []) if f["name"] not in present]
+    if absent:
+        raise ConfigError(
+            f"{path} has no rows for {', '.join(absent)}, which the run names: the"
+            f" metrics are incomplete{redo}"
+        )
     return rows
 
 
@@ -160,7 +157,7 @@ def make_baseline(out: str | Path, tolerances: Tolerances | None = None) -> dict
                 "parameter": r["parameter"],
                 **{k: r[k] for k in keep},
             }
-            for r in _read_metrics(out)
+            for r in _read_metrics(out, meta)
         ],
     }
 
@@ -186,7 +183,7 @@ def check_run(
             " applies to a run of the same scenario"
         )
     tol = tolerances or Tolerances(**baseline.get("tolerances", {}))
-    rows = _read_metrics(out)
+    rows = _read_metrics(out, meta)
     current = {(r["case"], r["fitter"], r["parameter"]): r for r in rows}
     run_fitters = list(dict.fromkeys(r["fitter"] for r in rows))
     found: list[Regression] = []

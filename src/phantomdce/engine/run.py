@@ -248,7 +248,8 @@ def estimated_parameters(model: str) -> list[str]:
     """Parameters a fitter of ``model`` gives, with the derived ones the engine adds.
 
     The model's own parameters, Ktrans = Fp PS / (Fp + PS) for the two-compartment models
-    (first) and kep = Ktrans / ve where both exist (last), as :func:`_collect` derives them.
+    (first) and kep = Ktrans / ve where both exist (last), as :func:`collect_estimates`
+    derives them.
     """
     names = list(MODELS[model].parameters)
     if "fp" in names and "ps" in names:
@@ -537,15 +538,6 @@ def _fit_isolated(spec: str, info, data: xr.Dataset, timeout: float) -> xr.Datas
     return outcome["result"]
 
 
-def _collect(result: Any, info, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Check a fitter's output; raise ValueError naming what is wrong.
-
-    The estimates and ``success`` of :func:`_collect_limits`, without the flags.
-    """
-    est, success, _ = _collect_limits(result, info, n)
-    return est, success
-
-
 def collect_estimates(
     result: Any, info: Any, n: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
@@ -567,20 +559,9 @@ def collect_estimates(
     success : ndarray of bool
         False also where an estimate is not finite (and not a flagged limit).
     at_limit : dict of str to ndarray of bool
-        The ``at_limit_<param>`` flags the fitter gave.
-    """
-    return _collect_limits(result, info, n)
-
-
-def _collect_limits(
-    result: Any, info, n: int
-) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
-    """Check a fitter's output; raise ValueError naming what is wrong.
-
-    Returns the estimates (with the derived Ktrans and kep), ``success`` and the
-    ``at_limit_<param>`` flags the fitter gave (bool, False where ``success`` is False).
-    A flagged estimate may be infinite (Fp -> infinity); the two-compartment Ktrans is
-    then PS.
+        The ``at_limit_<param>`` flags the fitter gave (False where ``success`` is False).
+        A flagged estimate may be infinite (Fp -> infinity); the two-compartment Ktrans is
+        then PS.
     """
     if not isinstance(result, xr.Dataset):
         raise ValueError(f"returned {type(result).__name__}, expected an xarray.Dataset")
@@ -693,7 +674,7 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
                 result = _fit_isolated(spec, info, view, fit.timeout_s)
             else:
                 result = info.fitter.fit(view)
-            est, ok, limits = _collect_limits(result, info, n)
+            est, ok, limits = collect_estimates(result, info, n)
             for name, values in est.items():
                 block[name][f] = np.where(ok, values, np.nan)
             success[f] = ok
