@@ -24,6 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from phantomdce.files import write_atomic
+from phantomdce.report.render import _html_table, _md, _md_table
+
 __all__ = ["write_plain_report", "PLAIN_PARAMETERS"]
 
 #: Parameters drawn on the figures (every parameter of metrics.csv is in the tables).
@@ -71,6 +74,8 @@ def _figure(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str], title:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from phantomdce.report.figures import figure_to_png
+
     cases = list(dict.fromkeys(r["case"] for r in rows))
     x = {c: i for i, c in enumerate(cases)}
     fig = Figure(figsize=(max(6.0, 0.6 * len(cases) + 3.0), 6.5), dpi=100)
@@ -101,7 +106,7 @@ def _figure(rows: Sequence[Mapping[str, str]], labels: Mapping[str, str], title:
     if series:
         axes[0].legend(fontsize="small", ncols=2)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    write_atomic(path, figure_to_png(fig))
 
 
 def write_plain_report(
@@ -150,7 +155,7 @@ def write_plain_report(
         " metrics (bias in the parameter's units: Ktrans /min, ve and vp fractions; relative"
         " bias and CV over replicates in %) without a verdict.",
     ]
-    md = [f"# {title}", "", *(f"- {h}" for h in head), ""]
+    md = [f"# {_md(title)}", "", *(f"- {_md(h)}" for h in head), ""]
     body = [f"<h1>{html.escape(title)}</h1>", "<ul>"]
     body += [f"<li>{html.escape(h)}</li>" for h in head] + ["</ul>"]
     for run in map(Path, runs):
@@ -173,23 +178,14 @@ def write_plain_report(
             + [_fmt(r.get(c[0], "")) for c in _COLUMNS]
             for r in rows
         ]
-        md += [f"## {name}", "", about, "", f"![metrics](figures/{fig.name})", ""]
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        md += ["| " + " | ".join(cells) + " |" for cells in table]
-        md.append("")
+        md += [f"## {_md(name)}", "", _md(about), "", f"![metrics](figures/{fig.name})", ""]
+        md += [_md_table(header, table), ""]
         body += [
             f"<h2>{html.escape(name)}</h2>",
             f"<p>{html.escape(about)}</p>",
             f'<img src="figures/{html.escape(fig.name)}" alt="metrics of {html.escape(name)}">',
-            "<table><thead><tr>"
-            + "".join(f"<th>{html.escape(h)}</th>" for h in header)
-            + "</tr></thead><tbody>",
+            _html_table(header, table),
         ]
-        body += [
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-            for cells in table
-        ]
-        body.append("</tbody></table>")
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"
@@ -199,8 +195,8 @@ def write_plain_report(
     )
     paths["html"] = out / "index.html"
     paths["markdown"] = out / "summary.md"
-    paths["html"].write_text(page, encoding="utf-8")
-    paths["markdown"].write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_atomic(paths["html"], page)
+    write_atomic(paths["markdown"], "\n".join(md) + "\n")
     return paths
 
 
