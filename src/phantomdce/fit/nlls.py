@@ -256,35 +256,17 @@ def at_limits(model: str, estimates: dict[str, np.ndarray]) -> dict[str, np.ndar
     return out
 
 
-def undetermined(limits: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """Voxels whose parameter a limit leaves undetermined (``UNDETERMINED_AT_LIMIT``).
-
-    Parameters
-    ----------
-    limits : dict of str to ndarray of bool (n_vox,)
-        The at-limit flags (:func:`at_limits`).
-    names : list of str
-        The model's estimated parameters.
-
-    Returns
-    -------
-    dict of str to ndarray of bool (n_vox,)
-        One entry per estimated parameter that some limit of the model can leave
-        undetermined (e.g. ``ve`` where ``Ktrans`` or the 2CXM's ``ps`` is at 0).
-    """
-    return undetermined_at_limit(limits, names)
-
-
 def at_search_bound(model: str, estimates: dict[str, np.ndarray]) -> np.ndarray:
     """Voxels with a parameter at a limit of the search (not a limit in :data:`LIMITS`).
 
     Such a fit did not find a minimum inside the admissible region (typically a curve
     with no information on that parameter, such as pure noise), so it is not a success.
-    A parameter left undetermined by a limit (:func:`undetermined`) is not judged: its
-    value is arbitrary.
+    A parameter left undetermined by a limit
+    (:func:`~phantomdce.fit.base.undetermined_at_limit`) is not judged: its value is
+    arbitrary.
     """
     out = np.zeros(next(iter(estimates.values())).shape, dtype=bool)
-    free = undetermined(at_limits(model, estimates), list(estimates))
+    free = undetermined_at_limit(at_limits(model, estimates), list(estimates))
     for name, values in estimates.items():
         lo, hi = _bound_interval(model, name)
         tol = BOUND_TOL * (hi - lo)
@@ -388,11 +370,12 @@ def _judged_fit(
     """Fit and judge: estimates, sse, success, and the at-limit flags per parameter.
 
     An estimate at a limit is stored as the limit (:data:`LIMITS`); a parameter that a
-    limit leaves undetermined (:func:`undetermined`) is stored as NaN, and both are flagged.
+    limit leaves undetermined (:func:`~phantomdce.fit.base.undetermined_at_limit`) is
+    stored as NaN, and both are flagged.
     """
     est, sse, stuck, theta, names = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
     limits = at_limits(model, est)
-    free = undetermined(limits, names)
+    free = undetermined_at_limit(limits, names)
     include = np.ones(theta.shape, dtype=bool)
     for q, name in enumerate(names):
         if name in limits:

@@ -42,6 +42,7 @@ from phantomdce.report.verdict import (
 from phantomdce.report.words import (
     CLASS_WORDS,
     describe_criterion,
+    fmt_pct,
     loosest_words,
     tissue_words,
     verdict_summary,
@@ -129,16 +130,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
 
 
-def _pct(x: float) -> str:
-    if not math.isfinite(x):
-        return "NaN" if math.isnan(x) else str(x)
-    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
-
-
 def _bias_cell(rb: float, lo: float, hi: float) -> str:
     if math.isnan(lo) or math.isnan(hi):
-        return _pct(rb)
-    return f"{_pct(rb)} [{_pct(lo)}, {_pct(hi)}]"
+        return fmt_pct(rb)
+    return f"{fmt_pct(rb)} [{fmt_pct(lo)}, {fmt_pct(hi)}]"
 
 
 def _short_criterion(criterion: Criterion, params: Sequence[str]) -> str:
@@ -217,15 +212,15 @@ def _setting_cells(v: Verdict, s: Setting) -> tuple[list[str], set[int]]:
             cells += ["-", "-", "-", "-"]
         else:
             same = math.isnan(c.case_bias_min) or c.case_bias_min == c.case_bias_max
-            failed = _pct(100 * c.failure_rate)
+            failed = fmt_pct(100 * c.failure_rate)
             if math.isfinite(c.at_limit_rate) and c.at_limit_rate > 0:
-                failed += f" (+{_pct(100 * c.at_limit_rate)} at a limit)"
+                failed += f" (+{fmt_pct(100 * c.at_limit_rate)} at a limit)"
             if s.status in _UNJUDGED:
                 grey.update(range(len(cells), len(cells) + 3))
             cells += [
                 _bias_cell(c.rel_bias_pct, c.ci_low, c.ci_high),
-                "-" if same else f"{_pct(c.case_bias_min)} to {_pct(c.case_bias_max)}",
-                f"{_pct(c.cv_pct)}" + ("" if same else f" ({_pct(c.cv_noise_pct)})"),
+                "-" if same else f"{fmt_pct(c.case_bias_min)} to {fmt_pct(c.case_bias_max)}",
+                f"{fmt_pct(c.cv_pct)}" + ("" if same else f" ({fmt_pct(c.cv_noise_pct)})"),
                 failed,
             ]
     if v.tissue_grid:
@@ -240,8 +235,8 @@ def _setting_cells(v: Verdict, s: Setting) -> tuple[list[str], set[int]]:
             p = worst.parameter
             cells.append(
                 f"{tissue_words(worst.truth)}: {p} bias "
-                f"{_pct(worst.rel_bias_pct.get(p, math.nan))}%, CV "
-                f"{_pct(worst.cv_pct.get(p, math.nan))}%"
+                f"{fmt_pct(worst.rel_bias_pct.get(p, math.nan))}%, CV "
+                f"{fmt_pct(worst.cv_pct.get(p, math.nan))}%"
             )
         if s.status in _UNJUDGED:
             grey.update((len(cells) - 2, len(cells) - 1))
@@ -271,10 +266,10 @@ def _budget_table(entries: list[BudgetEntry]) -> tuple[list[str], list[list[str]
             [
                 _BUDGET_NAMES.get(e.stage, f"true {e.stage}"),
                 e.parameter,
-                _pct(e.rel_bias_pct),
-                _pct(e.cv_pct),
-                "-" if not e.stage else _pct(e.bias_share_pct),
-                "-" if not e.stage else _pct(e.cv_share_pct),
+                fmt_pct(e.rel_bias_pct),
+                fmt_pct(e.cv_pct),
+                "-" if not e.stage else fmt_pct(e.bias_share_pct),
+                "-" if not e.stage else fmt_pct(e.cv_share_pct),
             ]
         )
     return header, rows

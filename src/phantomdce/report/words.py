@@ -37,6 +37,7 @@ from phantomdce.report.verdict import (
     Setting,
     TissueCheck,
     Verdict,
+    _walk,
     criterion_parameters,
     format_knob_value,
 )
@@ -328,16 +329,8 @@ def _grid_sentence(verdict: Verdict) -> str:
         return f"holds {bound} {format_knob_value(x, verdict.knob_label)}"
 
     text = f"On the grid average the criterion {holds(avg)}; in every tissue it {holds(worst)}"
-    # the tissue that breaks the every-tissue walk
-    breaking, passed = None, worst is None
-    for s in verdict.settings:
-        if s.status == NO_DATA:
-            continue
-        if passed and not s.all_tissues_meet:
-            breaking = s
-            break
-        if worst is not None and s.knob_value == worst:
-            passed = True
+    # the setting that breaks the every-tissue walk (the verdict's own walk)
+    _, breaking = _walk(list(verdict.settings), lambda s: s.all_tissues_meet)
     if breaking is not None and breaking.worst_tissue is not None:
         text += (
             f" (at {format_knob_value(breaking.knob_value, verdict.knob_label)} the worst "
