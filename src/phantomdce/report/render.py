@@ -85,8 +85,6 @@ _CSS_CLASS = {
 
 _NO_RESULTS = "No results for this recommendation."
 
-_CLASS_WORDS = CLASS_WORDS
-
 
 @dataclass(frozen=True)
 class _Fig:
@@ -481,7 +479,7 @@ def _html(
     out.append(_html_table(header, rows, raw=True))
     out.append(
         "<p>Classes: "
-        + "; ".join(f"{_badge(k)} {_h(w)}" for k, w in _CLASS_WORDS)
+        + "; ".join(f"{_badge(k)} {_h(w)}" for k, w in CLASS_WORDS)
         + ". The loosest setting is reached from the strictest simulated one without a setting "
         "that does not meet in between; settings without data are skipped. On a tissue grid "
         "the loosest setting is also given for the grid average alone and with every tissue "
@@ -662,7 +660,7 @@ def _markdown(
         )
     )
     out += ["", "Classes:", ""]
-    out += [f"- **{k}**: {_md(w)}" for k, w in _CLASS_WORDS]
+    out += [f"- **{k}**: {_md(w)}" for k, w in CLASS_WORDS]
     if literature:
         out += [
             "",
