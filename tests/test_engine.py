@@ -17,7 +17,8 @@ import xarray as xr
 from phantomdce.cli import main
 from phantomdce.dro.config import ConfigError
 from phantomdce.engine.gate import check_run, make_baseline
-from phantomdce.engine.run import _fit_isolated, execute, finalize, open_results, plan_run, run
+from phantomdce.engine.isolate import fit_isolated
+from phantomdce.engine.run import execute, finalize, open_results, plan_run, run
 from phantomdce.testing import assert_fitter_accuracy
 
 PLUGINS = str(Path(__file__).parent / "engine_plugins")
@@ -191,7 +192,7 @@ def test_the_time_limit_counts_the_fit_not_the_child_start_up(monkeypatch):
     monkeypatch.setenv("ACME_IMPORT_DELAY_S", "2")
     data = xr.Dataset({"ct": (("voxel", "time"), np.zeros((5, 8)))})
     info = SimpleNamespace(name="acme_slow_start")
-    result = _fit_isolated("acme_slow_start:QuickFit", info, data, timeout=1.0)
+    result = fit_isolated("acme_slow_start:QuickFit", info, data, timeout=1.0)
     np.testing.assert_array_equal(result["Ktrans"].values, np.full(5, 0.1))
     assert result["success"].values.all()
 
