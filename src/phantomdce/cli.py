@@ -183,7 +183,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     _check_output_dir(args.output)
     if _is_phantom(args.scenario):
-        from phantomdce.phantom.runner import simulate_phantom_scenario
+        from phantomdce.phantom.scenario import simulate_phantom_scenario
 
         update, close = _progress(args.quiet)
         try:
@@ -248,8 +248,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_report_target(args)
     if is_study(args.scenario):
         return _cmd_run_study(args)
-    if _is_phantom(args.scenario):
-        return _cmd_run_phantom(args)
     from phantomdce.engine.run import execute, finalize, plan_run
 
     fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
@@ -258,13 +256,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         resumed = len(plan.units) - len(pending)
         note = f", resuming: {resumed} of {len(plan.units)} chunks already done" if resumed else ""
+        sc = plan.scenario
+        size = (
+            f"{sc.subjects} phantom subjects x {sc.replicates} acquisitions"
+            if plan.phantom
+            else f"{sc.n_voxels} voxels"
+        )
         print(
-            f"run {plan.scenario.name!r}: {len(plan.scenario.cases())} cases x"
-            f" {plan.scenario.n_voxels} voxels, fitters {', '.join(i.name for i in plan.fitters)}"
-            f" -> {plan.out}{note}",
+            f"run {sc.name!r}: {len(sc.cases())} cases x {size},"
+            f" fitters {', '.join(i.name for i in plan.fitters)} -> {plan.out}{note}",
             file=sys.stderr,
         )
-    update, close = _progress(args.quiet, "fitting", "chunk")
+    update, close = _progress(args.quiet, "fitting", "subject" if plan.phantom else "chunk")
     t0 = time.perf_counter()
     try:
         execute(plan, scheduler=args.scheduler, workers=args.workers, progress=update)
@@ -282,7 +285,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     n_failed = _count_failures(plan.out)
     if n_failed:
         print(f"  {n_failed} fitter chunks failed: see {plan.out}/failures.csv")
-    n = len(plan.scenario.cases()) * plan.scenario.n_voxels
+    if plan.phantom:
+        from phantomdce.engine.run import open_results
+
+        tree = open_results(plan.out)
+        n = sum(tree[c.name].sizes.get("voxel", 0) for c in plan.scenario.cases())
+    else:
+        n = len(plan.scenario.cases()) * plan.scenario.n_voxels
     print(f"  {n} voxel curves in {elapsed:.1f} s")
     if args.report:
         _write_report(plan.out, Path(args.report), argv_command(args))
@@ -302,43 +311,12 @@ def _count_failures(out: Path) -> int:
 def _is_phantom(path: str) -> bool:
     import tomllib
 
-    from phantomdce.phantom.runner import is_phantom_scenario
+    from phantomdce.phantom.scenario import is_phantom_scenario
 
     try:
         return is_phantom_scenario(tomllib.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return False  # the regular path reports the problem with the file
-
-
-def _cmd_run_phantom(args: argparse.Namespace) -> int:
-    from phantomdce.phantom.runner import run_phantom_scenario
-
-    fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
-    if args.scheduler is not None or args.workers is not None:
-        print(
-            "note: a phantom scenario runs in this process; --scheduler and --workers do"
-            " not apply to it",
-            file=sys.stderr,
-        )
-    if not args.quiet:
-        print(f"phantom scenario {args.scenario} -> {args.output}", file=sys.stderr)
-    t0 = time.perf_counter()
-    rows = run_phantom_scenario(args.scenario, args.output, fitters=fitters)
-    out = Path(args.output)
-    print(f"results: {out}/estimates.zarr, {out}/metrics.csv ({time.perf_counter() - t0:.1f} s)")
-    from phantomdce.engine.run import open_results
-
-    tree = open_results(out)
-    labels = {
-        name: " ".join(f"{k}={v}" for k, v in tree[name].attrs.get("case_values", {}).items())
-        or name
-        for name in tree.children
-    }
-    print("  bias in the parameter's units (Ktrans /min; ve, vp fractions); CV over replicates")
-    print(_metrics_summary(rows, labels))
-    if args.report:
-        _write_report(out, Path(args.report), argv_command(args))
-    return 0
 
 
 def argv_command(args: argparse.Namespace) -> str:

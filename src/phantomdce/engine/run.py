@@ -65,6 +65,12 @@ from phantomdce.engine.isolate import (  # noqa: F401 - FitterError re-exported
 )
 from phantomdce.files import write_atomic
 from phantomdce.params import MODELS, PARAMETERS
+from phantomdce.phantom.scenario import (
+    PhantomScenario,
+    cap_subjects,
+    is_phantom_scenario,
+    parse_phantom_scenario,
+)
 
 __all__ = [
     "RunPlan",
@@ -125,22 +131,33 @@ class RunPlan:
         Result directory.
     raw : dict
         The scenario as parsed from TOML (what workers re-read).
-    scenario : Scenario
-        The checked scenario.
+    scenario : Scenario or PhantomScenario
+        The checked scenario (a phantom scenario when the file has ``[phantom]``).
     fit : FitConfig
         Checked fit settings.
     fitters : list of FitterInfo
         Resolved fitters.
     units : list of tuple
-        ``(case_index, chunk_index, voxel_start, voxel_stop)`` for every unit.
+        ``(case_index, chunk_index, voxel_start, voxel_stop)`` for every unit; a phantom
+        case's chunks are its subjects (chunk ``s`` is subject ``s``; its voxels are known
+        only when its ROIs are placed, so start and stop are 0).
     """
 
     out: Path
     raw: dict[str, Any]
-    scenario: Scenario
+    scenario: Scenario | PhantomScenario
     fit: FitConfig
     fitters: list
     units: list[tuple[int, int, int, int]]
+
+    @property
+    def phantom(self) -> bool:
+        """Whether this is a phantom scenario (units are case x subject)."""
+        return isinstance(self.scenario, PhantomScenario)
+
+    def unit_store(self, case_index: int, chunk_index: int) -> Path:
+        """Where a phantom unit writes its results (see :mod:`phantomdce.engine.phantom`)."""
+        return self.out / "units" / f"case_{case_index:04d}_chunk_{chunk_index:05d}.zarr"
 
     @property
     def store(self) -> Path:
@@ -184,6 +201,15 @@ def _truth_names(scenario: Scenario) -> list[str]:
 
 def _run_json(plan: RunPlan, toml_text: str) -> dict[str, Any]:
     versions = {i.name: i.version for i in plan.fitters}
+    extra = {}
+    if plan.phantom:
+        from phantomdce.engine.phantom import ROI_MAX_FAILED_FRACTION
+
+        extra["phantom"] = {
+            **plan.scenario.settings(),
+            "roi_max_failed_fraction": ROI_MAX_FAILED_FRACTION,
+        }
+        extra["scenario_mapping"] = plan.scenario.raw
     return {
         "scenario_name": plan.scenario.name,
         "scenario_hash": plan.scenario.hash,
@@ -193,8 +219,25 @@ def _run_json(plan: RunPlan, toml_text: str) -> dict[str, Any]:
         "scenario": plan.scenario.source,
         "fit": plan.fit.as_dict(),
         "fitters": [{**fitter_record(e.info), **e.record_keys()} for e in plan.entries],
+        **extra,
         "phantomdce_version": phantomdce.__version__,
     }
+
+
+def parse_any(raw: dict[str, Any]) -> Scenario | PhantomScenario:
+    """A DRO scenario, or a phantom scenario when the mapping has ``[phantom]``."""
+    return parse_phantom_scenario(raw) if is_phantom_scenario(raw) else parse_scenario(raw)
+
+
+def fit_config(scenario: Scenario | PhantomScenario, fitters: list[str] | None) -> FitConfig:
+    if isinstance(scenario, PhantomScenario):
+        return FitConfig.from_mapping(
+            scenario.scenario.fit,
+            model="extended_tofts",
+            fitters=fitters,
+            error_budget_runner="phantom scenarios",
+        )
+    return FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=fitters)
 
 
 def estimated_parameters(model: str) -> list[str]:
@@ -257,6 +300,7 @@ def plan_run(
     *,
     fitters: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    phantom_subjects: int | None = None,
 ) -> RunPlan:
     """Check everything and prepare (or reopen) the result directory.
 
@@ -269,7 +313,11 @@ def plan_run(
     fitters : list of str, optional
         Fitter names or ``module:attribute`` specs, overriding ``[fit] fitters``.
     overrides : dict, optional
-        Top-level scenario keys to replace (a study's ``replicates``, for example).
+        Top-level scenario keys to replace (a study's ``replicates``, for example); a
+        phantom scenario keeps its own (its replicates are repeated acquisitions).
+    phantom_subjects : int, optional
+        At most this many subjects for a phantom scenario (a study's ``phantom_subjects``,
+        :func:`phantomdce.phantom.scenario.cap_subjects`); part of the run's identity.
 
     Returns
     -------
@@ -282,19 +330,28 @@ def plan_run(
         something else; nothing is written in that case.
     """
     raw, text = _read_raw(scenario_path)
-    if overrides:
+    if is_phantom_scenario(raw):
+        capped = cap_subjects(raw, phantom_subjects)
+        if capped != raw:
+            text += f"\n# the study keeps at most {phantom_subjects} phantom subjects\n"
+        raw = capped
+    elif overrides:
         raw = {**raw, **overrides}
         text += "\n# overridden by the study: " + json.dumps(overrides, sort_keys=True) + "\n"
-    scenario = parse_scenario(raw)
-    fit = FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=fitters)
+    scenario = parse_any(raw)
+    fit = fit_config(scenario, fitters)
     infos = fit.resolve()
-    n_vox = scenario.n_voxels
-    step = fit.chunk_voxels
-    units = [
-        (case.index, k, a, min(a + step, n_vox))
-        for case in scenario.cases()
-        for k, a in enumerate(range(0, n_vox, step))
-    ]
+    if isinstance(scenario, PhantomScenario):
+        subjects = range(scenario.subjects)
+        units = [(case.index, s, 0, 0) for case in scenario.cases() for s in subjects]
+    else:
+        n_vox = scenario.n_voxels
+        step = fit.chunk_voxels
+        units = [
+            (case.index, k, a, min(a + step, n_vox))
+            for case in scenario.cases()
+            for k, a in enumerate(range(0, n_vox, step))
+        ]
     plan = RunPlan(Path(out), raw, scenario, fit, infos, units)
     _check_oracles(plan)
     meta = _run_json(plan, text)
@@ -329,6 +386,9 @@ def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
     tmp = plan.out / "estimates.zarr.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
+    if plan.phantom:
+        _create_phantom_store(plan, meta, tmp)
+        return
     root_ds = cases_table(plan.scenario)
     root_ds.attrs.update(
         {"run_identity": meta["run_identity"], "fitters": [e.name for e in plan.entries]}
@@ -421,14 +481,47 @@ def _create_store(plan: RunPlan, meta: dict[str, Any]) -> None:
     write_atomic(plan.out / "run.json", json.dumps(meta, indent=2, default=str))
 
 
+def _create_phantom_store(plan: RunPlan, meta: dict[str, Any], tmp: Path) -> None:
+    """The store of a phantom run: the cases table and empty case nodes with their attrs.
+
+    Each case node is written when the run is finalized (:func:`finalize`), from its
+    subjects' unit stores in ``OUT/units/``.
+    """
+    import zarr
+
+    root_ds = plan.scenario.cases_table()
+    root_ds.attrs.update(
+        {"run_identity": meta["run_identity"], "fitters": [e.name for e in plan.entries]}
+    )
+    root_ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=2)
+    group = zarr.open_group(str(tmp), mode="a", zarr_format=2)
+    for case in plan.scenario.cases():
+        g = group.create_group(case.name)
+        g.attrs.update(
+            {
+                **case.protocol.as_attrs(),
+                "acquisition": dict(case.acquisition.__dict__),
+                "case_index": case.index,
+                "case_values": case.values,
+                "model": "extended_tofts",
+            }
+        )
+    (plan.out / "progress").mkdir(exist_ok=True)
+    (plan.out / "units").mkdir(exist_ok=True)
+    tmp.rename(plan.store)
+    write_atomic(plan.out / "run.json", json.dumps(meta, indent=2, default=str))
+
+
 # -- one unit of work --------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=4)
-def _load(raw_json: str, fitters: tuple[str, ...]) -> tuple[Scenario, FitConfig, list]:
+def _load(
+    raw_json: str, fitters: tuple[str, ...]
+) -> tuple[Scenario | PhantomScenario, FitConfig, list]:
     raw = json.loads(raw_json)
-    scenario = parse_scenario(raw)
-    fit = FitConfig.from_mapping(scenario.fit, model=scenario.tissue.model, fitters=list(fitters))
+    scenario = parse_any(raw)
+    fit = fit_config(scenario, list(fitters))
     return scenario, fit, fit.resolve()
 
 
@@ -505,49 +598,47 @@ def collect_estimates(
     return est, success, limits
 
 
-def run_unit(job: dict[str, Any]) -> dict[str, Any]:
-    """Do one unit: simulate, estimate, fit, write its region and marker.
+def _fit_entries(
+    ds: xr.Dataset | None,
+    fit: FitConfig,
+    infos: list,
+    specs: list[str],
+    n: int,
+    unit_error: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run every fitter (and error-budget entry) on one unit's voxels.
 
-    Parameters
-    ----------
-    job : dict
-        ``out``, ``raw_json``, ``fitters`` (names/specs), ``case_index``, ``chunk_index``,
-        ``start``, ``stop``, ``sys_path``.
+    A fitter that raises, returns something malformed, crashes or hangs in its child is
+    recorded (``errors``, ``tracebacks``) and the others go on. ``unit_error`` (the
+    description of why the unit has no data, e.g. an empty ROI) is recorded for every
+    entry instead.
 
     Returns
     -------
     dict
-        ``fit_time_s`` and ``errors`` per fitter.
+        ``block`` (estimates per parameter, (fitter, voxel)), ``success``, ``at_limit``,
+        ``times`` (s per fitter), ``errors`` and ``tracebacks`` (by entry name).
     """
-    import zarr
-
-    for path in job["sys_path"]:
-        if path not in sys.path:
-            sys.path.append(path)
-    scenario, fit, infos = _load(job["raw_json"], tuple(job["fitters"]))
-    case = scenario.cases()[job["case_index"]]
-    if "case_values" in job and case.values != job["case_values"]:
-        raise RuntimeError(
-            f"case {job['case_index']} expands to {case.values} in the worker but to"
-            f" {job['case_values']} in the plan: the scenario was not passed faithfully"
-        )
-    a, b, k = job["start"], job["stop"], job["chunk_index"]
-    ds = simulate_case(scenario, case, voxels=range(a, b))
     entries = fit.entries(infos)
+    n_fit = len(entries)
+    out: dict[str, Any] = {
+        "block": {name: np.full((n_fit, n), np.nan) for name in ESTIMATED},
+        "success": np.zeros((n_fit, n), dtype=bool),
+        "at_limit": {name: np.zeros((n_fit, n), dtype=bool) for name in AT_LIMIT},
+        "times": np.full(n_fit, np.nan),
+        "errors": {},
+        "tracebacks": {},
+    }
+    if len(specs) != len(infos):
+        raise RuntimeError(f"fitters {specs} resolve to {[i.name for i in infos]}")
+    if unit_error is not None or ds is None:
+        for entry in entries:
+            out["errors"][entry.name], out["tracebacks"][entry.name] = unit_error or ("", "")
+        out["times"][:] = 0.0
+        return out
     # one input per distinct pipeline, all from the same simulated voxels; an error-budget
     # pipeline that cannot run fails its entries only (recorded like a fitter's failure)
     inputs: dict[Any, Any] = {fit.pipeline: fit.pipeline(ds)}
-    n = b - a
-    n_fit = len(entries)
-    block = {name: np.full((n_fit, n), np.nan) for name in ESTIMATED}
-    success = np.zeros((n_fit, n), dtype=bool)
-    at_limit = {name: np.zeros((n_fit, n), dtype=bool) for name in AT_LIMIT}
-    times = np.full(n_fit, np.nan)
-    errors: dict[str, str] = {}
-    tracebacks: dict[str, str] = {}
-    specs = dict(enumerate(job["fitters"]))
-    if len(specs) != len(infos):
-        raise RuntimeError(f"fitters {job['fitters']} resolve to {[i.name for i in infos]}")
     for f, entry in enumerate(entries):
         spec, info = specs[entry.index], entry.info
         isolate = fit.isolate == "all" or (fit.isolate == "plugins" and info.source != "builtin")
@@ -570,14 +661,49 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
                 result = info.fitter.fit(view)
             est, ok, limits = collect_estimates(result, info, n)
             for name, values in est.items():
-                block[name][f] = np.where(ok, values, np.nan)
-            success[f] = ok
+                out["block"][name][f] = np.where(ok, values, np.nan)
+            out["success"][f] = ok
             for name, flags in limits.items():
-                if name in at_limit:
-                    at_limit[name][f] = flags
+                if name in out["at_limit"]:
+                    out["at_limit"][name][f] = flags
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is recorded, not raised
-            errors[entry.name], tracebacks[entry.name] = describe_failure(exc)
-        times[f] = time.perf_counter() - t0
+            out["errors"][entry.name], out["tracebacks"][entry.name] = describe_failure(exc)
+        out["times"][f] = time.perf_counter() - t0
+    return out
+
+
+def run_unit(job: dict[str, Any]) -> dict[str, Any]:
+    """Do one unit: simulate, estimate, fit, write its region and marker.
+
+    Parameters
+    ----------
+    job : dict
+        ``out``, ``raw_json``, ``fitters`` (names/specs), ``case_index``, ``chunk_index``,
+        ``start``, ``stop``, ``sys_path``.
+
+    Returns
+    -------
+    dict
+        ``fit_time_s`` and ``errors`` per fitter.
+    """
+    for path in job["sys_path"]:
+        if path not in sys.path:
+            sys.path.append(path)
+    scenario, fit, infos = _load(job["raw_json"], tuple(job["fitters"]))
+    case = scenario.cases()[job["case_index"]]
+    if "case_values" in job and case.values != job["case_values"]:
+        raise RuntimeError(
+            f"case {job['case_index']} expands to {case.values} in the worker but to"
+            f" {job['case_values']} in the plan: the scenario was not passed faithfully"
+        )
+    if isinstance(scenario, PhantomScenario):
+        return _run_phantom_unit(job, scenario, case, fit, infos)
+    import zarr
+
+    a, b, k = job["start"], job["stop"], job["chunk_index"]
+    ds = simulate_case(scenario, case, voxels=range(a, b))
+    entries = fit.entries(infos)
+    res = _fit_entries(ds, fit, infos, list(job["fitters"]), b - a)
     group = zarr.open_group(str(Path(job["out"]) / "estimates.zarr"), mode="r+", zarr_format=2)
     g = group[case.name]
     g["tissue"][a:b] = ds["tissue"].values
@@ -585,23 +711,72 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
     for name, var in ds.data_vars.items():
         if f"true_{name}" in g:
             g[f"true_{name}"][a:b] = var.values
-    for name, values in block.items():
+    for name, values in res["block"].items():
         g[name][:, a:b] = values
-    g["success"][:, a:b] = success
-    for name, flags in at_limit.items():
+    g["success"][:, a:b] = res["success"]
+    for name, flags in res["at_limit"].items():
         g[f"at_limit_{name}"][:, a:b] = flags
-    g["fit_time_s"][:, k] = times
+    g["fit_time_s"][:, k] = res["times"]
+    return _mark(job, case.name, k, [a, b], entries, res)
+
+
+def _mark(job, case_name, k, voxels, entries, res) -> dict[str, Any]:
+    """Write a unit's progress marker (atomically, after its data); return the record."""
     record = {
-        "case": case.name,
+        "case": case_name,
         "chunk": k,
-        "voxels": [a, b],
-        "fit_time_s": {e.name: float(t) for e, t in zip(entries, times, strict=True)},
-        "errors": errors,
-        "tracebacks": tracebacks,
+        "voxels": voxels,
+        "fit_time_s": {e.name: float(t) for e, t in zip(entries, res["times"], strict=True)},
+        "errors": res["errors"],
+        "tracebacks": res["tracebacks"],
     }
-    marker = Path(job["out"]) / "progress" / f"case_{case.index:04d}_chunk_{k:05d}.json"
+    marker = Path(job["out"]) / "progress" / f"case_{job['case_index']:04d}_chunk_{k:05d}.json"
     write_atomic(marker, json.dumps(record))
     return record
+
+
+def _run_phantom_unit(job, scenario: PhantomScenario, case, fit: FitConfig, infos) -> dict:
+    """One subject of one phantom case: acquire, place the ROIs, fit, write its unit store."""
+    from phantomdce.engine import phantom as ph
+    from phantomdce.engine.isolate import describe_failure as describe
+
+    s = job["chunk_index"]
+    entries = fit.entries(infos)
+    ds, unit_error = None, None
+    try:
+        ds = ph.unit_case(scenario, case, s)
+    except ValueError as exc:  # e.g. a tumour ROI without a voxel at this resolution
+        unit_error = describe(exc)
+    n = 0 if ds is None else ds.sizes["voxel"]
+    res = _fit_entries(ds, fit, infos, list(job["fitters"]), n, unit_error)
+    truth = {k: np.full(n, np.nan) for k in ph.TRUTH}
+    if ds is not None:
+        for k in ("Ktrans", "ve", "vp"):
+            truth[k] = ds[k].values
+        with np.errstate(invalid="ignore", divide="ignore"):
+            truth["kep"] = truth["Ktrans"] / truth["ve"]
+    node: dict[str, Any] = {
+        "success": (("fitter", "voxel"), res["success"]),
+        "fit_time_s": (("fitter",), res["times"], {"units": "s"}),
+        "tissue": ("voxel", np.zeros(0, np.int64) if ds is None else ds["tissue"].values),
+        "replicate": ("voxel", np.zeros(0, np.int64) if ds is None else ds["replicate"].values),
+    }
+    for name, values in res["block"].items():
+        node[name] = (("fitter", "voxel"), values, {"units": PARAMETERS[name].units})
+    for name, flags in res["at_limit"].items():
+        node[f"at_limit_{name}"] = (("fitter", "voxel"), flags)
+    for k, v in truth.items():
+        node[f"true_{k}"] = ("voxel", v, {"units": PARAMETERS[k].units})
+    attrs = {
+        "roi_voxels": 0 if ds is None else int(ds.attrs["roi_voxels"]),
+        "subject": s,
+        **{f"enhancing_true_{k}": v for k, v in ph.enhancing_truth(scenario, s).items()},
+    }
+    out = xr.Dataset(
+        node, coords={"fitter": [e.name for e in entries], "voxel": np.arange(n)}, attrs=attrs
+    )
+    ph.write_unit(Path(job["out"]) / "units" / f"case_{case.index:04d}_chunk_{s:05d}.zarr", out)
+    return _mark(job, case.name, s, [0, n], entries, res)
 
 
 # -- execution ---------------------------------------------------------------------------
@@ -760,18 +935,23 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     missing = plan.pending()
     if missing:
         raise RuntimeError(f"{len(missing)} units are not finished: run again to complete them")
+    starts = _assemble_phantom(plan) if plan.phantom else {}
     tree = open_results(plan.out)
-    _verify_units(plan, tree)
+    if not plan.phantom:
+        _verify_units(plan, tree)
     rows = []
     failures = []
     for case in plan.scenario.cases():
-        ds = tree[case.name].to_dataset().load()
+        # one (fitter, parameter) row at a time: the case node is never loaded whole
+        ds = tree[case.name].to_dataset()
+        tissue, replicate = ds["tissue"].values, ds["replicate"].values
         for f, entry in enumerate(plan.entries):
+            success = ds["success"][f].values
             est_names = estimated_parameters(entry.info.model)
             # the true delay is 0 only when the fitter sees the true AIF
-            if np.isfinite(ds["delay"].values[f]).any() and entry.pipeline.aif == "true":
+            if entry.pipeline.aif == "true" and np.isfinite(ds["delay"][f].values).any():
                 est_names.append("delay")
-            total_time = float(np.nansum(ds["fit_time_s"].values[f]))
+            total_time = float(np.nansum(ds["fit_time_s"][f].values))
             for name in est_names:
                 truth = _truth_for(ds, name)
                 if truth is None:
@@ -779,16 +959,16 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                 row = {"case": case.name, "fitter": entry.name, "parameter": name}
                 row.update(
                     case_metrics(
-                        ds[name].values[f],
+                        ds[name][f].values,
                         truth,
-                        ds["success"].values[f],
-                        ds["tissue"].values,
-                        ds["replicate"].values,
+                        success,
+                        tissue,
+                        replicate,
                         parameter=name,
                         fit_time_s=total_time,
                         seed=plan.scenario.seed,
                         at_limit=(
-                            ds[f"at_limit_{name}"].values[f]
+                            ds[f"at_limit_{name}"][f].values
                             if f"at_limit_{name}" in ds
                             else None
                         ),
@@ -798,12 +978,16 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     for marker in sorted((plan.out / "progress").glob("*.json")):
         record = json.loads(marker.read_text())
         tracebacks = record.get("tracebacks", {})
+        voxels = record["voxels"]
+        if record["case"] in starts:  # a phantom subject: its voxels in the case node
+            first = starts[record["case"]][record["chunk"]]
+            voxels = [first + voxels[0], first + voxels[1]]
         for fitter, message in record["errors"].items():
             failures.append(
                 (
                     record["case"],
                     record["chunk"],
-                    *record["voxels"],
+                    *voxels,
                     fitter,
                     message,
                     tracebacks.get(fitter, ""),
@@ -835,6 +1019,32 @@ def _consolidate(store: Path) -> None:
     import zarr
 
     zarr.consolidate_metadata(str(store), zarr_format=2)
+
+
+def _assemble_phantom(plan: RunPlan) -> dict[str, list[int]]:
+    """Write each phantom case node from its subjects' unit stores; first voxel per subject.
+
+    A unit marked done whose store is missing (lost in a machine crash) is unmarked and the
+    run asked to be repeated, as :func:`_verify_units` does for simulated cases.
+    """
+    from phantomdce.engine.phantom import assemble_case
+
+    bad = [(c, k) for c, k, _, _ in plan.units if not plan.unit_store(c, k).is_dir()]
+    for c, k in bad:
+        plan.marker(c, k).unlink(missing_ok=True)
+    if bad:
+        raise RuntimeError(
+            f"{len(bad)} units marked done had not written their results (e.g. case {bad[0][0]},"
+            f" subject {bad[0][1]}); their markers were removed: run again to redo them"
+        )
+    names = [e.name for e in plan.entries]
+    starts = {}
+    for case in plan.scenario.cases():
+        paths = [plan.unit_store(case.index, s) for s in range(plan.scenario.subjects)]
+        ds, starts[case.name] = assemble_case(plan.scenario, case, names, paths)
+        ds.to_zarr(plan.store, group=case.name, mode="w", zarr_format=2, consolidated=False)
+    _consolidate(plan.store)
+    return starts
 
 
 def _verify_units(plan: RunPlan, tree: xr.DataTree) -> None:

@@ -114,25 +114,17 @@ def run_study(
     progress : callable, optional
         ``progress(scenario_name, done, total)``.
     """
-    from phantomdce.dro.scenario import parse_scenario
-    from phantomdce.engine.config import FitConfig
-    from phantomdce.engine.run import execute, finalize, plan_run
+    from phantomdce.engine.run import execute, finalize, fit_config, parse_any, plan_run
+    from phantomdce.phantom.scenario import cap_subjects, is_phantom_scenario
 
     study = load_study(path)
     out = Path(out)
-    from phantomdce.phantom.runner import (
-        PHANTOM_RUNNER,
-        cap_subjects,
-        is_phantom_scenario,
-        phantom_digest,
-        run_phantom_scenario,
-    )
-    from phantomdce.phantom.runner import parse_phantom_scenario as parse_phantom
-
     names: dict[str, Path] = {}
-    phantom_names: set[str] = set()
     for file in study.scenarios:  # check every scenario before anything is written
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file.name}: not valid TOML: {exc}") from None
         raw = (
             cap_subjects(raw, study.phantom_subjects)
             if is_phantom_scenario(raw)
@@ -140,50 +132,25 @@ def run_study(
         )
         raw.setdefault("name", file.stem)
         try:
-            if is_phantom_scenario(raw):
-                scenario = parse_phantom(raw)[0]
-                phantom_names.add(scenario.name)
-            else:
-                scenario = parse_scenario(raw)
-            phantom = scenario.name in phantom_names
-            model = "extended_tofts" if phantom else scenario.tissue.model
-            FitConfig.from_mapping(
-                scenario.fit,
-                model=model,
-                fitters=fitters,
-                error_budget_runner=PHANTOM_RUNNER if phantom else None,
-            )
+            scenario = parse_any(raw)
+            fit_config(scenario, fitters)
         except ConfigError as exc:
             raise ConfigError(f"{file.name}: {exc}") from None
         if scenario.name in names:
             raise ConfigError(f"two scenarios of the study are named {scenario.name!r}")
         names[scenario.name] = file
+    # phantom scenarios keep their own replicates (repeated acquisitions)
     plans = [
-        plan_run(file, out / name, fitters=fitters, overrides=study.overrides)
+        plan_run(
+            file,
+            out / name,
+            fitters=fitters,
+            overrides=study.overrides,
+            phantom_subjects=study.phantom_subjects,
+        )
         for name, file in names.items()
-        if name not in phantom_names
     ]
     rows = {}
-    members: dict[str, str] = {}
-    for name in sorted(phantom_names):
-        run_dir = out / name
-        raw = tomllib.loads(names[name].read_text(encoding="utf-8"))
-        raw.setdefault("name", names[name].stem)
-        raw = cap_subjects(raw, study.phantom_subjects)
-        if (run_dir / "run.json").exists():  # a finished phantom run of a resumed study
-            found = json.loads((run_dir / "run.json").read_text())["scenario_hash"]
-            if found != phantom_digest(raw):
-                raise ConfigError(
-                    f"{run_dir} holds another version of phantom scenario {name!r}: refusing"
-                    " to mix them; choose another directory"
-                )
-            rows[name] = []
-        else:
-            # phantom scenarios keep their own replicates (repeated acquisitions)
-            rows[name] = run_phantom_scenario(
-                names[name], run_dir, fitters=fitters, max_subjects=study.phantom_subjects
-            )
-        members[name] = json.loads((run_dir / "run.json").read_text())["scenario_hash"]
     for plan in plans:
         tick = None
         if progress is not None:
@@ -192,7 +159,7 @@ def run_study(
         execute(plan, scheduler=scheduler, workers=workers, progress=tick)
         rows[plan.scenario.name] = finalize(plan)
     (out / "study.toml").write_text(Path(path).read_text(encoding="utf-8"))
-    members.update({p.scenario.name: p.scenario.hash for p in plans})
+    members = {p.scenario.name: p.scenario.hash for p in plans}
     (out / "study.json").write_text(
         json.dumps({"study": study.name, "scenarios": members}, indent=1)
     )

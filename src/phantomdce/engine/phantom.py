@@ -1,0 +1,258 @@
+"""Phantom cases in the engine: one unit per case and subject, assembled when the run ends.
+
+A unit of a phantom scenario (:mod:`phantomdce.phantom.scenario`) acquires one subject
+``replicates`` times (the truth side), places the tumour and carotid ROIs on the first
+acquisition's images (:mod:`phantomdce.fit.roi`, the analyst), and hands the ROI voxels to the
+pipeline and the fitters like any simulated chunk (:func:`phantomdce.engine.run.run_unit`).
+How many voxels a ROI holds is known only then, so a unit writes its results to its own
+store, ``OUT/units/case_NNNN_chunk_SSSSS.zarr`` (chunk ``S`` is subject ``S``), renamed into
+place when complete and before its progress marker; :func:`assemble_case` joins a case's
+subjects into the case node of ``estimates.zarr`` in the engine's layout when the run is
+finalized (voxels subject by subject; ``tissue`` is the ROI voxel, offset so that tissues of
+different subjects differ; ``replicate`` the code of
+:func:`phantomdce.phantom.scenario.replicate_codes`).
+
+With ``summary = "roi_mean"`` the case node holds one value per subject and acquisition
+instead (:func:`roi_means`) and a variable ``roi_failed_fraction`` (fitter, ROI value; 0-1).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from phantomdce.params import PARAMETERS
+from phantomdce.phantom.anatomy import CLASSES
+from phantomdce.phantom.scenario import ENHANCING, PhantomCase, PhantomScenario, replicate_codes
+from phantomdce.report.verdict import MAX_FAILURE_RATE
+
+__all__ = [
+    "ROI_MAX_FAILED_FRACTION",
+    "TRUTH",
+    "unit_case",
+    "enhancing_truth",
+    "write_unit",
+    "assemble_case",
+    "roi_means",
+]
+
+#: With ``summary = "roi_mean"``, a ROI value counts as a failed fit (``success`` False, its
+#: estimates NaN) when more than this fraction (0-1) of the ROI's voxels failed: the 5 % a
+#: setting may lose before the verdict calls it not estimable
+#: (:data:`phantomdce.report.verdict.MAX_FAILURE_RATE`). A site averages the parameter map
+#: over the ROI, where failed voxels are NaN; a mean over the survivors of a ROI that lost
+#: more than this would silently drop a part of the tissue (e.g. the necrosis of a
+#: whole-lesion ROI) instead of measuring it. The stored ``roi_failed_fraction`` gives the
+#: fraction itself.
+ROI_MAX_FAILED_FRACTION: float = MAX_FAILURE_RATE
+#: Truth a phantom voxel carries (the volume-weighted truth of the tissue it holds).
+TRUTH = ("Ktrans", "ve", "vp", "kep")
+
+
+def unit_case(ps: PhantomScenario, case: PhantomCase, subject: int) -> xr.Dataset:
+    """The ROI voxels of one subject in one case, as a DRO-style case.
+
+    The subject is acquired ``ps.replicates`` times with the case's noise seeds; the
+    tumour ROI (rule ``case.roi``) and the carotid ROI (``ps.carotid``) are placed on the
+    first acquisition's images without its truth.
+
+    Raises
+    ------
+    ValueError
+        The tumour ROI holds no voxel at this resolution.
+    """
+    from phantomdce.phantom.case import phantom_case  # moves to fit.roi
+
+    return phantom_case(
+        ps.phantom(subject),
+        ps.subject_protocol(case, subject),
+        case.acquisition,
+        case.roi,
+        ps.carotid,
+        replicates=ps.replicates,
+        seed=ps.case_seed(case, subject),
+    )
+
+
+def enhancing_truth(ps: PhantomScenario, subject: int) -> dict[str, float]:
+    """Mean truth of a subject's enhancing tumour (rim and hypoxic zone), per parameter.
+
+    What a tumour ROI is meant to measure: the truth of a ROI value with
+    ``summary = "roi_mean"``. Ktrans and kep in /min, ve and vp 0-1.
+    """
+    ph = ps.phantom(subject)
+    enh = np.isin(ph.labels, [CLASSES[c].label for c in ENHANCING])
+    out = {k: float(ph.truth_map(k)[enh].mean()) for k in ("Ktrans", "ve", "vp")}
+    out["kep"] = out["Ktrans"] / out["ve"]
+    return out
+
+
+def write_unit(path: Path, ds: xr.Dataset) -> None:
+    """Write a unit's results to ``path`` (a zarr store), atomically by rename."""
+    tmp = path.with_name(path.name + ".partial")
+    for stale in (tmp, path):
+        if stale.exists():  # a unit killed before its marker: redo it whole
+            shutil.rmtree(stale)
+    ds.to_zarr(tmp, mode="w", zarr_format=2, consolidated=True)
+    tmp.rename(path)
+
+
+def _attrs(ds: xr.Dataset) -> dict[str, Any]:
+    return {k: v for k, v in ds.attrs.items()}
+
+
+def assemble_case(
+    ps: PhantomScenario, case: PhantomCase, fitters: list[str], units: list[Path]
+) -> tuple[xr.Dataset, list[int]]:
+    """One case node from its subjects' unit stores (in subject order).
+
+    Returns
+    -------
+    tuple
+        The case dataset (the engine's layout, see :mod:`phantomdce.engine.run`) and the
+        first voxel of each subject in it (for ``failures.csv``).
+    """
+    parts = [xr.open_zarr(u, consolidated=True, mask_and_scale=False).load() for u in units]
+    offsets, starts = 0, []
+    tissue, reps = [], []
+    n = 0
+    for p in parts:
+        starts.append(n)
+        tissue.append(p["tissue"].values + offsets)
+        reps.append(p["replicate"].values)
+        offsets += int(p.attrs.get("roi_voxels", 0))
+        n += p.sizes["voxel"]
+    tissue = np.concatenate(tissue).astype(np.int64)
+    replicate = replicate_codes(reps, ps.replicates)
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([p[name].values for p in parts], axis=-1)
+
+    est_names = [str(v) for v in parts[0].data_vars if parts[0][v].dims == ("fitter", "voxel")]
+    est_names = [v for v in est_names if v != "success" and not v.startswith("at_limit_")]
+    limit_names = [str(v) for v in parts[0].data_vars if str(v).startswith("at_limit_")]
+    est = {k: cat(k) for k in est_names}
+    success = cat("success").astype(bool)
+    limits = {k[len("at_limit_") :]: cat(k).astype(bool) for k in limit_names}
+    truth = {k: cat(f"true_{k}") for k in TRUTH}
+    times = np.stack([p["fit_time_s"].values for p in parts], axis=1)
+    roi_failed = None
+    if ps.summary == "roi_mean":
+        enh = [{k: p.attrs[f"enhancing_true_{k}"] for k in TRUTH} for p in parts]
+        est, success, limits, roi_failed, truth, tissue, replicate = roi_means(
+            est, success, limits, replicate, enh, replicates=ps.replicates
+        )
+        starts = [int(np.searchsorted(tissue, s)) for s in range(len(parts))]
+    node: dict[str, Any] = {
+        "success": (("fitter", "voxel"), success),
+        "fit_time_s": (
+            ("fitter", "chunk"),
+            times,
+            {"units": "s", "long_name": "wall time of each fitter on each subject"},
+        ),
+        "tissue": ("voxel", tissue),
+        "replicate": ("voxel", replicate),
+    }
+    for k, v in est.items():
+        node[k] = (
+            ("fitter", "voxel"),
+            v,
+            {"units": PARAMETERS[k].units, "long_name": f"estimated {PARAMETERS[k].long_name}"},
+        )
+    for k in TRUTH:
+        node[f"true_{k}"] = (
+            "voxel",
+            truth[k],
+            {"units": PARAMETERS[k].units, "long_name": f"true {k}"},
+        )
+    for k, flags in limits.items():
+        node[f"at_limit_{k}"] = (
+            ("fitter", "voxel"),
+            flags,
+            {"long_name": f"estimated {k} at the limit where the model degenerates"},
+        )
+    if roi_failed is not None:
+        node["roi_failed_fraction"] = (
+            ("fitter", "voxel"),
+            roi_failed,
+            {
+                "units": "1",
+                "long_name": "fraction of the ROI's voxels whose fit failed",
+                "max_failed_fraction": ROI_MAX_FAILED_FRACTION,
+            },
+        )
+    attrs = {
+        **case.protocol.as_attrs(),
+        "acquisition": dict(case.acquisition.__dict__),
+        "case_index": case.index,
+        "case_values": case.values,
+        "model": "extended_tofts",
+        "roi_voxels": [int(p.attrs.get("roi_voxels", 0)) for p in parts],
+    }
+    ds = xr.Dataset(
+        node,
+        coords={"fitter": list(fitters), "voxel": np.arange(tissue.size)},
+        attrs=attrs,
+    )
+    return ds, starts
+
+
+def roi_means(
+    est: dict[str, np.ndarray],
+    success: np.ndarray,
+    at_limit: dict[str, np.ndarray],
+    replicate: np.ndarray,
+    truth_per_subject: list[dict[str, float]],
+    *,
+    replicates: int,
+    max_failed: float = ROI_MAX_FAILED_FRACTION,
+):
+    """One value per subject and acquisition: the ROI mean against the enhancing truth.
+
+    The estimate is the mean of the finite estimates of the ROI's successfully fitted voxels
+    (failed voxels are NaN on the map a site averages); the value counts as failed
+    (``success`` False, every estimate NaN) when more than ``max_failed`` (0-1, default
+    :data:`ROI_MAX_FAILED_FRACTION`) of the ROI's voxels failed. A ROI value is at a
+    parameter's limit (``at_limit``) when it did not fail and every successful voxel of the
+    ROI is flagged at that limit. The truth is ``truth_per_subject`` (the mean truth of the
+    subject's enhancing tumour, :func:`enhancing_truth`). ``replicate`` holds the codes of
+    :func:`~phantomdce.phantom.scenario.replicate_codes`.
+
+    Returns
+    -------
+    tuple
+        ROI estimates, success, at-limit flags (dicts of (fitter, ROI value) arrays), the
+        fraction (0-1) of each ROI's voxels whose fit failed (fitter, ROI value), the truth
+        per ROI value, the subject index (the ``tissue`` of a ROI value) and the replicate
+        code of each ROI value.
+    """
+    n_fitters = success.shape[0]
+    groups = np.unique(replicate)
+    subject = groups // replicates
+    out_est = {k: np.full((n_fitters, groups.size), np.nan) for k in est}
+    out_ok = np.zeros((n_fitters, groups.size), dtype=bool)
+    out_limit = {k: np.zeros((n_fitters, groups.size), dtype=bool) for k in at_limit}
+    failed_fraction = np.full((n_fitters, groups.size), np.nan)
+    for g, key in enumerate(groups):
+        sel = replicate == key
+        for f in range(n_fitters):
+            ok = sel & success[f]
+            failed_fraction[f, g] = (sel & ~success[f]).sum() / sel.sum()
+            out_ok[f, g] = ok.any() and failed_fraction[f, g] <= max_failed
+            if not out_ok[f, g]:
+                continue
+            for k in est:
+                vals = est[k][f, ok]
+                vals = vals[np.isfinite(vals)]
+                out_est[k][f, g] = vals.mean() if vals.size else np.nan
+            for k in at_limit:
+                out_limit[k][f, g] = bool(at_limit[k][f, ok].all())
+    truth = {
+        k: np.asarray([t[k] for t in truth_per_subject], dtype=np.float64)[subject]
+        for k in truth_per_subject[0]
+    } if truth_per_subject else {}
+    return out_est, out_ok, out_limit, failed_fraction, truth, subject, groups

@@ -1,0 +1,527 @@
+"""Phantom scenarios: the spatial recommendations, on the anthropomorphic neck phantom.
+
+A phantom scenario is a scenario file with a ``[phantom]`` table and an ``[acquisition]``
+table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
+``gap_mm``, ``fat_suppression``, ...) and ``roi`` as well as protocol keys::
+
+    [phantom]
+    shape = [40, 160, 160]   # truth grid (slices, y, x), 1 mm voxels
+    subjects = 2             # phantoms drawn with seeds seed, seed + 1, ...
+    roi = "recommended"      # tumour ROI rule: "recommended" or "whole_lesion" (sweepable)
+    carotid = "auto"         # carotid ROI: "auto" or "manual"
+    summary = "voxel"        # or "roi_mean": one ROI mean per subject and acquisition
+    subject_aif = "same"     # or "varied": each subject its own AIF (see subject_protocol)
+
+    [acquisition]
+    in_plane_mm = 2.0
+    slice_mm = 3.0
+
+This module is the truth side of a phantom scenario: it checks the file
+(:func:`parse_phantom_scenario`, every error a :class:`~phantomdce.dro.config.ConfigError`
+naming its key), expands its cases (protocol sweep x acquisition sweep), and gives each
+case's subjects, their protocols and noise seeds. The engine (:mod:`phantomdce.engine.run`)
+runs a phantom scenario like any other: one unit of work per case and subject, in which the
+subject is acquired ``replicates`` times, the ROIs are placed on the images
+(:mod:`phantomdce.fit.roi`) and the ROI voxels go through the pipeline and the fitters.
+:func:`simulate_phantom_scenario` writes the acquisitions as a DRO store
+(``phantomdce simulate``) without fitting anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+import phantomdce
+from phantomdce.dro.config import ConfigError, as_bool, as_float, as_int, as_str, unknown_key
+from phantomdce.dro.protocol import Protocol
+from phantomdce.dro.scenario import Scenario, parse_scenario
+from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
+from phantomdce.phantom.anatomy import Phantom, make_neck
+from phantomdce.phantom.case import acquisition_seed, repeat_seed
+
+__all__ = [
+    "PhantomScenario",
+    "PhantomCase",
+    "is_phantom_scenario",
+    "parse_phantom_scenario",
+    "load_phantom_scenario",
+    "cap_subjects",
+    "subject_protocol",
+    "replicate_codes",
+    "subject_of",
+    "simulate_phantom_scenario",
+    "ACQ_KEYS",
+    "PHANTOM_KEYS",
+    "ROI_RULES",
+    "SUBJECT_AIFS",
+    "ENHANCING",
+]
+
+ACQ_FLOATS = (
+    "in_plane_mm",
+    "slice_mm",
+    "gap_mm",
+    "fat_suppression",
+    "artery_velocity_cm_s",
+    "vein_velocity_cm_s",
+    "inflow_offset_mm",
+)
+ACQ_CHOICES = {
+    "in_plane_psf": IN_PLANE_PSFS,
+    "slice_profile": SLICE_PROFILES,
+    "flow_profile": FLOW_PROFILES,
+}
+#: Keys of the ``[acquisition]`` table (also sweepable).
+ACQ_KEYS = (*ACQ_FLOATS, *ACQ_CHOICES, "inflow")
+#: Keys of the ``[phantom]`` table.
+PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary", "subject_aif")
+#: Population AIF shapes the subjects cycle through with ``subject_aif = "varied"``.
+SUBJECT_AIFS = ("parker", "georgiou", "head_and_neck")
+#: Tumour ROI rules (see :func:`phantomdce.fit.roi.tumour_rois`).
+ROI_RULES = ("recommended", "whole_lesion")
+#: The enhancing tumour classes: what a tumour ROI is meant to measure (the truth of a ROI
+#: value with ``summary = "roi_mean"``).
+ENHANCING = ("tumour_rim", "tumour_hypoxic")
+#: Acquisition keys that only matter with inflow on.
+INFLOW_KEYS = ("artery_velocity_cm_s", "vein_velocity_cm_s", "inflow_offset_mm", "flow_profile")
+#: Units of the acquisition keys (the cases table's attributes).
+ACQ_UNITS = {
+    "in_plane_mm": "mm",
+    "slice_mm": "mm",
+    "gap_mm": "mm",
+    "fat_suppression": "1 (fraction of fat signal removed)",
+    "artery_velocity_cm_s": "cm/s",
+    "vein_velocity_cm_s": "cm/s",
+    "inflow_offset_mm": "mm",
+    "in_plane_psf": "1",
+    "slice_profile": "1",
+    "flow_profile": "1",
+    "inflow": "1",
+    "roi": "1",
+}
+
+
+def is_phantom_scenario(raw: dict[str, Any]) -> bool:
+    """Whether a parsed scenario TOML mapping is a phantom scenario (has ``[phantom]``)."""
+    return "phantom" in raw
+
+
+def cap_subjects(raw: dict[str, Any], max_subjects: int | None) -> dict[str, Any]:
+    """A phantom scenario with at most ``max_subjects`` subjects (a study's smaller size).
+
+    The first subjects are kept (subject ``s`` has phantom seed ``seed + s`` and its own
+    AIF, whatever the count), so a capped run is the start of the full one. ``None``
+    returns ``raw`` unchanged.
+    """
+    if max_subjects is None or "phantom" not in raw:
+        return raw
+    ph = dict(raw["phantom"])
+    own = ph.get("subjects", 1)
+    if isinstance(own, int) and not isinstance(own, bool) and own > max_subjects:
+        ph["subjects"] = max_subjects
+    return {**raw, "phantom": ph}
+
+
+def replicate_codes(subject_replicates: list[np.ndarray], replicates: int) -> np.ndarray:
+    """Replicate codes of a case pooled over subjects, unique for any number of replicates.
+
+    Parameters
+    ----------
+    subject_replicates : list of ndarray of int
+        For each subject (in order), the replicate index (0 to ``replicates - 1``) of each of
+        its voxels.
+    replicates : int
+        Acquisitions per subject (the scenario's ``replicates``).
+
+    Returns
+    -------
+    ndarray of int64
+        ``subject * replicates + replicate`` per voxel, concatenated over subjects; the
+        subject of a code is ``code // replicates`` (see :func:`subject_of`).
+
+    Examples
+    --------
+    >>> replicate_codes([np.array([0, 999]), np.array([0, 999])], 1000)
+    array([   0,  999, 1000, 1999])
+    """
+    if replicates < 1:
+        raise ValueError(f"replicates = {replicates!r}: expected an integer >= 1")
+    parts = []
+    for s, r in enumerate(subject_replicates):
+        r = np.asarray(r, dtype=np.int64)
+        if r.size and (r.min() < 0 or r.max() >= replicates):
+            raise ValueError(
+                f"subject {s}: replicate indices {int(r.min())}..{int(r.max())}:"
+                f" expected 0..{replicates - 1}"
+            )
+        parts.append(s * replicates + r)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def subject_of(codes: np.ndarray, replicates: int) -> np.ndarray:
+    """The subject index of each replicate code of :func:`replicate_codes`."""
+    return np.asarray(codes, dtype=np.int64) // replicates
+
+
+def subject_protocol(protocol: Protocol, seed: int, subject: int, how: str = "same") -> Protocol:
+    """The protocol of one phantom subject: its own AIF when ``how = "varied"``.
+
+    Subjects differ as the DRO scenario ``aif_population`` makes them differ: the AIF
+    shape cycles through :data:`SUBJECT_AIFS` (subject 0 gets Parker; the scenario's
+    ``protocol.aif`` is replaced, and :func:`parse_phantom_scenario` refuses a scenario that
+    sets it), the scenario's amplitude scale is multiplied by a factor drawn uniformly in
+    0.7-1.3 and its bolus arrival is moved by -4 to +8 s (not before 0 s), both drawn from a
+    generator seeded by ``(seed, subject)``, so scenarios with the same seed have the same
+    subjects.
+    """
+    if how == "same":
+        return protocol
+    rng = np.random.default_rng([seed, subject, 6])
+    scale, shift = rng.uniform(0.7, 1.3), rng.uniform(-4.0, 8.0)
+    path = f"subject {subject} (phantom.subject_aif = 'varied')"
+    out = protocol.replace(
+        path,
+        aif=SUBJECT_AIFS[subject % len(SUBJECT_AIFS)],
+        aif_scale=float(protocol.aif_scale * scale),
+        bat=float(max(0.0, protocol.bolus_arrival + shift)),
+    )
+    out.check_post_bolus_window(path)  # a late arrival must still leave a window to fit
+    return out
+
+
+def _acq_value(path: str, key: str, value: Any) -> Any:
+    """A checked acquisition setting (float, choice or bool), the error naming ``path``."""
+    if key in ACQ_CHOICES:
+        return as_str(path, value, choices=ACQ_CHOICES[key])
+    if key == "inflow":
+        return as_bool(path, value)
+    if key == "fat_suppression":
+        return as_float(path, value, units="fraction removed", lo=0.0, hi=1.0)
+    units = "cm/s" if key.endswith("_cm_s") else "mm"
+    positive = key in ("in_plane_mm", "slice_mm", "artery_velocity_cm_s", "vein_velocity_cm_s")
+    return as_float(path, value, units=units, lo=0.0, lo_open=positive)
+
+
+def _acquisition(path: str, values: dict[str, Any]) -> Acquisition:
+    try:
+        return Acquisition(**values)
+    except ValueError as err:  # cross-field rules (e.g. a gap with a 3D profile)
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    """One case of a phantom scenario: its swept values, protocol, acquisition and ROI rule."""
+
+    index: int
+    values: dict[str, Any]
+    protocol: Protocol
+    acquisition: Acquisition
+    roi: str
+
+    @property
+    def name(self) -> str:
+        """Node name in the result store, ``case_0000``."""
+        return f"case_{self.index:04d}"
+
+
+@dataclass(frozen=True)
+class PhantomScenario:
+    """A checked phantom scenario (see the module docstring).
+
+    Build it with :func:`parse_phantom_scenario` or :func:`load_phantom_scenario`.
+
+    Attributes
+    ----------
+    raw : dict
+        The scenario mapping as checked (after :func:`cap_subjects`): its identity.
+    scenario : Scenario
+        The protocol part, checked as a DRO scenario (its tissue table is a placeholder: the
+        phantom's tissues replace it).
+    acquisition : Acquisition
+        The ``[acquisition]`` table.
+    acq_sweep : dict
+        Swept acquisition keys (and ``roi``) with their values.
+    shape : tuple of int
+        Truth grid (slices, y, x) at 1 mm.
+    subjects : int
+        Phantoms per case (seeds ``seed``, ``seed + 1``, ...).
+    roi, carotid, summary, subject_aif : str
+        The ``[phantom]`` settings.
+    """
+
+    raw: dict[str, Any]
+    scenario: Scenario
+    acquisition: Acquisition
+    acq_sweep: dict[str, list] = field(default_factory=dict)
+    shape: tuple[int, int, int] = (40, 160, 160)
+    subjects: int = 1
+    roi: str = "recommended"
+    carotid: str = "auto"
+    summary: str = "voxel"
+    subject_aif: str = "same"
+
+    @property
+    def name(self) -> str:
+        """The scenario's name."""
+        return self.scenario.name
+
+    @property
+    def seed(self) -> int:
+        """The scenario's seed (phantom ``s`` has seed ``seed + s``)."""
+        return self.scenario.seed
+
+    @property
+    def replicates(self) -> int:
+        """Acquisitions of each subject per case (independent noise)."""
+        return self.scenario.replicates
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the checked mapping without ``[fit]``."""
+        content = {k: v for k, v in self.raw.items() if k != "fit"}
+        blob = json.dumps(content, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """What run.json records as the scenario (the protocol part and the phantom)."""
+        return {
+            **self.scenario.source,
+            "tissue": {"phantom": list(self.shape)},
+            "phantom": self.settings(),
+            "acquisition": dict(self.acquisition.__dict__),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """The ``[phantom]`` settings as stored in run.json."""
+        return {
+            "shape": list(self.shape),
+            "subjects": self.subjects,
+            "roi": self.roi,
+            "carotid": self.carotid,
+            "summary": self.summary,
+            "subject_aif": self.subject_aif,
+        }
+
+    @functools.cached_property
+    def _cases(self) -> tuple[PhantomCase, ...]:
+        acq_keys = list(self.acq_sweep)
+        out = []
+        for proto_case in self.scenario.cases():
+            for combo in itertools.product(*[self.acq_sweep[k] for k in acq_keys]):
+                values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
+                changes = {k: v for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
+                acq = _acquisition(f"sweep {changes}", {**self.acquisition.__dict__, **changes})
+                out.append(
+                    PhantomCase(
+                        len(out), values, proto_case.protocol, acq, values.get("roi", self.roi)
+                    )
+                )
+        return tuple(out)
+
+    def cases(self) -> list[PhantomCase]:
+        """Cases in order: the protocol sweep's cases x the acquisition sweep."""
+        return list(self._cases)
+
+    def phantom(self, subject: int) -> Phantom:
+        """Subject ``subject``'s phantom (seed ``seed + subject``), built once per process."""
+        return _neck(self.shape, self.seed + subject, self.scenario.protocol.field_strength)
+
+    def subject_protocol(self, case: PhantomCase, subject: int) -> Protocol:
+        """The protocol subject ``subject`` is scanned with in ``case``."""
+        return subject_protocol(case.protocol, self.seed, subject, self.subject_aif)
+
+    def case_seed(self, case: PhantomCase, subject: int) -> int:
+        """The noise seed of a case and subject (repeat ``r`` uses ``repeat_seed(it, r)``)."""
+        return acquisition_seed(self.seed, case.index, subject)
+
+    def cases_table(self) -> xr.Dataset:
+        """The result store's root: one row per case (``case_name``, the swept values)."""
+        cases = self.cases()
+        units = {**Protocol.units(), **ACQ_UNITS}
+        data = {}
+        for key in [*self.scenario.sweep, *self.acq_sweep]:
+            values = [c.values[key] for c in cases]
+            if any(v is None or isinstance(v, tuple | list | bool) for v in values):
+                values = [
+                    "none"
+                    if v is None
+                    else (str(list(v)) if isinstance(v, tuple | list) else str(v))
+                    for v in values
+                ]
+            data[key] = ("case", np.asarray(values), {"units": units.get(key, "1")})
+        data["case_name"] = (
+            "case",
+            np.array([c.name for c in cases]),
+            {"long_name": "node name of the case"},
+        )
+        attrs = {
+            "scenario": self.name,
+            "description": self.scenario.description,
+            "scenario_hash": self.hash,
+            "scenario_source": json.dumps(self.raw, sort_keys=True, default=str),
+            "seed": self.seed,
+            "replicates": self.replicates,
+            "model": "phantom",
+            "phantom": json.dumps(self.settings()),
+            "phantomdce_version": phantomdce.__version__,
+            "sweep_keys": [*self.scenario.sweep, *self.acq_sweep],
+        }
+        return xr.Dataset(data, attrs=attrs)
+
+
+@functools.lru_cache(maxsize=8)
+def _neck(shape: tuple[int, int, int], seed: int, field_strength: float) -> Phantom:
+    return make_neck(shape, seed=seed, field_strength=field_strength)
+
+
+def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
+    """Check a phantom scenario's TOML mapping.
+
+    Every bad value raises :class:`~phantomdce.dro.config.ConfigError` naming its key; so
+    does a scenario whose cases cannot be expanded.
+    """
+    raw = dict(raw)
+    if "name" not in raw:
+        raw["name"] = "scenario"
+    original = json.loads(json.dumps(raw, default=str))
+    ph = dict(raw.pop("phantom"))
+    acq = dict(raw.pop("acquisition", {}))
+    sweep = dict(raw.get("sweep", {}))
+    for key in ph:
+        if key not in PHANTOM_KEYS:
+            raise unknown_key("phantom", key, PHANTOM_KEYS)
+    for key in acq:
+        if key not in ACQ_KEYS:
+            raise unknown_key("acquisition", key, ACQ_KEYS)
+    shape = ph.get("shape", [40, 160, 160])
+    if not (isinstance(shape, list) and len(shape) == 3):
+        raise ConfigError(f"phantom.shape = {shape!r}: expected [slices, y, x]")
+    shape = tuple(as_int(f"phantom.shape[{i}]", v, lo=8) for i, v in enumerate(shape))
+    subjects = as_int("phantom.subjects", ph.get("subjects", 1), lo=1)
+    roi = as_str("phantom.roi", ph.get("roi", "recommended"), choices=ROI_RULES)
+    summary = as_str("phantom.summary", ph.get("summary", "voxel"), choices=("voxel", "roi_mean"))
+    carotid = as_str("phantom.carotid", ph.get("carotid", "auto"), choices=("auto", "manual"))
+    subject_aif = as_str(
+        "phantom.subject_aif", ph.get("subject_aif", "same"), choices=("same", "varied")
+    )
+    if subject_aif == "varied":
+        for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
+            if "aif" in table:
+                raise ConfigError(
+                    f"{where}.aif = {table['aif']!r} with phantom.subject_aif = 'varied':"
+                    " each subject gets its own AIF shape; expected no aif, or"
+                    " subject_aif = 'same'"
+                )
+    acq_sweep = {k: sweep.pop(k) for k in list(sweep) if k in (*ACQ_KEYS, "roi")}
+    for k, values in acq_sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{k} = {values!r}: expected a non-empty list")
+        for i, v in enumerate(values):
+            if k == "roi":
+                as_str(f"sweep.roi[{i}]", v, choices=ROI_RULES)
+            else:
+                _acq_value(f"sweep.{k}[{i}]", k, v)
+    raw["sweep"] = sweep
+    if "tissue" in raw:
+        raise ConfigError("tissue: a phantom scenario takes its tissues from the phantom")
+    # the DRO parser needs a tissue table; the phantom's tissues replace it
+    raw["tissue"] = {"model": "extended_tofts", "Ktrans": 0.1, "ve": 0.2, "vp": 0.02}
+    scenario = parse_scenario(raw)
+    base = _acquisition(
+        "acquisition", {k: _acq_value(f"acquisition.{k}", k, v) for k, v in acq.items()}
+    )
+    if not base.inflow and "inflow" not in acq_sweep:
+        for k in INFLOW_KEYS:
+            if k in acq_sweep:
+                raise ConfigError(
+                    f"sweep.{k} = {acq_sweep[k]!r} has no effect with acquisition.inflow ="
+                    " false: expected inflow = true, or no sweep of it"
+                )
+    shape_mm = [n * 1.0 for n in shape]  # the truth grid is 1 mm
+    sizes = {"slice_mm": shape_mm[0], "in_plane_mm": min(shape_mm[1:])}
+    for k, extent in sizes.items():
+        for v in [getattr(base, k), *acq_sweep.get(k, [])]:
+            if float(v) > extent:
+                raise ConfigError(
+                    f"acquisition.{k} = {v!r} mm: larger than the phantom ({extent:g} mm"
+                    f" across at 1 mm per truth voxel, phantom.shape = {list(shape)});"
+                    f" expected <= {extent:g} mm"
+                )
+    out = PhantomScenario(
+        raw=original,
+        scenario=scenario,
+        acquisition=base,
+        acq_sweep=acq_sweep,
+        shape=shape,
+        subjects=subjects,
+        roi=roi,
+        carotid=carotid,
+        summary=summary,
+        subject_aif=subject_aif,
+    )
+    out.cases()  # every case's acquisition is checked now, not in a worker
+    return out
+
+
+def load_phantom_scenario(path: str | Path, max_subjects: int | None = None) -> PhantomScenario:
+    """Read and check a phantom scenario file (its name defaults to the file's stem)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw.setdefault("name", path.stem)
+    return parse_phantom_scenario(cap_subjects(raw, max_subjects))
+
+
+def simulate_phantom_scenario(
+    path: str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a phantom scenario's acquisitions as a DRO store (no fitting).
+
+    One case per acquisition setting and subject (``case_NNNN``, the first acquisition of
+    each, with the noise of the first repeat that ``phantomdce run`` fits), in the layout of
+    :mod:`phantomdce.phantom.store`.
+    """
+    from phantomdce.phantom.store import write_phantom_dro
+
+    ps = load_phantom_scenario(path)
+    todo = []
+    for case in ps.cases():
+        for s in range(ps.subjects):
+            todo.append(
+                (
+                    f"case_{len(todo):04d}",
+                    ps.phantom(s),
+                    ps.subject_protocol(case, s),
+                    case.acquisition,
+                    repeat_seed(ps.case_seed(case, s), 0),
+                    {**{k: v for k, v in case.values.items() if k != "roi"}, "subject": s},
+                )
+            )
+    attrs = {
+        "scenario": ps.name,
+        "scenario_source": json.dumps(ps.raw, sort_keys=True, default=str),
+        "seed": ps.seed,
+    }
+    return write_phantom_dro(
+        todo, out, carotid=ps.carotid, attrs=attrs, overwrite=overwrite, progress=progress
+    )
