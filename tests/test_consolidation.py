@@ -19,9 +19,9 @@ from phantomdce.dro.protocol import PRESETS, Protocol
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.files import write_atomic
 from phantomdce.fit.pipeline import Pipeline
+from phantomdce.fit.roi import roi_aif
 from phantomdce.params import PARAMETERS
-from phantomdce.phantom.roi import roi_aif
-from phantomdce.phantom.runner import replicate_codes, subject_of
+from phantomdce.phantom.scenario import replicate_codes, subject_of
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "phantomdce"
 

@@ -209,9 +209,11 @@ error_budget = ["t1"]
 
 
 def test_phantom_scenarios_refuse_the_key(tmp_path):
-    """The phantom runner fits only the scenario's pipeline: the key is refused, not ignored."""
+    """Phantom scenarios fit only the scenario's pipeline: the key is refused, not ignored."""
     from phantomdce.engine.study import run_study
-    from phantomdce.phantom.runner import PHANTOM_RUNNER, run_phantom_scenario
+    from phantomdce.engine.run import run as run_engine
+
+    PHANTOM_RUNNER = "phantom scenarios"
 
     message = r"fit.error_budget = \['t1'\]: not supported by phantom scenarios"
     with pytest.raises(ConfigError, match=message):
@@ -221,7 +223,7 @@ def test_phantom_scenarios_refuse_the_key(tmp_path):
     FitConfig.from_mapping({}, model="extended_tofts", error_budget_runner=PHANTOM_RUNNER)
     (tmp_path / "p.toml").write_text(PHANTOM)
     with pytest.raises(ConfigError, match=message):
-        run_phantom_scenario(tmp_path / "p.toml", tmp_path / "out")
+        run_engine(tmp_path / "p.toml", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # a study refuses it while checking its scenarios, before any is run
     scenario(tmp_path, "d.toml", budget=["t1"])

@@ -32,8 +32,8 @@ def test_a_study_member_named_to_escape_is_refused_before_anything_is_written(tm
 
 
 def test_a_phantom_scenario_name_is_checked_too(tmp_path):
-    from phantomdce.phantom.runner import run_phantom_scenario
+    from phantomdce.engine.run import run
 
     (tmp_path / "p.toml").write_text(PHANTOM_SCENARIO.format(name="/tmp/abs"))
     with pytest.raises(ConfigError, match="name = '/tmp/abs'"):
-        run_phantom_scenario(tmp_path / "p.toml", tmp_path / "out")
+        run(tmp_path / "p.toml", tmp_path / "out")

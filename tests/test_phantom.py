@@ -117,57 +117,18 @@ def test_noise_follows_the_reference_voxel_definition():
     assert small.attrs["noise_sigma"] == pytest.approx(4 * ref.attrs["noise_sigma"])
 
 
-def test_carotid_aif_from_the_images():
-    from phantomdce.dro.simulate import case_aif
-    from phantomdce.phantom.roi import (
-        carotid_roi_auto,
-        carotid_roi_manual,
-        class_fractions,
-        roi_aif,
-    )
-
-    ph = make_neck((16, 128, 128), seed=6)
-    proto = Protocol.from_mapping({"dt": 2.0, "duration": 120.0, "snr": float("inf")})
-    fine = acquire(ph, proto, Acquisition(1.0, 1.0, **IDEAL))
-    manual = carotid_roi_manual(fine, ph.landmarks["carotid_right"], radius_mm=1.5)
-    assert (ph.labels[manual] == CLASSES["artery"].label).all()
-    true = case_aif(proto)(fine["time"].values)
-    # pure arterial voxels, no noise: the measured AIF is the true one
-    np.testing.assert_allclose(roi_aif(fine, manual, hct=proto.hct), true, atol=1e-4)
-    coarse = acquire(ph, proto, Acquisition(2.0, 3.0))
-    auto = carotid_roi_auto(coarse, n=6)
-    assert class_fractions(ph, coarse, ["artery"]).values[auto].mean() > 0.9
-    with pytest.raises(ValueError, match="holds no voxel"):
-        carotid_roi_manual(fine, (500.0, 0.0, 0.0))
-
-
-def test_recommended_roi_avoids_necrosis():
-    from phantomdce.phantom.roi import class_fractions, tumour_rois
-
-    ph = make_neck((24, 128, 128), seed=2)
-    proto = Protocol.from_mapping({"dt": 3.0, "duration": 240.0, "snr": float("inf")})
-    # voxel integration: a Fourier PSF's ringing lends the necrosis next to the rim some
-    # enhancement, which is the physics, not the rule, under test elsewhere
-    ds = acquire(ph, proto, Acquisition(1.0, 1.0, **IDEAL))
-    rois = tumour_rois(ph, ds)
-    nec = class_fractions(ph, ds, ["necrosis"]).values
-    whole, rec = rois["whole_lesion"].values, rois["recommended"].values
-    assert rec.sum() < whole.sum() and (rec & ~whole).sum() == 0
-    assert nec[whole].max() > 0.99 and nec[rec].max() < 0.5
-
-
 def test_nifti_export_and_reimport_are_lossless(tmp_path):
     import json
 
+    from phantomdce.fit.roi import tumour_rois
     from phantomdce.phantom.export import export_phantom_nifti, read_nifti
-    from phantomdce.phantom.roi import tumour_rois
 
     ph = make_neck((12, 96, 96), seed=7)
     proto = Protocol.from_mapping({"dt": 4.0, "duration": 80.0, "snr": 25.0})
     ds = acquire(
         ph, proto, Acquisition(in_plane_mm=2.0, slice_mm=3.0, gap_mm=1.0, slice_profile="rect")
     )
-    rois = tumour_rois(ph, ds)
+    rois = tumour_rois(ds)
     files = export_phantom_nifti(ph, ds, tmp_path / "nii", rois=rois)
     assert len(files) == 2 * (2 + 3 + 3 + 1 + 2)
     dyn, affine = read_nifti(tmp_path / "nii" / "dynamic.nii.gz")
@@ -217,39 +178,14 @@ def test_dicom_export_and_reimport_are_lossless(tmp_path):
         export_phantom_dicom(acquire(ph, proto, Acquisition(2.0, 3.0)), tmp_path / "x")
 
 
-def test_phantom_case_runs_through_the_pipeline_and_fitters():
-    from phantomdce.fit.nlls import NLLSFitter
-    from phantomdce.fit.pipeline import Pipeline
-    from phantomdce.phantom.case import phantom_case
-
-    ph = make_neck((16, 96, 96), seed=2)
-    proto = Protocol.from_mapping({"dt": 3.0, "duration": 240.0, "snr": float("inf")})
-    case = phantom_case(
-        ph, proto, Acquisition(2.0, 3.0, **IDEAL), "recommended", "manual", replicates=2
-    )
-    assert case.sizes["voxel"] == 2 * case.attrs["roi_voxels"]
-    np.testing.assert_array_equal(case["signal"].values[0], case["signal"].values[1])
-    true = NLLSFitter("extended_tofts").fit(Pipeline(aif="true")(case))
-    # noise-free, true AIF: pure voxels are recovered; mixed voxels are near their
-    # volume-weighted truth (the mixture of two curves is not one Tofts curve)
-    rel = np.abs(true["Ktrans"].values / case["Ktrans"].values - 1)
-    assert np.median(rel) < 0.02
-    # a 3 mm sphere in a 3.5 mm-radius carotid at 2 x 2 x 3 mm mixes in the vessel wall:
-    # partial volume lowers the measured first pass
-    measured = Pipeline(aif="measured")(case)["ca"].values
-    assert 0.2 * case["ca"].values.max() < measured.max() < 0.9 * case["ca"].values.max()
-    with pytest.raises(ValueError, match="carotid="):
-        phantom_case(ph, proto, Acquisition(2.0, 3.0), "recommended", "somewhere")
-
-
 def test_phantom_figures():
-    from phantomdce.phantom.figures import aif_figure, maps_figure
-    from phantomdce.phantom.roi import tumour_rois
+    from phantomdce.fit.roi import tumour_rois
+    from phantomdce.report.phantom_figures import aif_figure, maps_figure
 
     ph = make_neck((12, 96, 96), seed=1)
     proto = Protocol.from_mapping({"dt": 5.0, "duration": 60.0, "snr": 30.0})
     ds = acquire(ph, proto, Acquisition(2.0, 3.0))
-    roi = tumour_rois(ph, ds)["recommended"].values
+    roi = tumour_rois(ds)["recommended"].values
     fitted = np.where(roi, 0.2, np.nan)
     fitted[np.flatnonzero(roi.ravel())[:3] // (roi.shape[1] * roi.shape[2]), 0, 0] = np.nan
     fitted.flat[np.flatnonzero(roi.ravel())[:3]] = np.nan  # three failed fits
@@ -302,8 +238,8 @@ recommended = [4.0]
 
 def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
     from phantomdce.dro.config import ConfigError
+    from phantomdce.engine.run import run as run_phantom_scenario
     from phantomdce.engine.study import run_study
-    from phantomdce.phantom.runner import run_phantom_scenario
     from phantomdce.report.results import collect_results
     from phantomdce.report.verdict import judge_all
 
@@ -330,7 +266,7 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
     (tmp_path / "p.toml").write_text(
         PHANTOM_SCENARIO.format(name="pslice").replace("seed = 5", "seed = 6")
     )
-    with pytest.raises(ConfigError, match="another version of phantom scenario"):
+    with pytest.raises(ConfigError, match="holds results of a different scenario"):
         run_study(tmp_path / "study.toml", tmp_path / "out")
     with pytest.raises(ConfigError, match="^acquisition.gap_mm = 1.0"):
         bad = tmp_path / "gap.toml"
@@ -347,7 +283,7 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
 
 
 def test_roi_rule_scenario_summarises_each_roi_against_the_enhancing_truth(tmp_path):
-    from phantomdce.phantom.runner import run_phantom_scenario
+    from phantomdce.engine.run import run as run_phantom_scenario
 
     text = (
         PHANTOM_SCENARIO.format(name="rule")
@@ -362,7 +298,7 @@ def test_roi_rule_scenario_summarises_each_roi_against_the_enhancing_truth(tmp_p
         assert abs(r["rel_bias_pct"]) < 30
 
 
-#: A plug-in module for the phantom runner's tests: the built-in LLSQ with failures or
+#: A plug-in module for the phantom run tests: the built-in LLSQ with failures or
 #: at-limit flags put on chosen voxels (voxel index within the fitter's call).
 PHANTOM_TEST_FITTERS = """
 import numpy as np
@@ -418,13 +354,11 @@ def _test_fitters(tmp_path, monkeypatch):
 def test_roi_means_count_a_roi_as_failed_when_too_many_of_its_voxels_failed():
     # review of issue 11: the ROI mean averaged only the voxels that fitted, so a ROI whose
     # voxels mostly failed (necrosis in a whole-lesion ROI) reported "failed 0.0"
-    from phantomdce.phantom.runner import ROI_MAX_FAILED_FRACTION, _roi_means
+    from phantomdce.engine.phantom import ROI_MAX_FAILED_FRACTION, roi_means
     from phantomdce.report.verdict import MAX_FAILURE_RATE
 
     assert ROI_MAX_FAILED_FRACTION == MAX_FAILURE_RATE  # the verdict's limit, documented
-    types = np.ones((2, 4, 4), dtype=np.int16)  # tumour rim only: the truth is the rim's
-    labels = np.full(types.shape, CLASSES["tumour_rim"].label, dtype=np.uint8)
-    ph = Phantom(labels, types, tiny(types).type_params, 1.0, 3.0, 0)
+    rim = {k: CLASSES["tumour_rim"].kinetics[k] for k in ("Ktrans", "ve", "vp")}
     n = 100
     replicate = np.repeat([0, 1, 2], n)  # three ROIs (one subject, three acquisitions)
     est = {k: np.full((1, 3 * n), 0.2) for k in ("Ktrans", "ve", "vp", "kep")}
@@ -435,8 +369,8 @@ def test_roi_means_count_a_roi_as_failed_when_too_many_of_its_voxels_failed():
     est["Ktrans"][0, n : n + 60] = np.nan  # failed voxels are NaN on the map
     limit = {"vp": np.zeros((1, 3 * n), dtype=bool)}
     limit["vp"][0, 2 * n :] = True  # ROI 2: every voxel at vp's limit
-    out, ok, at_limit, failed, truth, subject, groups = _roi_means(
-        est, success, limit, replicate, [ph], n_fitters=1, replicates=3
+    out, ok, at_limit, failed, truth, subject, groups = roi_means(
+        est, success, limit, replicate, [rim], replicates=3
     )
     np.testing.assert_allclose(failed, [[0.05, 0.6, 0.0]])
     np.testing.assert_array_equal(ok, [[True, False, True]])
@@ -450,7 +384,8 @@ def test_phantom_roi_means_store_the_failed_fraction_and_count_failed_rois(
     tmp_path, monkeypatch
 ):
     from phantomdce import open_results
-    from phantomdce.phantom.runner import ROI_MAX_FAILED_FRACTION, run_phantom_scenario
+    from phantomdce.engine.phantom import ROI_MAX_FAILED_FRACTION
+    from phantomdce.engine.run import run as run_phantom_scenario
 
     _test_fitters(tmp_path, monkeypatch)
     text = (
@@ -479,11 +414,11 @@ def test_phantom_roi_means_store_the_failed_fraction_and_count_failed_rois(
     assert meta["phantom"]["roi_max_failed_fraction"] == ROI_MAX_FAILED_FRACTION
 
 
-def test_phantom_runner_stores_at_limit_flags_and_metrics_count_them(tmp_path, monkeypatch):
+def test_phantom_runs_store_at_limit_flags_and_metrics_count_them(tmp_path, monkeypatch):
     # review of issue 11: the phantom runner dropped the fitters' at_limit_<param> flags,
     # so a parameter at its limit counted as a failed fit
     from phantomdce import open_results
-    from phantomdce.phantom.runner import run_phantom_scenario
+    from phantomdce.engine.run import run as run_phantom_scenario
 
     _test_fitters(tmp_path, monkeypatch)
     text = (
@@ -562,7 +497,7 @@ def test_inflow_signal_limits_and_voxel_average():
 
 def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid_aif():
     from phantomdce.dro.simulate import case_aif
-    from phantomdce.phantom.roi import carotid_roi_manual, roi_aif
+    from phantomdce.fit.roi import carotid_roi_manual, roi_aif
 
     ph = make_neck((24, 128, 128), seed=6)
     proto = Protocol.from_mapping({"dt": 2.0, "duration": 90.0, "snr": float("inf")})
@@ -604,7 +539,8 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
 
 
 def test_phantom_draws_haemorrhage_and_a_cystic_node_and_the_recommended_roi_avoids_the_bleed():
-    from phantomdce.phantom.roi import class_fractions, tumour_rois
+    from phantomdce.fit.roi import tumour_rois
+    from phantomdce.phantom.acquire import class_fractions
 
     ph = make_neck((24, 128, 128), seed=2)
     for name in ("haemorrhage", "cyst"):
@@ -623,7 +559,7 @@ def test_phantom_draws_haemorrhage_and_a_cystic_node_and_the_recommended_roi_avo
     np.testing.assert_allclose(np.array([p["vp"] for p in rim]) / ktrans, rim[0]["vp"] / ktrans[0])
     proto = Protocol.from_mapping({"dt": 3.0, "duration": 240.0, "snr": float("inf")})
     ds = acquire(ph, proto, Acquisition(1.0, 1.0, **IDEAL))
-    rois = tumour_rois(ph, ds)
+    rois = tumour_rois(ds)
     bleed = class_fractions(ph, ds, ["haemorrhage"]).values
     assert bleed[rois["whole_lesion"].values].max() > 0.99
     assert bleed[rois["recommended"].values].max() < 0.5
@@ -646,7 +582,7 @@ def test_every_psf_returns_a_homogeneous_tissue_exactly():
 
 
 def test_subjects_with_their_own_aifs_are_seeded_and_differ():
-    from phantomdce.phantom.runner import subject_protocol
+    from phantomdce.phantom.scenario import subject_protocol
 
     proto = Protocol.from_mapping({"dt": 4.0, "duration": 240.0})
     assert subject_protocol(proto, 7, 1, "same") is proto
@@ -666,7 +602,7 @@ def test_subjects_with_their_own_aifs_are_seeded_and_differ():
 
 def test_phantom_scenario_refuses_settings_that_would_be_ignored_or_cannot_fit(tmp_path):
     from phantomdce.dro.config import ConfigError
-    from phantomdce.phantom.runner import run_phantom_scenario
+    from phantomdce.engine.run import run as run_phantom_scenario
 
     base = PHANTOM_SCENARIO.format(name="bad")
     cases = [
@@ -716,10 +652,15 @@ def test_cli_runs_a_phantom_scenario_on_its_own(tmp_path, capsys):
     assert main(["run", str(tmp_path / "p.toml"), "-o", str(tmp_path / "out"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "metrics.csv" in out and "llsq_extended_tofts" in out
-    assert (tmp_path / "out" / "figures.json").exists()
-    # a second run into the same directory is refused with a clear message, not overwritten
-    assert main(["run", str(tmp_path / "p.toml"), "-o", str(tmp_path / "out"), "-q"]) != 0
-    assert "is not empty: a phantom run needs a new directory" in capsys.readouterr().err
+    metrics = (tmp_path / "out" / "metrics.csv").read_text()
+    # the same command again resumes the finished run: nothing is recomputed or changed
+    assert main(["run", str(tmp_path / "p.toml"), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert (tmp_path / "out" / "metrics.csv").read_text() == metrics
+    # another scenario into the same directory is refused with a clear message
+    other = PHANTOM_SCENARIO.format(name="solo").replace("seed = 5", "seed = 6")
+    (tmp_path / "q.toml").write_text(other)
+    assert main(["run", str(tmp_path / "q.toml"), "-o", str(tmp_path / "out"), "-q"]) != 0
+    assert "holds results of a different scenario" in capsys.readouterr().err
 
 
 def _brute_force_image(ph, proto, acq, ds):

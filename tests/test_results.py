@@ -16,7 +16,7 @@ from test_verdict import make_result, metrics
 
 
 def test_phantom_subjects_are_the_bootstrap_blocks_and_their_spread_is_in_the_cv(tmp_path):
-    from phantomdce.phantom.runner import run_phantom_scenario
+    from phantomdce.engine.run import run
 
     text = (
         PHANTOM_SCENARIO.format(name="subj")
@@ -26,7 +26,7 @@ def test_phantom_subjects_are_the_bootstrap_blocks_and_their_spread_is_in_the_cv
                  'aif = "population"')
     )  # fmt: skip
     (tmp_path / "s.toml").write_text(text)
-    run_phantom_scenario(tmp_path / "s.toml", tmp_path / "out")
+    run(tmp_path / "s.toml", tmp_path / "out")
     (result,) = collect_results(tmp_path / "out")
     row = next(r for r in result.rows if r.parameter == "Ktrans")
     m = row.metrics

@@ -234,7 +234,7 @@ def test_phantom_aif_source_scenarios_have_enough_subjects_and_quick_caps_them()
     import tomllib
 
     from phantomdce.engine.study import load_study
-    from phantomdce.phantom.runner import cap_subjects
+    from phantomdce.phantom.scenario import cap_subjects
 
     for name in ("phantom_aif_carotid", "phantom_aif_population"):
         raw = tomllib.loads((ESNR / f"{name}.toml").read_text(encoding="utf-8"))
@@ -248,7 +248,7 @@ def test_phantom_aif_source_scenarios_have_enough_subjects_and_quick_caps_them()
 
 
 def test_a_phantom_subject_whose_bolus_arrives_late_must_keep_a_window():
-    from phantomdce.phantom.runner import subject_protocol
+    from phantomdce.phantom.scenario import subject_protocol
 
     # arrival 20 s, 36 s after it; a subject arriving more than 6 s late keeps < 30 s
     short = Protocol.from_mapping({"dt": 4.0, "duration": 56.0})
@@ -262,7 +262,7 @@ def test_a_study_caps_the_subjects_of_its_phantom_scenarios(tmp_path):
     import json
 
     from phantomdce.engine.study import run_study
-    from phantomdce.phantom.runner import phantom_digest
+    from phantomdce.phantom.scenario import parse_phantom_scenario
 
     scenario = """
 name = "capped"
@@ -295,7 +295,8 @@ fitters = ["llsq_extended_tofts"]
     # the cap is part of the run's identity: the study's resume check accepts its own run
     manifest = json.loads((tmp_path / "out" / "study.json").read_text())
     assert manifest["scenarios"]["capped"] == run["scenario_hash"]
-    assert run["scenario_hash"] != phantom_digest({"name": "capped", **_toml(scenario)})
+    full = parse_phantom_scenario({"name": "capped", **_toml(scenario)})
+    assert run["scenario_hash"] != full.hash
     run_study(tmp_path / "study.toml", tmp_path / "out")  # resumes: the same capped run
     with pytest.raises(ConfigError, match="phantom_subjects = 0: expected an integer >= 1"):
         (tmp_path / "bad.toml").write_text('include = ["p.toml"]\nphantom_subjects = 0\n')

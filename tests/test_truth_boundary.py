@@ -1,13 +1,13 @@
 """The truth never reaches the estimator (issue 11, item 10).
 
 Every scenario in ``scenarios/`` (shrunk: one replicate, the first and last case, one or two
-phantom subjects) runs through the real runners (:mod:`phantomdce.engine.run` and
-:mod:`phantomdce.phantom.runner`) with a fitter that records its input. The input must hold
-no truth variable, no truth index, no attribute other than the acquisition settings a site
-knows (the list below is this test's own, not the package's), the analyst's assumptions and
-the pipeline's settings, and no value only the truth holds: the true B1, haematocrit or
-bolus arrival where they differ from what the analyst assumes, the AIF's amplitude and the
-noise level.
+phantom subjects) runs through the real engine (:mod:`phantomdce.engine.run`, phantom
+scenarios included) with a fitter that records its input. The input must hold no truth
+variable, no truth index, no attribute other than the acquisition settings a site knows (the
+list below is this test's own, not the package's), the analyst's assumptions and the
+pipeline's settings, and no value only the truth holds: the true B1, haematocrit or bolus
+arrival where they differ from what the analyst assumes, the AIF's amplitude and the noise
+level.
 """
 
 from __future__ import annotations
@@ -216,32 +216,24 @@ def _run_dro(path: Path, tmp: Path) -> list[tuple[xr.Dataset, Any, Any, Pipeline
 
 
 def _run_phantom(path: Path, tmp: Path) -> list[tuple[xr.Dataset, Any, Any, Pipeline]]:
-    from phantomdce.phantom.runner import (
-        _cases,
-        parse_phantom_scenario,
-        run_phantom_scenario,
-        subject_protocol,
-    )
+    from phantomdce.engine.run import execute, plan_run
 
     raw = _raw(path)
     overrides = {
         "replicates": 1,
         "phantom": {**raw["phantom"], "subjects": min(2, raw["phantom"].get("subjects", 1))},
         "sweep": _shrunk_sweep(raw),
+        "fit": {**raw.get("fit", {}), "isolate": "none"},
     }
     truth_recorder.RECORDS.clear()
-    run_phantom_scenario(path, tmp / raw["name"], fitters=[RECORDER], overrides=overrides)
+    plan = plan_run(path, tmp / raw["name"], fitters=[RECORDER], overrides=overrides)
+    execute(plan)
     assert truth_recorder.RECORDS, f"{path.name}: the recorder saw nothing"
-    parsed = parse_phantom_scenario({**raw, **overrides})
-    scenario, base, acq_sweep, _, subjects, *_, subject_aif = parsed
-    cases = _cases(scenario, base, acq_sweep)
-    protocols = [
-        subject_protocol(p, scenario.seed, s, subject_aif)
-        for _, p, _ in cases
-        for s in range(subjects)
-    ]
-    pipe = Pipeline.from_mapping(dict(scenario.fit.get("pipeline", {})))
-    return [(d, protocols, [a for _, _, a in cases], pipe) for d in truth_recorder.RECORDS]
+    ps = plan.scenario
+    cases = ps.cases()
+    protocols = [ps.subject_protocol(c, s) for c in cases for s in range(ps.subjects)]
+    pipe = plan.fit.pipeline
+    return [(d, protocols, [c.acquisition for c in cases], pipe) for d in truth_recorder.RECORDS]
 
 
 def _run(path: Path, tmp: Path):
@@ -359,9 +351,9 @@ def test_dcmri_adapter_reads_the_assumed_haematocrit(monkeypatch):
 
 def test_roi_rules_find_the_arrival_on_the_images():
     from phantomdce.dro.protocol import Protocol
+    from phantomdce.fit.roi import bolus_arrival_from_images, carotid_roi_auto, tumour_rois
     from phantomdce.phantom.acquire import Acquisition, acquire
     from phantomdce.phantom.anatomy import make_neck
-    from phantomdce.phantom.roi import bolus_arrival_from_images, carotid_roi_auto, tumour_rois
 
     ph = make_neck((16, 96, 96), seed=6)
     for bat in (17.0, 31.0):  # before and after the nominal n_baseline * dt = 20 s
@@ -370,9 +362,9 @@ def test_roi_rules_find_the_arrival_on_the_images():
         found = bolus_arrival_from_images(acquired)
         assert set(acquired.attrs) <= ACQUISITION_ATTRS | SUBJECT_TRUTH_ATTRS | PROVENANCE_ATTRS
         assert bat - proto.dt <= found <= bat + proto.dt
-        rois, carotid = tumour_rois(ph, acquired), carotid_roi_auto(acquired, n=6)
+        rois, carotid = tumour_rois(acquired), carotid_roi_auto(acquired, n=6)
         # the rules read no truth: a wrong simulated arrival in the attributes changes nothing
         for wrong in (0.0, 80.0):
             lied = acquired.assign_attrs(bat=wrong)
-            xr.testing.assert_equal(tumour_rois(ph, lied), rois)
+            xr.testing.assert_equal(tumour_rois(lied), rois)
             np.testing.assert_array_equal(carotid_roi_auto(lied, n=6), carotid)

@@ -141,8 +141,8 @@ class FitConfig:
         fitters : list of str, optional
             Fitter names or specs replacing ``fit.fitters``.
         error_budget_runner : str, optional
-            Set by a runner that does not fit error-budget entries (e.g. ``"the phantom
-            runner"``): a non-empty ``fit.error_budget`` is then refused, naming it.
+            Set for scenarios whose runs do not fit error-budget entries (``"phantom
+            scenarios"``): a non-empty ``fit.error_budget`` is then refused, naming them.
 
         Raises
         ------

@@ -65,17 +65,20 @@ def unit_case(ps: PhantomScenario, case: PhantomCase, subject: int) -> xr.Datase
     ValueError
         The tumour ROI holds no voxel at this resolution.
     """
-    from phantomdce.phantom.case import phantom_case  # moves to fit.roi
+    from phantomdce.fit.pipeline import measurements_only
+    from phantomdce.fit.roi import place_rois
+    from phantomdce.phantom.case import acquire_repeats, roi_voxels
 
-    return phantom_case(
+    acquisitions = acquire_repeats(
         ps.phantom(subject),
         ps.subject_protocol(case, subject),
         case.acquisition,
-        case.roi,
-        ps.carotid,
         replicates=ps.replicates,
         seed=ps.case_seed(case, subject),
     )
+    # the analyst places the ROIs on the first acquisition's images, without its truth
+    tumour, carotid = place_rois(measurements_only(acquisitions[0]), case.roi, ps.carotid)
+    return roi_voxels(acquisitions, tumour, carotid)
 
 
 def enhancing_truth(ps: PhantomScenario, subject: int) -> dict[str, float]:

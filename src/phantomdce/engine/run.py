@@ -313,8 +313,7 @@ def plan_run(
     fitters : list of str, optional
         Fitter names or ``module:attribute`` specs, overriding ``[fit] fitters``.
     overrides : dict, optional
-        Top-level scenario keys to replace (a study's ``replicates``, for example); a
-        phantom scenario keeps its own (its replicates are repeated acquisitions).
+        Top-level scenario keys to replace (a study's ``replicates``, for example).
     phantom_subjects : int, optional
         At most this many subjects for a phantom scenario (a study's ``phantom_subjects``,
         :func:`phantomdce.phantom.scenario.cap_subjects`); part of the run's identity.
@@ -330,14 +329,14 @@ def plan_run(
         something else; nothing is written in that case.
     """
     raw, text = _read_raw(scenario_path)
+    if overrides:
+        raw = {**raw, **overrides}
+        text += "\n# overridden by the study: " + json.dumps(overrides, sort_keys=True) + "\n"
     if is_phantom_scenario(raw):
         capped = cap_subjects(raw, phantom_subjects)
         if capped != raw:
             text += f"\n# the study keeps at most {phantom_subjects} phantom subjects\n"
         raw = capped
-    elif overrides:
-        raw = {**raw, **overrides}
-        text += "\n# overridden by the study: " + json.dumps(overrides, sort_keys=True) + "\n"
     scenario = parse_any(raw)
     fit = fit_config(scenario, fitters)
     infos = fit.resolve()

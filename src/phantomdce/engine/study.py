@@ -120,6 +120,7 @@ def run_study(
     study = load_study(path)
     out = Path(out)
     names: dict[str, Path] = {}
+    phantoms: set[str] = set()
     for file in study.scenarios:  # check every scenario before anything is written
         try:
             raw = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -139,13 +140,15 @@ def run_study(
         if scenario.name in names:
             raise ConfigError(f"two scenarios of the study are named {scenario.name!r}")
         names[scenario.name] = file
+        if is_phantom_scenario(raw):
+            phantoms.add(scenario.name)
     # phantom scenarios keep their own replicates (repeated acquisitions)
     plans = [
         plan_run(
             file,
             out / name,
             fitters=fitters,
-            overrides=study.overrides,
+            overrides=None if name in phantoms else study.overrides,
             phantom_subjects=study.phantom_subjects,
         )
         for name, file in names.items()

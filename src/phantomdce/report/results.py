@@ -195,7 +195,7 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
         scenarios.append(meta["scenario_name"])
         tissue_grid = tissue_grid and "model" in meta["scenario"].get("tissue", {})
         # neck-phantom runs: a replicate code is subject * replicates + acquisition
-        # (phantom.runner.replicate_codes); subjects, not acquisitions, are independent
+        # (phantom.scenario.replicate_codes); subjects, not acquisitions, are independent
         phantom = "phantom" in meta["scenario"].get("tissue", {})
         per_subject = int(meta["scenario"].get("replicates", 1)) if phantom else 0
         estimated = {f["name"]: estimated_parameters(f["model"]) for f in meta["fitters"]}
@@ -332,13 +332,12 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
             idx = np.sort(rng.choice(idx, _SCATTER_MAX, replace=False))
         scatter[(knob, fitter, name)] = (p["truth"][idx].tolist(), p["estimate"][idx].tolist())
     figures = []
-    for run_dir, _, _, _ in runs:
-        manifest = run_dir / "figures.json"
-        if manifest.exists():
-            for entry in json.loads(manifest.read_text()):
-                path = run_dir / entry["file"]
-                if path.exists():
-                    figures.append((path, f"{run_dir.name}: {entry['caption']}"))
+    for run_dir, run_meta, _, _ in runs:
+        if "phantom" in run_meta:  # the maps and AIF of a phantom run, drawn (or reused) here
+            from phantomdce.report.phantom import phantom_run_figures
+
+            for path, caption in phantom_run_figures(run_dir):
+                figures.append((path, f"{run_dir.name}: {caption}"))
     judged = [f for f in fitters if f not in oracles]
     rows = [r for r in rows if r.fitter not in oracles] + [r for r in rows if r.fitter in oracles]
     return RecommendationResult(
