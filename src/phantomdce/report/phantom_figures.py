@@ -1,29 +1,30 @@
-"""Figures of the phantom: truth, acquired and fitted maps side by side; AIF measured vs true.
+"""Figures of the phantom: truth, acquired and fitted maps side by side; AIF used vs true.
 
-matplotlib is imported inside the functions (``import phantomdce`` stays light); each
-function returns a :class:`matplotlib.figure.Figure` drawn on an Agg canvas.
+The drawing functions of the report's phantom figures (:mod:`phantomdce.report.phantom`
+gathers their data from a run folder). matplotlib is imported inside the functions
+(``import phantomdce`` stays light); each function returns a
+:class:`matplotlib.figure.Figure` drawn on an Agg canvas. Ktrans is shown in
+:data:`phantomdce.params.PARAMETERS` units (/min), lengths in mm, time in s and
+concentrations in mM.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from phantomdce.params import PARAMETERS
 from phantomdce.phantom.anatomy import CLASSES, Phantom
+from phantomdce.report.figures import _new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _KTRANS_UNITS = PARAMETERS["Ktrans"].units
 
 __all__ = ["maps_figure", "aif_figure"]
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def maps_figure(
@@ -33,7 +34,7 @@ def maps_figure(
     slice_index: int | None = None,
     fitted: np.ndarray | None = None,
     roi: np.ndarray | None = None,
-):
+) -> Figure:
     """Truth labels and Ktrans (truth grid), the acquired image, truth and fitted Ktrans.
 
     Parameters
@@ -46,6 +47,11 @@ def maps_figure(
         Fitted Ktrans (/min) on the acquired grid (NaN outside the fitted voxels).
     roi : ndarray (slice, y, x) bool, optional
         An ROI outlined on the acquired image.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row of panels; the fitted panel's title counts the ROI voxels with a finite fit.
     """
     z_mm = acquired["slice"].values
     if slice_index is None:
@@ -81,7 +87,7 @@ def maps_figure(
             n_ok = int(np.isfinite(fitted[roi]).sum())
             title += f": {n_ok} of {n_roi} ROI voxels fitted"
         panels.append((title, fitted[slice_index], "viridis", (0, 0.5)))
-    fig = _figure(3.2 * len(panels), 3.6)
+    fig = _new_figure(3.2 * len(panels), 3.6)
     axes = fig.subplots(1, len(panels))
     extent_t = [
         0,
@@ -135,9 +141,26 @@ def aif_figure(
     measured: dict[str, np.ndarray],
     *,
     title: str = "Arterial input function: measured on the images vs true",
-):
-    """Measured (or assumed) AIFs (label -> plasma mM at the frames) against the true one."""
-    fig = _figure(6.5, 4.0)
+) -> Figure:
+    """Measured (or assumed) AIFs against the true one.
+
+    Parameters
+    ----------
+    time_s : ndarray
+        Frame times (s).
+    true_ca : ndarray
+        True plasma AIF (mM) at the frames.
+    measured : dict
+        Label -> plasma AIF (mM) at the frames, one line each.
+    title : str
+        Axes title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The curves against time.
+    """
+    fig = _new_figure(6.5, 4.0)
     ax = fig.subplots()
     ax.plot(time_s, true_ca, "k-", lw=2, label="true plasma AIF")
     for label, ca in measured.items():
