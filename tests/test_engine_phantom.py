@@ -1,0 +1,146 @@
+"""Phantom scenarios in the one engine: resume, fault isolation, schedulers, lost units.
+
+The same guarantees as :mod:`test_engine` gives simulated scenarios, on the neck phantom,
+whose units are (case, subject) and whose results are assembled from unit stores.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phantomdce.engine.run import execute, finalize, open_results, plan_run, run
+
+from test_engine import metrics_without_timing
+from test_phantom import PHANTOM_SCENARIO
+
+PLUGINS = str(Path(__file__).parent / "engine_plugins")
+
+
+def phantom(tmp_path, name="p.toml", *, subjects=2, sweep="slice_mm = [2.0, 4.0]", fit=None):
+    text = PHANTOM_SCENARIO.format(name="eng").replace("subjects = 1", f"subjects = {subjects}")
+    text = text.replace("slice_mm = [2.0, 4.0]", sweep)
+    if fit is not None:
+        text = text.replace('fitters = ["llsq_extended_tofts"]', fit)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def estimates(out):
+    tree = open_results(out)
+    return {
+        case: {k: tree[case].ds[k].values for k in ("Ktrans", "ve", "success", "tissue")}
+        for case in tree.children
+    }
+
+
+def assert_same(a, b):
+    assert list(a) == list(b)
+    for case in a:
+        for k in a[case]:
+            np.testing.assert_array_equal(a[case][k], b[case][k])
+
+
+def test_phantom_units_are_case_and_subject_and_failures_are_recorded(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(PLUGINS)
+    fit = (
+        'fitters = ["llsq_extended_tofts", "acme_faulty:Raises", "acme_faulty:WrongShape"]\n'
+        'isolate = "none"'
+    )
+    path = phantom(tmp_path, sweep="slice_mm = [4.0]", fit=fit)
+    plan = plan_run(path, tmp_path / "out")
+    assert plan.phantom and [u[:2] for u in plan.units] == [(0, 0), (0, 1)]
+    execute(plan)
+    finalize(plan)
+    ds = open_results(tmp_path / "out")["case_0000"].ds
+    ok = ds["success"].values
+    assert ok[0].mean() > 0.9 and not ok[1:].any()  # the built-in untouched by its neighbours
+    with open(tmp_path / "out" / "failures.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # one failure per faulty fitter and subject, with the subject's voxels in the case node
+    assert sorted((r["fitter"], r["chunk"]) for r in rows) == [
+        ("acme_raises", "0"),
+        ("acme_raises", "1"),
+        ("acme_shape", "0"),
+        ("acme_shape", "1"),
+    ]
+    first = {r["chunk"]: (int(r["voxel_start"]), int(r["voxel_stop"])) for r in rows}
+    tissue = ds["tissue"].values
+    n0 = int(np.sum(tissue < ds.attrs["roi_voxels"][0]))
+    assert first["0"] == (0, n0) and first["1"] == (n0, tissue.size)
+    assert "acme solver exploded" in next(r["error"] for r in rows if r["fitter"] == "acme_raises")
+
+
+def test_a_subject_without_a_tumour_roi_is_recorded_not_fatal(tmp_path):
+    # 40 mm voxels on a 96 mm phantom: no voxel is mostly tumour
+    path = phantom(tmp_path, subjects=1, sweep="in_plane_mm = [2.0, 40.0]")
+    rows = run(path, tmp_path / "out")
+    failures = (tmp_path / "out" / "failures.csv").read_text()
+    assert "the tumour ROI holds no voxel at this resolution" in failures
+    by_case = {r["case"]: r for r in rows if r["parameter"] == "Ktrans"}
+    assert by_case["case_0000"]["n_voxels"] > 0
+    assert by_case["case_0001"]["n_voxels"] == 0
+
+
+def test_a_lost_unit_store_is_redone_and_the_result_is_unchanged(tmp_path):
+    path = phantom(tmp_path)
+    out = tmp_path / "out"
+    run(path, out)
+    before = estimates(out)
+    shutil.rmtree(out / "units" / "case_0001_chunk_00001.zarr")
+    plan = plan_run(path, out)
+    with pytest.raises(RuntimeError, match="markers were removed: run again"):
+        finalize(plan)
+    assert [u[:2] for u in plan.pending()] == [(1, 1)]
+    execute(plan)
+    finalize(plan)
+    assert_same(estimates(out), before)
+
+
+@pytest.mark.slow
+def test_a_killed_phantom_run_resumes_to_the_same_result(tmp_path):
+    path = phantom(tmp_path, subjects=3, sweep="slice_mm = [2.0, 3.0, 4.0]")
+    out = tmp_path / "killed"
+    code = (
+        f"from phantomdce.cli import main; main(['run', {str(path)!r}, '-o', {str(out)!r}, '-q'])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    progress = out / "progress"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if progress.exists() and len(list(progress.glob("*.json"))) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    plan = plan_run(path, out)
+    n_done = len(plan.units) - len(plan.pending())
+    assert 3 <= n_done < len(plan.units), "the run should have been killed midway"
+    assert not (out / "metrics.csv").exists()
+    execute(plan)
+    finalize(plan)
+    run(path, tmp_path / "clean")
+    assert_same(estimates(out), estimates(tmp_path / "clean"))
+    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
+    assert not list(out.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_phantom_run_gives_the_same_result_on_every_scheduler(tmp_path):
+    path = phantom(tmp_path)
+    run(path, tmp_path / "local")
+    run(path, tmp_path / "procs", scheduler="processes", workers=2)
+    run(path, tmp_path / "threads", scheduler="threads", workers=2)
+    assert_same(estimates(tmp_path / "procs"), estimates(tmp_path / "local"))
+    assert_same(estimates(tmp_path / "threads"), estimates(tmp_path / "local"))
+    assert metrics_without_timing(tmp_path / "procs") == metrics_without_timing(tmp_path / "local")
