@@ -25,6 +25,7 @@ TRUTH_MODULES = [
     "phantomdce.phantom.store",
     "phantomdce.phantom.export",
     "phantomdce.phantom.dicom",
+    "phantomdce.phantom.case",
 ]
 
 
@@ -38,6 +39,48 @@ def test_the_truth_side_loads_no_estimation_engine_or_report_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_no_truth_module_imports_estimation_even_inside_a_function():
+    """A deferred import (inside a function) loads estimation only when called: none either."""
+    offences = []
+    for module in TRUTH_MODULES:
+        path = SRC.parent / (module.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith(("phantomdce.fit", "phantomdce.engine", "phantomdce.report")):
+                    offences.append(f"{module}: imports {name}")
+    assert offences == []
+
+
+def test_phantomdce_simulate_loads_no_estimation_engine_or_report_module(tmp_path):
+    """``phantomdce simulate`` of a DRO and of a phantom scenario stays on the truth side."""
+    from test_phantom import PHANTOM_SCENARIO
+
+    (tmp_path / "p.toml").write_text(
+        PHANTOM_SCENARIO.format(name="sim").replace("[16, 96, 96]", "[8, 48, 48]")
+    )
+    dro = SRC.parents[1] / "scenarios" / "esnr2022" / "baseline_frames.toml"
+    for k, scenario in enumerate([dro, tmp_path / "p.toml"]):
+        code = (
+            "import sys\n"
+            "from phantomdce.cli import main\n"
+            f"assert main(['simulate', {str(scenario)!r}, '-o', {str(tmp_path / f'o{k}')!r},"
+            " '-q']) == 0\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(("
+            "'phantomdce.fit', 'phantomdce.engine', 'phantomdce.report')))\n"
+            "print('LOADED', ','.join(bad))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip().splitlines()[-1] == "LOADED", scenario.name
 
 
 def _parent(module: str) -> str:

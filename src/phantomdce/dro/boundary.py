@@ -60,6 +60,10 @@ ACQUISITION_ATTRS = frozenset(
         "in_plane_mm",  # acquired voxel geometry, mm
         "slice_mm",
         "gap_mm",
+        # phantom acquisitions: the carotid landmarks an analyst clicks on the images,
+        # [slice, y, x] mm (phantomdce.phantom.acquire.LANDMARK_ATTRS)
+        "carotid_right_mm",
+        "carotid_left_mm",
     }
 )
 
@@ -114,9 +118,10 @@ PROVENANCE_ATTRS = frozenset(
     }
 )
 
-#: Per-voxel coordinates that index the truth (which voxels share a tissue); not given to
-#: estimation.
-TRUTH_COORDS = ("tissue", "replicate")
+#: Coordinates that index the truth, not given to estimation: which voxels share a tissue
+#: (``tissue``, ``replicate``), and in a phantom acquisition the voxel types and vessel rings
+#: of its truth variables (``type``, ``vessel_type``, ``ring``, ``truth_slice``).
+TRUTH_COORDS = ("tissue", "replicate", "type", "vessel_type", "ring", "truth_slice")
 
 
 def acquisition_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

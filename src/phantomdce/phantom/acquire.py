@@ -56,12 +56,22 @@ The VFA images have the same voxel and receiver, averaged ``vfa_averages`` times
 noise SD is the dynamic series' SD / sqrt(vfa_averages) (attribute ``vfa_noise_sigma``).
 Veins carry the arterial curve delayed by 6 s and dispersed by an 8 s exponential (an
 assumption).
+
+What the analyst has (``role = "measurement"``, kept by
+:func:`phantomdce.fit.pipeline.measurements_only`): the images (``signal``, ``vfa_signal``),
+the lesion contour drawn on the anatomical images (``lesion_outline``: the acquired voxels
+at least half of whose volume is lesion, :data:`~phantomdce.phantom.anatomy.LESION_CLASSES`)
+and the carotid landmarks an analyst would click (attributes ``carotid_right_mm`` and
+``carotid_left_mm``, ``[slice, y, x]`` in mm on the acquired grid's frame, listed in
+:data:`phantomdce.dro.boundary.ACQUISITION_ATTRS`). Everything else is truth.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import xarray as xr
@@ -73,7 +83,7 @@ from phantomdce.dro.truth import aif_on_grid, tissue_truth, truth_grid
 from phantomdce.kinetics import convolve_irf
 from phantomdce.noise import add_rician_noise, rng_for
 from phantomdce.params import PARAMETERS
-from phantomdce.phantom.anatomy import CLASSES, Phantom
+from phantomdce.phantom.anatomy import CLASSES, LESION_CLASSES, Phantom
 from phantomdce.signal import r1_from_concentration, spgr, spgr_inflow, vfa_signal
 
 __all__ = [
@@ -82,9 +92,12 @@ __all__ = [
     "IN_PLANE_PSFS",
     "LAMINAR_BANDS",
     "SLICE_PROFILES",
+    "LANDMARK_ATTRS",
     "acquire",
+    "class_fractions",
     "overlap_weights",
     "psf_weights",
+    "sphere_mask",
     "type_curves",
 ]
 
@@ -101,6 +114,11 @@ FLOW_PROFILES = ("laminar", "plug")
 #: 1e-4 of the exact ring average in the wall ring at the slab edge, where it is worst).
 LAMINAR_BANDS = 8
 _BAND_NODES = 8
+#: Phantom landmarks given to the analyst, and the acquisition attribute (``[slice, y, x]``,
+#: mm from the grid's corner) that carries each.
+LANDMARK_ATTRS = MappingProxyType(
+    {"carotid_right": "carotid_right_mm", "carotid_left": "carotid_left_mm"}
+)
 
 
 @dataclass(frozen=True)
@@ -392,6 +410,37 @@ def _vessel_band(phantom: Phantom, acq: Acquisition) -> np.ndarray:
     return np.clip((rho2 * LAMINAR_BANDS).astype(np.int16), 0, LAMINAR_BANDS - 1)
 
 
+def class_fractions(phantom: Phantom, acquired: xr.Dataset, names: Iterable[str]) -> xr.DataArray:
+    """Summed volume fraction (0-1) of the given classes in each acquired voxel (slice, y, x).
+
+    Reads the truth: the acquisition's ``fraction`` and the phantom's voxel types.
+    """
+    idx = [i for i, p in enumerate(phantom.type_params) if p["class"] in set(names)]
+    return acquired["fraction"].sel(type=idx).sum("type")
+
+
+def sphere_mask(grid: xr.Dataset, centre_mm: Sequence[float], radius_mm: float) -> np.ndarray:
+    """The acquired voxels (slice, y, x mask) whose centre lies in a sphere.
+
+    Pure geometry on the coordinates ``slice``, ``y`` and ``x`` (mm) of ``grid`` (an
+    acquisition, or its measurements only); the mask may be empty.
+
+    Parameters
+    ----------
+    grid : xarray.Dataset
+        Holds the coordinates ``slice``, ``y``, ``x`` in mm.
+    centre_mm : sequence of 3 floats
+        Centre ``(slice, y, x)``, mm from the grid's corner.
+    radius_mm : float
+        Radius, mm.
+    """
+    zz, yy, xx = np.meshgrid(
+        grid["slice"].values, grid["y"].values, grid["x"].values, indexing="ij"
+    )
+    cz, cy, cx = centre_mm
+    return (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= radius_mm**2
+
+
 def acquire(
     phantom: Phantom,
     protocol: Protocol,
@@ -425,7 +474,10 @@ def acquire(
         noise-free acquired signal is ``weight @ type_signal`` with the vessel types'
         part taken slice by slice from ``vessel_signal``); truth maps at the acquired grid
         (volume-weighted ``Ktrans``, ``ve``, ``vp`` of the enhancing tissue they
-        contain); coordinates in mm.
+        contain); the true plasma AIF ``ca`` (time, mM); coordinates in mm. The analyst's
+        measurements besides the images: ``lesion_outline`` (slice, y, x bool) and the
+        carotid landmarks ``carotid_right_mm``, ``carotid_left_mm`` (attributes,
+        ``[slice, y, x]`` mm; see the module docstring).
     """
     acq = acquisition or Acquisition()
     nz, ny, nx = phantom.types.shape
@@ -532,6 +584,8 @@ def acquire(
         with np.errstate(invalid="ignore", divide="ignore"):
             maps[name] = (vol[:, has] @ vals[has]) / w
     dims4 = ("slice", "y", "x")
+    lesion = [i for i, p in enumerate(phantom.type_params) if p["class"] in LESION_CLASSES]
+    outline = frac[lesion].sum(axis=0) >= 0.5
     coords = {
         "slice": (
             "slice",
@@ -545,8 +599,30 @@ def acquire(
         "type": ("type", np.arange(n_types)),
     }
     data = {
-        "signal": ((*dims4, "time"), signal.reshape(*shape, -1), {"units": "a.u."}),
-        "vfa_signal": ((*dims4, "flip_angle"), vfa_out.reshape(*shape, -1), {"units": "a.u."}),
+        "signal": (
+            (*dims4, "time"),
+            signal.reshape(*shape, -1),
+            {"units": "a.u.", "role": "measurement"},
+        ),
+        "vfa_signal": (
+            (*dims4, "flip_angle"),
+            vfa_out.reshape(*shape, -1),
+            {"units": "a.u.", "role": "measurement"},
+        ),
+        "lesion_outline": (
+            dims4,
+            outline,
+            {
+                "role": "measurement",
+                "long_name": "lesion contour an analyst draws on the anatomical images (voxels"
+                " at least half lesion: tumour, necrosis, haemorrhage)",
+            },
+        ),
+        "ca": (
+            "time",
+            case_aif(protocol)(protocol.frame_times),
+            {"units": "mM", "role": "truth", "long_name": "true plasma AIF at the frames"},
+        ),
         "type_signal": (
             ("type", "time"),
             dyn,
@@ -617,4 +693,7 @@ def acquire(
         "phantom_seed": phantom.seed,
         "truth_voxel_mm": phantom.voxel_mm,
     }
+    for name, key in LANDMARK_ATTRS.items():
+        if name in phantom.landmarks:
+            attrs[key] = [float(c) for c in phantom.landmarks[name]]
     return xr.Dataset(data, coords=coords, attrs=attrs)

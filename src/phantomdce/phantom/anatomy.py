@@ -27,10 +27,22 @@ from types import MappingProxyType
 
 import numpy as np
 
-__all__ = ["TissueClass", "CLASSES", "NeckGeometry", "Phantom", "make_neck", "RIM_LEVELS"]
+__all__ = [
+    "TissueClass",
+    "CLASSES",
+    "LESION_CLASSES",
+    "NeckGeometry",
+    "Phantom",
+    "make_neck",
+    "RIM_LEVELS",
+    "artery_label",
+]
 
 #: Number of Ktrans levels the tumour rim's spatial variation is quantised into.
 RIM_LEVELS = 8
+#: The classes of the primary tumour's outline, as an analyst contours the lesion on the
+#: anatomical images: every tumour class, necrosis and haemorrhage included.
+LESION_CLASSES = ("tumour_rim", "tumour_hypoxic", "necrosis", "haemorrhage")
 
 
 @dataclass(frozen=True)
@@ -433,6 +445,11 @@ def make_neck(
     in_vessel = np.isin(lab, [CLASSES["artery"].label, CLASSES["vein"].label])
     rho2[~in_vessel] = np.nan
     return Phantom(lab, types, type_params, voxel_mm, field_strength, seed, g, landmarks, rho2)
+
+
+def artery_label() -> int:
+    """Label of the artery class."""
+    return CLASSES["artery"].label
 
 
 def class_of(label: int) -> TissueClass:

@@ -70,7 +70,7 @@ def export_phantom_nifti(
     outdir : str or Path
         Output directory (refused if it exists and is not empty, unless ``overwrite``).
     rois : xarray.Dataset, optional
-        ROIs from :func:`phantomdce.phantom.roi.tumour_rois`.
+        ROIs from :func:`phantomdce.fit.roi.tumour_rois`.
 
     Returns
     -------

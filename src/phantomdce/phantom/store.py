@@ -16,6 +16,16 @@ holds no tissue with kinetics), with each voxel's position (``slice_mm``, ``y_mm
 :func:`phantomdce.open_dro` opens it; ``phantomdce simulate`` writes one from a phantom
 scenario (one case per acquisition setting and subject). Stores are written into a
 temporary sibling directory and renamed when complete.
+
+The carotid ROI of a store (:func:`arterial_roi`) is placed on the truth side, from the
+phantom's geometry, without the image analysis of :mod:`phantomdce.fit.roi` (this module
+imports nothing of the estimation side): ``"manual"`` is the 3 mm sphere at the right carotid
+landmark (as :func:`phantomdce.fit.roi.carotid_roi` places it); ``"auto"`` stands for an
+automatic search that finds the artery: the 10 acquired voxels with the largest artery
+volume fraction, the nearest to the right carotid landmark first among equals (not the
+image-based search of :func:`phantomdce.fit.roi.carotid_roi_auto`, whose choice a user of
+the store can make from the stored ``acquired`` images). Stores written before this rule
+used that image-based search for ``"auto"``.
 """
 
 from __future__ import annotations
@@ -33,12 +43,22 @@ import phantomdce
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.simulate import case_aif
 from phantomdce.params import PARAMETERS
-from phantomdce.phantom.acquire import Acquisition, acquire
+from phantomdce.phantom.acquire import Acquisition, acquire, class_fractions, sphere_mask
 from phantomdce.phantom.anatomy import Phantom
 
-__all__ = ["PhantomCase", "phantom_dro_case", "truth_grid_dataset", "write_phantom_dro"]
+__all__ = [
+    "PhantomCase",
+    "arterial_roi",
+    "phantom_dro_case",
+    "truth_grid_dataset",
+    "write_phantom_dro",
+]
 
 ZARR_FORMAT = 2
+#: Radius (mm) of the ``"manual"`` carotid ROI, a sphere at the right carotid landmark.
+MANUAL_RADIUS_MM = 3.0
+#: Voxels of the ``"auto"`` carotid ROI.
+AUTO_VOXELS = 10
 PhantomCase = tuple[str, Phantom, Protocol, Acquisition, int, dict[str, Any]]
 """(case name, phantom, protocol, acquisition, noise seed, the values the case varies)."""
 
@@ -85,6 +105,57 @@ def truth_grid_dataset(phantom: Phantom) -> xr.Dataset:
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+def arterial_roi(phantom: Phantom, acquired: xr.Dataset, how: np.ndarray | str) -> np.ndarray:
+    """The carotid ROI of a store (slice, y, x mask), placed from the phantom's geometry.
+
+    Parameters
+    ----------
+    phantom, acquired
+        The phantom and one acquisition of it.
+    how : ndarray (slice, y, x) bool or {"manual", "auto"}
+        The ROI itself, or ``"manual"`` (a 3 mm sphere at the right carotid landmark) or
+        ``"auto"`` (the 10 acquired voxels with the largest artery volume fraction, the
+        nearest to the right carotid landmark first among equals); see the module
+        docstring.
+
+    Raises
+    ------
+    ValueError
+        An unknown placement, a phantom without the right carotid landmark, or a sphere
+        that holds no acquired voxel.
+    """
+    if not isinstance(how, str):
+        return np.asarray(how, dtype=bool)
+    if how not in ("manual", "auto"):
+        raise ValueError(f"carotid={how!r}: expected 'auto', 'manual' or a mask")
+    centre = phantom.landmarks.get("carotid_right")
+    if how == "manual":
+        if centre is None:
+            raise ValueError(
+                "carotid='manual' needs the phantom's landmark 'carotid_right', which this"
+                " phantom lacks"
+            )
+        mask = sphere_mask(acquired, centre, MANUAL_RADIUS_MM)
+        if not mask.any():
+            raise ValueError(
+                f"carotid ROI at {centre} mm with radius {MANUAL_RADIUS_MM} mm holds no voxel"
+            )
+        return mask
+    artery = class_fractions(phantom, acquired, ["artery"]).values.astype(np.float64)
+    if centre is None:
+        distance = np.zeros(artery.shape)
+    else:
+        zz, yy, xx = np.meshgrid(
+            acquired["slice"].values, acquired["y"].values, acquired["x"].values, indexing="ij"
+        )
+        distance = (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2
+    # largest fraction first, then the nearest, then the first in C order
+    order = np.lexsort((np.arange(artery.size), distance.ravel(), -artery.ravel()))
+    mask = np.zeros(artery.shape, dtype=bool)
+    mask.flat[order[:AUTO_VOXELS]] = True
+    return mask
+
+
 def phantom_dro_case(
     phantom: Phantom, acquired: xr.Dataset, protocol: Protocol, *, carotid: np.ndarray | str
 ) -> xr.Dataset:
@@ -95,12 +166,10 @@ def phantom_dro_case(
     phantom, acquired, protocol
         The phantom, one acquisition of it and the protocol it was acquired with.
     carotid : ndarray (slice, y, x) bool or {"auto", "manual"}
-        The carotid ROI whose voxels become ``arterial_signal`` (see
-        :func:`phantomdce.phantom.case.phantom_case`).
+        The carotid ROI whose voxels become ``arterial_signal``, or how to place it
+        (:func:`arterial_roi`).
     """
-    from phantomdce.phantom.roi import carotid_roi
-
-    carotid = carotid_roi(phantom, acquired, carotid)
+    carotid = arterial_roi(phantom, acquired, carotid)
     shape = acquired["signal"].shape[:3]
     n = int(np.prod(shape))
     idx = np.unravel_index(np.arange(n), shape)
@@ -166,7 +235,7 @@ def write_phantom_dro(
     path : str or Path
         Output ``.zarr`` directory.
     carotid : {"auto", "manual"}
-        How the carotid ROI of each case is placed.
+        How the carotid ROI of each case is placed (:func:`arterial_roi`).
     attrs : dict, optional
         Extra provenance for the root (e.g. the scenario's name and source).
     overwrite : bool
