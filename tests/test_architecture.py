@@ -61,12 +61,13 @@ def test_no_truth_module_imports_estimation_even_inside_a_function():
 
 def test_phantomdce_simulate_loads_no_estimation_engine_or_report_module(tmp_path):
     """``phantomdce simulate`` of a DRO and of a phantom scenario stays on the truth side."""
+    from test_engine import scenario as dro_scenario
     from test_phantom import PHANTOM_SCENARIO
 
     (tmp_path / "p.toml").write_text(
         PHANTOM_SCENARIO.format(name="sim").replace("[16, 96, 96]", "[8, 48, 48]")
     )
-    dro = SRC.parents[1] / "scenarios" / "esnr2022" / "baseline_frames.toml"
+    dro = dro_scenario(tmp_path, replicates=2)
     for k, scenario in enumerate([dro, tmp_path / "p.toml"]):
         code = (
             "import sys\n"
