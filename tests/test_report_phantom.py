@@ -11,6 +11,7 @@ from phantomdce.phantom.scenario import parse_phantom_scenario
 from phantomdce.report import phantom as report_phantom
 from phantomdce.report.phantom import (
     aif_curves,
+    aif_reads_every_acquisition,
     figure_cases,
     maps_data,
     phantom_run_figures,
@@ -94,7 +95,8 @@ def test_the_fitted_map_is_the_stored_estimates_of_subject_0_first_acquisition(p
 
 def test_the_aif_is_the_one_the_engine_gives_the_pipeline(phantom_run):
     from phantomdce.engine.phantom import unit_case
-    from phantomdce.fit.pipeline import Pipeline
+    from phantomdce.fit.pipeline import AIF_SOURCES, Pipeline
+    from phantomdce.phantom.case import roi_voxels
 
     meta = json.loads((phantom_run / "run.json").read_text())
     ps = parse_phantom_scenario(meta["scenario_mapping"])
@@ -103,15 +105,23 @@ def test_the_aif_is_the_one_the_engine_gives_the_pipeline(phantom_run):
     ref = unit_case(ps, case, 0)  # what the run handed the pipeline for subject 0
     assert int(images.tumour.sum()) == ref.attrs["roi_voxels"]
     assert int(images.carotid.sum()) == ref.attrs["carotid_voxels"]
-    for source in ("measured", "true"):
+    first_only = subject_images(ps, case, replicates=1)
+    for source in AIF_SOURCES:
         pipeline = Pipeline(aif=source)
         curves = aif_curves(pipeline, ps, case, images)
         np.testing.assert_array_equal(curves.used, pipeline.plasma_aif(ref))
         np.testing.assert_array_equal(curves.true, ref["ca"].values)
         assert curves.source == source
+        if not aif_reads_every_acquisition(pipeline):  # the report acquires the first only
+            first = aif_curves(pipeline, ps, case, first_only)
+            np.testing.assert_array_equal(first.used, curves.used)
+    # the measured AIF differs between the first acquisition and all: the check is real
+    measured = Pipeline(aif="measured")
+    part = roi_voxels(first_only.acquisitions, first_only.tumour, first_only.carotid)
+    assert not np.array_equal(measured.plasma_aif(part), measured.plasma_aif(ref))
     # a measured AIF averages every acquisition: the first alone is refused
     with pytest.raises(ValueError, match="the AIF needs all replicates = 2"):
-        aif_curves(Pipeline(aif="measured"), ps, case, subject_images(ps, case, replicates=1))
+        aif_curves(measured, ps, case, first_only)
 
 
 def test_the_report_collects_the_phantom_figures(phantom_run):
@@ -146,3 +156,31 @@ def test_a_run_without_phantom_has_no_phantom_figures(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"scenario_name": "dro", "scenario": {}}))
     assert phantom_run_figures(tmp_path) == []
     assert not (tmp_path / "figures").exists()
+
+
+def test_a_case_whose_roi_held_no_voxel_has_no_figures(phantom_run, tmp_path, monkeypatch):
+    """The engine records a unit whose tumour ROI is empty and goes on; so does the report."""
+    import shutil
+
+    import xarray as xr
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(phantom_run, run_dir, ignore=shutil.ignore_patterns("figures"))
+    store = run_dir / "units" / "case_0000_chunk_00000.zarr"
+    with xr.open_zarr(store, consolidated=True) as unit:
+        empty = unit.isel(voxel=slice(0, 0)).load()
+    empty.attrs["roi_voxels"] = 0
+    shutil.rmtree(store)
+    empty.to_zarr(store, mode="w", zarr_format=2, consolidated=True)
+    figures = phantom_run_figures(run_dir)
+    assert [p.name for p, _ in figures] == ["case_0001_maps.png", "case_0001_aif.png"]
+    # a missing unit store is a run that did not finish: said (before acquiring), not skipped
+    shutil.rmtree(run_dir / "units" / "case_0001_chunk_00000.zarr")
+    shutil.rmtree(run_dir / "figures")
+
+    def no_acquiring(*args, **kwargs):
+        raise AssertionError("acquired for a case without results")
+
+    monkeypatch.setattr(report_phantom, "subject_images", no_acquiring)
+    with pytest.raises(FileNotFoundError, match="case_0001 subject 0"):
+        phantom_run_figures(run_dir)

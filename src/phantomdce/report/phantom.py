@@ -39,6 +39,7 @@ __all__ = [
     "MapsData",
     "SubjectImages",
     "aif_curves",
+    "aif_reads_every_acquisition",
     "case_label",
     "figure_cases",
     "maps_data",
@@ -113,8 +114,15 @@ class MapsData:
     fitter: str
 
 
-def _unit_store(run_dir: Path, case: PhantomCase, subject: int) -> Path:
-    return run_dir / "units" / f"case_{case.index:04d}_chunk_{subject:05d}.zarr"
+def _unit_store(run_dir: Path, case: PhantomCase) -> Path:
+    """Subject 0's unit store of a case; FileNotFoundError if the run has none."""
+    store = run_dir / "units" / f"case_{case.index:04d}_chunk_{SUBJECT:05d}.zarr"
+    if not store.exists():
+        raise FileNotFoundError(
+            f"{store} is missing: the run has no results of {case.name} subject {SUBJECT}"
+            " (finish the run first)"
+        )
+    return store
 
 
 @dataclass(frozen=True)
@@ -209,12 +217,7 @@ def maps_data(
         The store's ROI voxels do not match the rebuilt ROI (the run was made with another
         ROI rule or acquisition), or the ROI holds no voxel.
     """
-    store = _unit_store(Path(run_dir), case, SUBJECT)
-    if not store.exists():
-        raise FileNotFoundError(
-            f"{store} is missing: the run has no results of {case.name} subject {SUBJECT}"
-            " (finish the run first)"
-        )
+    store = _unit_store(Path(run_dir), case)
     if images is None:
         images = subject_images(ps, case, replicates=1)
     roi = images.tumour
@@ -237,6 +240,20 @@ def maps_data(
     fitted = np.full(roi.shape, np.nan)
     fitted[roi] = values
     return MapsData(images.phantom, images.acquisitions[0], roi, fitted, fitter)
+
+
+def aif_reads_every_acquisition(pipeline: Pipeline) -> bool:
+    """Whether the pipeline's AIF is read from the images of every acquisition of a subject.
+
+    A measured AIF (``aif = "measured"``) averages the carotid ROI over all the repeated
+    acquisitions the run pooled; the true and the population AIF read only the truth, the
+    frame times and the protocol, which the first acquisition holds.
+    """
+    return pipeline.aif == "measured"
+
+
+def _replicates_for(pipeline: Pipeline, ps: PhantomScenario) -> int:
+    return ps.replicates if aif_reads_every_acquisition(pipeline) else 1
 
 
 @dataclass(frozen=True)
@@ -273,19 +290,20 @@ def aif_curves(
     ps, case
         The run's scenario and one of its cases.
     images : SubjectImages, optional
-        :func:`subject_images` of the case with every repeat (default: made here).
+        :func:`subject_images` of the case (default: made here), with every repeat when
+        :func:`aif_reads_every_acquisition`, else at least the first.
 
     Raises
     ------
     ValueError
-        ``images`` holds fewer acquisitions than the scenario's ``replicates`` (a measured
-        AIF averages the carotid ROI over all of them).
+        A measured AIF, and ``images`` holds fewer acquisitions than the scenario's
+        ``replicates`` (the pipeline averages the carotid ROI over all of them).
     """
     from phantomdce.phantom.case import roi_voxels
 
     if images is None:
-        images = subject_images(ps, case)
-    if len(images.acquisitions) != ps.replicates:
+        images = subject_images(ps, case, replicates=_replicates_for(pipeline, ps))
+    if aif_reads_every_acquisition(pipeline) and len(images.acquisitions) != ps.replicates:
         raise ValueError(
             f"images hold {len(images.acquisitions)} acquisitions: the AIF needs all"
             f" replicates = {ps.replicates}"
@@ -336,7 +354,13 @@ def phantom_run_figures(run_dir: str | Path) -> list[tuple[Path, str]]:
     -------
     list of (Path, str)
         Each PNG and its caption, case by case (maps, then AIF); empty for a run without a
-        ``"phantom"`` key in its ``run.json``.
+        ``"phantom"`` key in its ``run.json``. A case whose subject 0 has no tumour ROI
+        voxel (its unit failed, as ``failures.csv`` records) has no figures.
+
+    Raises
+    ------
+    FileNotFoundError
+        A figure case's unit store of subject 0 is missing (the run is not complete).
     """
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -356,8 +380,11 @@ def phantom_run_figures(run_dir: str | Path) -> list[tuple[Path, str]]:
         aif = figdir / f"{case.name}_aif.png"
         images = None
         if not (maps.exists() and aif.exists()):
-            # one set of acquisitions for both figures; the maps alone need the first only
-            images = subject_images(ps, case, replicates=None if not aif.exists() else 1)
+            if _stored_roi_voxels(run_dir, case) == 0:
+                continue  # subject 0's tumour ROI held no voxel: failures.csv says so
+            # one set of acquisitions for both figures; the maps need the first only
+            n = _replicates_for(pipeline, ps) if not aif.exists() else 1
+            images = subject_images(ps, case, replicates=n)
             figdir.mkdir(exist_ok=True)
         if not maps.exists():
             write_atomic(maps, _draw_maps(run_dir, ps, case, images))
@@ -379,6 +406,12 @@ def phantom_run_figures(run_dir: str | Path) -> list[tuple[Path, str]]:
             )
         )
     return out
+
+
+def _stored_roi_voxels(run_dir: Path, case: PhantomCase) -> int:
+    """Subject 0's tumour ROI voxels in a case as its unit store records them."""
+    with xr.open_zarr(_unit_store(run_dir, case), consolidated=True) as unit:
+        return int(unit.attrs.get("roi_voxels", 0))
 
 
 def _first_fitter(meta: dict[str, Any]) -> str:
