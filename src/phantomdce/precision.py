@@ -296,12 +296,30 @@ class SignalModel:
         for a in range(0, n_rows, batch):
             b = min(n_rows, a + batch)
             c = self.concentration(model, {k: v[a:b] for k, v in full.items()})
-            r1 = 1.0 / t10_[a:b, None] + pr.relaxivity * c
-            s = _spgr(r1, m0_[a:b, None], pr.fa, pr.tr, pr.b1)
-            if self.average:
-                s = window_mean(self.grid, s.real) + 1j * window_mean(self.grid, s.imag)
-            out[a:b] = s
+            out[a:b] = self._frames(c, t10_[a:b, None], m0_[a:b, None])
         return out
+
+    def _frames(self, c: NDArray, t10: NDArray, m0: NDArray, *, step: bool = False) -> NDArray:
+        """Frame signals from the concentration at :meth:`concentration`'s nodes.
+
+        ``step``: the imaginary parts are complex steps (below rounding of the real
+        parts), so the signal is evaluated to first order in them in real arithmetic
+        (``S(x + ih) = S(x) + i h S'(x)``, what complex arithmetic gives to rounding).
+        """
+        pr = self.protocol
+        r1 = 1.0 / t10 + pr.relaxivity * c
+        if step:
+            a = np.deg2rad(pr.b1 * pr.fa)
+            e1 = np.exp(-pr.tr * r1.real)
+            den = 1.0 - np.cos(a) * e1
+            f = np.sin(a) * (1.0 - e1) / den
+            df = np.sin(a) * (1.0 - np.cos(a)) * pr.tr * e1 / den**2
+            s = m0.real * f + 1j * (m0.real * df * r1.imag + f * m0.imag)
+        else:
+            s = _spgr(r1, m0, pr.fa, pr.tr, pr.b1)
+        if self.average:
+            s = window_mean(self.grid, s.real) + 1j * window_mean(self.grid, s.imag)
+        return s
 
     def vfa(self, *, t10: ArrayLike, m0: ArrayLike) -> NDArray:
         """Noise-free VFA signals, complex (n, n_angles), a.u. (``t10`` in s)."""
@@ -344,16 +362,29 @@ class SignalModel:
         n = arrays[0].size
         names = kin + ["m0", "T10"]
         q = len(names)
-        # one row per (tissue, perturbed parameter): tissue-major
-        stacked = {k: np.repeat(v.astype(np.complex128), q) for k, v in base.items()}
-        for j, name in enumerate(names):
-            x = base[name]
-            stacked[name][j::q] += 1j * COMPLEX_STEP * np.maximum(np.abs(x), 1.0)
-        s = self.dynamic(
-            model, {k: stacked[k] for k in kin}, t10=stacked["T10"], m0=stacked["m0"]
-        ).reshape(n, q, -1)
         steps = COMPLEX_STEP * np.maximum(np.abs(np.stack([base[k] for k in names], -1)), 1.0)
-        jd = np.transpose(s.imag, (0, 2, 1)) / steps[:, None, :]
+        p = len(kin)
+        jd = np.empty((n, self.protocol.n_frames, q))
+        batch = max(1, _BATCH_ELEMENTS // (q * self._idx.size))
+        for a in range(0, n, batch):
+            b = min(n, a + batch)
+            m = b - a
+            # one convolution per (tissue, perturbed kinetic parameter), tissue-major; its
+            # real part is the unperturbed curve (the step is below rounding), which the
+            # rows of the M0 and T10 steps reuse
+            pert = {k: np.repeat(base[k][a:b].astype(np.complex128), p) for k in kin}
+            for j, name in enumerate(kin):
+                pert[name][j::p] += 1j * steps[a:b, j]
+            c = self.concentration(model, pert).reshape(m, p, -1)
+            c_all = np.concatenate([c, np.repeat(c[:, :1].real + 0j, 2, axis=1)], axis=1)
+            m0_ = np.repeat(base["m0"][a:b, None].astype(np.complex128), q, axis=1)
+            t10_ = np.repeat(base["T10"][a:b, None].astype(np.complex128), q, axis=1)
+            m0_[:, p] += 1j * steps[a:b, p]
+            t10_[:, p + 1] += 1j * steps[a:b, p + 1]
+            s = self._frames(
+                c_all.reshape(m * q, -1), t10_.reshape(-1, 1), m0_.reshape(-1, 1), step=True
+            ).reshape(m, q, -1)
+            jd[a:b] = np.transpose(s.imag, (0, 2, 1)) / steps[a:b, None, :]
         vq = np.repeat(base["m0"].astype(np.complex128), 2)
         tq = np.repeat(base["T10"].astype(np.complex128), 2)
         vq[0::2] += 1j * COMPLEX_STEP * np.maximum(np.abs(base["m0"]), 1.0)
