@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from collections.abc import Sequence
@@ -10,12 +11,16 @@ from pathlib import Path
 
 import phantomdce
 
-__all__ = ["main", "EXIT_USAGE", "EXIT_FITTER_FAILED", "EXIT_INTERRUPTED"]
+__all__ = ["main", "EXIT_USAGE", "EXIT_FITTER_FAILED", "EXIT_FAULT", "EXIT_INTERRUPTED"]
 
 #: Exit status of a refused command: a bad scenario, path, option or fitter spec.
 EXIT_USAGE = 2
 #: Exit status of a finished run in which a fitter failed on every chunk (see failures.csv).
 EXIT_FITTER_FAILED = 3
+#: Exit status of a command stopped by its surroundings: a full disk, a file-size limit, a lost
+#: dask scheduler, a damaged store (one sentence says which, and what to do; a run keeps its
+#: finished chunks and resumes).
+EXIT_FAULT = 4
 #: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
 EXIT_INTERRUPTED = 130
 
@@ -271,9 +276,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         execute(plan, scheduler=args.scheduler, workers=args.workers, progress=update)
+        rows = finalize(plan)
     finally:
         close()
-    rows = finalize(plan)
+        plan.release()
     elapsed = time.perf_counter() - t0
     print(f"results: {plan.out}/estimates.zarr, {plan.out}/metrics.csv")
     labels = {
@@ -446,9 +452,10 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     import json
 
     from phantomdce.engine.gate import make_baseline
+    from phantomdce.files import write_atomic
 
     baseline = make_baseline(args.run)
-    Path(args.output).write_text(json.dumps(baseline, indent=1))
+    write_atomic(args.output, json.dumps(baseline, indent=1))
     print(f"baseline of {len(baseline['metrics'])} metrics rows written to {args.output}")
     return 0
 
@@ -575,12 +582,219 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -- faults of the surroundings: one sentence each, never a traceback ---------------------
+
+#: ``--scheduler`` values that run in this process or on dask's local schedulers.
+_LOCAL_SCHEDULERS = (None, "local", "sync", "synchronous", "processes", "threads")
+#: The faults of a full disk (ENOSPC; EDQUOT: a full quota) and of a file-size limit.
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: How long the search for a damaged chunk may take before the message goes without its name, s.
+_DAMAGE_SEARCH_S = 30.0
+
+
+def _again(args: argparse.Namespace) -> str:
+    """What to do after the fault is mended: the same command (it resumes a run)."""
+    if args.command == "run":
+        return "run the same command again to resume"
+    if args.command in ("simulate", "export-nifti") and not args.overwrite:
+        return "run the same command again with --overwrite"
+    return "run the same command again"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _raised_in(exc: BaseException, packages: tuple[str, ...]) -> bool:
+    """True if a frame of ``exc``'s traceback lies in one of ``packages`` (by file path)."""
+    import os
+    import traceback
+
+    marks = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+    return any(
+        any(m in frame.filename for m in marks) for frame in traceback.extract_tb(exc.__traceback__)
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _disk_fault(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """A full disk or quota (ENOSPC, EDQUOT) or a file-size limit (EFBIG)."""
+    for e in _chain(exc):
+        if not isinstance(e, OSError) or e.errno not in (*_DISK_FULL, errno.EFBIG):
+            continue
+        folder = getattr(args, "output", None)
+        where = f" while writing {e.filename}" if e.filename else ""
+        where = where or (f" while writing into {folder}" if folder else "")
+        if e.errno == errno.EFBIG:
+            return (
+                f"a file reached this process's file-size limit{where} (`ulimit -f`, [Errno"
+                f" {e.errno}] {e.strerror}): raise or lift the limit and {_again(args)}"
+            )
+        return (
+            f"the disk is full{where} ([Errno {e.errno}] {e.strerror}): free some space and"
+            f" {_again(args)}"
+        )
+    return None
+
+
+def _scheduler_fault(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """A ``dask.distributed`` scheduler that was lost during the run or never reached."""
+    import concurrent.futures
+
+    address = getattr(args, "scheduler", None)
+    if address in _LOCAL_SCHEDULERS:
+        return None
+    for e in _chain(exc):
+        lost = isinstance(e, concurrent.futures.CancelledError) or type(e).__name__ in (
+            "CommClosedError",
+            "StreamClosedError",
+        )
+        if lost:
+            reason = getattr(e, "reason", None) or _one_line(e)
+            return (
+                f"lost the dask scheduler at {address}: {reason}; the finished chunks are kept:"
+                f" start the scheduler and its workers again and {_again(args)}"
+            )
+        connect = isinstance(e, OSError | TimeoutError) and "connect" in str(e).lower()
+        if connect and _raised_in(e, ("distributed",)):
+            return (
+                f"cannot reach the dask scheduler at {address} ({_one_line(e)}): start it (or"
+                f" check the address) and {_again(args)}"
+            )
+    return None
+
+
+def _zarr_stores(roots: list[Path]) -> list[Path]:
+    """The zarr stores in or at ``roots`` (not descending into a store)."""
+    import os
+
+    stores: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for folder, dirs, files in os.walk(root):
+            if ".zgroup" in files or "zarr.json" in files:
+                stores.append(Path(folder))
+                dirs.clear()
+            else:
+                dirs.sort()
+    return stores
+
+
+def _damaged_files(roots: list[Path], limit: int = 3) -> list[Path]:
+    """Files of the zarr stores under ``roots`` that cannot be read: metadata, then chunks.
+
+    A chunk is damaged when zarr cannot decode it (truncated, garbled, emptied). A missing
+    chunk reads as the fill value and is not found here. Stops after ``limit`` files or
+    :data:`_DAMAGE_SEARCH_S` seconds.
+    """
+    import json
+    import os
+
+    import numpy as np
+    import zarr
+
+    found: list[Path] = []
+    deadline = time.monotonic() + _DAMAGE_SEARCH_S
+    stores = _zarr_stores(roots)
+    meta_names = (".zgroup", ".zarray", ".zattrs", ".zmetadata", "zarr.json")
+    for store in stores:
+        for folder, _, files in os.walk(store):
+            for name in sorted(f for f in files if f in meta_names):
+                try:
+                    json.loads(Path(folder, name).read_bytes())
+                except (OSError, ValueError):
+                    found.append(Path(folder, name))
+    for store in stores:
+        try:
+            members = list(zarr.open_group(str(store), mode="r").members(max_depth=None))
+        except Exception:  # noqa: BLE001 - a store zarr cannot open is damaged
+            found.append(store)
+            continue
+        for _, node in members:
+            if not isinstance(node, zarr.Array):
+                continue
+            for idx in np.ndindex(node.cdata_shape):
+                if len(found) >= limit or time.monotonic() > deadline:
+                    return found
+                try:
+                    node.get_block_selection(idx)
+                except Exception:  # noqa: BLE001 - whatever the codec raises
+                    found.append(store / node.path / node.metadata.encode_chunk_key(idx))
+    return found[:limit]
+
+
+def _store_fault(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """A store whose chunk (or metadata) cannot be decoded: name the file if it is found."""
+    decode = codec = False
+    for e in _chain(exc):
+        if isinstance(e, RuntimeError | ValueError | TypeError):
+            decode = decode or _raised_in(e, ("numcodecs",))
+            codec = codec or decode or _raised_in(e, ("zarr",))
+    if not codec:
+        return None
+    roots = [Path(getattr(args, k)) for k in ("output", "run", "store") if getattr(args, k, None)]
+    damaged = _damaged_files(roots)
+    if not damaged and not decode:
+        return None  # raised in zarr, but no damage found: not a damaged store
+    error = _one_line(exc)
+    if args.command == "run":
+        redo = "run the same command again to recompute"
+    else:
+        redo = "run the `phantomdce run` command that made it again to recompute"
+    if not damaged:
+        where = " or ".join(str(r) for r in roots) or "the result folder"
+        return f"the store in {where} is damaged ({error}); {redo}"
+    files = ", ".join(str(p) for p in damaged)
+    return (
+        f"the store is damaged: {files} cannot be read ({error}); delete"
+        f" {'them' if len(damaged) > 1 else 'it'} and {redo}"
+    )
+
+
+def _fault_sentence(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a fault of the surroundings, or None if ``exc`` is none of them."""
+    for describe in (_disk_fault, _store_fault, _scheduler_fault):
+        sentence = describe(exc, args)
+        if sentence is not None:
+            return sentence
+    return None
+
+
+def _quiet_dask_client(args: argparse.Namespace) -> None:
+    """A lost scheduler is reported in one sentence: no logged traceback from the client."""
+    if getattr(args, "scheduler", None) not in _LOCAL_SCHEDULERS:
+        import logging
+
+        try:
+            import distributed.client  # noqa: F401 - its logging set-up first, then ours
+        except ImportError:
+            return  # check_scheduler says so
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    A refused command (bad scenario, path, option) prints one line and returns
+    :data:`EXIT_USAGE`; a fault of the surroundings (a full disk, a file-size limit, a lost
+    dask scheduler, a damaged store) one line that says what happened and what to do, and
+    returns :data:`EXIT_FAULT`; neither prints a traceback.
+    """
     from phantomdce.dro.config import ConfigError
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_dask_client(args)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -592,7 +806,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"\nphantomdce: interrupted: {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ConfigError, ValueError, ImportError, OSError) as exc:
+    except Exception as exc:
+        sentence = None if isinstance(exc, ConfigError) else _fault_sentence(exc, args)
+        if sentence is not None:
+            print(f"phantomdce: error: {sentence}", file=sys.stderr)
+            return EXIT_FAULT
+        if not isinstance(exc, ConfigError | ValueError | ImportError | OSError):
+            raise
         # OSError: a path that exists, is missing, is a file where a folder is expected, ...
         print(f"phantomdce: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -39,6 +39,8 @@ add ``oracle_of`` and ``oracle_stage``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import shutil
@@ -46,7 +48,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,12 @@ class RunPlan:
     fit: FitConfig
     fitters: list
     units: list[tuple[int, int, int, int]]
+    lock: contextlib.ExitStack | None = field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Release the output folder's lock (:mod:`phantomdce.engine.lock`), if held."""
+        if self.lock is not None:
+            self.lock.close()
 
     @property
     def phantom(self) -> bool:
@@ -260,18 +268,53 @@ def fitter_record(info) -> dict[str, str]:
     return {k: getattr(info, k) for k in ("name", "version", "model", "input", "method", "source")}
 
 
+def _creation_leftovers(out: Path) -> list[Path] | None:
+    """What a run killed while creating ``out`` left (before its run.json); None if other.
+
+    Creation makes, in order: the lock file, ``estimates.zarr.partial`` (renamed to
+    ``estimates.zarr``), empty ``progress/`` and ``units/`` folders, and ``run.json``
+    through a temporary ``.run.json.*.part``. No unit runs before run.json exists, so a
+    folder holding only these (and no progress marker) is an interrupted creation.
+    """
+    from phantomdce.engine.lock import LOCK_NAME
+
+    found = []
+    for p in out.iterdir():
+        if p.name == LOCK_NAME:
+            continue
+        if p.name in ("estimates.zarr.partial", "estimates.zarr"):
+            found.append(p)
+        elif p.name in ("progress", "units") and p.is_dir() and not any(p.iterdir()):
+            found.append(p)
+        elif p.name.startswith(".run.json.") and p.name.endswith(".part"):
+            found.append(p)
+        else:
+            return None
+    return found
+
+
 def _check_existing(out: Path, meta: dict[str, Any]) -> bool:
-    """True if ``out`` already holds this run (resume); raise if it holds another."""
+    """True if ``out`` already holds this run (resume); raise if it holds another.
+
+    A folder left by a run killed while it was being created (see
+    :func:`_creation_leftovers`) is cleared and created again.
+    """
     if not out.exists():
         return False
     if not out.is_dir():
         raise ResultDirError(f"{out} exists and is a file: choose an empty or new directory")
     run_file = out / "run.json"
     if not run_file.exists():
-        if any(out.iterdir()):
+        leftovers = _creation_leftovers(out)
+        if leftovers is None:
             raise ResultDirError(
                 f"{out} is not empty and holds no phantomdce run: choose an empty or new directory"
             )
+        for p in leftovers:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
         return False
     old = json.loads(run_file.read_text())
     if old.get("scenario_hash") != meta["scenario_hash"]:
@@ -354,8 +397,28 @@ def plan_run(
     plan = RunPlan(Path(out), raw, scenario, fit, infos, units)
     _check_oracles(plan)
     meta = _run_json(plan, text)
-    if not _check_existing(plan.out, meta):
-        _create_store(plan, meta)
+    if plan.out.exists() and not plan.out.is_dir():
+        raise ResultDirError(f"{out} exists and is a file: choose an empty or new directory")
+    if (
+        plan.out.is_dir()
+        and not (plan.out / "run.json").exists()
+        and _creation_leftovers(plan.out) is None
+    ):  # someone else's folder: refused before the lock file is put into it
+        raise ResultDirError(
+            f"{out} is not empty and holds no phantomdce run: choose an empty or new directory"
+        )
+    # one run per folder, from here to finalize (or this process's end): see engine.lock
+    from phantomdce.engine.lock import hold_run_lock
+
+    lock = contextlib.ExitStack()
+    lock.enter_context(hold_run_lock(plan.out))
+    plan = dataclasses.replace(plan, lock=lock)
+    try:
+        if not _check_existing(plan.out, meta):
+            _create_store(plan, meta)
+    except BaseException:
+        lock.close()
+        raise
     return plan
 
 
@@ -872,8 +935,11 @@ def run(
     See :func:`plan_run`, :func:`execute` and :func:`finalize`.
     """
     plan = plan_run(scenario_path, out, fitters=fitters)
-    execute(plan, scheduler=scheduler, workers=workers, progress=progress)
-    return finalize(plan)
+    try:
+        execute(plan, scheduler=scheduler, workers=workers, progress=progress)
+        return finalize(plan)
+    finally:
+        plan.release()
 
 
 # -- metrics -----------------------------------------------------------------------------
@@ -995,6 +1061,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     write_atomic(plan.out / "metrics.csv", metrics_table(rows))
     _write_failures(plan.out / "failures.csv", failures)
     _consolidate(plan.store)
+    plan.release()
     return rows
 
 

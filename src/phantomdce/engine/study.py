@@ -139,6 +139,12 @@ def run_study(
             raise ConfigError(f"{file.name}: {exc}") from None
         if scenario.name in names:
             raise ConfigError(f"two scenarios of the study are named {scenario.name!r}")
+        target = (out / scenario.name).resolve()
+        if target.parent != out.resolve():  # names are checked; this guards the guard
+            raise ConfigError(
+                f"{file.name}: name = {scenario.name!r} would write outside {out} ({target});"
+                " expected a plain folder name"
+            )
         names[scenario.name] = file
         if is_phantom_scenario(raw):
             phantoms.add(scenario.name)
@@ -159,8 +165,11 @@ def run_study(
         if progress is not None:
             name = plan.scenario.name
             tick = lambda done, total, name=name: progress(name, done, total)  # noqa: E731
-        execute(plan, scheduler=scheduler, workers=workers, progress=tick)
-        rows[plan.scenario.name] = finalize(plan)
+        try:
+            execute(plan, scheduler=scheduler, workers=workers, progress=tick)
+            rows[plan.scenario.name] = finalize(plan)
+        finally:
+            plan.release()
     (out / "study.toml").write_text(Path(path).read_text(encoding="utf-8"))
     members = {p.scenario.name: p.scenario.hash for p in plans}
     (out / "study.json").write_text(

@@ -1,0 +1,118 @@
+"""Fault injection: a run killed at any moment, or two runs into one folder, never gives a
+wrong or blocked result (issue 14)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from phantomdce.engine.run import run
+
+from test_engine import assert_same, estimates, metrics_without_timing, scenario
+
+#: Where a subprocess run dies (``os._exit``, as abrupt as SIGKILL for the folder) while
+#: the output folder is being created.
+KILL_POINTS = {
+    # the lock file exists, nothing else
+    "before_store": "phantomdce.engine.run._create_store",
+    # estimates.zarr.partial is complete, about to be renamed
+    "before_rename": "pathlib.Path.rename",
+    # estimates.zarr and progress/ exist, run.json not yet
+    "before_run_json": "phantomdce.engine.run.write_atomic",
+}
+
+DIE = textwrap.dedent(
+    """
+    import os, pathlib, sys
+    import phantomdce.engine.run as engine_run
+    where = sys.argv[1]
+    if where == "before_store":
+        engine_run._create_store = lambda *a, **k: os._exit(9)
+    elif where == "before_rename":
+        real = pathlib.Path.rename
+        def rename(self, target):
+            if str(target).endswith("estimates.zarr"):
+                os._exit(9)
+            return real(self, target)
+        pathlib.Path.rename = rename
+    else:
+        real = engine_run.write_atomic
+        def write(path, data):
+            if str(path).endswith("run.json"):
+                os._exit(9)
+            return real(path, data)
+        engine_run.write_atomic = write
+    from phantomdce.cli import main
+    main(["run", sys.argv[2], "-o", sys.argv[3], "-q"])
+    """
+)
+
+
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_a_run_killed_while_its_folder_is_created_resumes_with_the_same_command(
+    tmp_path, where
+):
+    path = scenario(tmp_path, replicates=4, chunk=40)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-c", DIE, where, str(path), str(out)])
+    assert done.returncode == 9 and out.is_dir() and not (out / "run.json").exists()
+    run(path, out)  # the same run again: no "is not empty and holds no phantomdce run"
+    run(path, tmp_path / "clean")
+    assert_same(estimates(out), estimates(tmp_path / "clean"))
+    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
+    assert not [p for p in out.rglob("*") if p.name.endswith((".part", ".partial"))]
+
+
+def test_a_folder_with_foreign_content_is_still_refused(tmp_path):
+    from phantomdce.engine.run import ResultDirError
+
+    path = scenario(tmp_path, replicates=2)
+    out = tmp_path / "out"
+    (out / "progress").mkdir(parents=True)
+    (out / "progress" / "case_0000_chunk_00000.json").write_text("{}")  # not a creation
+    with pytest.raises(ResultDirError, match="is not empty and holds no phantomdce run"):
+        run(path, out)
+    (out / "mine.txt").write_text("a user's file")
+    with pytest.raises(ResultDirError, match="is not empty and holds no phantomdce run"):
+        run(path, tmp_path / "out")
+    assert (out / "mine.txt").exists()
+
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from phantomdce.engine.run import plan_run
+    plan = plan_run(sys.argv[1], sys.argv[2])
+    print("HOLDING", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_second_run_into_a_running_folder_exits_at_once_naming_the_first(tmp_path, capsys):
+    import os
+    import socket
+
+    from phantomdce.cli import main
+
+    path = scenario(tmp_path, replicates=2)
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path), str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout.readline().strip() == "HOLDING"
+        assert main(["run", str(path), "-o", str(out), "-q"]) != 0
+        err = capsys.readouterr().err
+        assert str(first.pid) in err and socket.gethostname() in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not (out / "metrics.csv").exists()
+    finally:
+        first.kill()
+        first.wait()
+    # the holder was SIGKILLed: no stale lock, the same command now runs and finishes
+    assert main(["run", str(path), "-o", str(out), "-q"]) == 0
+    assert (out / "metrics.csv").exists() and os.path.exists(out / "run.json")
