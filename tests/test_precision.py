@@ -294,6 +294,27 @@ def test_crlb_case_gives_every_voxel_its_tissues_bound():
     assert np.unique(out["Ktrans"].values).size == 2
 
 
+def test_crlb_case_reads_a_case_from_the_dro_store(tmp_path):
+    from phantomdce.dro.store import open_dro, write_dro
+
+    sc = parse_scenario(
+        {
+            "name": "stored",
+            "seed": 1,
+            "replicates": 2,
+            "protocol": {"preset": "esnr2022"},
+            "sweep": {"snr": [20.0, float("inf")]},
+            "tissue": {"model": "tofts", "Ktrans": [0.1], "ve": [0.3]},
+        }
+    )
+    tree = open_dro(write_dro(sc, tmp_path / "dro.zarr"))
+    for case in sc.cases():
+        stored = crlb_case(tree[case.name].to_dataset())
+        fresh = crlb_case(simulate_case(sc, case))
+        np.testing.assert_array_equal(stored["Ktrans"].values, fresh["Ktrans"].values)
+    assert np.all(stored["Ktrans"].values == 0.0)  # the SNR = inf case has no noise
+
+
 def test_the_truth_side_does_not_load_the_bound_and_the_bound_loads_no_estimator():
     code = (
         "import sys\nimport phantomdce.dro.simulate, phantomdce.dro.store\n"
@@ -407,26 +428,31 @@ def test_the_joint_fitters_load_by_spec_as_signal_fitters():
 
     infos = resolve_fitters([JOINT_SPEC])
     assert [i.name for i in infos] == [
-        "nlls_extended_tofts_joint",
-        "nlls_extended_tofts_joint_shared_m0",
+        f"nlls_{m}_joint{s}"
+        for m in ("tofts", "extended_tofts", "patlak")
+        for s in ("", "_shared_m0")
     ]
     for info in infos:
         check_fitter(info.fitter)
-        assert info.input == "signal" and info.model == "extended_tofts"
+        assert info.input == "signal"
 
 
 @pytest.mark.parametrize("shared_m0", [False, True])
-def test_the_joint_fit_recovers_noise_free_truth(shared_m0):
+@pytest.mark.parametrize("model", ["tofts", "extended_tofts", "patlak"])
+def test_the_joint_fit_recovers_noise_free_truth(model, shared_m0):
     from phantomdce.fit.joint import JointFitter
 
     # dt 1 s: the fitter's AIF, linear between frames, is then close to the continuous one
-    _, data = _joint_data(replicates=1, snr=float("inf"), dt=1.0)
+    sc = _scenario(model, TISSUES[model], replicates=2, snr=float("inf"), dt=1.0)
+    data = Pipeline()(simulate_case(sc, sc.cases()[0]))
+    data["signal"][1, 3] = np.nan  # a voxel that cannot be fitted
     before = data.copy(deep=True)
-    out = JointFitter(shared_m0=shared_m0).fit(data)
+    out = JointFitter(model, shared_m0=shared_m0).fit(data)
     assert data.identical(before)
-    assert bool(out["success"].values[0])
-    for name, true in ISSUE_TISSUE.items():
+    assert out["success"].values.tolist() == [True, False]
+    for name, true in TISSUES[model].items():
         assert float(out[name].values[0]) == pytest.approx(true, rel=0.01), name
+        assert np.isnan(out[name].values[1])
     assert float(out["T10"].values[0]) == pytest.approx(1.5, rel=0.01)
 
 

@@ -335,9 +335,9 @@ class JointFitter:
 
 
 def joint_fitters() -> list[JointFitter]:
-    """The joint fitters of the extended Tofts model, separate and shared M0.
+    """Every joint fitter: each model of :data:`JOINT_MODELS`, separate and shared M0.
 
     Load them by spec (``"phantomdce.fit.joint:joint_fitters"``) until they are listed
     among the built-in fitters.
     """
-    return [JointFitter("extended_tofts"), JointFitter("extended_tofts", shared_m0=True)]
+    return [JointFitter(m, shared_m0=shared) for m in JOINT_MODELS for shared in (False, True)]
