@@ -216,6 +216,25 @@ def test_threads_get_a_child_each_and_reuse_them():
     assert set(pids) <= set(worker_pids(WHOAMI))
 
 
+@pytest.mark.slow
+def test_a_forked_process_starts_its_own_child_and_leaves_the_parents_alone():
+    pid = whoami().attrs["pid"]
+    read, write = os.pipe()
+    forked = os.fork()
+    if forked == 0:  # pragma: no cover - the forked copy reports and exits without cleanup
+        try:
+            os.write(write, str(whoami().attrs["pid"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        theirs = int(fh.read() or 0)
+    os.waitpid(forked, 0)
+    assert theirs not in (0, pid)
+    assert whoami().attrs["pid"] == pid  # ours still serves
+    assert wait_group_gone(theirs) == []  # theirs went with the forked process
+
+
 RUN = """
 import sys
 from types import SimpleNamespace

@@ -159,7 +159,11 @@ class _Worker:
                 os.close(fd)
         self.pid = self.proc.pid
         os.set_blocking(self.req, False)
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self) -> None:
         payload = pickle.dumps({"spec": self.spec, "sys_path": list(self.context)})
@@ -168,14 +172,12 @@ class _Worker:
             self._send(payload, deadline)
             answer = pickle.loads(self._receive(deadline))
         except _Late:
-            self.close()
             raise TimeoutError(
                 f"the fitter's process did not start within {CHILD_STARTUP_LIMIT_S:g} s"
             ) from None
         except _Ended:
             raise self._ended() from None
         if "error" in answer:  # the spec did not resolve: the child has exited
-            self.close()
             raise FitterError(answer["error"], answer.get("traceback", ""))
 
     def fit(self, name: str, data: xr.Dataset, timeout: float) -> Any:
