@@ -15,6 +15,7 @@ from phantomdce.engine.metrics import (
     case_metrics,
     metric_units,
     metrics_table,
+    out_of_range,
 )
 from phantomdce.params import PARAMETERS
 
@@ -336,8 +337,9 @@ def test_no_warnings_when_nothing_valid(est, ok):
     assert m["n_voxels"] == 6 and m["fit_time_per_voxel_s"] == pytest.approx(0.2)
     if not ok.any() or np.isnan(est).all():
         assert m["n_success"] == 0 and m["failure_rate"] == 1.0 and m["within_tol"] == 0.0
+        assert m["out_of_range"] == 0.0  # a count: none, not NaN
         for key in METRICS[3:]:
-            if key not in ("within_tol", "fit_time_per_voxel_s", "at_limit_rate"):
+            if key not in ("within_tol", "fit_time_per_voxel_s", "at_limit_rate", "out_of_range"):
                 assert math.isnan(m[key]), key
 
 
@@ -346,7 +348,8 @@ def test_no_warnings_on_empty_and_nan_time():
         warnings.simplefilter("error")
         m = case_metrics([], [], [], [], [], parameter="ve")
         m2 = case_metrics([0.5], [0.5], [True], [0], [0], parameter="ve")
-    assert m["n_voxels"] == 0 and all(math.isnan(m[k]) for k in METRICS[2:])
+    assert m["n_voxels"] == 0 and m["out_of_range"] == 0  # counts: 0, like n_success
+    assert all(math.isnan(m[k]) for k in METRICS[2:] if k != "out_of_range")
     assert math.isnan(m2["fit_time_per_voxel_s"]) and m2["bias"] == 0.0
 
 
@@ -394,6 +397,7 @@ def test_metrics_table_round_trip():
     assert len(parsed) == 3 and not text.endswith("\n\n")
     first = dict(zip(parsed[0], parsed[1], strict=True))
     assert first["n_voxels"] == "6" and first["n_success"] == "5"
+    assert first["out_of_range"] == "0"  # a count, written as an integer
     for key in METRICS:
         assert float(first[key]) == m1[key]  # repr precision round-trips exactly
     second = dict(zip(parsed[0], parsed[2], strict=True))
@@ -424,3 +428,39 @@ def test_a_parameter_at_its_degenerate_limit_is_neither_valid_nor_failed():
         est, np.full(6, 55.0), ok, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2], parameter="fp"
     )
     assert plain["failure_rate"] == pytest.approx(4 / 6) and plain["at_limit_rate"] == 0.0
+
+
+def test_out_of_range_uses_the_physical_range_of_params():
+    assert PARAMETERS["Ktrans"].lower == 0.0 and PARAMETERS["ve"].upper == 1.0
+    values = [-1e-9, 0.0, 0.5, 1.0, 1.0 + 1e-9, np.inf, -np.inf, np.nan]
+    assert out_of_range(values, "ve").tolist() == [
+        True, False, False, False, True, True, True, False
+    ]  # fmt: skip
+    assert out_of_range(np.array([[-61.0, 60.0]]), "delay").tolist() == [[True, False]]
+    with pytest.raises(ValueError, match="unknown parameter 'Kt'"):
+        out_of_range([1.0], "Kt")
+
+
+def test_a_plugin_that_returns_absurd_values_flagged_success_is_counted_out_of_range():
+    # a plug-in that returns -Ktrans and ve x 1e6 on 3 of 8 voxels, all flagged success
+    truth_k = np.array([0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.3, 0.4])
+    truth_ve = np.array([0.2, 0.3, 0.2, 0.3, 0.2, 0.3, 0.2, 0.3])
+    bad = np.array([True, False, True, False, False, True, False, False])
+    est_k = np.where(bad, -truth_k, truth_k)
+    est_ve = np.where(bad, truth_ve * 1e6, truth_ve)
+    tissue, rep = np.arange(8) % 4, np.arange(8) // 4
+    ok = np.ones(8, bool)
+    k = case_metrics(est_k, truth_k, ok, tissue, rep, parameter="Ktrans")
+    ve = case_metrics(est_ve, truth_ve, ok, tissue, rep, parameter="ve")
+    assert k["out_of_range"] == 3.0 and ve["out_of_range"] == 3.0
+    # they count as fitted, and in the bias, as the plug-in reported them (flagged, not hidden)
+    assert k["n_success"] == 8 and k["failure_rate"] == 0.0
+    assert k["bias"] == pytest.approx(np.mean(est_k - truth_k))
+    assert ve["bias"] == pytest.approx(np.mean(est_ve - truth_ve))
+    kep = case_metrics(est_k / est_ve, truth_k / truth_ve, ok, tissue, rep, parameter="kep")
+    assert kep["out_of_range"] == 3.0
+    # a failed voxel (success False or NaN) is a failure, not out of range
+    ok[0] = False
+    est_k[1] = np.nan
+    again = case_metrics(est_k, truth_k, ok, tissue, rep, parameter="Ktrans")
+    assert again["out_of_range"] == 2.0 and again["failure_rate"] == pytest.approx(2 / 8)

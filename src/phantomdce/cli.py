@@ -750,7 +750,7 @@ def _store_fault(exc: BaseException, args: argparse.Namespace) -> str | None:
     if args.command == "run":
         redo = "run the same command again to recompute"
     else:
-        redo = "run the `phantomdce run` command that made it again to recompute"
+        redo = "run the command that made the store (`phantomdce run` or `simulate`) again"
     if not damaged:
         where = " or ".join(str(r) for r in roots) or "the result folder"
         return f"the store in {where} is damaged ({error}); {redo}"

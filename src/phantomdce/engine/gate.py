@@ -99,15 +99,18 @@ def _read_metrics(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     redo = "; run the same `phantomdce run` command again to rewrite it"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics; is {out} a finished `phantomdce run`?")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in GATE_COLUMNS if c not in header]
-        if missing:
-            raise ConfigError(
-                f"{path} is empty or damaged: no column {', '.join(missing)}{redo}"
-            )
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in GATE_COLUMNS if c not in header]
+            if missing:
+                raise ConfigError(
+                    f"{path} is empty or damaged: no column {', '.join(missing)}{redo}"
+                )
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path} is damaged: not CSV text ({exc}){redo}") from None
     if not rows:
         raise ConfigError(f"{path} holds no metrics rows{redo}")
     for i, row in enumerate(rows):
@@ -135,7 +138,17 @@ def _run_meta(out: Path) -> dict[str, Any]:
     path = out / "run.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not a phantomdce run directory")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = exc
+    if not isinstance(meta, dict):
+        what = f"not JSON ({meta})" if isinstance(meta, Exception) else "not a JSON object"
+        raise ConfigError(
+            f"{path} is damaged: {what}; run the `phantomdce run` command again into a new"
+            " folder"
+        )
+    return meta
 
 
 def make_baseline(out: str | Path, tolerances: Tolerances | None = None) -> dict[str, Any]:

@@ -23,6 +23,12 @@ fitter flagged this parameter ``at_limit`` (``at_limit_<param>``: the fit conver
 parameter sits at a limit where the model degenerates, e.g. 2CXM Fp -> infinity) and whose
 estimate is not finite is *at its limit*: neither valid nor failed. The others are *failed*.
 A finite estimate at a limit (vp = 0, PS = 0) is a valid estimate and counts as one.
+A valid estimate outside the parameter's physical range (``lower`` to ``upper`` of
+:data:`phantomdce.params.PARAMETERS`, inclusive: e.g. a negative Ktrans or a ve above 1) is
+*out of range* (:func:`out_of_range`): a fitter that flags such a value a success has not
+estimated the parameter, but the value is what it reported, so it stays valid and counts in
+every metric (bias, CV, ...) as it is; ``out_of_range`` counts these voxels so that a reader
+sees them, and the run lists them.
 Errors are ``e = estimate - truth``, in the parameter's units. Unless said otherwise
 a metric uses the valid voxels only. Per tissue ``t``, over its valid voxels: ``m_t`` is the
 mean estimate and ``s_t`` the sample standard deviation (ddof=1) of the estimates; ``y_t`` is
@@ -55,6 +61,8 @@ fit_time_per_voxel_s  ``fit_time_s / n_voxels``                               s
 bias_ci_low/high      95 % percentile CI of ``bias``, block bootstrap over    param
                       noise replicates (below)
 at_limit_rate         fraction of voxels at the parameter's limit             1
+out_of_range          number of valid voxels whose estimate lies outside the  1
+                      parameter's physical range (:func:`out_of_range`)
 ===================== ======================================================= =====
 
 ``y_t`` is the mean truth over all voxels of tissue ``t`` (the truth is constant within a
@@ -115,6 +123,7 @@ __all__ = [
     "case_metrics",
     "metric_units",
     "metrics_table",
+    "out_of_range",
 ]
 
 #: Column order of the metrics table (and the keys :func:`case_metrics` returns).
@@ -136,6 +145,7 @@ METRICS: tuple[str, ...] = (
     "bias_ci_low",
     "bias_ci_high",
     "at_limit_rate",
+    "out_of_range",
 )
 
 #: ``(atol, rtol)`` per parameter, in the parameter's units: a voxel is within tolerance when
@@ -157,7 +167,7 @@ TOLERANCES: Mapping[str, tuple[float, float]] = MappingProxyType(
 #: Two-sided 95 % normal quantile used by the limits of agreement.
 _Z95 = 1.96
 
-_COUNT_METRICS = ("n_voxels", "n_success")
+_COUNT_METRICS = ("n_voxels", "n_success", "out_of_range")
 _DIMENSIONLESS = ("failure_rate", "ccc", "within_tol", "at_limit_rate")
 _PERCENT = ("rel_bias_pct", "cv_pct")
 _ERROR_TYPE = (
@@ -217,6 +227,43 @@ def metric_units(parameter: str) -> dict[str, str]:
         else:
             out[name] = "1"
     return out
+
+
+def out_of_range(values: ArrayLike, parameter: str) -> NDArray[np.bool_]:
+    """Where values lie outside the physical range of ``parameter``.
+
+    Parameters
+    ----------
+    values : array_like of float
+        Values in the parameter's units (``PARAMETERS[parameter].units``).
+    parameter : str
+        A key of :data:`phantomdce.params.PARAMETERS`, whose ``lower`` and ``upper`` bound
+        the range (inclusive).
+
+    Returns
+    -------
+    ndarray of bool
+        Same shape as ``values``; True where a value is below ``lower`` or above ``upper``
+        (an infinite value included); False inside the range and for NaN (no estimate).
+
+    Raises
+    ------
+    ValueError
+        If ``parameter`` is unknown.
+
+    Examples
+    --------
+    >>> out_of_range([-0.1, 0.0, 0.25, 5.0, 6.0, float("nan")], "Ktrans").tolist()
+    [True, False, False, False, True, False]
+    """
+    if parameter not in PARAMETERS:
+        raise ValueError(
+            f"unknown parameter {parameter!r}; expected one of: {', '.join(PARAMETERS)}"
+        )
+    spec = PARAMETERS[parameter]
+    x = np.asarray(values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return (x < spec.lower) | (x > spec.upper)
 
 
 def _mean(x: NDArray[np.float64]) -> float:
@@ -396,6 +443,7 @@ def case_metrics(
     out: dict[str, float] = dict.fromkeys(METRICS, math.nan)
     out["n_voxels"] = float(n_voxels)
     out["n_success"] = float(n_success)
+    out["out_of_range"] = float(out_of_range(est_v, parameter).sum())
     if n_voxels:
         out["failure_rate"] = (n_voxels - n_success - n_limit) / n_voxels
         out["at_limit_rate"] = n_limit / n_voxels
@@ -467,8 +515,8 @@ def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
     str
         CSV with header ``case,fitter,parameter,<METRICS...>`` and LF line endings.
         Numbers are written with ``repr(float(value))`` (round-trip precision); the counts
-        ``n_voxels`` and ``n_success`` as integers; NaN as an empty field (read back as NaN
-        by ``pandas.read_csv``); infinities as ``inf``/``-inf``.
+        ``n_voxels``, ``n_success`` and ``out_of_range`` as integers; NaN as an empty field
+        (read back as NaN by ``pandas.read_csv``); infinities as ``inf``/``-inf``.
 
     Raises
     ------
@@ -480,7 +528,7 @@ def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
     >>> row = {"case": "c1", "fitter": "lsq", "parameter": "ve"}
     >>> row.update(dict.fromkeys(METRICS, float("nan")), n_voxels=6, bias=0.1)
     >>> print(metrics_table([row]).splitlines()[1])
-    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,,
+    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,,,
     """
     header = ("case", "fitter", "parameter", *METRICS)
     buf = io.StringIO()
