@@ -210,8 +210,8 @@ error_budget = ["t1"]
 
 def test_phantom_scenarios_refuse_the_key(tmp_path):
     """Phantom scenarios fit only the scenario's pipeline: the key is refused, not ignored."""
-    from phantomdce.engine.study import run_study
     from phantomdce.engine.run import run as run_engine
+    from phantomdce.engine.study import run_study
 
     PHANTOM_RUNNER = "phantom scenarios"
 

@@ -258,6 +258,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     fitters = [f.strip() for f in args.fitters.split(",") if f.strip()] if args.fitters else None
     plan = plan_run(args.scenario, args.output, fitters=fitters)
     pending = plan.pending()
+    for case, chunk, why in plan.repaired:
+        print(f"note: {plan.out}: case {case}, chunk {chunk}: {why}; recomputing it",
+              file=sys.stderr)  # fmt: skip
     if not args.quiet:
         resumed = len(plan.units) - len(pending)
         note = f", resuming: {resumed} of {len(plan.units)} chunks already done" if resumed else ""
@@ -483,6 +486,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from phantomdce.engine.verify import verify_run
+
+    out = Path(args.output)
+    runs = sorted(p.parent for p in out.rglob("run.json")) if out.is_dir() else []
+    if not runs:
+        print(f"phantomdce: error: {out} holds no phantomdce run (no run.json)", file=sys.stderr)
+        return 2
+    bad = 0
+    for run_dir in runs:
+        report = verify_run(run_dir)
+        if report.ok:
+            print(f"ok: {run_dir}: {report.units} units match their digests")
+        else:
+            bad += 1
+            print(report.message())
+    return 1 if bad else 0
+
+
 def _cmd_export_nifti(args: argparse.Namespace) -> int:
     from phantomdce.dro.nifti import export_nifti
 
@@ -575,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", default=None, help="case node name (default: the first case)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export")
     p.set_defaults(func=_cmd_export_nifti)
+
+    p = sub.add_parser(
+        "verify", help="check a run's (or study's) stored results against their digests"
+    )
+    p.add_argument("output", help="run or study output folder")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("fitters", help="list the built-in and plug-in fitters")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

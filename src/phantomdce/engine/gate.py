@@ -95,6 +95,8 @@ def _read_metrics(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     its fitters (a disk that filled while writing, a file cut short) is refused, so that a
     baseline or a check can never rest on nothing.
     """
+    from phantomdce.engine.verify import check_file_digest
+
     path = out / "metrics.csv"
     redo = "; run the same `phantomdce run` command again to rewrite it"
     if not path.exists():
@@ -131,6 +133,9 @@ def _read_metrics(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
             f"{path} has no rows for {', '.join(absent)}, which the run names: the"
             f" metrics are incomplete{redo}"
         )
+    changed = check_file_digest(out, "metrics.csv")  # well-formed, but edited or swapped
+    if changed is not None:
+        raise ConfigError(f"{changed}{redo}")
     return rows
 
 

@@ -65,6 +65,12 @@ from phantomdce.engine.isolate import (  # noqa: F401 - FitterError re-exported
     describe_failure,
     fit_isolated,
 )
+from phantomdce.engine.verify import (
+    damaged_units,
+    region_digest,
+    store_digest,
+    write_file_digests,
+)
 from phantomdce.files import write_atomic
 from phantomdce.params import MODELS, PARAMETERS
 from phantomdce.phantom.scenario import (
@@ -152,6 +158,9 @@ class RunPlan:
     fitters: list
     units: list[tuple[int, int, int, int]]
     lock: contextlib.ExitStack | None = field(default=None, compare=False, repr=False)
+    #: Units of a resumed run found damaged and unmarked (``(case, chunk, reason)``): they
+    #: run again (see :mod:`phantomdce.engine.verify`).
+    repaired: tuple[tuple[str, int, str], ...] = ()
 
     def release(self) -> None:
         """Release the output folder's lock (:mod:`phantomdce.engine.lock`), if held."""
@@ -414,7 +423,15 @@ def plan_run(
     lock.enter_context(hold_run_lock(plan.out))
     plan = dataclasses.replace(plan, lock=lock)
     try:
-        if not _check_existing(plan.out, meta):
+        if _check_existing(plan.out, meta):
+            # a resumed run: units whose stored data no longer match their digests (a
+            # deleted, truncated or swapped chunk) are unmarked, so they run again
+            repaired = []
+            for marker, case, chunk, why in damaged_units(plan.out, phantom=plan.phantom):
+                marker.unlink(missing_ok=True)
+                repaired.append((case, chunk, why))
+            plan = dataclasses.replace(plan, repaired=tuple(repaired))
+        else:
             _create_store(plan, meta)
     except BaseException:
         lock.close()
@@ -779,15 +796,18 @@ def run_unit(job: dict[str, Any]) -> dict[str, Any]:
     for name, flags in res["at_limit"].items():
         g[f"at_limit_{name}"][:, a:b] = flags
     g["fit_time_s"][:, k] = res["times"]
-    return _mark(job, case.name, k, [a, b], entries, res)
+    # the data as stored (read back): what a resumed run or a reader checks them against
+    digest = region_digest(g, a, b, k)
+    return _mark(job, case.name, k, [a, b], entries, res, digest)
 
 
-def _mark(job, case_name, k, voxels, entries, res) -> dict[str, Any]:
+def _mark(job, case_name, k, voxels, entries, res, digest: str) -> dict[str, Any]:
     """Write a unit's progress marker (atomically, after its data); return the record."""
     record = {
         "case": case_name,
         "chunk": k,
         "voxels": voxels,
+        "digest": digest,
         "fit_time_s": {e.name: float(t) for e, t in zip(entries, res["times"], strict=True)},
         "errors": res["errors"],
         "tracebacks": res["tracebacks"],
@@ -837,8 +857,9 @@ def _run_phantom_unit(job, scenario: PhantomScenario, case, fit: FitConfig, info
     out = xr.Dataset(
         node, coords={"fitter": [e.name for e in entries], "voxel": np.arange(n)}, attrs=attrs
     )
-    ph.write_unit(Path(job["out"]) / "units" / f"case_{case.index:04d}_chunk_{s:05d}.zarr", out)
-    return _mark(job, case.name, s, [0, n], entries, res)
+    path = Path(job["out"]) / "units" / f"case_{case.index:04d}_chunk_{s:05d}.zarr"
+    ph.write_unit(path, out)
+    return _mark(job, case.name, s, [0, n], entries, res, store_digest(path))
 
 
 # -- execution ---------------------------------------------------------------------------
@@ -1001,6 +1022,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     if missing:
         raise RuntimeError(f"{len(missing)} units are not finished: run again to complete them")
     starts = _assemble_phantom(plan) if plan.phantom else {}
+    nodes = {n: store_digest(plan.store / n) for n in starts}  # phantom case nodes
     tree = open_results(plan.out)
     if not plan.phantom:
         _verify_units(plan, tree)
@@ -1061,6 +1083,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     write_atomic(plan.out / "metrics.csv", metrics_table(rows))
     _write_failures(plan.out / "failures.csv", failures)
     _consolidate(plan.store)
+    write_file_digests(plan.out, nodes=nodes)
     plan.release()
     return rows
 

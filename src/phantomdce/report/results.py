@@ -136,10 +136,15 @@ def collect_results(out: str | Path, *, seed: int = 0) -> list[RecommendationRes
         No run directory, or no run with a ``[recommendation]`` table.
     """
     from phantomdce.engine.run import open_results
+    from phantomdce.engine.verify import RunDamagedError, verify_run
 
     dirs = run_dirs(out)
     if not dirs:
         raise FileNotFoundError(f"{out}: no phantomdce run found (no run.json)")
+    for d in dirs:  # a report rests only on results that match their digests
+        check = verify_run(d)
+        if not check.ok:
+            raise RunDamagedError(check.message())
     groups: dict[str, dict[str, Any]] = {}
     for d in dirs:
         meta = json.loads((d / "run.json").read_text())
