@@ -62,8 +62,8 @@ def alive(pid):
     return stat[stat.rindex(")") + 2] not in "ZX"
 
 
-def group_members(pgid):
-    """Live (non-zombie) processes whose process group is ``pgid``."""
+def group_members(pgid, zombies=False):
+    """Processes whose process group is ``pgid``: live ones (and zombies if ``zombies``)."""
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -73,7 +73,7 @@ def group_members(pgid):
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in "ZX":
+        if int(fields[2]) == pgid and (zombies or fields[0] not in "ZX"):
             members.append(int(entry.name))
     return members
 
@@ -180,8 +180,10 @@ def test_a_changed_sys_path_gets_a_new_child(monkeypatch, tmp_path):
 
 def test_close_workers_ends_the_children():
     pid = whoami().attrs["pid"]
+    assert len(group_members(pid)) == 2  # the child and its reaper
     assert close_workers() >= 1
-    assert wait_group_gone(pid) == [] and worker_pids() == []
+    # an idle child ends by itself and reaps its reaper: no orphan, not even a zombie
+    assert group_members(pid, zombies=True) == [] and worker_pids() == []
     assert whoami().attrs["pid"] != pid
 
 

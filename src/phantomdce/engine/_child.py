@@ -67,10 +67,13 @@ def write_frame(fd: int, payload: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _start_reaper(lifeline: int) -> None:
-    """Fork a process that kills this process group once ``lifeline`` reaches end of file."""
-    if os.fork() != 0:
-        return
+def _start_reaper(lifeline: int) -> int:
+    """Fork a process that kills this process group once ``lifeline`` reaches end of file.
+
+    Returns the reaper's process id (in this process; the reaper never returns).
+    """
+    if (pid := os.fork()) != 0:
+        return pid
     try:  # the reaper: hold no descriptor but the lifeline (the parent must see EOF on ours)
         os.closerange(3, lifeline)
         os.closerange(lifeline + 1, 1 << 16)
@@ -107,12 +110,8 @@ def _take_context(environ: dict[str, str], cwd: str) -> None:
             pass
 
 
-def serve(request: int, response: int, lifeline: int) -> int:
+def serve(request: int, response: int) -> int:
     """Resolve the spec, then fit chunk after chunk until the request pipe ends; return 0."""
-    for fd in (request, response, lifeline):
-        os.set_inheritable(fd, False)
-    _start_reaper(lifeline)
-    os.close(lifeline)
     frame = read_frame(request)
     if frame is None:
         return 0
@@ -147,11 +146,21 @@ def serve(request: int, response: int, lifeline: int) -> int:
 def main(argv: list[str]) -> int:
     """Serve the parent on the descriptors ``argv`` names; exit 0 when it closes the pipe."""
     request, response, lifeline = (int(a) for a in argv)
+    for fd in (request, response, lifeline):
+        os.set_inheritable(fd, False)
+    reaper = _start_reaper(lifeline)
+    os.close(lifeline)
     try:
-        return serve(request, response, lifeline)
+        return serve(request, response)
     except (BrokenPipeError, EOFError):  # the parent went away mid-frame
         return 0
+    finally:  # a clean end (the parent closed the pipe): end the reaper and reap it here,
+        os.kill(reaper, signal.SIGKILL)  # so that no orphan is left for init to reap
+        os.waitpid(reaper, 0)
 
 
 if __name__ == "__main__":  # pragma: no cover - runs in the child
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # without the interpreter's teardown of the plug-in's modules (seconds)

@@ -106,6 +106,7 @@ def last_frames(text: str, n: int = TRACEBACK_FRAMES) -> str:
 CHILD_STARTUP_LIMIT_S = 120.0
 
 _POLL_S = 0.25  # how often a wait checks that the child is still alive, s
+_GRACE_S = 5.0  # how long an idle child that is closed may take to end by itself, s
 _READ_BYTES = 1 << 20
 
 
@@ -270,8 +271,18 @@ class _Worker:
         """Whether the child is running and this process started it."""
         return self.returncode is None and self.owner == os.getpid() and self.proc.poll() is None
 
-    def close(self) -> int | None:
-        """Kill the child's process group, reap the child, drop the log; return its exit code."""
+    def close(self, graceful: bool = False) -> int | None:
+        """Kill the child's process group, reap the child, drop the log; return its exit code.
+
+        ``graceful``: first close the child's request pipe and give it :data:`_GRACE_S` to
+        end by itself (it then reaps its own reaper, leaving no orphan behind).
+        """
+        if graceful and self.returncode is None and self.owner == os.getpid():
+            self._close_request()  # (the lifeline stays: its end would set off the reaper)
+            try:
+                self.proc.wait(timeout=_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
         if self.returncode is None and self.owner == os.getpid():
             try:  # the group outlives its leader while any member lives: the id stays its own
                 os.killpg(self.pid, signal.SIGKILL)
@@ -289,8 +300,11 @@ class _Worker:
         self._close_fds()
         self.log.close()
 
-    def _close_fds(self) -> None:
-        for name in ("req", "res", "life"):
+    def _close_request(self) -> None:
+        self._close_fds(("req",))
+
+    def _close_fds(self, names: tuple[str, ...] = ("req", "res", "life")) -> None:
+        for name in names:
             fd = getattr(self, name, -1)
             if fd >= 0:
                 try:
@@ -318,7 +332,7 @@ def _take(spec: str) -> _Worker:
             stale.append(worker)
         generation = _GENERATION
     for worker in stale:
-        _discard(worker)
+        _discard(worker, graceful=True)
     worker = _Worker(spec, context, generation)
     with _LOCK:
         _LIVE.add(worker)
@@ -330,11 +344,11 @@ def _hand_back(worker: _Worker) -> None:
         if worker.generation == _GENERATION and worker.alive():
             _IDLE.setdefault(worker.spec, []).append(worker)
             return
-    _discard(worker)
+    _discard(worker, graceful=True)
 
 
-def _discard(worker: _Worker) -> None:
-    worker.close()
+def _discard(worker: _Worker, graceful: bool = False) -> None:
+    worker.close(graceful)
     with _LOCK:
         _LIVE.discard(worker)
 
@@ -393,9 +407,17 @@ def close_workers() -> int:
         _GENERATION += 1
         idle = [w for workers in _IDLE.values() for w in workers]
         _IDLE.clear()
-    for worker in idle:
-        _discard(worker)
+    _end(idle)
     return len(idle)
+
+
+def _end(workers: list[_Worker]) -> None:
+    """Close children: all their request pipes first, so that they end side by side."""
+    for worker in workers:
+        if worker.owner == os.getpid():
+            worker._close_request()
+    for worker in workers:
+        _discard(worker, graceful=True)
 
 
 def worker_pids(spec: str | None = None) -> list[int]:
@@ -409,8 +431,7 @@ def _close_all() -> None:
     with _LOCK:
         workers = list(_LIVE)
         _IDLE.clear()
-    for worker in workers:
-        _discard(worker)
+    _end(workers)
 
 
 def _forget_after_fork() -> None:
