@@ -464,3 +464,43 @@ def test_a_plugin_that_returns_absurd_values_flagged_success_is_counted_out_of_r
     est_k[1] = np.nan
     again = case_metrics(est_k, truth_k, ok, tissue, rep, parameter="Ktrans")
     assert again["out_of_range"] == 2.0 and again["failure_rate"] == pytest.approx(2 / 8)
+
+
+ABSURD_PLUGIN = '''
+from phantomdce.fit.nlls import NLLSFitter
+
+
+class Absurd:
+    """Returns -Ktrans and ve x 1e6 on every other voxel, all flagged success."""
+
+    name = "acme_absurd"
+    version = "1.0"
+    model = "extended_tofts"
+    input = "concentration"
+    method = "nlls"
+
+    def fit(self, data):
+        out = NLLSFitter("extended_tofts").fit(data)
+        out["Ktrans"][::2] = -out["Ktrans"][::2]
+        out["ve"][::2] = out["ve"][::2] * 1e6
+        return out
+'''
+
+
+def test_a_run_counts_a_plugins_absurd_successes_in_metrics_csv(tmp_path, monkeypatch):
+    from phantomdce.engine.run import run as run_engine
+
+    from test_engine import scenario
+
+    (tmp_path / "acme_absurd.py").write_text(ABSURD_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = scenario(tmp_path, replicates=2, fitters=["acme_absurd:Absurd"])
+    run_engine(path, tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        rows = {(r["case"], r["parameter"]): r for r in csv.DictReader(fh)}
+    for case in ("case_0000", "case_0001"):
+        n = int(rows[case, "Ktrans"]["n_voxels"])
+        for name in ("Ktrans", "ve", "kep"):  # kep = Ktrans / ve: negative where they are
+            assert rows[case, name]["out_of_range"] == str(n // 2), (case, name)
+            assert float(rows[case, name]["failure_rate"]) == 0.0  # "success", as flagged
+        assert rows[case, "vp"]["out_of_range"] == "0"
