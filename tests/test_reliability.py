@@ -116,3 +116,19 @@ def test_a_second_run_into_a_running_folder_exits_at_once_naming_the_first(tmp_p
     # the holder was SIGKILLed: no stale lock, the same command now runs and finishes
     assert main(["run", str(path), "-o", str(out), "-q"]) == 0
     assert (out / "metrics.csv").exists() and os.path.exists(out / "run.json")
+
+
+@pytest.mark.parametrize("replicates", [10**8, 10**11])
+def test_an_absurd_plan_is_refused_at_once_before_anything_is_written(tmp_path, replicates):
+    from phantomdce.dro.config import ConfigError
+    from phantomdce.engine.run import UnitGrid, plan_run
+
+    path = scenario(tmp_path, replicates=replicates, chunk=1000)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"voxel curves need up to .* GB of estimates, but"):
+        plan_run(path, out)
+    assert not out.exists()
+    # the plan's units are lazy: 1e12 voxels cost nothing until they run
+    grid = UnitGrid(2, 8 * replicates, 1000)
+    assert len(grid) == 2 * -(-8 * replicates // 1000)
+    assert grid[-1] == (1, len(grid) // 2 - 1, (len(grid) // 2 - 1) * 1000, 8 * replicates)

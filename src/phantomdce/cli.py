@@ -265,10 +265,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resumed = len(plan.units) - len(pending)
         note = f", resuming: {resumed} of {len(plan.units)} chunks already done" if resumed else ""
         sc = plan.scenario
+        from phantomdce.engine.run import store_bytes
+
         size = (
             f"{sc.subjects} phantom subjects x {sc.replicates} acquisitions"
             if plan.phantom
-            else f"{sc.n_voxels} voxels"
+            else f"{sc.n_voxels} voxels (estimates up to {store_bytes(plan) / 1e6:.3g} MB)"
         )
         print(
             f"run {sc.name!r}: {len(sc.cases())} cases x {size},"

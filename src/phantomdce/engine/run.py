@@ -47,7 +47,7 @@ import shutil
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,8 +145,9 @@ class RunPlan:
         Checked fit settings.
     fitters : list of FitterInfo
         Resolved fitters.
-    units : list of tuple
-        ``(case_index, chunk_index, voxel_start, voxel_stop)`` for every unit; a phantom
+    units : sequence of tuple
+        ``(case_index, chunk_index, voxel_start, voxel_stop)`` for every unit (a
+        :class:`UnitGrid` for a simulated scenario); a phantom
         case's chunks are its subjects (chunk ``s`` is subject ``s``; its voxels are known
         only when its ROIs are placed, so start and stop are 0).
     """
@@ -156,7 +157,7 @@ class RunPlan:
     scenario: Scenario | PhantomScenario
     fit: FitConfig
     fitters: list
-    units: list[tuple[int, int, int, int]]
+    units: Sequence[tuple[int, int, int, int]]
     lock: contextlib.ExitStack | None = field(default=None, compare=False, repr=False)
     #: Units of a resumed run found damaged and unmarked (``(case, chunk, reason)``): they
     #: run again (see :mod:`phantomdce.engine.verify`).
@@ -187,12 +188,81 @@ class RunPlan:
 
     def pending(self) -> list[tuple[int, int, int, int]]:
         """Units without a completion marker."""
-        return [u for u in self.units if not self.marker(u[0], u[1]).exists()]
+        progress = self.out / "progress"
+        done = {p.name for p in progress.iterdir()} if progress.is_dir() else set()
+        return [u for u in self.units if self.marker(u[0], u[1]).name not in done]
 
     @property
     def entries(self) -> list[FitEntry]:
         """The results' fitter axis: the fitters, then their error-budget entries."""
         return self.fit.entries(self.fitters)
+
+
+class UnitGrid(Sequence):
+    """The units of a simulated scenario, computed when asked for (a lazy list).
+
+    Unit ``i`` is ``(case, chunk, voxel_start, voxel_stop)`` with ``case, chunk =
+    divmod(i, chunks per case)``: a plan of any size costs no memory until its units run.
+    """
+
+    def __init__(self, n_cases: int, n_voxels: int, chunk_voxels: int) -> None:
+        self.n_cases, self.n_voxels, self.step = n_cases, n_voxels, chunk_voxels
+        self.per_case = -(-n_voxels // chunk_voxels)
+
+    def __len__(self) -> int:
+        return self.n_cases * self.per_case
+
+    def __getitem__(self, i):  # noqa: ANN001 - int or slice, as a list
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        c, k = divmod(i, self.per_case)
+        a = k * self.step
+        return (c, k, a, min(a + self.step, self.n_voxels))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+
+def store_bytes(plan: RunPlan) -> int:
+    """Upper bound of ``estimates.zarr``'s size (uncompressed), in bytes.
+
+    Zero for a phantom scenario (its voxel counts are known only when its ROIs are placed;
+    a phantom case is bounded by the phantom's size).
+    """
+    if plan.phantom:
+        return 0
+    n_fit = len(plan.entries)
+    # tissue, replicate and up to 8 truth values (8 bytes each) per voxel; per fitter the
+    # estimates (float64), success and at-limit flags (bool)
+    per_voxel = 8 * 2 + 8 * 8 + n_fit * (8 * len(ESTIMATED) + 1 + len(AT_LIMIT))
+    return len(plan.scenario.cases()) * plan.scenario.n_voxels * per_voxel
+
+
+def check_size(plan: RunPlan) -> None:
+    """Refuse a run whose store could not fit the free disk space, before it is created.
+
+    Raises
+    ------
+    ConfigError
+        With the plan's size (voxel curves, store bytes) and the free space.
+    """
+    need = store_bytes(plan)
+    where = plan.out
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        n = len(plan.scenario.cases()) * plan.scenario.n_voxels
+        raise ConfigError(
+            f"{plan.scenario.name!r}: {len(plan.scenario.cases())} cases x"
+            f" {plan.scenario.n_voxels} voxels = {n:.3g} voxel curves need up to"
+            f" {need / 1e9:.3g} GB of estimates, but {where} has {free / 1e9:.3g} GB free:"
+            " expected fewer replicates, tissues or sweep values, or another output folder"
+        )
 
 
 def _read_raw(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -396,13 +466,7 @@ def plan_run(
         subjects = range(scenario.subjects)
         units = [(case.index, s, 0, 0) for case in scenario.cases() for s in subjects]
     else:
-        n_vox = scenario.n_voxels
-        step = fit.chunk_voxels
-        units = [
-            (case.index, k, a, min(a + step, n_vox))
-            for case in scenario.cases()
-            for k, a in enumerate(range(0, n_vox, step))
-        ]
+        units = UnitGrid(len(scenario.cases()), scenario.n_voxels, fit.chunk_voxels)
     plan = RunPlan(Path(out), raw, scenario, fit, infos, units)
     _check_oracles(plan)
     meta = _run_json(plan, text)
@@ -416,6 +480,8 @@ def plan_run(
         raise ResultDirError(
             f"{out} is not empty and holds no phantomdce run: choose an empty or new directory"
         )
+    if not (plan.out / "run.json").exists():
+        check_size(plan)  # before anything is written, the lock file included
     # one run per folder, from here to finalize (or this process's end): see engine.lock
     from phantomdce.engine.lock import hold_run_lock
 
