@@ -132,3 +132,37 @@ def test_an_absurd_plan_is_refused_at_once_before_anything_is_written(tmp_path, 
     grid = UnitGrid(2, 8 * replicates, 1000)
     assert len(grid) == 2 * -(-8 * replicates // 1000)
     assert grid[-1] == (1, len(grid) // 2 - 1, (len(grid) // 2 - 1) * 1000, 8 * replicates)
+
+
+def test_a_plugins_impossible_successes_are_listed_in_suspect_csv(tmp_path, monkeypatch):
+    import csv
+
+    from test_metrics import ABSURD_PLUGIN
+
+    (tmp_path / "acme_absurd.py").write_text(ABSURD_PLUGIN)
+    (tmp_path / "acme_nanok.py").write_text(
+        "from phantomdce.fit.nlls import NLLSFitter\n\n\n"
+        "class NanOk:\n"
+        '    name, version, model = "acme_nanok", "1.0", "extended_tofts"\n'
+        '    input, method = "concentration", "nlls"\n\n'
+        "    def fit(self, data):\n"
+        '        out = NLLSFitter("extended_tofts").fit(data)\n'
+        '        out["ve"][1::4] = float("nan")  # flagged success, no estimate\n'
+        '        out["success"][:] = True\n'
+        "        return out\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = scenario(tmp_path, replicates=2, fitters=["acme_absurd:Absurd", "acme_nanok:NanOk"])
+    run(path, tmp_path / "run")
+    with open(tmp_path / "run" / "suspect.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    absurd = [r for r in rows if r["fitter"] == "acme_absurd"]
+    # every other voxel: Ktrans < 0, ve > 1 and so kep < 0, per case (16 voxels each)
+    for name in ("Ktrans", "ve", "kep"):
+        listed = [r for r in absurd if r["parameter"] == name and r["case"] == "case_0000"]
+        assert [int(r["voxel"]) for r in listed] == list(range(0, 16, 2))
+        assert all("outside the physical range" in r["problem"] for r in listed)
+    assert all(float(r["estimate"]) < 0 for r in absurd if r["parameter"] == "Ktrans")
+    nan = [r for r in rows if r["fitter"] == "acme_nanok"]
+    assert sorted({int(r["voxel"]) for r in nan if r["case"] == "case_0001"}) == [1, 5, 9, 13]
+    assert all(r["problem"].startswith("flagged success") for r in nan)

@@ -28,7 +28,10 @@ Layout of ``OUT/``:
   failed fitter chunk, columns ``case, chunk, voxel_start, voxel_stop, fitter, error,
   traceback``; ``error`` is ``"<ExceptionType>: <message>"`` and ``traceback`` the last
   frames (:data:`TRACEBACK_FRAMES`) of where it was raised (in the fitter's child process
-  for an isolated fitter), without repeating the error.
+  for an isolated fitter), without repeating the error. ``suspect.csv``: estimates a fitter
+  called successful that cannot be (outside the parameter's physical range, or not finite),
+  at most :data:`SUSPECT_LISTED` per case, fitter and parameter. ``digests.json``: the
+  SHA-256 of these files (see :mod:`phantomdce.engine.verify`).
 
 With ``[fit] error_budget`` the ``fitter`` axis also holds each fitter's error-budget
 entries, ``"<fitter> [true <stage>]"`` (:class:`phantomdce.engine.config.FitEntry`): the same
@@ -93,6 +96,8 @@ __all__ = [
     "collect_estimates",
 ]
 
+#: Voxels per case, fitter and parameter that ``suspect.csv`` lists (the count is complete).
+SUSPECT_LISTED = 100
 #: Parameters every run stores estimates for (NaN where a fitter has none).
 ESTIMATED = ("Ktrans", "ve", "vp", "fp", "ps", "kep", "delay")
 #: Parameters whose ``at_limit_<param>`` flags (fitter, voxel) the store holds: a fitter's
@@ -773,6 +778,7 @@ def _fit_entries(
         "times": np.full(n_fit, np.nan),
         "errors": {},
         "tracebacks": {},
+        "suspect": {},
     }
     if len(specs) != len(infos):
         raise RuntimeError(f"fitters {specs} resolve to {[i.name for i in infos]}")
@@ -805,6 +811,14 @@ def _fit_entries(
             else:
                 result = info.fitter.fit(view)
             est, ok, limits = collect_estimates(result, info, n)
+            # success flagged on estimates that are not finite: failed voxels, listed
+            claimed = np.asarray(result["success"].values).reshape(-1).astype(bool)
+            nonfinite = np.flatnonzero(claimed & ~ok)
+            if nonfinite.size:
+                out["suspect"][entry.name] = {
+                    "count": int(nonfinite.size),
+                    "voxels": nonfinite[:SUSPECT_LISTED].tolist(),
+                }
             for name, values in est.items():
                 out["block"][name][f] = np.where(ok, values, np.nan)
             out["success"][f] = ok
@@ -877,6 +891,7 @@ def _mark(job, case_name, k, voxels, entries, res, digest: str) -> dict[str, Any
         "fit_time_s": {e.name: float(t) for e, t in zip(entries, res["times"], strict=True)},
         "errors": res["errors"],
         "tracebacks": res["tracebacks"],
+        "nonfinite_success": res.get("suspect", {}),
     }
     marker = Path(job["out"]) / "progress" / f"case_{job['case_index']:04d}_chunk_{k:05d}.json"
     write_atomic(marker, json.dumps(record))
@@ -1092,8 +1107,11 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     tree = open_results(plan.out)
     if not plan.phantom:
         _verify_units(plan, tree)
+    from phantomdce.engine.metrics import out_of_range
+
     rows = []
     failures = []
+    suspect: list[tuple] = []
     for case in plan.scenario.cases():
         # one (fitter, parameter) row at a time: the case node is never loaded whole
         ds = tree[case.name].to_dataset()
@@ -1109,10 +1127,12 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                 truth = _truth_for(ds, name)
                 if truth is None:
                     continue
+                values = ds[name][f].values
+                limit = ds[f"at_limit_{name}"][f].values if f"at_limit_{name}" in ds else None
                 row = {"case": case.name, "fitter": entry.name, "parameter": name}
                 row.update(
                     case_metrics(
-                        ds[name][f].values,
+                        values,
                         truth,
                         success,
                         tissue,
@@ -1120,14 +1140,19 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                         parameter=name,
                         fit_time_s=total_time,
                         seed=plan.scenario.seed,
-                        at_limit=(
-                            ds[f"at_limit_{name}"][f].values
-                            if f"at_limit_{name}" in ds
-                            else None
-                        ),
+                        at_limit=limit,
                     )
                 )
                 rows.append(row)
+                odd = out_of_range(values, name) & success
+                if limit is not None:
+                    odd &= ~limit
+                p = PARAMETERS[name]
+                for v in np.flatnonzero(odd)[:SUSPECT_LISTED]:
+                    suspect.append(
+                        (case.name, entry.name, name, int(v), repr(float(values[v])),
+                         f"outside the physical range [{p.lower:g}, {p.upper:g}] {p.units}")
+                    )  # fmt: skip
     for marker in sorted((plan.out / "progress").glob("*.json")):
         record = json.loads(marker.read_text())
         tracebacks = record.get("tracebacks", {})
@@ -1135,6 +1160,12 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
         if record["case"] in starts:  # a phantom subject: its voxels in the case node
             first = starts[record["case"]][record["chunk"]]
             voxels = [first + voxels[0], first + voxels[1]]
+        for fitter, found in record.get("nonfinite_success", {}).items():
+            for v in found["voxels"]:
+                suspect.append(
+                    (record["case"], fitter, "success", voxels[0] + v, "nan",
+                     "flagged success with an estimate that is not finite (counted as failed)")
+                )  # fmt: skip
         for fitter, message in record["errors"].items():
             failures.append(
                 (
@@ -1148,6 +1179,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
             )
     write_atomic(plan.out / "metrics.csv", metrics_table(rows))
     _write_failures(plan.out / "failures.csv", failures)
+    _write_csv(plan.out / "suspect.csv", SUSPECT_COLUMNS, suspect)
     _consolidate(plan.store)
     write_file_digests(plan.out, nodes=nodes)
     plan.release()
@@ -1158,14 +1190,25 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
 FAILURE_COLUMNS = ("case", "chunk", "voxel_start", "voxel_stop", "fitter", "error", "traceback")
 
 
+#: Columns of ``suspect.csv``: estimates a fitter called successful that cannot be (outside
+#: the parameter's physical range in ``params.PARAMETERS``, or not finite), at most
+#: :data:`SUSPECT_LISTED` per case, fitter and parameter (``metrics.csv``'s
+#: ``out_of_range`` has the full count).
+SUSPECT_COLUMNS = ("case", "fitter", "parameter", "voxel", "estimate", "problem")
+
+
 def _write_failures(path: Path, failures: list[tuple]) -> None:
+    _write_csv(path, FAILURE_COLUMNS, failures)
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[tuple]) -> None:
     import csv
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(FAILURE_COLUMNS)
-    writer.writerows(failures)
+    writer.writerow(columns)
+    writer.writerows(rows)
     write_atomic(path, buf.getvalue())
 
 

@@ -95,7 +95,7 @@ def file_digest(path: str | Path) -> str:
 
 def write_file_digests(
     out: Path,
-    names: tuple[str, ...] = ("metrics.csv", "failures.csv"),
+    names: tuple[str, ...] = ("metrics.csv", "failures.csv", "suspect.csv"),
     nodes: dict[str, str] | None = None,
 ) -> None:
     """Record the digests of a finished run's files in ``OUT/digests.json`` (atomically).
