@@ -170,6 +170,26 @@ def test_each_chunk_sees_the_environment_of_its_time(monkeypatch):
     assert first["pid"] == second["pid"] == third["pid"]
 
 
+def test_a_child_whose_pipes_are_past_descriptor_1024_serves():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"at most {hard} open files")
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1200, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        close_workers()  # a new child, whose pipes get descriptors past 1100 here
+        assert whoami().attrs["pid"] == whoami().attrs["pid"]
+    finally:
+        for fd in held:
+            os.close(fd)
+        close_workers()
+        if soft != resource.RLIM_INFINITY and soft < 1200:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 @pytest.mark.slow
 def test_a_changed_sys_path_gets_a_new_child(monkeypatch, tmp_path):
     pid = whoami().attrs["pid"]

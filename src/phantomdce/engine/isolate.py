@@ -130,6 +130,17 @@ def _cwd() -> str:
         return ""
 
 
+def _ready(fd: int, event: int, timeout_s: float) -> bool:
+    """Whether ``fd`` is ready for ``event`` (or at its end, or broken) within ``timeout_s``.
+
+    ``poll``, not ``select``: a busy process (dask, many stores) may hold descriptors past
+    ``select``'s limit of 1024.
+    """
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0.0, timeout_s) * 1000.0))
+
+
 class _Worker:
     """One child serving one fitter spec to this process (see the module docstring)."""
 
@@ -233,8 +244,7 @@ class _Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Late
-            _, ready, _ = select.select([], [self.req], [], min(remaining, _POLL_S))
-            if not ready:
+            if not _ready(self.req, select.POLLOUT, min(remaining, _POLL_S)):
                 if self.proc.poll() is not None:
                     raise _Ended
                 continue
@@ -258,13 +268,12 @@ class _Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Late
-            ready, _, _ = select.select([self.res], [], [], min(remaining, _POLL_S))
-            if ready:
+            if _ready(self.res, select.POLLIN, min(remaining, _POLL_S)):
                 chunk = os.read(self.res, _READ_BYTES)
                 if not chunk:
                     raise _Ended
                 buf += chunk
-            elif self.proc.poll() is not None and not select.select([self.res], [], [], 0)[0]:
+            elif self.proc.poll() is not None and not _ready(self.res, select.POLLIN, 0):
                 raise _Ended  # (a process the plug-in forked may hold the pipe open)
 
     def alive(self) -> bool:
