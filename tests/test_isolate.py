@@ -321,3 +321,46 @@ def test_dask_distributed_workers_reuse_their_children_and_end_them():
     assert [r.sizes["voxel"] for r in results] == list(range(1, 9))
     assert len(pids) <= 4  # at most one per worker thread
     assert wait_gone(list(pids), limit_s=30.0) == []
+
+
+SCENARIO = """
+name = "iso"
+seed = 7
+replicates = 6
+
+[protocol]
+snr = 20.0
+dt = 4.0
+duration = 240.0
+
+[tissue]
+model = "extended_tofts"
+Ktrans = [0.1, 0.3]
+ve = 0.3
+vp = 0.02
+
+[fit]
+fitters = ["acme_faulty:Degradable"]
+chunk_voxels = 4
+isolate = "{isolate}"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", [None, "threads", "processes"])
+def test_a_run_with_reused_children_stores_what_the_fitter_gives_in_process(
+    tmp_path, scheduler
+):
+    from phantomdce.engine.run import open_results, run
+
+    stored = {}
+    for isolate in ("plugins", "none"):
+        path = tmp_path / f"{isolate}.toml"
+        path.write_text(SCENARIO.format(isolate=isolate))
+        run(path, tmp_path / isolate, scheduler=scheduler if isolate == "plugins" else None,
+            workers=2)
+        case = open_results(tmp_path / isolate)["case_0000"].ds
+        stored[isolate] = {k: case[k].values for k in ("Ktrans", "ve", "vp", "success")}
+        assert not (tmp_path / isolate / "failures.csv").read_text().strip().count("\n")
+    for k, values in stored["none"].items():
+        np.testing.assert_array_equal(stored["plugins"][k], values)
