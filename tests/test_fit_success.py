@@ -147,10 +147,14 @@ def test_ktrans_zero_with_noise():
     ct = ct + np.random.default_rng(21).normal(0.0, 0.01, (400, T.size))
     out = NLLSFitter("extended_tofts").fit(dataset(ct))
     ok = out["success"].values
-    # the remaining failures are ve -> 0 (kep -> infinity), another degenerate corner
-    assert ok.mean() >= 0.8
+    # the remaining failures are ve -> 0 (kep -> infinity), another degenerate corner, and
+    # (since the fit searches kep globally, issue 13 item 5) voxels whose least-squares
+    # optimum is an interior one with ve ~ 0.01 that the data do not determine (condition
+    # number > COND_MAX), below the cost at Ktrans = 0 (the local optimum the old starts
+    # reached: 0.83 successes, 0.37 at Ktrans = 0, on these curves)
+    assert ok.mean() >= 0.65
     at0 = out["at_limit_Ktrans"].values
-    assert at0.mean() >= 0.3
+    assert at0.mean() >= 0.2
     assert np.all(out["Ktrans"].values[at0] == 0.0) and np.isnan(out["ve"].values[at0]).all()
     assert out["at_limit_ve"].values[at0].all()
     assert np.nanmean(out["vp"].values[ok]) == pytest.approx(0.05, rel=0.03)

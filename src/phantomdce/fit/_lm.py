@@ -68,23 +68,41 @@ def _weights(x):
     return e, h, p1, p2
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"})
 def _conv_fg(t, ca, k, f, g):
-    """F and G of a piecewise-linear input for one rate k (/s), written into f, g."""
+    """F and G of a piecewise-linear input for one rate k (/s), written into f, g.
+
+    Over a segment of length ``d`` from ``c0`` to ``c1``::
+
+        F1 = e F0 + d (c1 h + (c0 - c1) p1)
+        G1 = e (G0 + d F0) + d**2 (c1 p1 + (c0 - c1) p2)
+
+    (weights of :func:`_weights`), arranged so that each recursion is one multiply-add
+    deep per frame.
+    """
     n = t.shape[0]
     f[0] = 0.0
     g[0] = 0.0
     last = -1.0
-    e = h = p1 = p2 = 0.0
+    e = ed = dh = dp1 = d2p1 = d2p2 = 0.0
+    fi = 0.0
+    gi = 0.0
     for i in range(n - 1):
         d = t[i + 1] - t[i]
         if d != last:
             e, h, p1, p2 = _weights(k * d)
+            ed = e * d
+            dh = d * h
+            dp1 = d * p1
+            d2p1 = d * d * p1
+            d2p2 = d * d * p2
             last = d
-        c0 = ca[i]
         c1 = ca[i + 1]
-        f[i + 1] = e * f[i] + d * (c1 * h + (c0 - c1) * p1)
-        g[i + 1] = e * (g[i] + d * f[i]) + d * d * (c1 * p1 + (c0 - c1) * p2)
+        dc = ca[i] - c1
+        gi = e * gi + (ed * fi + (c1 * d2p1 + dc * d2p2))
+        fi = e * fi + (c1 * dh + dc * dp1)
+        f[i + 1] = fi
+        g[i + 1] = gi
 
 
 @njit(cache=True)
@@ -113,7 +131,7 @@ def _shift(t, ca, delay, out, slope):
 
 @njit(cache=True)
 def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
-    """Model curve and Jacobian (n_t, n_params) at theta; w is (9, n_t) scratch."""
+    """Model curve and Jacobian, transposed (n_params, n_t), at theta; w (9, n_t) scratch."""
     n = t.shape[0]
     f1 = w[0]
     g1 = w[1]
@@ -127,9 +145,7 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
     if fit_delay:
         _shift(t, ca, theta[theta.shape[0] - 1], cad, slope)
     else:
-        for i in range(n):
-            cad[i] = ca[i]
-            slope[i] = 0.0
+        cad = ca
     di = theta.shape[0] - 1  # delay column when fitted
     if code <= 1:
         kt = theta[0]
@@ -139,14 +155,16 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         vp = theta[2] if code == 1 else 0.0
         if fit_delay:
             _conv_fg(t, slope, kep, s1, scratch)
+        kt_ve = kt / ve
+        kt_ve2 = kt_ve * kt_ve
         for i in range(n):
             model[i] = vp * cad[i] + kt * f1[i]
-            jac[i, 0] = f1[i] - kt * g1[i] / ve
-            jac[i, 1] = kt * kt * g1[i] / (ve * ve)
+            jac[0, i] = f1[i] - kt_ve * g1[i]
+            jac[1, i] = kt_ve2 * g1[i]
             if code == 1:
-                jac[i, 2] = cad[i]
+                jac[2, i] = cad[i]
             if fit_delay:
-                jac[i, di] = -(kt * s1[i] + vp * slope[i])
+                jac[di, i] = -(kt * s1[i] + vp * slope[i])
     elif code == 2:
         kt = theta[0]
         vp = theta[1]
@@ -155,10 +173,10 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
             _conv_fg(t, slope, 0.0, s1, scratch)
         for i in range(n):
             model[i] = vp * cad[i] + kt * f1[i]
-            jac[i, 0] = f1[i]
-            jac[i, 1] = cad[i]
+            jac[0, i] = f1[i]
+            jac[1, i] = cad[i]
             if fit_delay:
-                jac[i, di] = -(kt * s1[i] + vp * slope[i])
+                jac[di, i] = -(kt * s1[i] + vp * slope[i])
     elif code == 3:
         fp = theta[0]
         ps = theta[1]
@@ -211,14 +229,14 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
             model[i] = ap * f1[i] + am * f2[i]
             for q in range(4):
                 dfp = 1.0 if q == 0 else 0.0
-                jac[i, q] = (
+                jac[q, i] = (
                     (dfp - dam[q]) * f1[i]
                     - ap * g1[i] * dkp[q]
                     + dam[q] * f2[i]
                     - am * g2[i] * dkm[q]
                 )
             if fit_delay:
-                jac[i, di] = -(ap * s1[i] + am * s2[i])
+                jac[di, i] = -(ap * s1[i] + am * s2[i])
     else:
         fp = theta[0]
         ps = theta[1]
@@ -237,20 +255,24 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         da1_ps = -fp * fp / t2
         da2_fp = ps * ps / t2
         da2_ps = fp * fp / t2
+        a1_vp = a1 / vp
+        a1_vp_kp = a1_vp * kp
         for i in range(n):
             model[i] = a1 * f1[i] + a2 * f2[i]
-            jac[i, 0] = da1_fp * f1[i] - a1 * g1[i] / vp + da2_fp * f2[i]
-            jac[i, 1] = da1_ps * f1[i] - a1 * g1[i] / vp + da2_ps * f2[i]
-            jac[i, 2] = a1 * g1[i] * kp / vp
+            jac[0, i] = da1_fp * f1[i] - a1_vp * g1[i] + da2_fp * f2[i]
+            jac[1, i] = da1_ps * f1[i] - a1_vp * g1[i] + da2_ps * f2[i]
+            jac[2, i] = a1_vp_kp * g1[i]
             if fit_delay:
-                jac[i, di] = -(a1 * s1[i] + a2 * s2[i])
+                jac[di, i] = -(a1 * s1[i] + a2 * s2[i])
 
 
 @njit(cache=True)
-def _solve_spd(a, b, out):
-    """Solve a small symmetric positive definite system by Cholesky; False if not SPD."""
+def _solve_spd(a, b, out, lo, y):
+    """Solve a small symmetric positive definite system by Cholesky; False if not SPD.
+
+    ``lo`` (n, n) and ``y`` (n,) are scratch.
+    """
     n = a.shape[0]
-    lo = np.zeros((n, n))
     for i in range(n):
         for j in range(i + 1):
             s = a[i, j]
@@ -262,7 +284,6 @@ def _solve_spd(a, b, out):
                 lo[i, i] = math.sqrt(s)
             else:
                 lo[i, j] = s / lo[j, j]
-    y = np.empty(n)
     for i in range(n):
         s = b[i]
         for k in range(i):
@@ -276,20 +297,33 @@ def _solve_spd(a, b, out):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract", "reassoc"})
+def _sumsq(y, model):
+    """Residual sum of squares ``sum (y - model)**2`` (summed in any order)."""
+    s = 0.0
+    for i in range(y.shape[0]):
+        r = y[i] - model[i]
+        s += r * r
+    return s
+
+
+@njit(cache=True, fastmath={"contract", "reassoc"})
 def _normal(jac, model, y, jtj, jtr):
-    """Normal matrix ``J^T J`` and gradient ``J^T r`` (r = y - model) of the current point."""
-    n = jac.shape[0]
-    p = jac.shape[1]
+    """Normal matrix ``J^T J`` and gradient ``J^T r`` (r = y - model) of the current point.
+
+    Summed in any order (vectorised).
+    """
+    p = jac.shape[0]
+    n = jac.shape[1]
     for q in range(p):
         s = 0.0
         for i in range(n):
-            s += jac[i, q] * (y[i] - model[i])
+            s += jac[q, i] * (y[i] - model[i])
         jtr[q] = s
         for q2 in range(q + 1):
             s = 0.0
             for i in range(n):
-                s += jac[i, q] * jac[i, q2]
+                s += jac[q, i] * jac[q2, i]
             jtj[q, q2] = s
             jtj[q2, q] = s
 
@@ -323,7 +357,23 @@ def _stationary(jtj, jtr, free, sse):
 
 
 @njit(cache=True)
-def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
+def workspace(n, p):
+    """Scratch arrays of :func:`_fit_one` for ``n`` frames and ``p`` parameters.
+
+    Allocated once and reused for every voxel a thread fits (an allocation costs about
+    as much as one model evaluation).
+    """
+    vec = np.empty((11, n))  # 0-8 model scratch, 9 model, 10 trial model
+    jacs = np.empty((2, p, n))  # Jacobian (transposed) at the point, at the trial
+    mats = np.empty((3, p, p))  # J^T J, damped system, Cholesky factor
+    vecs = np.empty((6, p))  # J^T r, right-hand side, step, trial, point, solve scratch
+    free = np.empty(p, dtype=np.bool_)
+    idx = np.empty(p, dtype=np.int64)
+    return vec, jacs, mats, vecs, free, idx
+
+
+@njit(cache=True)
+def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws):
     """Fit one voxel from one start by active-set projected Levenberg-Marquardt.
 
     Each iteration pins the parameters that sit on a bound the gradient pushes against,
@@ -336,36 +386,36 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
     (``lam < 1``) that lowered the cost by less than :data:`FTOL` relative, or when no
     step of any damping lowers the cost.
 
+    ``ws`` is a :func:`workspace`; on return its ``jacs[0]`` and ``vec[9]`` hold the
+    Jacobian and the model curve at the returned point.
+
     Returns ``(sse, n_accepted, converged)``: the residual sum of squares, the number of
     accepted steps and whether the fit ended at a stationary point (projected gradient or
     relative-reduction test), not by running out of damping or iterations.
     """
-    n = t.shape[0]
     p = theta0.shape[0]
-    w = np.empty((9, n))
-    model = np.empty(n)
-    jac = np.empty((n, p))
-    model_n = np.empty(n)
-    jac_n = np.empty((n, p))
-    theta = theta0.copy()
+    vec, jacs, mats, vecs, free, idx = ws
+    w = vec[:9]
+    model = vec[9]
+    model_n = vec[10]
+    jac = jacs[0]
+    jac_n = jacs[1]
+    jtj = mats[0]
+    a = mats[1]
+    chol = mats[2]
+    jtr = vecs[0]
+    b = vecs[1]
+    step = vecs[2]
+    trial = vecs[3]
+    theta = vecs[4]
+    scratch = vecs[5]
     for q in range(p):
-        theta[q] = min(max(theta[q], lo[q]), hi[q])
+        theta[q] = min(max(theta0[q], lo[q]), hi[q])
     _model_jac(code, theta, t, ca, fit_delay, w, model, jac)
-    sse = 0.0
-    for i in range(n):
-        r = y[i] - model[i]
-        sse += r * r
+    sse = _sumsq(y, model)
     lam = 1e-3
     nu = 2.0
     rho = 0.0
-    jtj = np.empty((p, p))
-    jtr = np.empty(p)
-    free = np.empty(p, dtype=np.bool_)
-    idx = np.empty(p, dtype=np.int64)
-    a = np.empty((p, p))
-    b = np.empty(p)
-    step = np.empty(p)
-    trial = np.empty(p)
     accepted = 0
     converged = False
     if not math.isfinite(sse):
@@ -405,7 +455,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
                         a[r1, r2] = jtj[qa, idx[r2]]
                     a[r1, r1] = jtj[qa, qa] + lam * max(jtj[qa, qa], 1e-12 * dmax) + 1e-300
                     b[r1] = jtr[qa]
-                if not _solve_spd(a[:nf, :nf], b[:nf], step[:nf]):
+                if not _solve_spd(a[:nf, :nf], b[:nf], step[:nf], chol, scratch):
                     lam *= 10.0
                     continue
                 for q in range(p):
@@ -414,10 +464,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
                     qa = idx[r1]
                     trial[qa] = min(max(theta[qa] + step[r1], lo[qa]), hi[qa])
                 _model_jac(code, trial, t, ca, fit_delay, w, model_n, jac_n)
-                sse_n = 0.0
-                for i in range(n):
-                    r = y[i] - model_n[i]
-                    sse_n += r * r
+                sse_n = _sumsq(y, model_n)
                 if sse_n < sse and math.isfinite(sse_n):
                     rel = (sse - sse_n) / sse
                     # gain ratio: actual over predicted reduction 2 d.g - d.A d of the step d
@@ -430,10 +477,8 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
                     rho = (sse - sse_n) / pred if pred > 0.0 else 0.0
                     for q in range(p):
                         theta[q] = trial[q]
-                    for i in range(n):
-                        model[i] = model_n[i]
-                        for q in range(p):
-                            jac[i, q] = jac_n[i, q]
+                    model[:] = model_n
+                    jac[:, :] = jac_n
                     sse = sse_n
                     improved = True
                     accepted += 1
@@ -456,46 +501,71 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out):
 
 
 @njit(cache=True)
-def _fit_voxel(code, t, ca, y, starts, lo, hi, fit_delay, max_iter, out):
+def final_normal(ws, y, jtj_out):
+    """``J^T J`` at the point :func:`_fit_one` returned (from its workspace) into jtj_out."""
+    vec, jacs, mats, vecs, _, _ = ws
+    _normal(jacs[0], vec[9], y, jtj_out, vecs[5])
+
+
+@njit(cache=True)
+def _fit_voxel(code, t, ca, y, starts, lo, hi, fit_delay, max_iter, out, jtj, ws, theta):
     """Fit one voxel from every start; keep the best.
 
-    out: params..., sse, n_accepted, converged (1.0 or 0.0) of the best start.
+    out: params..., sse, n_accepted, converged (1.0 or 0.0) of the best start; jtj: the
+    normal matrix ``J^T J`` at the best start's solution.
     """
     p = lo.shape[0]
     best = np.inf
-    theta = np.empty(p)
     out[p + 1] = 0.0
     out[p + 2] = 0.0
     for s in range(starts.shape[0]):
-        sse, acc, conv = _fit_one(code, t, ca, y, starts[s], lo, hi, fit_delay, max_iter, theta)
+        sse, acc, conv = _fit_one(
+            code, t, ca, y, starts[s], lo, hi, fit_delay, max_iter, theta, ws
+        )
         if sse < best:
             best = sse
             for q in range(p):
                 out[q] = theta[q]
             out[p + 1] = acc
             out[p + 2] = 1.0 if conv else 0.0
+            final_normal(ws, y, jtj)
     out[p] = best
 
 
 @njit(cache=True)
-def fit_serial(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
+def fit_serial(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out, jtj):
     """Fit every voxel (rows of ys; starts (n_vox, n_starts, p)) one after another.
 
     ``out`` is (n_vox, p + 3): the parameters, the residual sum of squares, the number of
-    accepted steps and the converged flag of the best start. A row whose first value is
-    NaN is skipped.
+    accepted steps and the converged flag of the best start; ``jtj`` (n_vox, p, p) the
+    normal matrix at the solution. A row whose first value is NaN is skipped.
     """
+    p = lo.shape[0]
+    ws = workspace(t.shape[0], p)
+    theta = np.empty(p)
     for v in range(ys.shape[0]):
         if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
-            _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
+            _fit_voxel(
+                code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v], jtj[v],
+                ws, theta,
+            )  # fmt: skip
 
 
 @njit(cache=True, parallel=True)
-def fit_parallel(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out):
-    """As :func:`fit_serial`, voxels shared across numba's threads."""
-    for v in prange(ys.shape[0]):
-        if out[v, 0] == out[v, 0]:
-            _fit_voxel(code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v])
+def fit_parallel(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out, jtj, n_chunks):
+    """As :func:`fit_serial`, voxels shared across numba's threads in ``n_chunks`` chunks."""
+    p = lo.shape[0]
+    n_vox = ys.shape[0]
+    n_chunks = max(min(n_chunks, n_vox), 1)
+    for c in prange(n_chunks):
+        ws = workspace(t.shape[0], p)
+        theta = np.empty(p)
+        for v in range(c * n_vox // n_chunks, (c + 1) * n_vox // n_chunks):
+            if out[v, 0] == out[v, 0]:
+                _fit_voxel(
+                    code, t, ca, ys[v], starts[v], lo, hi, fit_delay, max_iter, out[v],
+                    jtj[v], ws, theta,
+                )  # fmt: skip
 
 
 @njit(cache=True)
@@ -506,29 +576,29 @@ def normal_matrices(code, t, ca, thetas, fit_delay, out):
     """
     n = t.shape[0]
     p = thetas.shape[1]
+    w = np.empty((9, n))
+    model = np.empty(n)
+    jac = np.empty((p, n))
     for v in range(thetas.shape[0]):
         if thetas[v, 0] != thetas[v, 0]:
             continue
-        w = np.empty((9, n))
-        model = np.empty(n)
-        jac = np.empty((n, p))
         _model_jac(code, thetas[v], t, ca, fit_delay, w, model, jac)
         for q in range(p):
             for q2 in range(q + 1):
                 s = 0.0
                 for i in range(n):
-                    s += jac[i, q] * jac[i, q2]
+                    s += jac[q, i] * jac[q2, i]
                 out[v, q, q2] = s
                 out[v, q2, q] = s
 
 
 @njit(cache=True)
 def model_and_jacobian(code, theta, t, ca, fit_delay):
-    """Model curve and Jacobian at theta (for tests of the analytic derivatives)."""
+    """Model curve and Jacobian (n_t, n_params) at theta (tests of the derivatives)."""
     n = t.shape[0]
     p = theta.shape[0]
     w = np.empty((9, n))
     model = np.empty(n)
-    jac = np.empty((n, p))
+    jac = np.empty((p, n))
     _model_jac(code, theta, t, ca, fit_delay, w, model, jac)
-    return model, jac
+    return model, jac.T.copy()

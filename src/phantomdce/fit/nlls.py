@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.fit import _lm
+from phantomdce.fit import _lm, _varpro
 from phantomdce.fit._common import (
     COND_MAX,
     beats_no_contrast,
@@ -68,6 +69,14 @@ _STRICT = {("2cxm", "vp"): 1e-4, ("2cum", "vp"): 1e-4}
 _SCALE = {"Ktrans": PER_MIN, "ps": PER_MIN, "fp": FP_UNIT, "ve": 1.0, "vp": 1.0, "delay": 1.0}
 #: Delay values (s) every voxel is started from when the delay is fitted.
 DELAY_STARTS = (0.0, 4.0, 8.0, 14.0)
+#: Delay nodes (s) searched, with the linear parameters solved exactly at each, by the
+#: variable-projection fit of the Tofts-family models (:mod:`phantomdce.fit._varpro`):
+#: every DELAY_STEP s (searched coarse to fine: :data:`phantomdce.fit._varpro.DELAY_COARSE`),
+#: offset so that no node is a whole or half second: the delayed model has a kink wherever
+#: a delayed frame meets an AIF sample, with a local minimum of the cost on either side at
+#: times, and a start on a kink can only leave it to one side.
+DELAY_STEP = 0.25
+DELAY_GRID = np.arange(BOUNDS["delay"][0] + 0.1, BOUNDS["delay"][1], DELAY_STEP)
 #: Bounds where the model degenerates or that are physical limits: (parameter, side) -> the
 #: value stored for an estimate there (package units), flagged by ``at_limit_<param>``.
 LIMITS = {
@@ -136,7 +145,13 @@ def _fit(
     parallel: bool,
     max_iter: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """The fit: estimates (package units), sse, stuck, theta (internal units), names.
+    """The fit: estimates (package units), sse, stuck, ``J^T J`` at the solution, names.
+
+    Tofts, extended Tofts and Patlak are fitted by variable projection
+    (:mod:`phantomdce.fit._varpro`: a grid over kep, and the delay if fitted, with the
+    linear parameters solved exactly, then the Levenberg-Marquardt polish), the
+    two-compartment models by Levenberg-Marquardt from :func:`_starts`. ``J^T J``
+    (n_vox, p, p) is in internal units (/s, s), NaN for a voxel that was not fitted.
 
     ``stuck`` marks voxels whose best start accepted no step and did not start at a
     stationary point: no iteration was accepted.
@@ -155,25 +170,41 @@ def _fit(
     ct = np.where(bad[:, None], 0.0, ct)
     lo, hi = _bounds(model, names)
     scale = np.array([_SCALE[n] for n in names])
-    base = _starts(model, t, ct, ca, n_vox)
-    delays = DELAY_STARTS if fit_delay else (None,)
-    starts = np.empty((n_vox, len(base) * len(delays), len(names)))
-    k = 0
-    for d in delays:
-        for s in base:
-            for q, n in enumerate(names):
-                starts[:, k, q] = (d if n == "delay" else s[n]) * scale[q]
-            k += 1
     p = len(names)
+    code = _lm.MODEL_CODES[model]
     out = np.zeros((n_vox, p + 3))
-    out[bad, 0] = np.nan  # the kernel skips voxels marked NaN
-    kernel = _lm.fit_parallel if parallel else _lm.fit_serial
-    kernel(_lm.MODEL_CODES[model], t, ca, ct, starts, lo, hi, fit_delay, max_iter, out)
+    out[bad, 0] = np.nan  # the kernels skip voxels marked NaN
+    jtj = np.full((n_vox, p, p), np.nan)
+    if code in _varpro.VARPRO_CODES:
+        per_decade = _varpro.KEP_PER_DECADE_DELAY if fit_delay else _varpro.KEP_PER_DECADE
+        keps = _varpro.kep_grid(code, lo, hi, per_decade)
+        delays = DELAY_GRID if fit_delay else np.zeros(1)
+        kinks = _varpro.kinks(t, *BOUNDS["delay"]) if fit_delay else np.zeros(0)
+        args = (code, t, ca, ct, keps, delays, kinks, lo, hi, fit_delay, max_iter, out, jtj)
+        if parallel:
+            _varpro.fit_parallel(*args, 8 * numba.get_num_threads())
+        else:
+            _varpro.fit_serial(*args)
+    else:
+        base = _starts(model, t, ct, ca, n_vox)
+        delay_starts = DELAY_STARTS if fit_delay else (None,)
+        starts = np.empty((n_vox, len(base) * len(delay_starts), p))
+        k = 0
+        for d in delay_starts:
+            for s in base:
+                for q, n in enumerate(names):
+                    starts[:, k, q] = (d if n == "delay" else s[n]) * scale[q]
+                k += 1
+        args = (code, t, ca, ct, starts, lo, hi, fit_delay, max_iter, out, jtj)
+        if parallel:
+            _lm.fit_parallel(*args, 8 * numba.get_num_threads())
+        else:
+            _lm.fit_serial(*args)
     out[bad] = np.nan
     est = {n: out[:, q] / scale[q] for q, n in enumerate(names)}
     # a fit that moved from no start and ended anywhere but a stationary point
     stuck = (out[:, p + 1] == 0) & (out[:, p + 2] == 0)
-    return est, out[:, p], stuck, out[:, :p], names
+    return est, out[:, p], stuck, jtj, names
 
 
 def nlls(
@@ -373,19 +404,15 @@ def _judged_fit(
     limit leaves undetermined (:func:`~phantomdce.fit.base.undetermined_at_limit`) is
     stored as NaN, and both are flagged.
     """
-    est, sse, stuck, theta, names = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
+    est, sse, stuck, jtj, names = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
     limits = at_limits(model, est)
     free = undetermined_at_limit(limits, names)
-    include = np.ones(theta.shape, dtype=bool)
+    include = np.ones((sse.shape[0], len(names)), dtype=bool)
     for q, name in enumerate(names):
         if name in limits:
             include[:, q] &= ~limits[name]
         if name in free:
             include[:, q] &= ~free[name]
-    jtj = np.full(theta.shape + (theta.shape[1],), np.nan)
-    _lm.normal_matrices(
-        _lm.MODEL_CODES[model], t, ca, np.ascontiguousarray(theta), fit_delay, jtj
-    )
     cond = condition_numbers(jtj, include)
     finite = np.isfinite(sse) & np.all([np.isfinite(v) for v in est.values()], axis=0)
     success = (

@@ -1,0 +1,548 @@
+"""Variable-projection kernels of the NLLS fitter for the Tofts-family models (private).
+
+In the Tofts, extended Tofts and Patlak models every parameter but the rate
+``kep = Ktrans / ve`` (and a fitted arterial delay) enters linearly::
+
+    ct = Ktrans * F(kep) + vp * ca,    F(kep) = int ca(u) exp(-kep (t - u)) du
+
+so for a fixed ``kep`` (and delay) the best ``Ktrans`` and ``vp`` within their bounds are
+the solution of a 2 x 2 box-constrained quadratic problem, solved exactly. The fit
+(:func:`fit_serial`, :func:`fit_parallel`) therefore searches a grid of rates (and
+delays) with the linear parameters solved exactly at each node, refines the best node's
+rate by Brent's method on this reduced cost (one recursion and one 2 x 2 solve a step),
+and polishes the result with the bounded Levenberg-Marquardt of :mod:`phantomdce.fit._lm`
+on the full parameter vector, so the optimum, the convergence flags and the normal matrix
+are those of that fitter (same model, same bounds, same stopping rules). The search is
+global over the grid, so the optimum is the old multi-start fit's or a lower one.
+
+``F`` is computed by the same recursion as the Levenberg-Marquardt model
+(:func:`phantomdce.fit._lm._conv_fg`: exact for the sampled, piecewise-linear AIF, shifted
+by the delay with :func:`phantomdce.fit._lm._shift`), once per grid node for all voxels
+(:func:`tables`); per voxel a node costs one dot product and the 2 x 2 solve.
+
+The bounds of the linear parameters at a node: ``Ktrans`` in its box and, through
+``ve = Ktrans / kep`` in ``[ve_lo, ve_hi]``, in ``[ve_lo kep, ve_hi kep]``; ``vp`` in its
+box (zero for Tofts). Patlak has no rate: one node, ``F(0) = int ca``.
+
+Internal units as in :mod:`phantomdce.fit._lm`: s and /s.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from phantomdce.fit import _lm
+
+#: Model codes (of :mod:`phantomdce.fit._lm`) fitted by variable projection.
+VARPRO_CODES = (0, 1, 2)
+#: Rate grid: nodes per decade of kep (with a fitted delay: per delay node), and its lowest
+#: nonzero node (/s). The highest node is the largest kep the bounds allow
+#: (Ktrans_max / ve_min); ``kep = 0`` is a node too.
+KEP_PER_DECADE = 4
+KEP_PER_DECADE_DELAY = 3
+KEP_MIN = 1e-6
+#: ve of the start at the node kep = 0 (Ktrans = 0 there, so ve is free).
+VE_AT_ZERO_RATE = 0.2
+#: Refinement of the best node in ln kep: at most this many steps, to this tolerance.
+REFINE_ITER = 8
+REFINE_TOL = 1e-5
+#: With a fitted delay, the delay nodes are searched every DELAY_COARSE-th node first,
+#: then every node within DELAY_WINDOW nodes of the best of those; the DELAY_REFINED best
+#: of these are refined in kep and the best refined one is polished.
+DELAY_COARSE = 8
+DELAY_WINDOW = 4
+DELAY_REFINED = 2
+
+
+def kep_grid(code: int, lo: np.ndarray, hi: np.ndarray, per_decade: float) -> np.ndarray:
+    """Grid of rates kep (/s) for the model ``code`` within the bounds (internal units)."""
+    if code == 2:
+        return np.zeros(1)
+    kmax = hi[0] / lo[1]
+    n = int(math.ceil(per_decade * math.log10(kmax / KEP_MIN))) + 1
+    return np.concatenate([[0.0], np.geomspace(KEP_MIN, kmax, n)])
+
+
+def kinks(t: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Delays (s) within ``[lo, hi]`` at which a delayed frame meets an AIF sample.
+
+    The delayed AIF (:func:`phantomdce.fit._lm._shift`) is linear in the delay between
+    them; the cost can have a local minimum on either side of one.
+    """
+    d = np.unique(np.round((t[:, None] - t[None, :]).ravel(), 9))
+    return d[(d >= lo) & (d <= hi)]
+
+
+@njit(cache=True)
+def tables(code, t, ca, keps, delays, lo, hi, fit_delay):
+    """Curves and products shared by every voxel at each (delay, kep) node.
+
+    Returns ``f`` (n_delay, n_kep, n_t): F of the AIF delayed by each delay at each rate;
+    ``c`` (n_delay, n_t): the delayed AIF; ``prod`` (n_delay, n_kep, 6): ``F.F``, ``F.c``,
+    ``c.c`` and the inverse of the normal matrix ``[[F.F, F.c], [F.c, c.c]]`` (entries
+    ff, fc, cc; all NaN where it is singular, and for Tofts, which has no vp); ``box``
+    (n_kep, 4): the bounds ``(alo, ahi, blo, bhi)`` of (Ktrans, vp) at each rate.
+    """
+    n = t.shape[0]
+    nd = delays.shape[0]
+    nk = keps.shape[0]
+    f = np.empty((nd, nk, n))
+    c = np.empty((nd, n))
+    prod = np.empty((nd, nk, 6))
+    slope = np.empty(n)
+    g = np.empty(n)
+    for d in range(nd):
+        if fit_delay:
+            _lm._shift(t, ca, delays[d], c[d], slope)
+        else:
+            c[d] = ca
+        scc = 0.0
+        for i in range(n):
+            scc += c[d, i] * c[d, i]
+        for j in range(nk):
+            fj = f[d, j]
+            _lm._conv_fg(t, c[d], keps[j], fj, g)
+            sff = 0.0
+            sfc = 0.0
+            for i in range(n):
+                sff += fj[i] * fj[i]
+                sfc += fj[i] * c[d, i]
+            det = sff * scc - sfc * sfc
+            prod[d, j, 0] = sff
+            prod[d, j, 1] = sfc
+            prod[d, j, 2] = scc
+            if code != 0 and det > 1e-12 * sff * scc:
+                prod[d, j, 3] = scc / det
+                prod[d, j, 4] = -sfc / det
+                prod[d, j, 5] = sff / det
+            else:
+                prod[d, j, 3:] = np.nan
+    box = np.empty((nk, 4))
+    for j in range(nk):
+        alo, ahi, blo, bhi = _linear_bounds(code, keps[j], lo, hi)
+        box[j, 0] = alo
+        box[j, 1] = ahi
+        box[j, 2] = blo
+        box[j, 3] = bhi
+    return f, c, prod, box
+
+
+@njit(cache=True, fastmath=True)
+def _dot(f, d, j, y):
+    """``f[d, j] . y`` reassociated freely (ranks nodes; not the final cost), no view."""
+    s = 0.0
+    for i in range(y.shape[0]):
+        s += f[d, j, i] * y[i]
+    return s
+
+
+@njit(cache=True, fastmath=True)
+def _matvec(f, d, y, out):
+    """``out[j] = f[d, j] . y`` for every rate j, as :func:`_dot`."""
+    for j in range(f.shape[1]):
+        s = 0.0
+        for i in range(y.shape[0]):
+            s += f[d, j, i] * y[i]
+        out[j] = s
+
+
+@njit(cache=True, fastmath=True)
+def _dot_c(c, d, y):
+    """``c[d] . y`` as :func:`_dot`."""
+    s = 0.0
+    for i in range(y.shape[0]):
+        s += c[d, i] * y[i]
+    return s
+
+
+@njit(cache=True, inline="always")
+def _clip(x, lo, hi):
+    return min(max(x, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _cost(a, b, syy, sfy, scy, sff, sfc, scc):
+    return syy - 2.0 * (a * sfy + b * scy) + a * a * sff + 2.0 * a * b * sfc + b * b * scc
+
+
+@njit(cache=True)
+def box_qp(sff, sfc, scc, sfy, scy, syy, alo, ahi, blo, bhi):
+    """Minimise ``||y - a f - b c||^2`` over ``a in [alo, ahi]``, ``b in [blo, bhi]``.
+
+    From the products ``f.f, f.c, c.c, f.y, c.y, y.y``. Exact: the unconstrained
+    minimiser if it is feasible, else the best of the four edges, each minimised exactly
+    (the problem is convex, so its constrained minimiser lies on an edge). Returns
+    ``(a, b, cost)``.
+    """
+    det = sff * scc - sfc * sfc
+    if det > 1e-12 * sff * scc:
+        a = (sfy * scc - scy * sfc) / det
+        b = (scy * sff - sfy * sfc) / det
+        if alo <= a <= ahi and blo <= b <= bhi:
+            return a, b, _cost(a, b, syy, sfy, scy, sff, sfc, scc)
+    return _edges(sff, sfc, scc, sfy, scy, syy, alo, ahi, blo, bhi)
+
+
+@njit(cache=True)
+def _edges(sff, sfc, scc, sfy, scy, syy, alo, ahi, blo, bhi):
+    """The best of the four edges of the box, each minimised exactly."""
+    best_a = alo
+    best_b = blo
+    best = np.inf
+    for edge in range(4):
+        if edge < 2:
+            a = alo if edge == 0 else ahi
+            b = _clip((scy - a * sfc) / scc, blo, bhi) if scc > 0.0 else _clip(0.0, blo, bhi)
+        else:
+            b = blo if edge == 2 else bhi
+            a = _clip((sfy - b * sfc) / sff, alo, ahi) if sff > 0.0 else _clip(0.0, alo, ahi)
+        cost = _cost(a, b, syy, sfy, scy, sff, sfc, scc)
+        if cost < best:
+            best = cost
+            best_a = a
+            best_b = b
+    return best_a, best_b, best
+
+
+@njit(cache=True, inline="always")
+def _linear_bounds(code, k, lo, hi):
+    """Bounds of (a, b) = (Ktrans, vp) at the rate k: ``(alo, ahi, blo, bhi)``."""
+    if code == 2:
+        return lo[0], hi[0], lo[1], hi[1]
+    alo = max(lo[0], lo[1] * k)
+    ahi = min(hi[0], hi[1] * k)
+    if code == 0:
+        return alo, ahi, 0.0, 0.0
+    return alo, ahi, lo[2], hi[2]
+
+
+@njit(cache=True, inline="always")
+def _node(code, k, prod, d, j, sfy, scy, syy, lo, hi, best):
+    """Best (a, b, cost) at node (d, j), from its products ``prod[d, j]`` (:func:`tables`).
+
+    A node whose unconstrained optimum is infeasible and whose unconstrained cost (a lower
+    bound) is not below ``best`` is not searched further: cost ``inf``.
+    """
+    alo, ahi, blo, bhi = _linear_bounds(code, k, lo, hi)
+    if alo > ahi:
+        return 0.0, 0.0, np.inf
+    i_ff = prod[d, j, 3]
+    if code != 0 and i_ff == i_ff:
+        a = i_ff * sfy + prod[d, j, 4] * scy
+        b = prod[d, j, 4] * sfy + prod[d, j, 5] * scy
+        lower = syy - (a * sfy + b * scy)
+        if alo <= a <= ahi and blo <= b <= bhi:
+            return a, b, lower
+        if lower >= best:
+            return 0.0, 0.0, np.inf
+    return _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], sfy, scy, syy, alo, ahi, blo, bhi)
+
+
+@njit(cache=True, fastmath={"contract"})
+def _conv_f(t, ca, k, f):
+    """F of :func:`phantomdce.fit._lm._conv_fg` alone (the same recursion and weights)."""
+    n = t.shape[0]
+    f[0] = 0.0
+    last = -1.0
+    e = dh = dp1 = 0.0
+    fi = 0.0
+    for i in range(n - 1):
+        d = t[i + 1] - t[i]
+        if d != last:
+            e, h, p1, _ = _lm._weights(k * d)
+            dh = d * h
+            dp1 = d * p1
+            last = d
+        c1 = ca[i + 1]
+        fi = e * fi + (c1 * dh + (ca[i] - c1) * dp1)
+        f[i + 1] = fi
+
+
+@njit(cache=True, fastmath={"contract", "reassoc"})
+def _reduced(code, t, c, y, u, syy, scy, scc, lo, hi, fbuf):
+    """Reduced cost at the rate ``exp(u)``: ``(a, b, cost)`` with a, b solved exactly."""
+    k = math.exp(u)
+    _conv_f(t, c, k, fbuf)
+    sff = 0.0
+    sfc = 0.0
+    sfy = 0.0
+    for i in range(t.shape[0]):
+        sff += fbuf[i] * fbuf[i]
+        sfc += fbuf[i] * c[i]
+        sfy += fbuf[i] * y[i]
+    alo, ahi, blo, bhi = _linear_bounds(code, k, lo, hi)
+    if alo > ahi:
+        return 0.0, 0.0, np.inf
+    return box_qp(sff, sfc, scc, sfy, scy, syy, alo, ahi, blo, bhi)
+
+
+@njit(cache=True)
+def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy):
+    """The nodes at delay indices ``d0, d0 + stride, ...`` below ``d1`` of one voxel.
+
+    The best (cost, Ktrans, vp, kep index) at each such delay is written into
+    ``per_delay`` (n_delay, 4), cost inf where no node is feasible. A node whose
+    unconstrained optimum is infeasible and whose unconstrained cost (a lower bound of its
+    cost) is not below the best so far at its delay is not searched further.
+    """
+    f, c, prod, box = tabs
+    nk = f.shape[1]
+    best = np.inf
+    for d in range(d0, d1, stride):
+        scy = _dot_c(c, d, y)
+        _matvec(f, d, y, sfy)
+        dbest = np.inf
+        per_delay[d, 0] = np.inf
+        for j in range(nk):
+            alo = box[j, 0]
+            ahi = box[j, 1]
+            if alo > ahi:
+                continue
+            s = sfy[j]
+            i_ff = prod[d, j, 3]
+            if i_ff == i_ff:
+                i_fc = prod[d, j, 4]
+                a = i_ff * s + i_fc * scy
+                b = i_fc * s + prod[d, j, 5] * scy
+                cost = syy - (a * s + b * scy)
+                if not (alo <= a <= ahi and box[j, 2] <= b <= box[j, 3]):
+                    if cost >= dbest:
+                        continue  # the unconstrained cost is a lower bound
+                    a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], s, scy,
+                                        syy, alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
+            else:
+                a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], s, scy, syy,
+                                    alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
+            if cost < dbest:
+                dbest = cost
+                per_delay[d, 0] = cost
+                per_delay[d, 1] = a
+                per_delay[d, 2] = b
+                per_delay[d, 3] = j
+        best = min(best, dbest)
+
+
+@njit(cache=True)
+def _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, theta):
+    """Start of the polish from a node, refined in kep, written into theta; its cost.
+
+    ``node`` is (cost, Ktrans, vp, kep index, delay index); theta the full parameter vector.
+
+    The refinement is Brent's minimisation in ``ln kep`` between the node's neighbours
+    (:data:`REFINE_ITER` steps at most, to :data:`REFINE_TOL`), each step one recursion and
+    the 2 x 2 solve; the Levenberg-Marquardt polish does the rest.
+    """
+    f, c, prod, box = tabs
+    nk = keps.shape[0]
+    best = node[0]
+    best_a = node[1]
+    best_b = node[2]
+    best_j = int(node[3])
+    best_d = int(node[4])
+    k = keps[best_j]
+    fx = best
+    if code != 2 and 2 <= best_j <= nk - 2:
+        # bracket (ua, ux, ub) of ln kep around the best node, with exact costs
+        cd = c[best_d]
+        scy = _dot_c(c, best_d, y)
+        ua = math.log(keps[best_j - 1])
+        ux = math.log(k)
+        ub = math.log(keps[best_j + 1])
+        ja = best_j - 1
+        jb = best_j + 1
+        fa = _node(code, keps[ja], prod, best_d, ja, _dot(f, best_d, ja, y), scy, syy, lo, hi,
+                   np.inf)[2]  # fmt: skip
+        fb = _node(code, keps[jb], prod, best_d, jb, _dot(f, best_d, jb, y), scy, syy, lo, hi,
+                   np.inf)[2]  # fmt: skip
+        fx = best
+        # Brent's minimisation (parabolas through the three best points, golden-section
+        # steps when a parabola misbehaves), bracket [ua, ub]
+        if fa < fb:
+            uw, fw, uv, fv = ua, fa, ub, fb
+        else:
+            uw, fw, uv, fv = ub, fb, ua, fa
+        e = ub - ua
+        step = 0.0
+        for _ in range(REFINE_ITER):
+            um = 0.5 * (ua + ub)
+            golden = True
+            if abs(e) > REFINE_TOL:
+                r = (ux - uw) * (fx - fv)
+                q = (ux - uv) * (fx - fw)
+                pp = (ux - uv) * q - (ux - uw) * r
+                q = 2.0 * (q - r)
+                if q > 0.0:
+                    pp = -pp
+                q = abs(q)
+                if abs(pp) < abs(0.5 * q * e) and pp > q * (ua - ux) and pp < q * (ub - ux):
+                    e = step
+                    step = pp / q
+                    golden = False
+            if golden:
+                e = (ua - ux) if ux >= um else (ub - ux)
+                step = 0.381966 * e
+            if abs(step) < REFINE_TOL:
+                break
+            u = ux + step
+            a, b, fu = _reduced(code, t, cd, y, u, syy, scy, prod[best_d, 0, 2], lo, hi, fbuf)
+            if fu <= fx:
+                if u >= ux:
+                    ua = ux
+                else:
+                    ub = ux
+                uv, fv, uw, fw, ux, fx = uw, fw, ux, fx, u, fu
+                best_a = a
+                best_b = b
+                k = math.exp(u)
+            else:
+                if u < ux:
+                    ua = u
+                else:
+                    ub = u
+                if fu <= fw or uw == ux:
+                    uv, fv, uw, fw = uw, fw, u, fu
+                elif fu <= fv or uv == ux or uv == uw:
+                    uv, fv = u, fu
+    theta[0] = best_a
+    if code == 2:
+        theta[1] = best_b
+    else:
+        theta[1] = _clip(best_a / k, lo[1], hi[1]) if k > 0.0 else VE_AT_ZERO_RATE
+        if code == 1:
+            theta[2] = best_b
+    if fit_delay:
+        theta[theta.shape[0] - 1] = delays[best_d]
+    return fx
+
+
+@njit(cache=True)
+def _argmin_cost(per_delay):
+    """Index of the delay with the lowest cost (0 if none is finite)."""
+    best = 0
+    for d in range(per_delay.shape[0]):
+        if per_delay[d, 0] < per_delay[best, 0]:
+            best = d
+    return best
+
+
+@njit(cache=True)
+def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
+               jtj, ws, per_delay, sfy, fbuf, start, theta):  # fmt: skip
+    """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
+
+    With a delay, the :data:`DELAY_REFINED` best delays of the fine search are refined in
+    kep, and the best of them is polished from both sides of its nearest kink (the better
+    result is kept).
+    """
+    p = lo.shape[0]
+    syy = 0.0
+    for i in range(y.shape[0]):
+        syy += y[i] * y[i]
+    nd = delays.shape[0]
+    for d in range(nd):
+        per_delay[d, 0] = np.inf
+    if fit_delay and nd > 1:
+        # the coarse delays, then every delay within one coarse step of the best of them
+        _search(y, tabs, syy, per_delay, DELAY_COARSE // 2, nd, DELAY_COARSE, sfy)
+        d_best = _argmin_cost(per_delay)
+        _search(y, tabs, syy, per_delay, max(d_best - DELAY_WINDOW, 0),
+                min(d_best + DELAY_WINDOW + 1, nd), 1, sfy)  # fmt: skip
+    else:
+        _search(y, tabs, syy, per_delay, 0, nd, 1, sfy)
+    node = np.empty(5)
+    cand = np.empty(p)
+    if fit_delay and nd > 1:
+        # the delays ranked by their cost at the refined kep: the grid's kep resolution
+        # cannot rank delays whose costs differ by less than its own error
+        best = np.inf
+        for _ in range(DELAY_REFINED):
+            d_best = _argmin_cost(per_delay)
+            if per_delay[d_best, 0] == np.inf:
+                break
+            for q in range(4):
+                node[q] = per_delay[d_best, q]
+            node[4] = d_best
+            per_delay[d_best, 0] = np.inf
+            cost = _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node,
+                                  fbuf, cand)  # fmt: skip
+            if cost < best:
+                best = cost
+                for q in range(p):
+                    start[q] = cand[q]
+    else:
+        d_best = _argmin_cost(per_delay)
+        for q in range(4):
+            node[q] = per_delay[d_best, q]
+        node[4] = d_best
+        _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, start)
+    n_polish = 1
+    if fit_delay and kinks.shape[0] > 0:
+        # the other side of the nearest kink: the cost can have a minimum on either side
+        dq = p - 1
+        kink = kinks[0]
+        for m in range(kinks.shape[0]):
+            if abs(kinks[m] - start[dq]) < abs(kink - start[dq]):
+                kink = kinks[m]
+        for q in range(p):
+            cand[q] = start[q]
+        cand[dq] = _clip(2.0 * kink - start[dq], lo[dq], hi[dq])
+        n_polish = 2
+    for pol in range(n_polish):
+        sse, acc, conv = _lm._fit_one(code, t, ca, y, start if pol == 0 else cand, lo, hi,
+                                      fit_delay, max_iter, theta, ws)  # fmt: skip
+        if pol == 0 or sse < out[p]:
+            for q in range(p):
+                out[q] = theta[q]
+            out[p] = sse
+            out[p + 1] = acc
+            out[p + 2] = 1.0 if conv else 0.0
+            _lm.final_normal(ws, y, jtj)
+
+
+@njit(cache=True)
+def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out, jtj,
+               v0, v1):  # fmt: skip
+    p = lo.shape[0]
+    ws = _lm.workspace(t.shape[0], p)
+    per_delay = np.empty((delays.shape[0], 4))
+    sfy = np.empty(keps.shape[0])
+    fbuf = np.empty(t.shape[0])
+    start = np.empty(p)
+    theta = np.empty(p)
+    for v in range(v0, v1):
+        if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
+            _fit_voxel(
+                code, t, ca, ys[v], keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter,
+                out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta,
+            )  # fmt: skip
+
+
+@njit(cache=True)
+def fit_serial(code, t, ca, ys, keps, delays, kinks, lo, hi, fit_delay, max_iter, out, jtj):
+    """Fit every voxel (rows of ys): grid of (delay, kep) nodes, then the LM polish.
+
+    ``keps`` (/s) and ``delays`` (s; ignored unless ``fit_delay``) are the nodes, ``kinks``
+    the delays (s) at which a delayed frame meets an AIF sample (:func:`kinks`); ``lo``,
+    ``hi`` the bounds of the parameter vector (:mod:`phantomdce.fit._lm` order and units).
+    ``out`` (n_vox, p + 3) receives the parameters, the residual sum of squares, the
+    number of accepted polish steps and the converged flag; ``jtj`` (n_vox, p, p) the
+    normal matrix at the solution. A row of ``out`` whose first value is NaN is skipped.
+    """
+    tabs = tables(code, t, ca, keps, delays, lo, hi, fit_delay)
+    _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out, jtj,
+               0, ys.shape[0])  # fmt: skip
+
+
+@njit(cache=True, parallel=True)
+def fit_parallel(code, t, ca, ys, keps, delays, kinks, lo, hi, fit_delay, max_iter, out, jtj,
+                 n_chunks):
+    """As :func:`fit_serial`, voxels shared across numba's threads in ``n_chunks`` chunks."""
+    tabs = tables(code, t, ca, keps, delays, lo, hi, fit_delay)
+    n_vox = ys.shape[0]
+    n_chunks = max(min(n_chunks, n_vox), 1)
+    for ch in prange(n_chunks):
+        _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
+                   jtj, ch * n_vox // n_chunks, (ch + 1) * n_vox // n_chunks)  # fmt: skip
