@@ -78,8 +78,8 @@ def test_a_full_disk_is_one_sentence_and_the_run_resumes(finished, tmp_path, mon
     assert main(["run", str(path), "-o", str(out), "-q"]) == EXIT_FAULT
     line = one_line(capsys.readouterr().err)
     assert line == (
-        f"phantomdce: error: the disk is full while writing into {out} ([Errno 28] No space"
-        " left on device): free some space and run the same command again to resume"
+        "phantomdce: error: a disk is full ([Errno 28] No space left on device): free some"
+        f" space (the output goes to {out}) and run the same command again to resume"
     )
     assert not (out / "metrics.csv").exists()
     monkeypatch.setattr(os, "fsync", real_fsync)
@@ -107,7 +107,10 @@ def test_a_file_size_limit_is_one_sentence_and_the_run_resumes(finished, tmp_pat
     line = one_line(proc.stderr)
     assert "a file reached this process's file-size limit" in line
     assert "[Errno 27] File too large" in line
-    assert line.endswith("raise or lift the limit and run the same command again to resume")
+    assert line.endswith(
+        f"raise or lift the limit (the output goes to {out}) and run the same command again to"
+        " resume"
+    )
     assert not (out / "metrics.csv").exists()
     proc = cli("run", str(path), "-o", str(out), "-q")
     assert proc.returncode == 0, proc.stderr
@@ -137,6 +140,31 @@ def test_a_damaged_chunk_is_named_in_one_sentence(finished, tmp_path, capsys, da
         "; delete it and run the command that made the store (`phantomdce run` or `simulate`)"
         " again"
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine/run.py's run_unit records the fault as the fitter's failure and marks the"
+    " unit done (it should re-raise when phantomdce.files.disk_fault(exc) is not None)",
+)
+def test_a_full_disk_inside_a_fitter_stops_the_run_instead_of_failing_the_fitter(
+    finished, tmp_path, monkeypatch, capsys
+):
+    # a fitter whose kernel cache (numba, cache=True) cannot be written: the fit itself is fine
+    from phantomdce.fit.nlls import NLLSFitter
+
+    def no_space(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(NLLSFitter, "fit", no_space)
+    out = tmp_path / "run"
+    status = main(["run", str(finished[0]), "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert status == EXIT_FAULT, err
+    assert "a disk is full" in one_line(err)
+    monkeypatch.undo()
+    assert main(["run", str(finished[0]), "-o", str(out), "-q"]) == 0  # nothing blamed, kept
+    assert metrics_without_timing(out) == metrics_without_timing(finished[1])
 
 
 def test_a_lost_dask_scheduler_is_one_sentence(finished, tmp_path, monkeypatch, capsys):

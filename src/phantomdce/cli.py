@@ -616,8 +616,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: ``--scheduler`` values that run in this process or on dask's local schedulers.
 _LOCAL_SCHEDULERS = (None, "local", "sync", "synchronous", "processes", "threads")
-#: The faults of a full disk (ENOSPC; EDQUOT: a full quota) and of a file-size limit.
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 #: How long the search for a damaged chunk may take before the message goes without its name, s.
 _DAMAGE_SEARCH_S = 30.0
 
@@ -658,22 +656,23 @@ def _one_line(exc: BaseException) -> str:
 
 def _disk_fault(exc: BaseException, args: argparse.Namespace) -> str | None:
     """A full disk or quota (ENOSPC, EDQUOT) or a file-size limit (EFBIG)."""
-    for e in _chain(exc):
-        if not isinstance(e, OSError) or e.errno not in (*_DISK_FULL, errno.EFBIG):
-            continue
-        folder = getattr(args, "output", None)
-        where = f" while writing {e.filename}" if e.filename else ""
-        where = where or (f" while writing into {folder}" if folder else "")
-        if e.errno == errno.EFBIG:
-            return (
-                f"a file reached this process's file-size limit{where} (`ulimit -f`, [Errno"
-                f" {e.errno}] {e.strerror}): raise or lift the limit and {_again(args)}"
-            )
+    from phantomdce.files import disk_fault
+
+    e = disk_fault(exc)
+    if e is None:
+        return None
+    # the file if the error names it; a write() names none (it may be a cache or a temporary
+    # file outside the output folder, so the output folder is named as a hint, not as fact)
+    folder = getattr(args, "output", None)
+    where = f" while writing {e.filename}" if e.filename else ""
+    hint = f" (the output goes to {folder})" if folder and not e.filename else ""
+    error = f"[Errno {e.errno}] {e.strerror}"
+    if e.errno == errno.EFBIG:
         return (
-            f"the disk is full{where} ([Errno {e.errno}] {e.strerror}): free some space and"
-            f" {_again(args)}"
+            f"a file reached this process's file-size limit{where} (`ulimit -f`, {error}):"
+            f" raise or lift the limit{hint} and {_again(args)}"
         )
-    return None
+    return f"a disk is full{where} ({error}): free some space{hint} and {_again(args)}"
 
 
 def _scheduler_fault(exc: BaseException, args: argparse.Namespace) -> str | None:

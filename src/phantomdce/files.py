@@ -7,11 +7,60 @@ and then renamed over the target (``os.replace``, atomic on POSIX and Windows).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "disk_fault", "DISK_FAULT_ERRNOS"]
+
+#: ``errno`` values of a fault of the machine, not of the code that wrote: a full disk
+#: (ENOSPC), a full disk quota (EDQUOT) and the process's file-size limit (EFBIG, ``ulimit -f``).
+DISK_FAULT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])}
+)
+
+
+def disk_fault(exc: BaseException) -> OSError | None:
+    """The full-disk or file-size-limit error behind ``exc``, or None.
+
+    Such an error says nothing about the code that was running (a fitter that compiled and
+    cached a kernel, a writer of the store): the same work succeeds once there is space, so
+    it must stop the command (to be resumed) instead of being recorded as that code's
+    failure.
+
+    Parameters
+    ----------
+    exc : BaseException
+        An exception; its ``__cause__``/``__context__`` chain is searched too.
+
+    Returns
+    -------
+    OSError or None
+        The first :class:`OSError` in the chain whose ``errno`` is in
+        :data:`DISK_FAULT_ERRNOS`.
+
+    Examples
+    --------
+    >>> try:
+    ...     try:
+    ...         raise OSError(errno.ENOSPC, "No space left on device")
+    ...     except OSError as err:
+    ...         raise RuntimeError("could not save the cache") from err
+    ... except RuntimeError as err:
+    ...     print(disk_fault(err))
+    [Errno 28] No space left on device
+    >>> disk_fault(FileNotFoundError(errno.ENOENT, "missing")) is None
+    True
+    """
+    seen: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and not any(node is s for s in seen):
+        if isinstance(node, OSError) and node.errno in DISK_FAULT_ERRNOS:
+            return node
+        seen.append(node)
+        node = node.__cause__ or node.__context__
+    return None
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
