@@ -313,7 +313,8 @@ def block_bootstrap_bias_ci(
     Notes
     -----
     Each block is one replicate across all tissues (see the module docstring). Draws are
-    vectorised through an ``(n_boot, R)`` index array.
+    vectorised through an ``(n_boot, R)`` index array, drawn in row blocks of about 2.6e5
+    indices (the same numbers as one draw, in bounded memory).
 
     Examples
     --------
@@ -328,7 +329,7 @@ def block_bootstrap_bias_ci(
         raise ValueError("n_boot must be >= 0")
     if not 0.0 < level < 1.0:
         raise ValueError("level must be in (0, 1)")
-    _, rep_idx = np.unique(rep, return_inverse=True)
+    rep_idx = _dense_index(rep)
     n_rep = int(rep_idx.max()) + 1 if rep_idx.size else 0
     valid = np.isfinite(err)
     if n_rep < 2 or n_boot == 0 or not valid.any():
@@ -336,12 +337,35 @@ def block_bootstrap_bias_ci(
     sums = np.bincount(rep_idx[valid], weights=err[valid], minlength=n_rep)
     counts = np.bincount(rep_idx[valid], minlength=n_rep).astype(float)
     rng = np.random.default_rng(seed)
-    draw = rng.integers(0, n_rep, size=(n_boot, n_rep))
-    boot_sums = sums[draw].sum(axis=1)
-    boot_counts = counts[draw].sum(axis=1)
+    # the (n_boot, R) draws in row blocks of about 2.6e5 indices: memory stays flat when R is
+    # large (1e5 replicates would need 1.6 GB at once), the draws are the same numbers
+    boot_sums, boot_counts = np.empty(n_boot), np.empty(n_boot)
+    step = max(1, 2**18 // n_rep)
+    for i in range(0, n_boot, step):
+        draw = rng.integers(0, n_rep, size=(min(step, n_boot - i), n_rep))
+        boot_sums[i : i + draw.shape[0]] = sums[draw].sum(axis=1)
+        boot_counts[i : i + draw.shape[0]] = counts[draw].sum(axis=1)
     boot = np.full(n_boot, math.nan)
     np.divide(boot_sums, boot_counts, out=boot, where=boot_counts > 0)
     return _percentile_ci(boot, level)
+
+
+def _dense_index(values: NDArray) -> NDArray[np.intp]:
+    """The rank of each value among the distinct values (``np.unique``'s inverse).
+
+    Non-negative integer labels (the engine's tissue and replicate indices) are ranked with
+    one counting pass instead of a sort: the same result in a fraction of the memory.
+    """
+    values = np.asarray(values).ravel()
+    if (
+        values.size
+        and np.issubdtype(values.dtype, np.integer)
+        and values.min() >= 0
+        and values.max() <= 4 * values.size + 1024
+    ):
+        present = np.bincount(values) > 0
+        return (np.cumsum(present) - 1)[values]
+    return np.unique(values, return_inverse=True)[1].ravel()
 
 
 def _ccc(x: NDArray[np.float64], y: NDArray[np.float64]) -> float:
@@ -466,7 +490,7 @@ def case_metrics(
             out["loa_high"] = bias + half_width
 
         # Per-tissue statistics (tissues indexed 0..T-1 via np.unique).
-        _, tis_idx = np.unique(tis, return_inverse=True)
+        tis_idx = _dense_index(tis)
         n_tis = int(tis_idx.max()) + 1
         t_valid = tis_idx[valid]
         n_t = np.bincount(t_valid, minlength=n_tis).astype(float)
