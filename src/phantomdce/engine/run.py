@@ -1004,22 +1004,35 @@ def execute(
 
     if not jobs:
         return done
-    if scheduler is None or scheduler in ("local", "sync", "synchronous"):
-        for job in jobs:
-            tick(run_unit(job))
-    elif scheduler in ("processes", "threads"):
-        import dask
+    from phantomdce.engine.isolate import close_workers
 
-        tasks = [dask.delayed(run_unit)(job) for job in jobs]
-        for record in dask.compute(*tasks, scheduler=scheduler, num_workers=workers):
-            tick(record)
-    else:
-        from dask.distributed import Client, as_completed
+    try:
+        if scheduler is None or scheduler in ("local", "sync", "synchronous"):
+            for job in jobs:
+                tick(run_unit(job))
+        elif scheduler in ("processes", "threads"):
+            import dask
 
-        with Client(scheduler) as client:
-            futures = client.map(run_unit, jobs, pure=False)
-            for future in as_completed(futures):
-                tick(future.result())
+            tasks = [dask.delayed(run_unit)(job) for job in jobs]
+            for record in dask.compute(*tasks, scheduler=scheduler, num_workers=workers):
+                tick(record)
+        else:
+            from dask.distributed import Client, as_completed
+
+            with Client(scheduler) as client:
+                try:
+                    futures = client.map(run_unit, jobs, pure=False)
+                    for future in as_completed(futures):
+                        tick(future.result())
+                finally:
+                    # isolated plug-ins' children on the cluster's workers (which outlive
+                    # the run) end with it
+                    try:
+                        client.run(close_workers)
+                    except Exception:  # noqa: BLE001 - a lost cluster has no children to end
+                        pass
+    finally:
+        close_workers()  # an idle plug-in child holds its memory until it is ended
     return done
 
 
