@@ -532,7 +532,7 @@ def _fit_voxel(code, t, ca, y, starts, lo, hi, fit_delay, max_iter, out, jtj, ws
     out[p] = best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def fit_serial(code, t, ca, ys, starts, lo, hi, fit_delay, max_iter, out, jtj):
     """Fit every voxel (rows of ys; starts (n_vox, n_starts, p)) one after another.
 

@@ -520,7 +520,7 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, ma
             )  # fmt: skip
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def fit_serial(code, t, ca, ys, keps, delays, kinks, lo, hi, fit_delay, max_iter, out, jtj):
     """Fit every voxel (rows of ys): grid of (delay, kep) nodes, then the LM polish.
 

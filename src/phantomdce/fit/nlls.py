@@ -32,6 +32,7 @@ What ``success`` means (the fitter contract, :mod:`phantomdce.fit.base`):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
@@ -389,6 +390,10 @@ class NLLSFitter:
 FP_LIMIT_MODELS = {"2cxm": "extended_tofts", "2cum": "patlak"}
 
 
+#: Fewest voxels per thread for which :func:`_judged_fit` splits a fit across threads.
+MIN_VOXELS_PER_THREAD = 256
+
+
 def _judged_fit(
     t: np.ndarray,
     ct: np.ndarray,
@@ -402,9 +407,35 @@ def _judged_fit(
 
     An estimate at a limit is stored as the limit (:data:`LIMITS`); a parameter that a
     limit leaves undetermined (:func:`~phantomdce.fit.base.undetermined_at_limit`) is
-    stored as NaN, and both are flagged.
+    stored as NaN, and both are flagged. With ``parallel``, contiguous blocks of voxels
+    are fitted and judged on numba's number of threads at once (the kernels and numpy
+    release the GIL), so the judgement runs in parallel too; the result is the same.
     """
-    est, sse, stuck, jtj, names = _fit(t, ct, ca, model, fit_delay, parallel, max_iter)
+    n_threads = numba.get_num_threads() if parallel else 1
+    n_threads = min(n_threads, ct.shape[0] // MIN_VOXELS_PER_THREAD)
+    if n_threads < 2:
+        return _judged_block(t, ct, ca, model, fit_delay, max_iter)
+    edges = np.linspace(0, ct.shape[0], n_threads + 1).astype(int)
+    with ThreadPoolExecutor(n_threads) as pool:
+        parts = list(
+            pool.map(
+                lambda a, b: _judged_block(t, ct[a:b], ca, model, fit_delay, max_iter),
+                edges[:-1],
+                edges[1:],
+            )
+        )
+    join = lambda dicts: {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]}  # noqa: E731
+    est = join([p[0] for p in parts])
+    sse = np.concatenate([p[1] for p in parts])
+    success = np.concatenate([p[2] for p in parts])
+    return est, sse, success, join([p[3] for p in parts])
+
+
+def _judged_block(
+    t: np.ndarray, ct: np.ndarray, ca: np.ndarray, model: str, fit_delay: bool, max_iter: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """:func:`_judged_fit` of one block of voxels on one thread."""
+    est, sse, stuck, jtj, names = _fit(t, ct, ca, model, fit_delay, False, max_iter)
     limits = at_limits(model, est)
     free = undetermined_at_limit(limits, names)
     include = np.ones((sse.shape[0], len(names)), dtype=bool)
