@@ -142,11 +142,6 @@ def test_a_damaged_chunk_is_named_in_one_sentence(finished, tmp_path, capsys, da
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/run.py's run_unit records the fault as the fitter's failure and marks the"
-    " unit done (it should re-raise when phantomdce.files.disk_fault(exc) is not None)",
-)
 def test_a_full_disk_inside_a_fitter_stops_the_run_instead_of_failing_the_fitter(
     finished, tmp_path, monkeypatch, capsys
 ):

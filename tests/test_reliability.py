@@ -190,3 +190,16 @@ def test_the_bias_bootstrap_of_a_large_case_draws_the_same_numbers_in_bounded_me
     draw = np.random.default_rng(7).integers(0, n_rep, size=(200, n_rep))
     boot = sums[draw].sum(axis=1) / (2.0 * n_rep)
     assert (low, high) == tuple(np.percentile(boot, [2.5, 97.5]))
+
+
+def test_a_damaged_run_json_is_named_not_dumped(tmp_path, capsys):
+    from phantomdce.cli import main
+
+    path = scenario(tmp_path, replicates=2)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "-o", str(out), "-q"]) == 0
+    (out / "run.json").write_text('{"scenario_hash": ')
+    capsys.readouterr()
+    assert main(["run", str(path), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "run.json is damaged" in err and "Traceback" not in err

@@ -12,7 +12,10 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["write_atomic", "disk_fault", "DISK_FAULT_ERRNOS"]
+#: Suffix of :func:`write_atomic`'s temporary files (``.<name>.<pid>-<hex><suffix>``).
+TEMP_SUFFIX = ".part"
+
+__all__ = ["TEMP_SUFFIX", "is_temporary_of", "write_atomic", "disk_fault", "DISK_FAULT_ERRNOS"]
 
 #: ``errno`` values of a fault of the machine, not of the code that wrote: a full disk
 #: (ENOSPC), a full disk quota (EDQUOT) and the process's file-size limit (EFBIG, ``ulimit -f``).
@@ -89,7 +92,7 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
     """
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
     # O_EXCL: never write through someone else's file; mode 0o666 minus the umask, like open()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
@@ -102,3 +105,15 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def is_temporary_of(path: str | os.PathLike[str], name: str) -> bool:
+    """Whether ``path`` is a temporary file :func:`write_atomic` left while writing ``name``.
+
+    Examples
+    --------
+    >>> is_temporary_of(".run.json.4242-1a2b3c4d" + TEMP_SUFFIX, "run.json")
+    True
+    """
+    base = Path(path).name
+    return base.startswith(f".{name}.") and base.endswith(TEMP_SUFFIX)

@@ -74,7 +74,7 @@ from phantomdce.engine.verify import (
     store_digest,
     write_file_digests,
 )
-from phantomdce.files import write_atomic
+from phantomdce.files import disk_fault, is_temporary_of, write_atomic
 from phantomdce.params import MODELS, PARAMETERS
 from phantomdce.phantom.scenario import (
     PhantomScenario,
@@ -357,8 +357,9 @@ def _creation_leftovers(out: Path) -> list[Path] | None:
 
     Creation makes, in order: the lock file, ``estimates.zarr.partial`` (renamed to
     ``estimates.zarr``), empty ``progress/`` and ``units/`` folders, and ``run.json``
-    through a temporary ``.run.json.*.part``. No unit runs before run.json exists, so a
-    folder holding only these (and no progress marker) is an interrupted creation.
+    through a temporary file (:func:`phantomdce.files.is_temporary_of`). No unit runs
+    before run.json exists, so a folder holding only these (and no progress marker) is an
+    interrupted creation.
     """
     from phantomdce.engine.lock import LOCK_NAME
 
@@ -370,7 +371,7 @@ def _creation_leftovers(out: Path) -> list[Path] | None:
             found.append(p)
         elif p.name in ("progress", "units") and p.is_dir() and not any(p.iterdir()):
             found.append(p)
-        elif p.name.startswith(".run.json.") and p.name.endswith(".part"):
+        elif is_temporary_of(p, "run.json"):
             found.append(p)
         else:
             return None
@@ -400,7 +401,15 @@ def _check_existing(out: Path, meta: dict[str, Any]) -> bool:
             else:
                 p.unlink()
         return False
-    old = json.loads(run_file.read_text())
+    try:
+        old = json.loads(run_file.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResultDirError(
+            f"{run_file} is damaged ({exc}): the run's identity is lost; delete {out} and run"
+            " the command again"
+        ) from None
     if old.get("scenario_hash") != meta["scenario_hash"]:
         raise ResultDirError(
             f"{out} holds results of a different scenario ({old.get('scenario_name')!r}, hash"
@@ -826,6 +835,8 @@ def _fit_entries(
                 if name in out["at_limit"]:
                     out["at_limit"][name][f] = flags
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is recorded, not raised
+            if disk_fault(exc) is not None:
+                raise  # a full disk is the machine's fault, not the fitter's: stop, resume
             out["errors"][entry.name], out["tracebacks"][entry.name] = describe_failure(exc)
         out["times"][f] = time.perf_counter() - t0
     return out
