@@ -66,7 +66,9 @@ def condition_numbers(jtj: np.ndarray, include: np.ndarray | None = None) -> np.
         include = np.ones((n, p), dtype=bool)
     out = np.full(n, np.nan)
     finite = np.all(np.isfinite(jtj.reshape(n, -1)), axis=1)
-    patterns = np.unique(include, axis=0) if n else np.zeros((0, p), dtype=bool)
+    # the distinct include patterns, via one integer code per row (np.unique(axis=0) is slow)
+    codes = np.unique(include.astype(np.int64) @ (1 << np.arange(p, dtype=np.int64)))
+    patterns = ((codes[:, None] >> np.arange(p)) & 1).astype(bool)
     for pattern in patterns:
         rows = finite & np.all(include == pattern, axis=1)
         if not rows.any():

@@ -55,6 +55,11 @@ REFINE_TOL = 1e-5
 DELAY_COARSE = 8
 DELAY_WINDOW = 4
 DELAY_REFINED = 2
+#: A polished delay closer to a kink (a delay where a delayed frame meets an AIF sample)
+#: than KINK_NEAR times the spacing of the kinks there is polished again from the kink's
+#: other side, at least KINK_STEP times that spacing away from it; the better fit is kept.
+KINK_NEAR = 0.25
+KINK_STEP = 0.05
 
 
 def kep_grid(code: int, lo: np.ndarray, hi: np.ndarray, per_decade: float) -> np.ndarray:
@@ -434,8 +439,8 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
 
     With a delay, the :data:`DELAY_REFINED` best delays of the fine search are refined in
-    kep, and the best of them is polished from both sides of its nearest kink (the better
-    result is kept).
+    kep and the best of them is polished; a result near a kink is polished again from the
+    kink's other side (:data:`KINK_NEAR`) and the better result is kept.
     """
     p = lo.shape[0]
     syy = 0.0
@@ -478,28 +483,42 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
             node[q] = per_delay[d_best, q]
         node[4] = d_best
         _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, start)
-    n_polish = 1
-    if fit_delay and kinks.shape[0] > 0:
-        # the other side of the nearest kink: the cost can have a minimum on either side
-        dq = p - 1
-        kink = kinks[0]
-        for m in range(kinks.shape[0]):
-            if abs(kinks[m] - start[dq]) < abs(kink - start[dq]):
-                kink = kinks[m]
+    sse, acc, conv = _lm._fit_one(code, t, ca, y, start, lo, hi, fit_delay, max_iter, theta, ws)
+    for q in range(p):
+        out[q] = theta[q]
+    out[p] = sse
+    out[p + 1] = acc
+    out[p + 2] = 1.0 if conv else 0.0
+    _lm.final_normal(ws, y, jtj)
+    if not fit_delay or kinks.shape[0] < 2:
+        return
+    # near a kink the cost can have a lower minimum on its other side: polish from there too
+    dq = p - 1
+    m = np.searchsorted(kinks, theta[dq])
+    m0 = max(m - 1, 0)
+    m1 = min(m, kinks.shape[0] - 1)
+    kink = kinks[m0] if abs(kinks[m0] - theta[dq]) <= abs(kinks[m1] - theta[dq]) else kinks[m1]
+    mk = m0 if kink == kinks[m0] else m1
+    gap = np.inf
+    if mk > 0:
+        gap = kinks[mk] - kinks[mk - 1]
+    if mk < kinks.shape[0] - 1:
+        gap = min(gap, kinks[mk + 1] - kinks[mk])
+    off = theta[dq] - kink
+    if abs(off) >= KINK_NEAR * gap:
+        return
+    for q in range(p):
+        cand[q] = theta[q]
+    side = -1.0 if off >= 0.0 else 1.0
+    cand[dq] = _clip(kink + side * max(abs(off), KINK_STEP * gap), lo[dq], hi[dq])
+    sse, acc, conv = _lm._fit_one(code, t, ca, y, cand, lo, hi, fit_delay, max_iter, theta, ws)
+    if sse < out[p]:
         for q in range(p):
-            cand[q] = start[q]
-        cand[dq] = _clip(2.0 * kink - start[dq], lo[dq], hi[dq])
-        n_polish = 2
-    for pol in range(n_polish):
-        sse, acc, conv = _lm._fit_one(code, t, ca, y, start if pol == 0 else cand, lo, hi,
-                                      fit_delay, max_iter, theta, ws)  # fmt: skip
-        if pol == 0 or sse < out[p]:
-            for q in range(p):
-                out[q] = theta[q]
-            out[p] = sse
-            out[p + 1] = acc
-            out[p + 2] = 1.0 if conv else 0.0
-            _lm.final_normal(ws, y, jtj)
+            out[q] = theta[q]
+        out[p] = sse
+        out[p + 1] = acc
+        out[p + 2] = 1.0 if conv else 0.0
+        _lm.final_normal(ws, y, jtj)
 
 
 @njit(cache=True)
