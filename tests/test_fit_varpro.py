@@ -161,3 +161,11 @@ def test_parallel_fitter_equals_serial():
     a = NLLSFitter("extended_tofts").fit(ds)
     b = NLLSFitter("extended_tofts", parallel=True).fit(ds)
     xr.testing.assert_identical(a, b)
+    # the kernel's own prange path (nlls(parallel=True)) too, with a delay
+    for fit_delay in (False, True):
+        est_s, sse_s = N.nlls(T, ct[:60], CA, model="extended_tofts", fit_delay=fit_delay)
+        est_p, sse_p = N.nlls(T, ct[:60], CA, model="extended_tofts", fit_delay=fit_delay,
+                              parallel=True)  # fmt: skip
+        np.testing.assert_array_equal(sse_s, sse_p)
+        for name in est_s:
+            np.testing.assert_array_equal(est_s[name], est_p[name])
