@@ -162,9 +162,17 @@ def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
         "acme_faulty:NotADataset",
         "acme_faulty:Hangs",
     ]
-    path = scenario(tmp_path, replicates=4, chunk=32, fitters=fitters, timeout=4)
-    path.write_text(path.read_text().replace("[sweep]\ndt = [2.0, 6.0]\n", ""))  # one chunk
-    run(path, tmp_path / "out")
+    # the hanging plug-in meets a 2 s limit; the others fit within the same limit on an idle
+    # machine, but their limit must not depend on the machine's load (a loaded CI runner
+    # can take seconds to load the NLLS kernels in a child), so they run with a wide one
+    wide = scenario(tmp_path, "wide.toml", replicates=4, chunk=32, fitters=fitters[:-1])
+    tight = scenario(
+        tmp_path, "tight.toml", replicates=4, chunk=32, fitters=fitters[-1:], timeout=2
+    )
+    for path in (wide, tight):
+        path.write_text(path.read_text().replace("[sweep]\ndt = [2.0, 6.0]\n", ""))  # 1 chunk
+    run(wide, tmp_path / "out")
+    run(tight, tmp_path / "hang")
     assert list(open_results(tmp_path / "out").children) == ["case_0000"]
     case = open_results(tmp_path / "out")["case_0000"].ds
     ok = case["success"].values
@@ -175,14 +183,15 @@ def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "acme_raises" in failures and "acme solver exploded" in failures
     assert "acme_shape" in failures and "returned 3 values of 'Ktrans' for 32 voxels" in failures
     assert "acme_int" in failures and "returned int, expected an xarray.Dataset" in failures
-    assert "acme_hangs" in failures and "time limit of 4 s" in failures
     assert "acme_nan" not in failures  # NaN estimates are failed voxels, not a failed chunk
     with open(tmp_path / "out" / "failures.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     failed = sorted(r["fitter"] for r in rows)
-    assert failed == ["acme_hangs", "acme_int", "acme_raises", "acme_shape"]  # one chunk each
-    (hang,) = [r for r in rows if r["fitter"] == "acme_hangs"]
-    assert "ran past the time limit of 4 s per chunk" in hang["error"]
+    assert failed == ["acme_int", "acme_raises", "acme_shape"]  # one chunk each
+    with open(tmp_path / "hang" / "failures.csv", newline="") as fh:
+        (hang,) = list(csv.DictReader(fh))
+    assert hang["fitter"] == "acme_hangs"
+    assert "ran past the time limit of 2 s per chunk" in hang["error"]
 
 
 def test_the_time_limit_counts_the_fit_not_the_child_start_up(monkeypatch):

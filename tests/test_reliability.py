@@ -203,3 +203,106 @@ def test_a_damaged_run_json_is_named_not_dumped(tmp_path, capsys):
     assert main(["run", str(path), "-o", str(out), "-q"]) == 2
     err = capsys.readouterr().err
     assert "run.json is damaged" in err and "Traceback" not in err
+
+
+FINALIZE_DIE = textwrap.dedent(
+    """
+    import os, sys
+    import phantomdce.engine.run as engine_run
+    where = sys.argv[1]
+    if where == "metrics":  # the metrics written, failures.csv not yet
+        real = engine_run._write_failures
+        engine_run._write_failures = lambda *a, **k: os._exit(9)
+    elif where == "assemble":  # a phantom case node half written
+        import phantomdce.engine.phantom as ph
+        real = ph.assemble_case
+        calls = []
+        def assemble(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os._exit(9)
+            return real(*a, **k)
+        ph.assemble_case = assemble
+    else:  # the report: after its first figure file
+        import phantomdce.report.plain as plain
+        import phantomdce.report.render as render
+        real = render.write_atomic
+        def write(path, data):
+            real(path, data)
+            if str(path).endswith(".png"):
+                os._exit(9)
+        render.write_atomic = plain.write_atomic = write
+    from phantomdce.cli import main
+    args = ["run", sys.argv[2], "-o", sys.argv[3], "-q"]
+    if where == "report":
+        args += ["--report", sys.argv[4]]
+    main(args)
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["metrics", "assemble", "report"])
+def test_a_run_killed_while_writing_its_metrics_or_report_ends_right_when_rerun(
+    tmp_path, where
+):
+    from phantomdce.cli import main
+    from test_engine_phantom import estimates as phantom_estimates
+    from test_engine_phantom import phantom
+
+    if where == "assemble":
+        path = phantom(tmp_path, subjects=1, sweep="slice_mm = [3.0, 4.0]")
+        read = phantom_estimates
+    else:
+        path, read = scenario(tmp_path, replicates=4, chunk=40), estimates
+    out, rep = tmp_path / "out", tmp_path / "rep"
+    argv = [sys.executable, "-c", FINALIZE_DIE, where, str(path), str(out), str(rep)]
+    done = subprocess.run(argv)
+    assert done.returncode == 9
+    assert main(["run", str(path), "-o", str(out), "-q"]) == 0
+    run(path, tmp_path / "clean")
+    assert_same(read(out), read(tmp_path / "clean"))
+    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
+    from phantomdce.engine.verify import verify_run
+
+    assert verify_run(out).ok
+    if where == "report":
+        assert main(["report", str(out), "-o", str(rep)]) == 0
+        assert (rep / "index.html").exists() and (rep / "summary.md").exists()
+        assert not [p for p in rep.rglob("*") if p.name.endswith((".part", ".partial"))]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_a_worker_killed_mid_run_on_a_dask_cluster_changes_nothing(tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from dask import distributed
+
+    path = scenario(tmp_path, replicates=60, chunk=16)
+    out = tmp_path / "cluster"
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        errors = []
+
+        def go():
+            try:
+                run(path, out, scheduler=cluster.scheduler_address)
+            except Exception as exc:  # noqa: BLE001 - reported by the assert below
+                errors.append(exc)
+
+        worker = threading.Thread(target=go)
+        worker.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list((out / "progress").glob("*.json"))) < 3:
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)  # one worker dies mid-run; the nanny restarts it
+        worker.join(timeout=600)
+        assert not worker.is_alive() and errors == []
+    run(path, tmp_path / "local")
+    assert_same(estimates(out), estimates(tmp_path / "local"))
+    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "local")
