@@ -75,6 +75,22 @@ def metrics_without_timing(out):
     return [",".join(v for i, v in enumerate(line.split(",")) if i != col) for line in lines]
 
 
+def kill_after_units(path, out, units, *, wait_s=300):
+    """``phantomdce run path -o out`` in a child, SIGKILLed once ``units`` units are done."""
+    code = (
+        f"from phantomdce.cli import main; main(['run', {str(path)!r}, '-o', {str(out)!r}, '-q'])"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    progress = out / "progress"
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        if progress.exists() and len(list(progress.glob("*.json"))) >= units:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def assert_same(a, b):
     for case in a:
         for k in a[case]:
@@ -129,18 +145,7 @@ def test_one_and_two_distributed_workers_give_identical_estimates(tmp_path):
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     path = scenario(tmp_path, replicates=60, chunk=16, fitters=["nlls_extended_tofts", "nlls_2cxm"])
     out = tmp_path / "killed"
-    code = (
-        f"from phantomdce.cli import main; main(['run', {str(path)!r}, '-o', {str(out)!r}, '-q'])"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    progress = out / "progress"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if progress.exists() and len(list(progress.glob("*.json"))) >= 4:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_units(path, out, 4)
     plan = plan_run(path, out)
     n_done = len(plan.units) - len(plan.pending())
     assert 4 <= n_done < len(plan.units), "the run should have been killed midway"

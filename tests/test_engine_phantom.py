@@ -7,12 +7,7 @@ whose units are (case, subject) and whose results are assembled from unit stores
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +15,7 @@ import pytest
 
 from phantomdce.engine.run import execute, finalize, open_results, plan_run, run
 
-from test_engine import metrics_without_timing
+from test_engine import kill_after_units, metrics_without_timing
 from test_phantom import PHANTOM_SCENARIO
 
 PLUGINS = str(Path(__file__).parent / "engine_plugins")
@@ -110,18 +105,7 @@ def test_a_lost_unit_store_is_redone_and_the_result_is_unchanged(tmp_path):
 def test_a_killed_phantom_run_resumes_to_the_same_result(tmp_path):
     path = phantom(tmp_path, subjects=3, sweep="slice_mm = [2.0, 3.0, 4.0]")
     out = tmp_path / "killed"
-    code = (
-        f"from phantomdce.cli import main; main(['run', {str(path)!r}, '-o', {str(out)!r}, '-q'])"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    progress = out / "progress"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if progress.exists() and len(list(progress.glob("*.json"))) >= 3:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_units(path, out, 3)
     plan = plan_run(path, out)
     n_done = len(plan.units) - len(plan.pending())
     assert 3 <= n_done < len(plan.units), "the run should have been killed midway"
@@ -143,3 +127,29 @@ def test_a_phantom_run_gives_the_same_result_on_every_scheduler(tmp_path):
     assert_same(estimates(tmp_path / "procs"), estimates(tmp_path / "local"))
     assert_same(estimates(tmp_path / "threads"), estimates(tmp_path / "local"))
     assert metrics_without_timing(tmp_path / "procs") == metrics_without_timing(tmp_path / "local")
+
+
+def test_the_acquired_phantom_does_not_depend_on_the_blas_threads(tmp_path):
+    # a dask worker runs BLAS on 1 thread, the run on all cores: the truth must not differ
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, sys\n"
+        "from phantomdce.dro.protocol import Protocol\n"
+        "from phantomdce.phantom.acquire import Acquisition, acquire\n"
+        "from phantomdce.phantom.anatomy import make_neck\n"
+        "ph = make_neck((8, 64, 64), seed=3)\n"
+        "a = acquire(ph, Protocol.from_mapping({'dt': 5.0, 'duration': 120.0, 'snr': 30.0}),"
+        " Acquisition(in_plane_mm=2.0, slice_mm=2.0), seed=4)\n"
+        "print(hashlib.sha256(a['signal'].values.tobytes()).hexdigest())\n"
+    )
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1  # SHA-256 of the acquired signal, the same on 1 and 2 threads

@@ -68,6 +68,7 @@ and the carotid landmarks an analyst would click (attributes ``carotid_right_mm`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -441,6 +442,27 @@ def sphere_mask(grid: xr.Dataset, centre_mm: Sequence[float], radius_mm: float) 
     return (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= radius_mm**2
 
 
+def _one_blas_thread(func):
+    """Run ``func`` with BLAS on one thread: its sums then do not depend on the machine.
+
+    OpenBLAS splits a matrix product between its threads in a way that changes the order of
+    the floating-point sums, so the acquired image would differ in its last bits between a
+    process with 1 and one with 2 BLAS threads (a dask worker and the run, say), and a
+    carotid voxel chosen by a near tie could differ with it. The truth must not depend on
+    where it is computed.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_one_blas_thread
 def acquire(
     phantom: Phantom,
     protocol: Protocol,
