@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "phantomdce"
 
 #: The truth side: simulation modules that make cases.
@@ -59,6 +61,7 @@ def test_no_truth_module_imports_estimation_even_inside_a_function():
     assert offences == []
 
 
+@pytest.mark.slow
 def test_phantomdce_simulate_loads_no_estimation_engine_or_report_module(tmp_path):
     """``phantomdce simulate`` of a DRO and of a phantom scenario stays on the truth side."""
     from test_engine import scenario as dro_scenario

@@ -87,6 +87,7 @@ def test_a_full_disk_is_one_sentence_and_the_run_resumes(finished, tmp_path, mon
     assert metrics_without_timing(out) == metrics_without_timing(finished[1])
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_is_one_sentence_and_the_run_resumes(finished, tmp_path):
     import resource
 

@@ -91,6 +91,7 @@ def _profile_min(ct, lo, hi):
     return best
 
 
+@pytest.mark.slow
 def test_fit_reaches_the_global_optimum_of_a_two_basin_cost():
     """Plasma-only curves with noise: besides Ktrans = 0 the cost has a lower interior
     optimum in many voxels (ve ~ 0.01). The fit's cost is at most the dense profile's

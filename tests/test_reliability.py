@@ -51,7 +51,10 @@ DIE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("where", list(KILL_POINTS))
+@pytest.mark.parametrize(
+    "where",
+    [p if p == "before_run_json" else pytest.param(p, marks=pytest.mark.slow) for p in KILL_POINTS],
+)
 def test_a_run_killed_while_its_folder_is_created_resumes_with_the_same_command(
     tmp_path, where
 ):
@@ -241,6 +244,7 @@ FINALIZE_DIE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["metrics", "assemble", "report"])
 def test_a_run_killed_while_writing_its_metrics_or_report_ends_right_when_rerun(
     tmp_path, where
