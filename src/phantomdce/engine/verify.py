@@ -77,6 +77,31 @@ def region_digest(group: Any, start: int, stop: int, chunk: int) -> str:
     return h.hexdigest()
 
 
+def case_region_digests(group: Any, units: list[tuple[int, int, int]]) -> list[str]:
+    """:func:`region_digest` of several chunks of one case node, reading each array once.
+
+    ``units`` holds ``(start, stop, chunk)``; the digests are those of
+    :func:`region_digest`, in the same order.
+    """
+    hashes = [hashlib.sha256() for _ in units]
+    for name in sorted(group.array_keys()):
+        if name in _FIXED:
+            continue
+        arr = group[name]
+        dims = tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
+        if dims not in (("voxel",), ("fitter", "voxel"), ("fitter", "chunk")):
+            continue
+        values = np.asarray(arr[...])
+        for h, (a, b, k) in zip(hashes, units, strict=True):
+            if dims == ("voxel",):
+                _feed(h, name, values[a:b])
+            elif dims == ("fitter", "voxel"):
+                _feed(h, name, values[:, a:b])
+            else:
+                _feed(h, name, values[:, k])
+    return [h.hexdigest() for h in hashes]
+
+
 def store_digest(path: str | Path) -> str:
     """SHA-256 of every array of a zarr store (a phantom unit store)."""
     import zarr
@@ -129,8 +154,12 @@ def check_file_digest(out: Path, name: str) -> str | None:
     return None
 
 
-def _unit_problem(out: Path, record: dict[str, Any], phantom: bool) -> str | None:
-    """Why a finished unit's data cannot be trusted, or None; never raises."""
+def _unit_problem(out: Path, record: dict[str, Any], phantom: bool, got: str | None) -> str | None:
+    """Why a finished unit's data cannot be trusted, or None; never raises.
+
+    ``got`` is the digest of a simulated chunk's data as read now (None: it could not be
+    read as a whole case, so it is read here on its own).
+    """
     import zarr
 
     want = record.get("digest")
@@ -144,7 +173,7 @@ def _unit_problem(out: Path, record: dict[str, Any], phantom: bool) -> str | Non
             if not path.is_dir():
                 return f"its unit store {path.name} is missing"
             got = store_digest(path)
-        else:
+        elif got is None:
             root = zarr.open_group(str(out / "estimates.zarr"), mode="r", zarr_format=2)
             a, b = record["voxels"]
             got = region_digest(root[case], int(a), int(b), k)
@@ -153,6 +182,33 @@ def _unit_problem(out: Path, record: dict[str, Any], phantom: bool) -> str | Non
     if got != want:
         return "its data do not match the digest recorded when it ran (deleted or changed)"
     return None
+
+
+def _case_digests(out: Path, records: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    """Digests of every simulated chunk, case by case (each array read once per case).
+
+    A case whose data cannot be read as a whole is left out: its chunks are then read one
+    by one, so that the damaged ones are named.
+    """
+    import zarr
+
+    found: dict[tuple[str, int], str] = {}
+    try:
+        root = zarr.open_group(str(out / "estimates.zarr"), mode="r", zarr_format=2)
+    except Exception:  # noqa: BLE001 - named unit by unit
+        return found
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_case.setdefault(r["case"], []).append(r)
+    for case, recs in by_case.items():
+        units = [(int(r["voxels"][0]), int(r["voxels"][1]), int(r["chunk"])) for r in recs]
+        try:
+            digests = case_region_digests(root[case], units)
+        except Exception:  # noqa: BLE001 - a damaged chunk: read unit by unit
+            continue
+        for r, d in zip(recs, digests, strict=True):
+            found[case, int(r["chunk"])] = d
+    return found
 
 
 @dataclass
@@ -214,23 +270,30 @@ def damaged_units(out: str | Path, *, phantom: bool) -> list[tuple[Path, str, in
     """
     out = Path(out)
     bad = []
-    for marker, record in _markers(out):
+    markers = _markers(out)
+    good = [r for _, r in markers if r is not None and "digest" in r]
+    now = {} if phantom else _case_digests(out, good)
+    for marker, record in markers:
         if record is None:
             bad.append((marker, "?", -1, f"its progress marker {marker.name} is damaged"))
             continue
-        why = _unit_problem(out, record, phantom)
+        got = now.get((record["case"], int(record["chunk"])))
+        why = _unit_problem(out, record, phantom, got)
         if why is not None:
             bad.append((marker, record["case"], int(record["chunk"]), why))
     return bad
 
 
-def verify_run(out: str | Path) -> VerifyReport:
+def verify_run(out: str | Path, *, metadata: bool = True) -> VerifyReport:
     """Check every finished unit of a run and the digests of its metrics files.
 
     Parameters
     ----------
     out : str or Path
         A run folder (``phantomdce run ... -o OUT``).
+    metadata : bool
+        Also open every case node (its metadata readable); a caller that opens the store
+        itself next can skip it.
 
     Returns
     -------
@@ -250,16 +313,17 @@ def verify_run(out: str | Path) -> VerifyReport:
     for _marker, case, k, why in damaged_units(out, phantom=phantom):
         report.damaged.append((case, k, why))
     report.units = len(list((out / "progress").glob("*.json")))
-    try:
-        from phantomdce.engine.run import open_results
+    if metadata:
+        try:
+            from phantomdce.engine.run import open_results
 
-        tree = open_results(out)
-        for name in tree.children:
-            tree[name].to_dataset()  # metadata of every node readable
-    except Exception as exc:  # noqa: BLE001 - damaged metadata raises anything
-        report.problems.append(
-            f"estimates.zarr's metadata cannot be read ({type(exc).__name__}: {exc})"
-        )
+            tree = open_results(out)
+            for name in tree.children:
+                tree[name].to_dataset()  # metadata of every node readable
+        except Exception as exc:  # noqa: BLE001 - damaged metadata raises anything
+            report.problems.append(
+                f"estimates.zarr's metadata cannot be read ({type(exc).__name__}: {exc})"
+            )
     for name in ("metrics.csv", "failures.csv"):
         why = check_file_digest(out, name)
         if why is not None:
