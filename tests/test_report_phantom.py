@@ -184,3 +184,29 @@ def test_a_case_whose_roi_held_no_voxel_has_no_figures(phantom_run, tmp_path, mo
     monkeypatch.setattr(report_phantom, "subject_images", no_acquiring)
     with pytest.raises(FileNotFoundError, match="case_0001 subject 0"):
         phantom_run_figures(run_dir)
+
+
+def test_the_figures_data_the_run_stored_equal_the_rebuilt_ones(phantom_run):
+    # the engine keeps subject 0's images, ROI and AIFs: the report draws without acquiring
+    from phantomdce.fit.pipeline import Pipeline
+    from phantomdce.report.phantom import stored_figure_data
+
+    meta = json.loads((phantom_run / "run.json").read_text())
+    ps = parse_phantom_scenario(meta["scenario_mapping"])
+    pipeline = Pipeline.from_mapping(meta["fit"]["pipeline"])
+    for case in ps.cases():
+        maps, aif = stored_figure_data(phantom_run, ps, case)
+        images = subject_images(ps, case)
+        rebuilt = maps_data(phantom_run, ps, case, images)
+        np.testing.assert_array_equal(maps.roi, rebuilt.roi)
+        np.testing.assert_array_equal(maps.fitted, rebuilt.fitted)
+        np.testing.assert_array_equal(
+            maps.acquired["signal"].values[..., -1], rebuilt.acquired["signal"].values[..., -1]
+        )
+        np.testing.assert_array_equal(maps.acquired["Ktrans"], rebuilt.acquired["Ktrans"])
+        assert maps.acquired.attrs["slice_mm"] == rebuilt.acquired.attrs["slice_mm"]
+        again = aif_curves(pipeline, ps, case, images)
+        np.testing.assert_array_equal(aif.used, again.used)
+        np.testing.assert_array_equal(aif.true, again.true)
+        np.testing.assert_array_equal(aif.time_s, again.time_s)
+        assert aif.source == again.source == pipeline.aif

@@ -54,12 +54,17 @@ ROI_MAX_FAILED_FRACTION: float = MAX_FAILURE_RATE
 TRUTH = ("Ktrans", "ve", "vp", "kep")
 
 
-def unit_case(ps: PhantomScenario, case: PhantomCase, subject: int) -> xr.Dataset:
+def unit_case(
+    ps: PhantomScenario, case: PhantomCase, subject: int, *, with_images: bool = False
+) -> xr.Dataset | tuple[xr.Dataset, dict[str, Any]]:
     """The ROI voxels of one subject in one case, as a DRO-style case.
 
     The subject is acquired ``ps.replicates`` times with the case's noise seeds; the
     tumour ROI (rule ``case.roi``) and the carotid ROI (``ps.carotid``) are placed on the
     first acquisition's images without its truth.
+
+    With ``with_images``, also returns what the report's figures of the case show
+    (:func:`figure_images`), so that the report need not acquire the subject again.
 
     Raises
     ------
@@ -81,7 +86,30 @@ def unit_case(ps: PhantomScenario, case: PhantomCase, subject: int) -> xr.Datase
     first = acquisition(0)
     # the analyst places the ROIs on the first acquisition's images, without its truth
     tumour, carotid = place_rois(measurements_only(first), case.roi, ps.carotid)
-    return roi_voxels(_Repeats(first, acquisition, ps.replicates), tumour, carotid)
+    part = roi_voxels(_Repeats(first, acquisition, ps.replicates), tumour, carotid)
+    return (part, figure_images(first, tumour)) if with_images else part
+
+
+def figure_images(first: xr.Dataset, tumour: np.ndarray) -> dict[str, Any]:
+    """The unit-store variables of subject 0 that the report's phantom figures draw.
+
+    ``figure_signal`` (slice, y, x; a.u.): the first acquisition's last frame;
+    ``figure_true_Ktrans`` (slice, y, x; /min): the volume-weighted true Ktrans on the
+    acquired grid; ``figure_roi`` (slice, y, x; bool): the tumour ROI the run placed; with
+    the acquired grid's coordinates (mm) and its voxel size in the attributes.
+    """
+    dims = ("slice", "y", "x")
+    return {
+        "figure_signal": (dims, first["signal"].values[..., -1], {"units": "a.u."}),
+        "figure_true_Ktrans": (
+            dims,
+            first["Ktrans"].values,
+            {"units": PARAMETERS["Ktrans"].units, "role": "truth"},
+        ),
+        "figure_roi": (dims, np.asarray(tumour, dtype=bool)),
+        "coords": {d: (d, first[d].values, {"units": "mm"}) for d in dims},
+        "attrs": {k: float(first.attrs[k]) for k in ("in_plane_mm", "slice_mm")},
+    }
 
 
 class _Repeats(Sequence):

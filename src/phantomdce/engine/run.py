@@ -916,9 +916,12 @@ def _run_phantom_unit(job, scenario: PhantomScenario, case, fit: FitConfig, info
 
     s = job["chunk_index"]
     entries = fit.entries(infos)
-    ds, unit_error = None, None
+    ds, unit_error, images = None, None, None
     try:
-        ds = ph.unit_case(scenario, case, s)
+        if s == 0:  # subject 0 also keeps what the report's figures draw
+            ds, images = ph.unit_case(scenario, case, s, with_images=True)
+        else:
+            ds = ph.unit_case(scenario, case, s)
     except ValueError as exc:  # e.g. a tumour ROI without a voxel at this resolution
         unit_error = describe(exc)
     n = 0 if ds is None else ds.sizes["voxel"]
@@ -946,9 +949,18 @@ def _run_phantom_unit(job, scenario: PhantomScenario, case, fit: FitConfig, info
         "subject": s,
         **{f"enhancing_true_{k}": v for k, v in ph.enhancing_truth(scenario, s).items()},
     }
-    out = xr.Dataset(
-        node, coords={"fitter": [e.name for e in entries], "voxel": np.arange(n)}, attrs=attrs
-    )
+    coords: dict[str, Any] = {"fitter": [e.name for e in entries], "voxel": np.arange(n)}
+    if images is not None:
+        node.update({k: v for k, v in images.items() if k.startswith("figure_")})
+        coords.update(images["coords"])
+        attrs.update({f"figure_{k}": v for k, v in images["attrs"].items()})
+        t = ds["time"].values
+        coords["time"] = ("time", t, {"units": "s"})
+        aif_units = {"units": "mM", "long_name": "plasma AIF"}
+        node["aif_used"] = ("time", fit.pipeline.plasma_aif(ds), aif_units)
+        node["aif_true"] = ("time", ds["ca"].values, {**aif_units, "role": "truth"})
+        attrs["aif_source"] = fit.pipeline.aif
+    out = xr.Dataset(node, coords=coords, attrs=attrs)
     path = Path(job["out"]) / "units" / f"case_{case.index:04d}_chunk_{s:05d}.zarr"
     ph.write_unit(path, out)
     return _mark(job, case.name, s, [0, n], entries, res, store_digest(path))

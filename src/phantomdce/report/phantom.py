@@ -44,6 +44,7 @@ __all__ = [
     "figure_cases",
     "maps_data",
     "phantom_run_figures",
+    "stored_figure_data",
     "subject_images",
 ]
 
@@ -314,11 +315,52 @@ def aif_curves(
     )
 
 
+def stored_figure_data(
+    run_dir: str | Path, ps: PhantomScenario, case: PhantomCase
+) -> tuple[MapsData, AifCurves] | None:
+    """The figures' data as the run stored them with subject 0's unit, or None.
+
+    The engine keeps, in subject 0's unit store, the first acquisition's last frame, the
+    true Ktrans on the acquired grid, the tumour ROI it placed, and the AIF its pipeline
+    used with the true one (:func:`phantomdce.engine.phantom.figure_images`): the figures
+    are then drawn without acquiring the subject again.
+    """
+    store = _unit_store(Path(run_dir), case)
+    with xr.open_zarr(store, consolidated=True, mask_and_scale=False) as unit:
+        if "figure_signal" not in unit:
+            return None
+        unit = unit.load()
+    dims = ("slice", "y", "x")
+    roi = unit["figure_roi"].values.astype(bool)
+    acquired = xr.Dataset(
+        {
+            "signal": (dims + ("frame",), unit["figure_signal"].values[..., None]),
+            "Ktrans": (dims, unit["figure_true_Ktrans"].values),
+        },
+        coords={d: unit[d].values for d in dims},
+        attrs={k: unit.attrs[f"figure_{k}"] for k in ("in_plane_mm", "slice_mm")},
+    )
+    sel = unit["replicate"].values == REPLICATE
+    fitted_roi = np.full(int(roi.sum()), np.nan)
+    ok = unit["success"].values[0, sel].astype(bool)
+    fitted_roi[unit["tissue"].values[sel]] = np.where(ok, unit["Ktrans"].values[0, sel], np.nan)
+    fitted = np.full(roi.shape, np.nan)
+    fitted[roi] = fitted_roi
+    maps = MapsData(ps.phantom(SUBJECT), acquired, roi, fitted, str(unit["fitter"].values[0]))
+    aif = AifCurves(
+        unit["time"].values,
+        unit["aif_used"].values,
+        unit["aif_true"].values,
+        str(unit.attrs.get("aif_source", "")),
+    )
+    return maps, aif
+
+
 def _draw_maps(run_dir: Path, ps: PhantomScenario, case: PhantomCase, images) -> bytes:
     from phantomdce.report.figures import figure_to_png
     from phantomdce.report.phantom_figures import maps_figure
 
-    data = maps_data(run_dir, ps, case, images)
+    data = images[0] if isinstance(images, tuple) else maps_data(run_dir, ps, case, images)
     fig = maps_figure(data.phantom, data.acquired, fitted=data.fitted, roi=data.roi)
     return figure_to_png(fig)
 
@@ -327,7 +369,7 @@ def _draw_aif(pipeline: Pipeline, ps: PhantomScenario, case: PhantomCase, images
     from phantomdce.report.figures import figure_to_png
     from phantomdce.report.phantom_figures import aif_figure
 
-    aif = aif_curves(pipeline, ps, case, images)
+    aif = images[1] if isinstance(images, tuple) else aif_curves(pipeline, ps, case, images)
     fig = aif_figure(
         aif.time_s,
         aif.true,
@@ -382,9 +424,12 @@ def phantom_run_figures(run_dir: str | Path) -> list[tuple[Path, str]]:
         if not (maps.exists() and aif.exists()):
             if _stored_roi_voxels(run_dir, case) == 0:
                 continue  # subject 0's tumour ROI held no voxel: failures.csv says so
-            # one set of acquisitions for both figures; the maps need the first only
-            n = _replicates_for(pipeline, ps) if not aif.exists() else 1
-            images = subject_images(ps, case, replicates=n)
+            # what the run stored with subject 0; else one set of acquisitions for both
+            # figures (the maps need the first only)
+            images = stored_figure_data(run_dir, ps, case)
+            if images is None:
+                n = _replicates_for(pipeline, ps) if not aif.exists() else 1
+                images = subject_images(ps, case, replicates=n)
             figdir.mkdir(exist_ok=True)
         if not maps.exists():
             write_atomic(maps, _draw_maps(run_dir, ps, case, images))
