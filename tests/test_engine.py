@@ -91,6 +91,22 @@ def kill_after_units(path, out, units, *, wait_s=300):
     proc.wait()
 
 
+def assert_a_killed_run_resumes(path, tmp_path, units, read):
+    """SIGKILL a run after ``units`` units, resume it: equal to an uninterrupted run."""
+    out = tmp_path / "killed"
+    kill_after_units(path, out, units)
+    plan = plan_run(path, out)
+    n_done = len(plan.units) - len(plan.pending())
+    assert units <= n_done < len(plan.units), "the run should have been killed midway"
+    assert not (out / "metrics.csv").exists()
+    execute(plan)
+    finalize(plan)
+    run(path, tmp_path / "clean")
+    assert_same(read(out), read(tmp_path / "clean"))
+    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
+    assert not [p for p in out.rglob("*") if p.name.endswith(".partial")]
+
+
 def assert_same(a, b):
     for case in a:
         for k in a[case]:
@@ -144,17 +160,7 @@ def test_one_and_two_distributed_workers_give_identical_estimates(tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     path = scenario(tmp_path, replicates=60, chunk=16, fitters=["nlls_extended_tofts", "nlls_2cxm"])
-    out = tmp_path / "killed"
-    kill_after_units(path, out, 4)
-    plan = plan_run(path, out)
-    n_done = len(plan.units) - len(plan.pending())
-    assert 4 <= n_done < len(plan.units), "the run should have been killed midway"
-    assert not (out / "metrics.csv").exists()
-    execute(plan)
-    finalize(plan)
-    run(path, tmp_path / "clean")
-    assert_same(estimates(out), estimates(tmp_path / "clean"))
-    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
+    assert_a_killed_run_resumes(path, tmp_path, 4, estimates)
 
 
 def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 
 from phantomdce.engine.run import execute, finalize, open_results, plan_run, run
 
-from test_engine import kill_after_units, metrics_without_timing
+from test_engine import assert_a_killed_run_resumes, metrics_without_timing
 from test_phantom import PHANTOM_SCENARIO
 
 PLUGINS = str(Path(__file__).parent / "engine_plugins")
@@ -104,18 +104,7 @@ def test_a_lost_unit_store_is_redone_and_the_result_is_unchanged(tmp_path):
 @pytest.mark.slow
 def test_a_killed_phantom_run_resumes_to_the_same_result(tmp_path):
     path = phantom(tmp_path, subjects=3, sweep="slice_mm = [2.0, 3.0, 4.0]")
-    out = tmp_path / "killed"
-    kill_after_units(path, out, 3)
-    plan = plan_run(path, out)
-    n_done = len(plan.units) - len(plan.pending())
-    assert 3 <= n_done < len(plan.units), "the run should have been killed midway"
-    assert not (out / "metrics.csv").exists()
-    execute(plan)
-    finalize(plan)
-    run(path, tmp_path / "clean")
-    assert_same(estimates(out), estimates(tmp_path / "clean"))
-    assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
-    assert not list(out.rglob("*.partial"))
+    assert_a_killed_run_resumes(path, tmp_path, 3, estimates)
 
 
 @pytest.mark.slow

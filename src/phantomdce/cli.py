@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -277,6 +278,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f" fitters {', '.join(i.name for i in plan.fitters)} -> {plan.out}{note}",
             file=sys.stderr,
         )
+        from phantomdce.engine.run import estimate_seconds
+
+        workers = (args.workers or os.cpu_count() or 1) if args.scheduler else 1
+        eta = estimate_seconds(plan, workers=workers)
+        if eta is not None:
+            print(
+                f"  estimated time on this machine: about {_duration(eta)} (from a"
+                " 128-voxel sample of the first case; plug-ins run in their own process"
+                " are not timed)",
+                file=sys.stderr,
+            )
     update, close = _progress(args.quiet, "fitting", "subject" if plan.phantom else "chunk")
     t0 = time.perf_counter()
     try:
@@ -307,6 +319,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.report:
         _write_report(plan.out, Path(args.report), argv_command(args))
     return _report_failed_fitters(plan.out, len(plan.units))
+
+
+def _duration(seconds: float) -> str:
+    """A duration for people: ``"40 s"``, ``"12 min"``, ``"3.5 h"``."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _count_failures(out: Path) -> int:

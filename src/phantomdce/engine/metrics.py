@@ -332,10 +332,27 @@ def block_bootstrap_bias_ci(
     rep_idx = _dense_index(rep)
     n_rep = int(rep_idx.max()) + 1 if rep_idx.size else 0
     valid = np.isfinite(err)
-    if n_rep < 2 or n_boot == 0 or not valid.any():
+    return _bootstrap_ci(rep_idx[valid], err[valid], n_rep, n_boot=n_boot, seed=seed, level=level)
+
+
+def _bootstrap_ci(
+    rep_idx: NDArray[np.intp],
+    err: NDArray[np.float64],
+    n_rep: int,
+    *,
+    n_boot: int,
+    seed: int | np.random.Generator,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """:func:`block_bootstrap_bias_ci` from the valid voxels' errors and replicate ranks.
+
+    ``n_rep`` counts every replicate, also those without a valid voxel (they are drawn and
+    add nothing).
+    """
+    if n_rep < 2 or n_boot == 0 or not err.size:
         return math.nan, math.nan
-    sums = np.bincount(rep_idx[valid], weights=err[valid], minlength=n_rep)
-    counts = np.bincount(rep_idx[valid], minlength=n_rep).astype(float)
+    sums = np.bincount(rep_idx, weights=err, minlength=n_rep)
+    counts = np.bincount(rep_idx, minlength=n_rep).astype(float)
     rng = np.random.default_rng(seed)
     # the (n_boot, R) draws in row blocks of about 2.6e5 indices: memory stays flat when R is
     # large (1e5 replicates would need 1.6 GB at once), the draws are the same numbers
@@ -348,6 +365,16 @@ def block_bootstrap_bias_ci(
     boot = np.full(n_boot, math.nan)
     np.divide(boot_sums, boot_counts, out=boot, where=boot_counts > 0)
     return _percentile_ci(boot, level)
+
+
+#: Voxels per block of the metrics' temporaries (a fixed size: results never depend on how
+#: a run was chunked).
+_BLOCK = 2**16
+
+
+def _blocks(values: NDArray) -> list[NDArray]:
+    """Views of consecutive :data:`_BLOCK`-sized parts of a 1-D array."""
+    return [values[i : i + _BLOCK] for i in range(0, values.size, _BLOCK)]
 
 
 def _dense_index(values: NDArray) -> NDArray[np.intp]:
@@ -364,7 +391,8 @@ def _dense_index(values: NDArray) -> NDArray[np.intp]:
         and values.max() <= 4 * values.size + 1024
     ):
         present = np.bincount(values) > 0
-        return (np.cumsum(present) - 1)[values]
+        ranks = np.cumsum(present) - 1
+        return ranks.astype(np.int32 if ranks.size < 2**31 else np.intp)[values]
     return np.unique(values, return_inverse=True)[1].ravel()
 
 
@@ -455,26 +483,30 @@ def case_metrics(
     if not np.all(np.isfinite(tru)):
         raise ValueError("truth must be finite")
 
+    # memory: a case may hold 1e6 voxels; every array here is of the valid voxels or freed
+    # as soon as it has served (temporaries computed in place)
     n_voxels = est.size
     valid = ok & np.isfinite(est)
-    n_success = int(valid.sum())
-    n_limit = int((lim & ~valid & ok).sum())
-    err_all = np.where(valid, est - tru, math.nan)
-    err = err_all[valid]
-    tru_v = tru[valid]
+    n_success = int(np.count_nonzero(valid))
+    n_limit = int(np.count_nonzero(lim & ok & ~valid))
     est_v = est[valid]
+    tru_v = tru[valid]
+    err = est_v - tru_v
 
     out: dict[str, float] = dict.fromkeys(METRICS, math.nan)
     out["n_voxels"] = float(n_voxels)
     out["n_success"] = float(n_success)
-    out["out_of_range"] = float(out_of_range(est_v, parameter).sum())
+    out["out_of_range"] = float(np.count_nonzero(out_of_range(est_v, parameter)))
     if n_voxels:
         out["failure_rate"] = (n_voxels - n_success - n_limit) / n_voxels
         out["at_limit_rate"] = n_limit / n_voxels
         out["fit_time_per_voxel_s"] = float(fit_time_s) / n_voxels
         atol, rtol = TOLERANCES[parameter]
-        inside = valid & (np.abs(err_all) <= atol + rtol * np.abs(tru))
-        out["within_tol"] = float(inside.sum()) / n_voxels
+        inside = sum(
+            int(np.count_nonzero(np.abs(e) <= atol + rtol * np.abs(t)))
+            for e, t in zip(_blocks(err), _blocks(tru_v), strict=True)
+        )
+        out["within_tol"] = float(inside) / n_voxels
 
     if n_success:
         bias = float(err.mean())
@@ -482,35 +514,46 @@ def case_metrics(
         nonzero = tru_v != 0
         if nonzero.any():
             out["rel_bias_pct"] = 100.0 * float(np.mean(err[nonzero] / tru_v[nonzero]))
+        del nonzero, tru_v
         out["median_error"] = float(np.median(err))
-        out["rmse"] = math.sqrt(float(np.mean(err**2)))
+        # sums of squares block by block (no temporary the size of the case)
+        out["rmse"] = math.sqrt(sum(float(np.dot(e, e)) for e in _blocks(err)) / n_success)
         if n_success >= 2:
-            half_width = _Z95 * float(np.std(err, ddof=1))
+            ss = sum(float(np.sum(np.square(e - bias))) for e in _blocks(err))
+            half_width = _Z95 * math.sqrt(ss / (n_success - 1))
             out["loa_low"] = bias - half_width
             out["loa_high"] = bias + half_width
 
-        # Per-tissue statistics (tissues indexed 0..T-1 via np.unique).
+        # Per-tissue statistics (tissues indexed 0..T-1 in the order of their values).
         tis_idx = _dense_index(tis)
         n_tis = int(tis_idx.max()) + 1
+        truth_t = np.bincount(tis_idx, weights=tru, minlength=n_tis) / np.bincount(
+            tis_idx, minlength=n_tis
+        )
         t_valid = tis_idx[valid]
+        del tis_idx
         n_t = np.bincount(t_valid, minlength=n_tis).astype(float)
         has = n_t > 0
         mean_t = np.zeros(n_tis)
         sum_t = np.bincount(t_valid, weights=est_v, minlength=n_tis)
         np.divide(sum_t, n_t, out=mean_t, where=has)
-        ss_t = np.bincount(t_valid, weights=(est_v - mean_t[t_valid]) ** 2, minlength=n_tis)
+        dev = mean_t[t_valid]
+        np.subtract(est_v, dev, out=dev)
+        np.square(dev, out=dev)
+        ss_t = np.bincount(t_valid, weights=dev, minlength=n_tis)
+        del dev, t_valid, est_v
         two = n_t >= 2
         var_t = ss_t[two] / (n_t[two] - 1.0)
         out["sd"] = math.sqrt(_mean(var_t))
         m2 = mean_t[two]
         cv_ok = m2 != 0
         out["cv_pct"] = 100.0 * math.sqrt(_mean(var_t[cv_ok] / m2[cv_ok] ** 2))
-        truth_t = np.bincount(tis_idx, weights=tru, minlength=n_tis) / np.bincount(
-            tis_idx, minlength=n_tis
-        )
         out["ccc"] = _ccc(mean_t[has], truth_t[has])
 
-        low, high = block_bootstrap_bias_ci(err_all, rep, n_boot=n_boot, seed=seed)
+        rep_idx = _dense_index(rep)
+        low, high = _bootstrap_ci(
+            rep_idx[valid], err, int(rep_idx.max()) + 1, n_boot=n_boot, seed=seed
+        )
         out["bias_ci_low"] = low
         out["bias_ci_high"] = high
     return out

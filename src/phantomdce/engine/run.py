@@ -247,6 +247,49 @@ def store_bytes(plan: RunPlan) -> int:
     return len(plan.scenario.cases()) * plan.scenario.n_voxels * per_voxel
 
 
+def estimate_seconds(plan: RunPlan, *, sample: int = 128, workers: int = 1) -> float | None:
+    """Seconds the pending units of a plan should take on this machine, from a sample.
+
+    The first ``sample`` voxels of the first case are simulated, put through the pipeline
+    and fitted by every fitter that runs in this process (each fitter twice: the first
+    call compiles, the second is timed); the time per voxel is scaled to the pending
+    voxels and divided by ``workers``. Isolated plug-ins are not timed (a sample must not
+    run someone else's code outside its child). None for a phantom scenario (its voxel
+    counts are known only when its ROIs are placed) or a plan with nothing pending.
+    """
+    if plan.phantom:
+        return None
+    pending = plan.pending()
+    if not pending:
+        return None
+    n = min(sample, plan.scenario.n_voxels)
+    case = plan.scenario.cases()[0]
+    t0 = time.perf_counter()
+    ds = simulate_case(plan.scenario, case, voxels=range(0, n))
+    simulate = (time.perf_counter() - t0) / n
+    inputs = {}
+    per_voxel = simulate
+    for entry in plan.entries:
+        info = entry.info
+        isolated = plan.fit.isolate == "all" or (
+            plan.fit.isolate == "plugins" and info.source != "builtin"
+        )
+        if isolated:
+            continue
+        try:
+            if entry.pipeline not in inputs:
+                inputs[entry.pipeline] = entry.pipeline(ds)
+            data = inputs[entry.pipeline]
+            info.fitter.fit(data.copy(deep=True))  # compiles (a cost paid once)
+            t1 = time.perf_counter()
+            info.fitter.fit(data.copy(deep=True))
+            per_voxel += (time.perf_counter() - t1) / n
+        except Exception:  # noqa: BLE001 - the run records it; an estimate is only advice
+            continue
+    voxels = sum(b - a for _, _, a, b in pending)
+    return per_voxel * voxels / max(1, workers)
+
+
 def check_size(plan: RunPlan) -> None:
     """Refuse a run whose store could not fit the free disk space, before it is created.
 
@@ -1083,13 +1126,16 @@ def run(
 # -- metrics -----------------------------------------------------------------------------
 
 
-def open_results(out: str | Path) -> xr.DataTree:
+def open_results(out: str | Path, *, cache: bool = True) -> xr.DataTree:
     """Open the estimates of a run (``OUT/estimates.zarr``), lazily.
 
     Parameters
     ----------
     out : str or Path
         Result directory of :func:`run` or ``phantomdce run``.
+    cache : bool, optional
+        Keep a variable in memory once it has been read whole (xarray's ``cache``); the
+        engine's metrics turn it off, so that a large case is never held whole.
 
     Returns
     -------
@@ -1121,6 +1167,7 @@ def open_results(out: str | Path) -> xr.DataTree:
         engine="zarr",
         consolidated=(store / ".zmetadata").exists(),
         mask_and_scale=False,
+        cache=cache,
     )
     root = tree.to_dataset(inherit=False)
     if "case_name" in root:
@@ -1140,7 +1187,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
         raise RuntimeError(f"{len(missing)} units are not finished: run again to complete them")
     starts = _assemble_phantom(plan) if plan.phantom else {}
     nodes = {n: store_digest(plan.store / n) for n in starts}  # phantom case nodes
-    tree = open_results(plan.out)
+    tree = open_results(plan.out, cache=False)
     if not plan.phantom:
         _verify_units(plan, tree)
     from phantomdce.engine.metrics import out_of_range
@@ -1149,20 +1196,27 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
     failures = []
     suspect: list[tuple] = []
     for case in plan.scenario.cases():
-        # one (fitter, parameter) row at a time: the case node is never loaded whole
+        # one (fitter, parameter) row at a time, each truth read once: the case node is
+        # never held whole (the tree does not cache what it reads)
         ds = tree[case.name].to_dataset()
         tissue, replicate = ds["tissue"].values, ds["replicate"].values
+        names: dict[int, list[str]] = {}
         for f, entry in enumerate(plan.entries):
-            success = ds["success"][f].values
-            est_names = estimated_parameters(entry.info.model)
+            names[f] = estimated_parameters(entry.info.model)
             # the true delay is 0 only when the fitter sees the true AIF
             if entry.pipeline.aif == "true" and np.isfinite(ds["delay"][f].values).any():
-                est_names.append("delay")
-            total_time = float(np.nansum(ds["fit_time_s"][f].values))
-            for name in est_names:
-                truth = _truth_for(ds, name)
-                if truth is None:
+                names[f].append("delay")
+        times = [float(np.nansum(ds["fit_time_s"][f].values)) for f in names]
+        successes = {f: ds["success"][f].values for f in names}  # bool: n bytes each
+        found: dict[tuple[int, str], dict[str, Any]] = {}
+        for name in dict.fromkeys(n for f in names for n in names[f]):
+            truth = _truth_for(ds, name)
+            if truth is None:
+                continue
+            for f, entry in enumerate(plan.entries):
+                if name not in names[f]:
                     continue
+                success = successes[f]
                 values = ds[name][f].values
                 limit = ds[f"at_limit_{name}"][f].values if f"at_limit_{name}" in ds else None
                 row = {"case": case.name, "fitter": entry.name, "parameter": name}
@@ -1174,12 +1228,12 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                         tissue,
                         replicate,
                         parameter=name,
-                        fit_time_s=total_time,
+                        fit_time_s=times[f],
                         seed=plan.scenario.seed,
                         at_limit=limit,
                     )
                 )
-                rows.append(row)
+                found[f, name] = row
                 odd = out_of_range(values, name) & success
                 if limit is not None:
                     odd &= ~limit
@@ -1189,6 +1243,9 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                         (case.name, entry.name, name, int(v), repr(float(values[v])),
                          f"outside the physical range [{p.lower:g}, {p.upper:g}] {p.units}")
                     )  # fmt: skip
+            del truth
+        # rows fitter by fitter, each in its parameters' order
+        rows.extend(found[f, n] for f in names for n in names[f] if (f, n) in found)
     for marker in sorted((plan.out / "progress").glob("*.json")):
         record = json.loads(marker.read_text())
         tracebacks = record.get("tracebacks", {})
@@ -1289,11 +1346,14 @@ def _verify_units(plan: RunPlan, tree: xr.DataTree) -> None:
     removed, and the run asked to be repeated, which redoes only them.
     """
     bad = []
+    cases = plan.scenario.cases()
+    read: tuple[int, np.ndarray, np.ndarray] | None = None  # one case's arrays at a time
     for c, k, a, b in plan.units:
-        g = tree[plan.scenario.cases()[c].name]
-        tissue_ok = bool((g["tissue"].values[a:b] >= 0).all())
-        time_ok = bool(np.isfinite(g["fit_time_s"].values[:, k]).all())
-        if not (tissue_ok and time_ok):
+        if read is None or read[0] != c:
+            g = tree[cases[c].name]
+            read = (c, g["tissue"].values >= 0, np.isfinite(g["fit_time_s"].values).all(0))
+        _, written, timed = read
+        if not (bool(written[a:b].all()) and bool(timed[k])):
             bad.append((c, k))
             plan.marker(c, k).unlink(missing_ok=True)
     if bad:
