@@ -142,3 +142,25 @@ def test_the_acquired_phantom_does_not_depend_on_the_blas_threads(tmp_path):
         )
         digests.add(out.stdout.strip())
     assert len(digests) == 1  # SHA-256 of the acquired signal, the same on 1 and 2 threads
+
+
+def test_acquisitions_in_concurrent_threads_equal_serial_ones():
+    # dask's threads scheduler acquires several subjects at once in one process: the
+    # one-thread BLAS limit must hold until the last of them ends
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phantomdce.dro.protocol import Protocol
+    from phantomdce.phantom.acquire import Acquisition, acquire
+    from phantomdce.phantom.anatomy import make_neck
+
+    ph = make_neck((8, 64, 64), seed=3)
+    proto = Protocol.from_mapping({"dt": 5.0, "duration": 120.0, "snr": 30.0})
+    acqs = [Acquisition(in_plane_mm=s, slice_mm=2.0) for s in (1.0, 1.5, 2.0, 2.5)] * 2
+
+    def digest(acq):
+        return hashlib.sha256(acquire(ph, proto, acq, seed=4)["signal"].values).hexdigest()
+
+    serial = [digest(a) for a in acqs]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(digest, acqs)) == serial

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -442,6 +443,11 @@ def sphere_mask(grid: xr.Dataset, centre_mm: Sequence[float], radius_mm: float) 
     return (zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= radius_mm**2
 
 
+#: One acquisition at a time per process: BLAS has one thread pool per process, so a limit
+#: that one thread lifts would otherwise lift it under another thread's acquisition.
+_ACQUIRING = threading.Lock()
+
+
 def _one_blas_thread(func):
     """Run ``func`` with BLAS on one thread: its sums then do not depend on the machine.
 
@@ -449,14 +455,15 @@ def _one_blas_thread(func):
     the floating-point sums, so the acquired image would differ in its last bits between a
     process with 1 and one with 2 BLAS threads (a dask worker and the run, say), and a
     carotid voxel chosen by a near tie could differ with it. The truth must not depend on
-    where it is computed.
+    where it is computed. Acquisitions in concurrent threads of one process (dask's threads
+    scheduler) take turns (:data:`_ACQUIRING`), each under the limit.
     """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _ACQUIRING, threadpool_limits(limits=1, user_api="blas"):
             return func(*args, **kwargs)
 
     return wrapper
