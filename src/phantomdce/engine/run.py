@@ -228,9 +228,6 @@ class UnitGrid(Sequence):
         a = k * self.step
         return (c, k, a, min(a + self.step, self.n_voxels))
 
-    def __eq__(self, other: object) -> bool:
-        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
-
 
 def store_bytes(plan: RunPlan) -> int:
     """Upper bound of ``estimates.zarr``'s size (uncompressed), in bytes.
@@ -812,8 +809,8 @@ def _fit_entries(
 
     A fitter that raises, returns something malformed, crashes or hangs in its child is
     recorded (``errors``, ``tracebacks``) and the others go on. ``unit_error`` (the
-    description of why the unit has no data, e.g. an empty ROI) is recorded for every
-    entry instead.
+    description of why the unit has no data, e.g. an empty ROI; ``ds`` is then None) is
+    recorded for every entry instead.
 
     Returns
     -------
@@ -834,9 +831,9 @@ def _fit_entries(
     }
     if len(specs) != len(infos):
         raise RuntimeError(f"fitters {specs} resolve to {[i.name for i in infos]}")
-    if unit_error is not None or ds is None:
+    if unit_error is not None:
         for entry in entries:
-            out["errors"][entry.name], out["tracebacks"][entry.name] = unit_error or ("", "")
+            out["errors"][entry.name], out["tracebacks"][entry.name] = unit_error
         out["times"][:] = 0.0
         return out
     # one input per distinct pipeline, all from the same simulated voxels; an error-budget

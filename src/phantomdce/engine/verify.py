@@ -53,6 +53,25 @@ def _feed(h: Any, name: str, values: np.ndarray) -> None:
     h.update(values.tobytes())
 
 
+#: Where a unit's region lies in an array of a case node, by the array's dimensions.
+_REGION = {
+    ("voxel",): lambda a, b, k: np.s_[a:b],
+    ("fitter", "voxel"): lambda a, b, k: np.s_[:, a:b],
+    ("fitter", "chunk"): lambda a, b, k: np.s_[:, k],
+}
+
+
+def _unit_arrays(group: Any):
+    """``(name, array, region)`` of every array of a case node that units write, by name."""
+    for name in sorted(group.array_keys()):
+        if name in _FIXED:
+            continue
+        arr = group[name]
+        region = _REGION.get(tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ())))
+        if region is not None:
+            yield name, arr, region
+
+
 def region_digest(group: Any, start: int, stop: int, chunk: int) -> str:
     """SHA-256 of a simulated chunk's region of every array of its case node (zarr group).
 
@@ -60,20 +79,8 @@ def region_digest(group: Any, start: int, stop: int, chunk: int) -> str:
     ``[:, start:stop]`` and over ``(fitter, chunk)`` column ``chunk``.
     """
     h = hashlib.sha256()
-    for name in sorted(group.array_keys()):
-        if name in _FIXED:
-            continue
-        arr = group[name]
-        dims = tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
-        if dims == ("voxel",):
-            values = arr[start:stop]
-        elif dims == ("fitter", "voxel"):
-            values = arr[:, start:stop]
-        elif dims == ("fitter", "chunk"):
-            values = arr[:, chunk]
-        else:
-            continue
-        _feed(h, name, np.asarray(values))
+    for name, arr, region in _unit_arrays(group):
+        _feed(h, name, np.asarray(arr[region(start, stop, chunk)]))
     return h.hexdigest()
 
 
@@ -84,21 +91,10 @@ def case_region_digests(group: Any, units: list[tuple[int, int, int]]) -> list[s
     :func:`region_digest`, in the same order.
     """
     hashes = [hashlib.sha256() for _ in units]
-    for name in sorted(group.array_keys()):
-        if name in _FIXED:
-            continue
-        arr = group[name]
-        dims = tuple(arr.attrs.get("_ARRAY_DIMENSIONS", ()))
-        if dims not in (("voxel",), ("fitter", "voxel"), ("fitter", "chunk")):
-            continue
+    for name, arr, region in _unit_arrays(group):
         values = np.asarray(arr[...])
         for h, (a, b, k) in zip(hashes, units, strict=True):
-            if dims == ("voxel",):
-                _feed(h, name, values[a:b])
-            elif dims == ("fitter", "voxel"):
-                _feed(h, name, values[:, a:b])
-            else:
-                _feed(h, name, values[:, k])
+            _feed(h, name, values[region(a, b, k)])
     return [h.hexdigest() for h in hashes]
 
 

@@ -45,7 +45,7 @@ import xarray as xr
 import phantomdce
 from phantomdce.dro.config import ConfigError, as_bool, as_float, as_int, as_str, unknown_key
 from phantomdce.dro.protocol import Protocol
-from phantomdce.dro.scenario import Scenario, parse_scenario
+from phantomdce.dro.scenario import Case, Scenario, parse_scenario
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import Phantom, make_neck
 from phantomdce.phantom.case import acquisition_seed, repeat_seed
@@ -222,19 +222,15 @@ def _acquisition(path: str, values: dict[str, Any]) -> Acquisition:
 
 
 @dataclass(frozen=True)
-class PhantomCase:
-    """One case of a phantom scenario: its swept values, protocol, acquisition and ROI rule."""
+class PhantomCase(Case):
+    """One case of a phantom scenario: a case with its acquisition and ROI rule.
 
-    index: int
-    values: dict[str, Any]
-    protocol: Protocol
+    A :class:`~phantomdce.dro.scenario.Case` (index, swept values, protocol; node name
+    ``case_0000``) with the acquisition settings and the tumour ROI rule.
+    """
+
     acquisition: Acquisition
     roi: str
-
-    @property
-    def name(self) -> str:
-        """Node name in the result store, ``case_0000``."""
-        return f"case_{self.index:04d}"
 
 
 @dataclass(frozen=True)

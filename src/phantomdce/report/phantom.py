@@ -356,20 +356,18 @@ def stored_figure_data(
     return maps, aif
 
 
-def _draw_maps(run_dir: Path, ps: PhantomScenario, case: PhantomCase, images) -> bytes:
+def _draw_maps(data: MapsData) -> bytes:
     from phantomdce.report.figures import figure_to_png
     from phantomdce.report.phantom_figures import maps_figure
 
-    data = images[0] if isinstance(images, tuple) else maps_data(run_dir, ps, case, images)
     fig = maps_figure(data.phantom, data.acquired, fitted=data.fitted, roi=data.roi)
     return figure_to_png(fig)
 
 
-def _draw_aif(pipeline: Pipeline, ps: PhantomScenario, case: PhantomCase, images) -> bytes:
+def _draw_aif(aif: AifCurves) -> bytes:
     from phantomdce.report.figures import figure_to_png
     from phantomdce.report.phantom_figures import aif_figure
 
-    aif = images[1] if isinstance(images, tuple) else aif_curves(pipeline, ps, case, images)
     fig = aif_figure(
         aif.time_s,
         aif.true,
@@ -420,21 +418,24 @@ def phantom_run_figures(run_dir: str | Path) -> list[tuple[Path, str]]:
         label = case_label(case)
         maps = figdir / f"{case.name}_maps.png"
         aif = figdir / f"{case.name}_aif.png"
-        images = None
         if not (maps.exists() and aif.exists()):
             if _stored_roi_voxels(run_dir, case) == 0:
                 continue  # subject 0's tumour ROI held no voxel: failures.csv says so
             # what the run stored with subject 0; else one set of acquisitions for both
             # figures (the maps need the first only)
-            images = stored_figure_data(run_dir, ps, case)
-            if images is None:
+            stored = stored_figure_data(run_dir, ps, case)
+            if stored is None:
                 n = _replicates_for(pipeline, ps) if not aif.exists() else 1
                 images = subject_images(ps, case, replicates=n)
+                stored = (
+                    None if maps.exists() else maps_data(run_dir, ps, case, images),
+                    None if aif.exists() else aif_curves(pipeline, ps, case, images),
+                )
             figdir.mkdir(exist_ok=True)
-        if not maps.exists():
-            write_atomic(maps, _draw_maps(run_dir, ps, case, images))
-        if not aif.exists():
-            write_atomic(aif, _draw_aif(pipeline, ps, case, images))
+            if not maps.exists():
+                write_atomic(maps, _draw_maps(stored[0]))
+            if not aif.exists():
+                write_atomic(aif, _draw_aif(stored[1]))
         out.append(
             (
                 maps,
