@@ -484,12 +484,7 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         node[4] = d_best
         _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, start)
     sse, acc, conv = _lm._fit_one(code, t, ca, y, start, lo, hi, fit_delay, max_iter, theta, ws)
-    for q in range(p):
-        out[q] = theta[q]
-    out[p] = sse
-    out[p + 1] = acc
-    out[p + 2] = 1.0 if conv else 0.0
-    _lm.final_normal(ws, y, jtj)
+    _keep(out, jtj, theta, p, sse, acc, conv, ws, y)
     if not fit_delay or kinks.shape[0] < 2:
         return
     # near a kink the cost can have a lower minimum on its other side: polish from there too
@@ -513,12 +508,18 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     cand[dq] = _clip(kink + side * max(abs(off), KINK_STEP * gap), lo[dq], hi[dq])
     sse, acc, conv = _lm._fit_one(code, t, ca, y, cand, lo, hi, fit_delay, max_iter, theta, ws)
     if sse < out[p]:
-        for q in range(p):
-            out[q] = theta[q]
-        out[p] = sse
-        out[p + 1] = acc
-        out[p + 2] = 1.0 if conv else 0.0
-        _lm.final_normal(ws, y, jtj)
+        _keep(out, jtj, theta, p, sse, acc, conv, ws, y)
+
+
+@njit(cache=True, inline="always")
+def _keep(out, jtj, theta, p, sse, acc, conv, ws, y):
+    """Store a polished fit: parameters, cost, accepted steps, convergence and J^T J."""
+    for q in range(p):
+        out[q] = theta[q]
+    out[p] = sse
+    out[p + 1] = acc
+    out[p + 2] = 1.0 if conv else 0.0
+    _lm.final_normal(ws, y, jtj)
 
 
 @njit(cache=True)
