@@ -63,7 +63,31 @@ bias_ci_low/high      95 % percentile CI of ``bias``, block bootstrap over    pa
 at_limit_rate         fraction of voxels at the parameter's limit             1
 out_of_range          number of valid voxels whose estimate lies outside the  1
                       parameter's physical range (:func:`out_of_range`)
+crlb_sd               ``sqrt(mean_v b_v)``: root mean over ALL voxels of the  param
+                      Cramér-Rao variance bound ``b_v`` of the voxel's tissue
+                      (:func:`case_bounds`); NaN where no bound applies
+crlb_cv_pct           ``100 sqrt(mean_t (b_t / y_t^2))``, tissues with        %
+                      ``y_t != 0`` (the bound on the scale of ``cv_pct``)
+efficiency            ``mean_t b_t / mean_t s_t^2`` over the tissues with     1
+                      >= 2 valid replicates (those of ``sd``): bound variance
+                      over the measured within-tissue variance; 1 for an
+                      efficient estimator, below 1 for a less precise one
 ===================== ======================================================= =====
+
+``b_t`` is the mean of ``b_v`` over the voxels of tissue ``t`` (the bound of the tissue).
+``efficiency`` compares like with like: both means run over the same tissues, and the
+measured variance is within-tissue (over noise replicates), so the bias differences
+between tissues are not counted as noise. It may exceed 1 by sampling error (the SD of
+``s_t^2`` with ``R`` replicates is about ``sqrt(2 / (R - 1))`` of it) and for a biased
+estimator (a bias that shrinks with the noise lowers the variance below the bound of an
+unbiased one). The bound applies only when the fitter sees what the bound assumes; where it
+does not the three columns are NaN (:func:`bound_kind` gives the reason): a model
+mismatch (the tissue's model is not the fitted one, also a nested model fitted to its
+parent's data), an AIF that is not the true one (measured or population: the bound assumes
+the true AIF), a fitted arterial delay (the bound assumes the arrival known), an assumed B1
+that is not the true one, an oracle concentration (noise free), an oracle baseline with T1
+from VFA (no bound of that kind), noise-free cases and phantom cases (no tissue truth of
+the bound's kind). ``delay`` has no bound.
 
 ``y_t`` is the mean truth over all voxels of tissue ``t`` (the truth is constant within a
 tissue). ``ccc`` is NaN with fewer than two tissues or when both ``m_t`` and ``y_t`` are
@@ -120,6 +144,8 @@ __all__ = [
     "METRICS",
     "TOLERANCES",
     "block_bootstrap_bias_ci",
+    "bound_kind",
+    "case_bounds",
     "case_metrics",
     "metric_units",
     "metrics_table",
@@ -146,6 +172,9 @@ METRICS: tuple[str, ...] = (
     "bias_ci_high",
     "at_limit_rate",
     "out_of_range",
+    "crlb_sd",
+    "crlb_cv_pct",
+    "efficiency",
 )
 
 #: ``(atol, rtol)`` per parameter, in the parameter's units: a voxel is within tolerance when
@@ -168,12 +197,13 @@ TOLERANCES: Mapping[str, tuple[float, float]] = MappingProxyType(
 _Z95 = 1.96
 
 _COUNT_METRICS = ("n_voxels", "n_success", "out_of_range")
-_DIMENSIONLESS = ("failure_rate", "ccc", "within_tol", "at_limit_rate")
-_PERCENT = ("rel_bias_pct", "cv_pct")
+_DIMENSIONLESS = ("failure_rate", "ccc", "within_tol", "at_limit_rate", "efficiency")
+_PERCENT = ("rel_bias_pct", "cv_pct", "crlb_cv_pct")
 _ERROR_TYPE = (
     "bias",
     "median_error",
     "sd",
+    "crlb_sd",
     "rmse",
     "loa_low",
     "loa_high",
@@ -200,9 +230,10 @@ def metric_units(parameter: str) -> dict[str, str]:
     -------
     dict of str to str
         Keys in :data:`METRICS` order. Error-type metrics (bias, median_error, sd, rmse,
-        limits of agreement, bias CI) carry the parameter's units; ``rel_bias_pct`` and
-        ``cv_pct`` are ``"%"``; counts, rates, ``ccc`` and ``within_tol`` are ``"1"``;
-        ``fit_time_per_voxel_s`` is ``"s"``.
+        limits of agreement, bias CI, ``crlb_sd``) carry the parameter's units;
+        ``rel_bias_pct``, ``cv_pct`` and ``crlb_cv_pct`` are ``"%"``; counts, rates,
+        ``ccc``, ``within_tol`` and ``efficiency`` are ``"1"``; ``fit_time_per_voxel_s`` is
+        ``"s"``.
 
     Raises
     ------
@@ -421,6 +452,7 @@ def case_metrics(
     n_boot: int = 1000,
     seed: int | np.random.Generator = 0,
     at_limit: ArrayLike | None = None,
+    crlb_var: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Compute every metric of one case (one fitter, one parameter).
 
@@ -447,6 +479,11 @@ def case_metrics(
         Seed of the bootstrap generator; the same seed gives the same interval.
     at_limit : array_like of bool, optional
         The fitter's ``at_limit_<param>`` flag per voxel (default: all False).
+    crlb_var : array_like of float, optional
+        Cramér-Rao bound on the variance of the parameter per voxel (parameter's units
+        squared; ``inf`` where the data do not determine it), as :func:`case_bounds` gives
+        it. None, or any NaN in it, leaves ``crlb_sd``, ``crlb_cv_pct`` and ``efficiency``
+        NaN (no bound applies).
 
     Returns
     -------
@@ -471,6 +508,8 @@ def case_metrics(
             np.zeros(shape, dtype=bool) if at_limit is None else np.asarray(at_limit, dtype=bool)
         ),
     }
+    if crlb_var is not None:
+        arrays["crlb_var"] = np.asarray(crlb_var, dtype=float)
     for name, arr in arrays.items():
         if arr.shape != shape:
             raise ValueError(f"{name} has shape {arr.shape}, estimate has shape {shape}")
@@ -482,6 +521,13 @@ def case_metrics(
     lim = arrays["at_limit"].ravel()
     if not np.all(np.isfinite(tru)):
         raise ValueError("truth must be finite")
+    bound = None
+    if crlb_var is not None:
+        bound = arrays["crlb_var"].ravel()
+        if np.any(bound < 0):
+            raise ValueError(f"crlb_var = {float(bound[bound < 0][0])!r}: expected a variance >= 0")
+        if np.isnan(bound).any():
+            bound = None
 
     # memory: a case may hold 1e6 voxels; every array here is of the valid voxels or freed
     # as soon as it has served (temporaries computed in place)
@@ -497,6 +543,18 @@ def case_metrics(
     out["n_voxels"] = float(n_voxels)
     out["n_success"] = float(n_success)
     out["out_of_range"] = float(np.count_nonzero(out_of_range(est_v, parameter)))
+    tis_idx = n_tis = None
+    if bound is not None and n_voxels:
+        tis_idx = _dense_index(tis)
+        n_tis = int(tis_idx.max()) + 1
+        count_t = np.bincount(tis_idx, minlength=n_tis).astype(float)
+        with np.errstate(invalid="ignore"):  # inf + inf is inf, never NaN
+            bound_t = np.bincount(tis_idx, weights=bound, minlength=n_tis) / count_t
+            out["crlb_sd"] = math.sqrt(float(np.mean(bound)))
+        y_t = np.bincount(tis_idx, weights=tru, minlength=n_tis) / count_t
+        nz = y_t != 0
+        if nz.any():
+            out["crlb_cv_pct"] = 100.0 * math.sqrt(float(np.mean(bound_t[nz] / y_t[nz] ** 2)))
     if n_voxels:
         out["failure_rate"] = (n_voxels - n_success - n_limit) / n_voxels
         out["at_limit_rate"] = n_limit / n_voxels
@@ -525,8 +583,9 @@ def case_metrics(
             out["loa_high"] = bias + half_width
 
         # Per-tissue statistics (tissues indexed 0..T-1 in the order of their values).
-        tis_idx = _dense_index(tis)
-        n_tis = int(tis_idx.max()) + 1
+        if tis_idx is None:
+            tis_idx = _dense_index(tis)
+            n_tis = int(tis_idx.max()) + 1
         truth_t = np.bincount(tis_idx, weights=tru, minlength=n_tis) / np.bincount(
             tis_idx, minlength=n_tis
         )
@@ -545,6 +604,10 @@ def case_metrics(
         two = n_t >= 2
         var_t = ss_t[two] / (n_t[two] - 1.0)
         out["sd"] = math.sqrt(_mean(var_t))
+        if bound is not None and var_t.size:
+            measured = float(np.mean(var_t))
+            if measured > 0:
+                out["efficiency"] = float(np.mean(bound_t[two])) / measured
         m2 = mean_t[two]
         cv_ok = m2 != 0
         out["cv_pct"] = 100.0 * math.sqrt(_mean(var_t[cv_ok] / m2[cv_ok] ** 2))
@@ -557,6 +620,166 @@ def case_metrics(
         out["bias_ci_low"] = low
         out["bias_ci_high"] = high
     return out
+
+
+def bound_kind(
+    *,
+    tissue_model: str | None,
+    fitter_model: str,
+    fitter_input: str,
+    pipeline: Any,
+    case_attrs: Mapping[str, Any],
+    shared_m0: bool = False,
+    delay_fitted: bool = False,
+    phantom: bool = False,
+) -> tuple[str | None, str]:
+    """The Cramér-Rao bound (:data:`phantomdce.precision.KINDS`) matching a fitter's information.
+
+    Parameters
+    ----------
+    tissue_model : str or None
+        The model the tissue was simulated with (the case's ``model`` attribute).
+    fitter_model : str
+        The model the fitter estimates.
+    fitter_input : str
+        ``"concentration"`` or ``"signal"`` (:class:`phantomdce.fit.registry.FitterInfo`).
+    pipeline : phantomdce.fit.pipeline.Pipeline
+        The pipeline the fitter's input came from (``t1``, ``baseline``, ``concentration``,
+        ``aif``, ``b1``).
+    case_attrs : mapping
+        The case's attributes (its protocol, the true ``b1`` and ``snr``).
+    shared_m0 : bool, optional
+        A signal fitter that fits one M0 to the VFA and dynamic series.
+    delay_fitted : bool, optional
+        Whether the fitter estimated an arterial delay.
+    phantom : bool, optional
+        A neck-phantom case.
+
+    Returns
+    -------
+    kind : str or None
+        ``"two_step"`` for a concentration fitter with T1 from VFA (``t1 = vfa_*``) and the
+        measured baseline; ``"baseline_m0"`` with the true T1 and the measured baseline (the
+        pipeline's M0 comes from the baseline frames); ``"known"`` with the true T1 and the
+        true baseline; ``"joint"`` for a signal fitter (``"joint_shared_m0"`` where it
+        shares M0 between the series); None where no bound applies.
+    reason : str
+        Why there is no bound (empty when ``kind`` is not None).
+
+    Examples
+    --------
+    >>> from phantomdce.fit.pipeline import Pipeline
+    >>> attrs = {"snr": 20.0, "b1": 1.0}
+    >>> bound_kind(tissue_model="tofts", fitter_model="tofts", fitter_input="concentration",
+    ...            pipeline=Pipeline(), case_attrs=attrs)
+    ('two_step', '')
+    >>> bound_kind(tissue_model="2cxm", fitter_model="tofts", fitter_input="concentration",
+    ...            pipeline=Pipeline(), case_attrs=attrs)[1]
+    'model mismatch: tissue simulated with 2cxm, fitted with tofts'
+    """
+    if phantom:
+        return None, "phantom case: no bound of the neck phantom's image pipeline"
+    try:
+        snr = float(case_attrs.get("snr", math.nan))
+    except (TypeError, ValueError):
+        snr = math.nan
+    if not snr > 0:
+        return None, f"case snr = {case_attrs.get('snr')!r}: no noise level for a bound"
+    if math.isinf(snr):
+        return None, "noise-free case (snr = inf): the bound is 0"
+    if tissue_model != fitter_model:
+        return None, (
+            f"model mismatch: tissue simulated with {tissue_model}, fitted with {fitter_model}"
+        )
+    if pipeline.aif != "true":
+        return None, f"pipeline.aif = {pipeline.aif!r}: the bound assumes the true AIF"
+    if delay_fitted:
+        return None, "a fitted arterial delay: the bound assumes the bolus arrival known"
+    true_b1 = float(case_attrs.get("b1", 1.0))
+    if not math.isclose(float(pipeline.b1), true_b1, rel_tol=1e-12):
+        return None, (
+            f"pipeline.b1 = {pipeline.b1!r} is not the true B1 {true_b1!r}: the bound assumes"
+            " the flip angles known"
+        )
+    if fitter_input == "signal":
+        return ("joint_shared_m0" if shared_m0 else "joint"), ""
+    if fitter_input != "concentration":
+        return None, f"fitter input {fitter_input!r}: no bound of that kind"
+    if pipeline.concentration == "true":
+        return None, "pipeline.concentration = 'true': a noise-free input, the bound is 0"
+    if pipeline.t1 == "true":
+        return ("known" if pipeline.baseline == "true" else "baseline_m0"), ""
+    if pipeline.baseline == "true":
+        return None, (
+            f"pipeline.t1 = {pipeline.t1!r} with the true baseline: no bound of that kind"
+        )
+    return "two_step", ""
+
+
+def case_bounds(
+    case_attrs: Mapping[str, Any],
+    truth: Mapping[str, ArrayLike],
+    tissue: ArrayLike,
+    *,
+    kind: str,
+) -> dict[str, NDArray[np.float64]]:
+    """Cramér-Rao variance bound of every voxel of a simulated case, once per tissue.
+
+    Parameters
+    ----------
+    case_attrs : mapping
+        The case's attributes: its protocol (:func:`phantomdce.precision.protocol_from_attrs`),
+        ``snr`` and ``model`` (the tissue's).
+    truth : mapping of str to array_like (n_voxels,)
+        True values per voxel of the model's parameters (package units), ``T10`` (s) and
+        ``m0`` (a.u.).
+    tissue : array_like of int (n_voxels,)
+        Tissue index per voxel; the bound is computed for the first voxel of each tissue
+        and must not vary within one (a truth that does is an error).
+    kind : str
+        One of :data:`phantomdce.precision.KINDS` (see :func:`bound_kind`).
+
+    Returns
+    -------
+    dict of str to ndarray (n_voxels,)
+        Variance bound (units squared) per voxel for each model parameter, each derived one
+        (``kep``, the 2CXM/2CUM ``Ktrans``) and ``T10`` where the kind estimates it;
+        ``inf`` where the data do not determine the parameter.
+
+    Raises
+    ------
+    ValueError
+        A missing truth, or a truth that differs between voxels of one tissue.
+    """
+    from phantomdce.params import MODELS
+    from phantomdce.precision import crlb, protocol_from_attrs
+
+    model = str(case_attrs.get("model"))
+    if model not in MODELS:
+        raise ValueError(f"case.attrs.model = {model!r}: expected one of {sorted(MODELS)}")
+    names = [*MODELS[model].parameters, "T10", "m0"]
+    missing = [k for k in names if k not in truth]
+    if missing:
+        raise ValueError(f"truth lacks {missing}: expected {names} per voxel")
+    tis_idx = _dense_index(np.asarray(tissue))
+    n_tis = int(tis_idx.max()) + 1 if tis_idx.size else 0
+    first = np.full(n_tis, tis_idx.size, dtype=np.intp)
+    np.minimum.at(first, tis_idx, np.arange(tis_idx.size))
+    rows = {}
+    for k in names:
+        values = np.asarray(truth[k], dtype=float).ravel()
+        rows[k] = values[first]
+        if not np.array_equal(values, rows[k][tis_idx]):
+            raise ValueError(f"truth {k!r} differs between voxels of one tissue")
+    sd = crlb(
+        protocol_from_attrs(case_attrs),
+        model,
+        {k: rows[k] for k in MODELS[model].parameters},
+        t10=rows["T10"],
+        m0=rows["m0"],
+        kind=kind,
+    )
+    return {k: np.square(np.asarray(v, dtype=float))[tis_idx] for k, v in sd.items()}
 
 
 def _format_value(name: str, value: Any) -> str:
@@ -595,7 +818,7 @@ def metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
     >>> row = {"case": "c1", "fitter": "lsq", "parameter": "ve"}
     >>> row.update(dict.fromkeys(METRICS, float("nan")), n_voxels=6, bias=0.1)
     >>> print(metrics_table([row]).splitlines()[1])
-    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,,,
+    c1,lsq,ve,6,,,0.1,,,,,,,,,,,,,,,,,
     """
     header = ("case", "fitter", "parameter", *METRICS)
     buf = io.StringIO()

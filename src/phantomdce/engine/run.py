@@ -1205,6 +1205,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                 names[f].append("delay")
         times = [float(np.nansum(ds["fit_time_s"][f].values)) for f in names]
         successes = {f: ds["success"][f].values for f in names}  # bool: n bytes each
+        bounds = _fitter_bounds(plan, ds, tissue)  # Cramér-Rao variances, once per kind
         found: dict[tuple[int, str], dict[str, Any]] = {}
         for name in dict.fromkeys(n for f in names for n in names[f]):
             truth = _truth_for(ds, name)
@@ -1228,6 +1229,7 @@ def finalize(plan: RunPlan) -> list[dict[str, Any]]:
                         fit_time_s=times[f],
                         seed=plan.scenario.seed,
                         at_limit=limit,
+                        crlb_var=bounds[f].get(name),
                     )
                 )
                 found[f, name] = row
@@ -1358,6 +1360,39 @@ def _verify_units(plan: RunPlan, tree: xr.DataTree) -> None:
             f"{len(bad)} units marked done had not written their results (e.g. case {bad[0][0]},"
             f" chunk {bad[0][1]}); their markers were removed: run again to redo them"
         )
+
+
+def _fitter_bounds(
+    plan: RunPlan, ds: xr.Dataset, tissue: np.ndarray
+) -> list[dict[str, np.ndarray]]:
+    """Per fitter entry, the Cramér-Rao variance bound per voxel of each parameter.
+
+    The bound matching the fitter's information (:func:`phantomdce.engine.metrics.bound_kind`),
+    computed once per kind and case; an empty mapping where none applies (metrics NaN).
+    """
+    from phantomdce.engine.metrics import bound_kind, case_bounds
+
+    model = ds.attrs.get("model")
+    by_kind: dict[str, dict[str, np.ndarray]] = {}
+    out: list[dict[str, np.ndarray]] = []
+    for f, entry in enumerate(plan.entries):
+        kind, _ = bound_kind(
+            tissue_model=model,
+            fitter_model=entry.info.model,
+            fitter_input=entry.info.input,
+            pipeline=entry.pipeline,
+            case_attrs=ds.attrs,
+            shared_m0=bool(getattr(entry.info.fitter, "shared_m0", False)),
+            delay_fitted=bool(np.isfinite(ds["delay"][f].values).any()),
+            phantom=plan.phantom or model not in MODELS,
+        )
+        if kind is not None and kind not in by_kind:
+            names = [*MODELS[model].parameters, "T10", "m0"]
+            if all(f"true_{k}" in ds for k in names):  # else a store without them: no bound
+                truth = {k: ds[f"true_{k}"].values for k in names}
+                by_kind[kind] = case_bounds(ds.attrs, truth, tissue, kind=kind)
+        out.append(by_kind.get(kind, {}) if kind is not None else {})
+    return out
 
 
 def _truth_for(ds: xr.Dataset, name: str) -> np.ndarray | None:
