@@ -48,7 +48,16 @@ from phantomdce.report.words import (
     verdict_summary,
 )
 
-__all__ = ["write_report"]
+__all__ = [
+    "write_report",
+    "html_escape",
+    "html_figure",
+    "html_page",
+    "html_table",
+    "md_escape",
+    "md_table",
+    "status_badge",
+]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
@@ -827,3 +836,79 @@ def write_report(
     write_atomic(html_path, _html(sections, **common))
     write_atomic(md_path, _markdown(sections, out, **common))
     return {"html": html_path, "markdown": md_path, "figures": figdir}
+
+# --------------------------------------------------------------------------- parts of a page
+# Public building blocks for other one-page reports in the study report's style (e.g.
+# ``phantomdce assess``): the same escaping, tables, badges, figures and inline CSS.
+
+
+def html_escape(text: Any) -> str:
+    """Escape text for HTML (quotes included)."""
+    return _h(text)
+
+
+def md_escape(text: Any) -> str:
+    """Escape text for a Markdown paragraph or table cell (as the study report does)."""
+    return _md(text)
+
+
+def html_table(header: list[str], rows: list[list[str]], *, raw: bool = False) -> str:
+    """An HTML table; cells are escaped unless ``raw`` (then the caller escaped them)."""
+    return _html_table(header, rows, raw=raw)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table whose cells are escaped with :func:`md_escape`."""
+    return _md_table(header, rows)
+
+
+def status_badge(status: str, *, like: str | None = None) -> str:
+    """A verdict class as a coloured label (coloured as the class ``like``, default itself)."""
+    return _badge(status, like=like)
+
+
+def html_figure(png: bytes, caption: str) -> str:
+    """A figure embedded as a base64 PNG with its caption (no external file)."""
+    return _img(_Fig(Path("figure.png"), png, caption))
+
+
+def html_page(title: str, header_rows: Sequence[tuple[str, str]], body: str) -> str:
+    """A self-contained HTML page in the study report's style.
+
+    Parameters
+    ----------
+    title : str
+        Page title and first heading (escaped).
+    header_rows : sequence of (str, str)
+        Key/value lines of the header table (escaped), e.g. the command and the version.
+    body : str
+        The page's HTML after the header (not escaped: the caller escapes its text).
+
+    Returns
+    -------
+    str
+        The HTML document, with the study report's CSS inline and no external resource.
+    """
+    meta = "".join(
+        f"<tr><td>{_h(k)}</td><td>{_h(v)}</td></tr>" for k, v in header_rows
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_h(title)}</title>",
+            f"<style>{_CSS}</style>",
+            "</head>",
+            "<body>",
+            "<header>",
+            f"<h1>{_h(title)}</h1>",
+            f'<table class="meta"><tbody>{meta}</tbody></table>',
+            "</header>",
+            body,
+            "</body>",
+            "</html>",
+        ]
+    ) + "\n"
