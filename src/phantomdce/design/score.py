@@ -1,0 +1,467 @@
+"""Fast scores of many protocols: the precision bound and the fitter's deterministic bias.
+
+:func:`score_protocols` rates every protocol of a list on every tissue of a grid, without
+Monte Carlo, so that hundreds of protocols take seconds:
+
+**Precision** (``crlb_sd``, ``crlb_cv_pct``): the Cramér-Rao bound of
+:mod:`phantomdce.precision` (its :func:`covariance <phantomdce.precision.covariance>` of the
+signal-level Jacobians, the same noise model and nuisance parameters). The Jacobians are
+assembled here by the chain rule so that the expensive part is shared between protocols:
+the tissue concentration and its complex-step derivatives with respect to the kinetic
+parameters (:meth:`SignalModel.concentration <phantomdce.precision.SignalModel.concentration>`)
+depend only on the timing and the AIF, not on the flip angles, TR, field strength, SNR or
+duration, so they are computed once per timing for the longest duration of the group (the
+frames of a shorter series are a prefix of the longer one's: the truth grid and the exact
+convolution at a node do not depend on later nodes). Per protocol, with
+``R1 = 1/T10 + r1 C``, ``E = exp(-TR R1)``, ``a = b1 fa`` and the SPGR signal
+``S = M0 f(R1)``, ``f = sin a (1 - E) / (1 - cos a E)``::
+
+    dS/dtheta_k = M0 f'(R1) r1 dC/dtheta_k,  dS/dM0 = f(R1),  dS/dT10 = -M0 f'(R1) / T10^2,
+    f'(R1) = sin a (1 - cos a) TR E / (1 - cos a E)^2,
+
+window-averaged over each frame for ``"average"`` sampling, and likewise for the VFA images
+at ``1/T10``. The noise SD of a dynamic sample is ``S_pre / snr`` and of a VFA image
+``S_pre / snr * r``, ``r`` the protocol's ``vfa_sigma_ratio`` when it has one, else
+``1/sqrt(vfa_averages)`` (:mod:`phantomdce.precision`'s rule). A test checks the result
+against :func:`phantomdce.precision.crlb` called directly.
+
+**Bias** (``bias_pct``): the relative error of the site's fitter, through the estimation
+pipeline (T1 from the VFA images, concentration from the signal, the AIF as the pipeline
+says), on the protocol's **noise-free** data (:func:`phantomdce.dro.simulate.simulate_case`
+with ``snr = inf``): the deterministic part of the error that comes from the temporal
+sampling (a frame-time discretisation of the model), the T1 mapping and the model. Limits of
+this bias model: it leaves out the bias that noise itself causes in a non-linear estimator
+(which grows at low SNR and is what the Monte-Carlo confirmation of
+:mod:`phantomdce.design.optimise` measures), and it is computed at the protocol's own bolus
+arrival phase (``bat_phase``, 0 by default: the arrival on a frame), so the spread of
+sampling bias over arrival phases (the ``temporal_resolution`` scenario) is not in it.
+Noise-free fits are computed once per distinct noise-free protocol (protocols that differ
+only in SNR or VFA averages share one).
+
+Units: SDs in their parameter's units (Ktrans, kep /min; ve, vp 0-1); CVs and biases in %
+of the true value; times in s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from numpy.typing import NDArray
+
+from phantomdce.dro.protocol import Protocol
+from phantomdce.dro.scenario import Case, Scenario, TissueGrid
+from phantomdce.dro.simulate import simulate_case
+from phantomdce.dro.truth import window_mean
+from phantomdce.params import MODELS, PARAMETERS
+from phantomdce.precision import (
+    COMPLEX_STEP,
+    KINDS,
+    SignalModel,
+    covariance,
+    derived_parameters,
+)
+
+__all__ = [
+    "DEFAULT_FITTER",
+    "DEFAULT_PIPELINE",
+    "score_protocols",
+    "vfa_sigma_ratio",
+    "noise_free_bias",
+]
+
+#: The fitter whose deterministic bias is scored unless another is named.
+DEFAULT_FITTER = "nlls_extended_tofts"
+#: The estimation pipeline of the bias unless another is given: T1 from a non-linear fit of
+#: the VFA images, the true plasma AIF (no AIF error: the AIF is outside the protocol).
+DEFAULT_PIPELINE: Mapping[str, Any] = {"t1": "vfa_nonlinear", "aif": "true"}
+#: Protocol fields the tissue concentration at the frames does not depend on (the signal,
+#: noise, duration and arterial-voxel settings): protocols equal in all other fields share
+#: one concentration and its derivatives.
+_SIGNAL_ONLY = (
+    "duration",
+    "post_bolus_s",
+    "fa",
+    "tr",
+    "flip_angles",
+    "b1",
+    "field_strength",
+    "r1",
+    "snr",
+    "vfa_averages",
+    "vfa_sigma_ratio",
+    "arterial_voxels",
+    "blood_fraction",
+)
+#: Protocol fields that only set the noise: protocols equal in all other fields share one
+#: noise-free fit.
+_NOISE_ONLY = ("snr", "vfa_averages", "vfa_sigma_ratio")
+
+
+def vfa_sigma_ratio(protocol: Protocol) -> float:
+    """Noise SD of one VFA image / noise SD of one dynamic frame (1).
+
+    The protocol's ``vfa_sigma_ratio`` when it has one (set from a scanner), else
+    ``1 / sqrt(vfa_averages)``.
+    """
+    ratio = getattr(protocol, "vfa_sigma_ratio", None)
+    if ratio is None:
+        return 1.0 / math.sqrt(protocol.vfa_averages)
+    return float(ratio)
+
+
+def _key(protocol: Protocol, skip: Sequence[str]) -> tuple:
+    d = dataclasses.asdict(protocol)
+    if "bat" in d and protocol.bat is None:
+        d["bat"] = protocol.bolus_arrival
+    return tuple((k, v) for k, v in sorted(d.items()) if k not in skip)
+
+
+def _spgr_and_slope(
+    r1: NDArray, fa_deg: Any, tr: float, b1: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """SPGR signal per unit M0, ``f(R1)``, and its derivative ``df/dR1`` (s)."""
+    a = np.deg2rad(b1 * np.asarray(fa_deg, dtype=np.float64))
+    e1 = np.exp(-tr * r1)
+    den = 1.0 - np.cos(a) * e1
+    f = np.sin(a) * (1.0 - e1) / den
+    df = np.sin(a) * (1.0 - np.cos(a)) * tr * e1 / den**2
+    return f, df
+
+
+class _Timing:
+    """Concentration and its kinetic derivatives for one timing (longest duration)."""
+
+    def __init__(self, protocol: Protocol, model: str, params: Mapping[str, NDArray]) -> None:
+        self.sm = SignalModel(protocol)
+        names = list(MODELS[model].parameters)
+        n = next(iter(params.values())).size
+        p = len(names)
+        steps = COMPLEX_STEP * np.maximum(np.abs(np.stack([params[k] for k in names], -1)), 1.0)
+        pert = {k: np.repeat(params[k].astype(np.complex128), p) for k in names}
+        for j, name in enumerate(names):
+            pert[name][j::p] += 1j * steps[:, j]
+        c = self.sm.concentration(model, pert).reshape(n, p, -1)
+        self.c = c[:, 0].real  # (n, nodes): the step is below rounding of the real part
+        self.dc = c.imag / steps[:, :, None]  # (n, p, nodes), mM per package unit
+
+    def jacobians(
+        self, protocol: Protocol, t10: NDArray, m0: NDArray
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """``jd`` (n, frames, p + 2), ``jv`` (n, angles, 2) and ``S_pre`` (n,) of a protocol."""
+        pr = protocol
+        r1 = 1.0 / t10[:, None] + pr.relaxivity * self.c
+        f, df = _spgr_and_slope(r1, pr.fa, pr.tr, pr.b1)
+        m = m0[:, None]
+        cols = [m[:, None] * (df * pr.relaxivity)[:, None] * self.dc]  # (n, p, nodes)
+        cols.append(f[:, None])
+        cols.append((-m * df / t10[:, None] ** 2)[:, None])
+        jd = np.concatenate(cols, axis=1)
+        if self.sm.average:
+            jd = window_mean(self.sm.grid, jd)
+        jd = np.ascontiguousarray(np.transpose(jd[:, :, : pr.n_frames], (0, 2, 1)))
+        r10 = (1.0 / t10)[:, None]
+        fv, dfv = _spgr_and_slope(r10, np.asarray(pr.flip_angles), pr.tr, pr.b1)
+        jv = np.stack([fv, -m0[:, None] * dfv / t10[:, None] ** 2], axis=-1)
+        s_pre = m0 * _spgr_and_slope(1.0 / t10, pr.fa, pr.tr, pr.b1)[0]
+        return jd, jv, s_pre
+
+
+def _derived_sd(
+    model: str, params: Mapping[str, NDArray], cov_kin: NDArray[np.float64]
+) -> dict[str, NDArray[np.float64]]:
+    """SD of each derived parameter (kep, ...) by the delta method, complex-step gradients."""
+    names = list(MODELS[model].parameters)
+    out = {}
+    for dname, func in derived_parameters(model).items():
+        grad = np.empty((cov_kin.shape[0], len(names)))
+        for i, name in enumerate(names):
+            pert = {k: np.asarray(v, dtype=np.complex128) for k, v in params.items()}
+            step = COMPLEX_STEP * np.maximum(np.abs(params[name]), 1.0)
+            pert[name] = pert[name] + 1j * step
+            grad[:, i] = np.imag(func(pert)) / step
+        with np.errstate(invalid="ignore"):
+            var = np.einsum("ni,nij,nj->n", grad, cov_kin, grad)
+        out[dname] = np.sqrt(np.where(np.isnan(var), np.inf, var))
+    return out
+
+
+def _truth_values(model: str, table: Mapping[str, NDArray]) -> dict[str, NDArray]:
+    out = {k: table[k] for k in MODELS[model].parameters}
+    for dname, func in derived_parameters(model).items():
+        out[dname] = np.real(func({k: np.asarray(v, dtype=np.complex128) for k, v in out.items()}))
+    return out
+
+
+def noise_free_bias(
+    protocol: Protocol,
+    tissue: TissueGrid,
+    *,
+    fitter: str = DEFAULT_FITTER,
+    pipeline: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.bool_]]:
+    """Relative error (%) of a fitter on a protocol's noise-free data, per tissue.
+
+    Parameters
+    ----------
+    protocol : Protocol
+        The acquisition (its SNR is ignored: the data are noise-free).
+    tissue : TissueGrid
+        The tissues (one voxel each).
+    fitter : str, optional
+        Fitter name or ``module:attribute`` spec (:func:`phantomdce.fit.registry.get_fitter`).
+    pipeline : mapping, optional
+        Estimation pipeline settings (:class:`phantomdce.fit.pipeline.Pipeline`; default
+        :data:`DEFAULT_PIPELINE`).
+
+    Returns
+    -------
+    bias_pct : dict of str to ndarray (n_tissues,)
+        ``100 (estimate - truth) / truth`` per estimated parameter (and derived kep, Ktrans);
+        NaN where the fit failed.
+    success : ndarray of bool (n_tissues,)
+        The fitter's success flags.
+    """
+    from phantomdce.engine.run import collect_estimates
+    from phantomdce.fit.pipeline import Pipeline
+    from phantomdce.fit.registry import resolve_fitters
+
+    info = resolve_fitters([fitter])[0]
+    pipe = Pipeline.from_mapping(dict(DEFAULT_PIPELINE if pipeline is None else pipeline))
+    clean = dataclasses.replace(protocol, snr=math.inf)
+    scenario = Scenario("bias", "noise-free", 0, 1, clean, tissue, {}, {})
+    ds = simulate_case(scenario, Case(0, {}, clean))
+    n = ds.sizes["voxel"]
+    result = info.fitter.fit(pipe(ds).copy(deep=True))
+    est, ok, _ = collect_estimates(result, info, n)
+    out = {}
+    for name, values in est.items():
+        if name not in ds or name not in PARAMETERS:
+            continue
+        truth = np.asarray(ds[name].values, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = 100.0 * (values - truth) / truth
+        out[name] = np.where(ok & (truth != 0), rel, np.nan)
+    return out, ok
+
+
+def score_protocols(
+    protocols: Sequence[Protocol],
+    tissue: TissueGrid,
+    *,
+    model: str | None = "extended_tofts",
+    kind: str = "two_step",
+    bias: bool = True,
+    fitter: str = DEFAULT_FITTER,
+    pipeline: Mapping[str, Any] | None = None,
+    vfa_time_s: Sequence[float] | None = None,
+    labels: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """Score protocols on a tissue grid: precision bound, deterministic bias, scan time.
+
+    Parameters
+    ----------
+    protocols : sequence of Protocol
+        The candidate acquisitions.
+    tissue : TissueGrid
+        The tissues every protocol is judged on (T10 absent: tumour at each protocol's
+        field strength).
+    model : str or None, optional
+        Model of the bound; it must be the tissue's model (the data's), which None means.
+    kind : str, optional
+        Bound of :data:`phantomdce.precision.KINDS` (default ``"two_step"``: T10 from the VFA
+        images, then the dynamic fit, the route of the recommendations).
+    bias : bool, optional
+        Compute ``bias_pct`` from noise-free fits (False: NaN, faster).
+    fitter : str, optional
+        The fitter of the bias (default :data:`DEFAULT_FITTER`).
+    pipeline : mapping, optional
+        The estimation pipeline of the bias (default :data:`DEFAULT_PIPELINE`).
+    vfa_time_s : sequence of float, optional
+        Acquisition time of each protocol's VFA images, s (from the scanner model); NaN or
+        absent: unknown, and ``scan_time_s`` is the dynamic duration alone.
+    labels : sequence of str, optional
+        Names of the protocols (default ``"p0"``, ``"p1"``, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions ``protocol``, ``tissue``, ``parameter`` (the model's parameters and the
+        derived ones, e.g. Ktrans, ve, vp, kep). Variables:
+
+        ``crlb_sd`` (protocol, tissue, parameter)
+            bound on the SD, in the parameter's units (``inf``: not determined);
+        ``crlb_cv_pct`` (protocol, tissue, parameter)
+            ``100 crlb_sd / |truth|``, %;
+        ``bias_pct`` (protocol, tissue, parameter)
+            relative bias of the noise-free fit, % (NaN where ``bias`` is False, the fit
+            failed or the fitter does not estimate the parameter);
+        ``bias_fit_success`` (protocol, tissue)
+            the noise-free fit's success flag;
+        ``worst_cv_pct``, ``worst_abs_bias_pct`` (protocol, parameter)
+            the largest over the tissues, % (NaN-aware; a failed fit makes the worst bias
+            ``inf``);
+        ``dynamic_time_s``, ``vfa_time_s``, ``scan_time_s`` (protocol)
+            duration of the dynamic series, of the VFA images (NaN: unknown) and their sum
+            (the duration alone where the VFA time is unknown), s;
+        ``truth`` (tissue, parameter) and ``T10_s`` (protocol, tissue)
+            the tissues' true values (package units) and native T1 (s).
+
+        Protocol coordinates ``dt_s``, ``fa_deg``, ``tr_s``, ``snr``, ``vfa_sigma_ratio``,
+        ``flip_angles_deg`` (text). Attributes ``kind``, ``model``, ``fitter``, ``pipeline``.
+
+    Raises
+    ------
+    ValueError
+        An empty list, a model other than the tissue's, an unknown kind, or lengths of
+        ``vfa_time_s``/``labels`` that do not match.
+    """
+    protocols = list(protocols)
+    if not protocols:
+        raise ValueError("protocols = []: expected at least one Protocol to score")
+    for i, p in enumerate(protocols):
+        if not isinstance(p, Protocol):
+            raise TypeError(f"protocols[{i}] = {p!r}: expected a phantomdce Protocol")
+    model_ = tissue.model if model is None else model
+    if model_ != tissue.model:
+        raise ValueError(
+            f"model={model!r}: the bound is computed for the model of the data; expected the"
+            f" tissue grid's model {tissue.model!r} (or None)"
+        )
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {list(KINDS)}")
+    n_p = len(protocols)
+    vfa_t = np.full(n_p, np.nan) if vfa_time_s is None else np.asarray(vfa_time_s, float)
+    if vfa_t.shape != (n_p,):
+        raise ValueError(f"vfa_time_s has {vfa_t.size} values: expected one per protocol ({n_p})")
+    labels_ = [f"p{i}" for i in range(n_p)] if labels is None else [str(s) for s in labels]
+    if len(labels_) != n_p:
+        raise ValueError(f"labels has {len(labels_)} names: expected one per protocol ({n_p})")
+
+    names = list(MODELS[model_].parameters)
+    derived = list(derived_parameters(model_))
+    params_out = names + [d for d in derived if d not in names]
+    n_par = len(params_out)
+    first = tissue.table(protocols[0])
+    n_t = first["m0"].size
+    kin = {k: np.asarray(first[k], dtype=np.float64) for k in names}
+    truth = _truth_values(model_, kin)
+
+    sd = np.empty((n_p, n_t, n_par))
+    t10_all = np.empty((n_p, n_t))
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(protocols):
+        groups.setdefault(_key(p, _SIGNAL_ONLY), []).append(i)
+    for members in groups.values():
+        longest = max(members, key=lambda i: protocols[i].n_frames)
+        base = protocols[longest]
+        timing = _Timing(base, model_, kin)  # shorter series: a prefix of its frames
+        for i in members:
+            pr = protocols[i]
+            table = tissue.table(pr)
+            t10 = np.asarray(table["T10"], dtype=np.float64)
+            m0 = np.asarray(table["m0"], dtype=np.float64)
+            t10_all[i] = t10
+            if not np.isfinite(pr.snr):
+                sd[i] = 0.0
+                continue
+            jd, jv, s_pre = timing.jacobians(pr, t10, m0)
+            sigma = s_pre / pr.snr
+            cov, _ = covariance(
+                jd, jv, sigma=sigma, sigma_vfa=sigma * vfa_sigma_ratio(pr), kind=kind
+            )
+            p = len(names)
+            with np.errstate(invalid="ignore"):
+                d = np.sqrt(np.einsum("nii->ni", cov[:, :p, :p]))
+            d = np.where(np.isnan(d), np.inf, d)
+            row = {name: d[:, j] for j, name in enumerate(names)}
+            row.update(_derived_sd(model_, kin, cov[:, :p, :p]))
+            sd[i] = np.stack([row[k] for k in params_out], axis=-1)
+
+    truth_arr = np.stack([truth[k] for k in params_out], axis=-1)  # (n_t, n_par)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = 100.0 * sd / np.abs(truth_arr)[None]
+
+    bias_arr = np.full((n_p, n_t, n_par), np.nan)
+    ok_arr = np.zeros((n_p, n_t), dtype=bool)
+    if bias:
+        cache: dict[tuple, tuple[dict, NDArray]] = {}
+        for i, p in enumerate(protocols):
+            key = _key(p, _NOISE_ONLY)
+            if key not in cache:
+                cache[key] = noise_free_bias(p, tissue, fitter=fitter, pipeline=pipeline)
+            values, ok = cache[key]
+            ok_arr[i] = ok
+            for j, name in enumerate(params_out):
+                if name in values:
+                    bias_arr[i, :, j] = values[name]
+    with np.errstate(invalid="ignore"):
+        worst_cv = np.nanmax(np.where(np.isnan(cv), -np.inf, cv), axis=1)
+        abs_b = np.abs(bias_arr)
+        if bias:
+            abs_b = np.where(ok_arr[:, :, None], abs_b, np.inf)
+        worst_b = np.max(np.where(np.isnan(abs_b), -np.inf, abs_b), axis=1)
+    worst_cv = np.where(np.isneginf(worst_cv), np.nan, worst_cv)
+    worst_b = np.where(np.isneginf(worst_b), np.nan, worst_b)
+
+    dyn = np.array([p.duration for p in protocols])
+    scan = np.where(np.isnan(vfa_t), dyn, dyn + np.nan_to_num(vfa_t))
+    units = {k: PARAMETERS[k].units for k in params_out}
+    coords = {
+        "protocol": labels_,
+        "tissue": np.arange(n_t),
+        "parameter": params_out,
+        "dt_s": ("protocol", [p.dt for p in protocols], {"units": "s"}),
+        "fa_deg": ("protocol", [p.fa for p in protocols], {"units": "deg"}),
+        "tr_s": ("protocol", [p.tr for p in protocols], {"units": "s"}),
+        "snr": ("protocol", [p.snr for p in protocols], {"units": "1"}),
+        "vfa_sigma_ratio": (
+            "protocol",
+            [vfa_sigma_ratio(p) for p in protocols],
+            {"units": "1", "long_name": "noise SD of a VFA image / of a dynamic frame"},
+        ),
+        "flip_angles_deg": (
+            "protocol",
+            [",".join(f"{a:g}" for a in p.flip_angles) for p in protocols],
+            {"units": "deg"},
+        ),
+    }
+    for k in names:
+        coords[k] = ("tissue", kin[k], {"units": PARAMETERS[k].units})
+    data = {
+        "crlb_sd": (
+            ("protocol", "tissue", "parameter"),
+            sd,
+            {"units": "parameter's units", "parameter_units": str(units)},
+        ),
+        "crlb_cv_pct": (("protocol", "tissue", "parameter"), cv, {"units": "%"}),
+        "bias_pct": (
+            ("protocol", "tissue", "parameter"),
+            bias_arr,
+            {"units": "%", "long_name": "relative bias of the noise-free fit"},
+        ),
+        "bias_fit_success": (("protocol", "tissue"), ok_arr),
+        "worst_cv_pct": (("protocol", "parameter"), worst_cv, {"units": "%"}),
+        "worst_abs_bias_pct": (("protocol", "parameter"), worst_b, {"units": "%"}),
+        "dynamic_time_s": ("protocol", dyn, {"units": "s"}),
+        "vfa_time_s": ("protocol", vfa_t, {"units": "s"}),
+        "scan_time_s": (
+            "protocol",
+            scan,
+            {"units": "s", "long_name": "dynamic duration + VFA acquisition time (if known)"},
+        ),
+        "truth": (("tissue", "parameter"), truth_arr, {"units": "package units"}),
+        "T10_s": (("protocol", "tissue"), t10_all, {"units": "s"}),
+    }
+    attrs = {
+        "kind": kind,
+        "model": model_,
+        "fitter": fitter if bias else "none",
+        "pipeline": str(dict(DEFAULT_PIPELINE if pipeline is None else pipeline)),
+        "bias": "noise-free fit" if bias else "not computed",
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
