@@ -17,6 +17,7 @@ TRUTH_MODULES = [
     "phantomdce.kinetics",
     "phantomdce.signal",
     "phantomdce.noise",
+    "phantomdce.scanner",
     "phantomdce.dro.scenario",
     "phantomdce.dro.simulate",
     "phantomdce.dro.store",

@@ -63,6 +63,7 @@ KNOWN = {
     "saline_flush",
     "arterial_voxels",
     "vfa_averages",
+    "vfa_sigma_ratio",  # from the averages of both series and the receiver (scanner model)
     "in_plane_mm",
     "slice_mm",
     "gap_mm",

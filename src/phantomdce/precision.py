@@ -11,8 +11,9 @@ Noise: the Gaussian approximation of the Rician magnitude, with the case's SD in
 sample, as :mod:`phantomdce.noise` defines it: ``sigma = S_pre / snr`` for the dynamic
 frames (``S_pre`` the noise-free pre-contrast dynamic signal, :data:`SNR_DEFINITION
 <phantomdce.dro.simulate.SNR_DEFINITION>`) and ``sigma / sqrt(vfa_averages)`` for the VFA
-images. Samples are independent, so the Fisher information is ``J^T J / sigma^2`` summed
-over series, ``J`` the Jacobian of the noise-free signals.
+images (``sigma * vfa_sigma_ratio`` when a scanner model sets that ratio). Samples are
+independent, so the Fisher information is ``J^T J / sigma^2`` summed over series, ``J``
+the Jacobian of the noise-free signals.
 
 Nuisance parameters: the equilibrium signal M0 (one per series, or shared) and the native
 T1 ``T10``. What the estimator is assumed to know exactly: the AIF (the true one, as a fit
@@ -585,7 +586,10 @@ def _bound_arrays(
         return out
     jd, jv, _ = sm.jacobians(model, params, t10=t10, m0=m0)
     sigma = sm.pre_contrast(t10=t10, m0=m0) / snr
-    sigma_vfa = sigma / np.sqrt(sm.protocol.vfa_averages)
+    if sm.protocol.vfa_sigma_ratio is None:
+        sigma_vfa = sigma / np.sqrt(sm.protocol.vfa_averages)
+    else:  # set by a scanner model (phantomdce.scanner)
+        sigma_vfa = sigma * sm.protocol.vfa_sigma_ratio
     cov, columns = covariance(jd, jv, sigma=sigma, sigma_vfa=sigma_vfa, kind=kind)
     p = len(names)
     with np.errstate(invalid="ignore"):

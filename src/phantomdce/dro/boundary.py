@@ -57,6 +57,7 @@ ACQUISITION_ATTRS = frozenset(
         "saline_flush",
         "arterial_voxels",  # voxels of the arterial ROI (the measurement's size)
         "vfa_averages",  # averages of each VFA image
+        "vfa_sigma_ratio",  # VFA noise SD / dynamic noise SD, from the averages and receiver
         "in_plane_mm",  # acquired voxel geometry, mm
         "slice_mm",
         "gap_mm",

@@ -180,8 +180,15 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
     "vfa_averages": FieldSpec(
         "1",
         "averages (NSA) of each VFA image, acquired with the dynamic series' voxel and"
-        " receiver: its noise SD per channel is the dynamic frames' SD / sqrt(vfa_averages)",
+        " receiver: its noise SD per channel is the dynamic frames' SD / sqrt(vfa_averages)"
+        " unless vfa_sigma_ratio is set",
         lambda p, v: as_int(p, v, lo=1, hi=MAX_VFA_AVERAGES),
+    ),
+    "vfa_sigma_ratio": FieldSpec(
+        "1",
+        "noise SD per channel of each VFA image / the dynamic frames' SD (none:"
+        " 1 / sqrt(vfa_averages)); set by a [scanner] table from its averages and receiver",
+        _optional(lambda p, v: as_float(p, v, lo=0.0, lo_open=True)),
     ),
     "sampling": FieldSpec(
         "",
@@ -231,6 +238,7 @@ class Protocol:
     hct: float = DEFAULT_HCT
     snr: float = 20.0
     vfa_averages: int = DEFAULT_VFA_AVERAGES
+    vfa_sigma_ratio: float | None = None
     sampling: str = "instant"
     aif: str = "parker"
     arterial_voxels: int = 20
@@ -369,6 +377,16 @@ class Protocol:
         if self.bat is None:
             return float((self.n_baseline + self.bat_phase) * self.dt)
         return float(self.bat)
+
+    @property
+    def vfa_noise_ratio(self) -> float:
+        """Noise SD of each VFA image / the dynamic frames' SD.
+
+        ``vfa_sigma_ratio`` when set (by a scanner model), else ``1 / sqrt(vfa_averages)``.
+        """
+        if self.vfa_sigma_ratio is not None:
+            return self.vfa_sigma_ratio
+        return float(1.0 / np.sqrt(self.vfa_averages))
 
     @property
     def relaxivity(self) -> float:

@@ -48,7 +48,8 @@ SNR_DEFINITION = (
     "snr = noise-free pre-contrast signal of the dynamic series (spgr at R10, fa, tr, b1) /"
     " sigma, sigma = SD of each of the real and imaginary Gaussian noise channels; the VFA"
     " images are acquired with the same voxel and receiver, each with vfa_averages averages:"
-    " their sigma is sigma / sqrt(vfa_averages)"
+    " their sigma is sigma / sqrt(vfa_averages), or sigma * vfa_sigma_ratio when a scanner"
+    " model sets that ratio"
 )
 
 
@@ -269,7 +270,10 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     )
     common = {"seed": scenario.seed, "case_index": case.index, "voxels": voxels}
     signal = _noisy(sig_clean, tissue_of_voxel, sigma, stream=STREAM_DYNAMIC, **common)
-    vfa_sigma = sigma / np.sqrt(protocol.vfa_averages)
+    if protocol.vfa_sigma_ratio is None:
+        vfa_sigma = sigma / np.sqrt(protocol.vfa_averages)
+    else:
+        vfa_sigma = sigma * protocol.vfa_sigma_ratio
     vfa = _noisy(vfa_clean, tissue_of_voxel, vfa_sigma, stream=STREAM_VFA, **common)
 
     n_art = protocol.arterial_voxels

@@ -39,7 +39,9 @@ an estimate at a limit where the model degenerates is flagged ``at_limit_<param>
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -80,6 +82,18 @@ def _spgr_parts(r1: np.ndarray, fa_rad: np.ndarray, tr: float) -> tuple[np.ndarr
     f = np.sin(fa_rad) * (1.0 - e) / den
     df = np.sin(fa_rad) * (1.0 - c) * tr * e / den**2
     return f, df
+
+
+def _vfa_weight(attrs: Mapping[str, Any]) -> float:
+    """Weight of the VFA residuals: dynamic noise SD / VFA noise SD.
+
+    ``1 / vfa_sigma_ratio`` when the case states the ratio (a scanner model sets it), else
+    ``sqrt(vfa_averages)``.
+    """
+    ratio = attrs.get("vfa_sigma_ratio")
+    if ratio is None or ratio == "none":
+        return float(np.sqrt(float(attrs.get("vfa_averages", 1))))
+    return 1.0 / float(ratio)
 
 
 @dataclass(frozen=True)
@@ -232,7 +246,7 @@ class JointFitter:
             "fa": fa_rad,
             "fas": np.deg2rad(b1 * flip_angles),
             "tr": float(attrs["tr"]),
-            "w_vfa": np.sqrt(float(attrs.get("vfa_averages", 1))),
+            "w_vfa": _vfa_weight(attrs),
             "m0_scale": scale,
         }
         cols = [kin, t10[:, None], np.ones((n, 1))]
