@@ -14,6 +14,18 @@ different subjects differ; ``replicate`` the code of
 
 With ``summary = "roi_mean"`` the case node holds one value per subject and acquisition
 instead (:func:`roi_means`) and a variable ``roi_failed_fraction`` (fitter, ROI value; 0-1).
+
+The other ROI summaries (:data:`ROI_VALUES`) extract the ROI value as sites do, and compare
+it with the *true ROI value*: the mean, over the ROI's voxels, of each voxel's
+volume-weighted truth (Ktrans in /min, ve and vp 0-1; kep = mean Ktrans / mean ve), the
+value a perfect map would give:
+
+- ``"map_mean"``: every voxel fitted, the mean of the map over the ROI;
+- ``"map_median"``: every voxel fitted, the median of the map over the ROI;
+- ``"mean_curve"``: the ROI's mean signal curve (and mean VFA signals) per acquisition,
+  fitted once (:func:`mean_curve_case`).
+
+Both map values follow :func:`roi_means`' rule on failed voxels.
 """
 
 from __future__ import annotations
@@ -33,12 +45,15 @@ from phantomdce.report.verdict import MAX_FAILURE_RATE
 
 __all__ = [
     "ROI_MAX_FAILED_FRACTION",
+    "ROI_VALUES",
     "TRUTH",
     "unit_case",
     "enhancing_truth",
     "write_unit",
     "assemble_case",
     "roi_means",
+    "roi_truth",
+    "mean_curve_case",
 ]
 
 #: With ``summary = "roi_mean"``, a ROI value counts as a failed fit (``success`` False, its
@@ -52,6 +67,10 @@ __all__ = [
 ROI_MAX_FAILED_FRACTION: float = MAX_FAILURE_RATE
 #: Truth a phantom voxel carries (the volume-weighted truth of the tissue it holds).
 TRUTH = ("Ktrans", "ve", "vp", "kep")
+#: ``phantom.summary`` values that extract one ROI value per subject and acquisition and
+#: compare it with the mean truth of the ROI's voxels, with the statistic of the map
+#: (None: the mean curve is fitted, one value per acquisition).
+ROI_VALUES: dict[str, str | None] = {"map_mean": "mean", "map_median": "median", "mean_curve": None}
 
 
 def unit_case(
@@ -87,7 +106,53 @@ def unit_case(
     # the analyst places the ROIs on the first acquisition's images, without its truth
     tumour, carotid = place_rois(measurements_only(first), case.roi, ps.carotid)
     part = roi_voxels(_Repeats(first, acquisition, ps.replicates), tumour, carotid)
+    if ps.summary == "mean_curve":
+        part = mean_curve_case(part)
     return (part, figure_images(first, tumour)) if with_images else part
+
+
+def mean_curve_case(part: xr.Dataset) -> xr.Dataset:
+    """The ROI's mean curve of each acquisition: one voxel per acquisition, fitted once.
+
+    What a site does when it fits the ROI rather than its voxels: the dynamic signal and
+    the VFA signals are averaged over the ROI's voxels (magnitude images, a.u.), then go
+    through the same pipeline (T1, conversion, fit) as one voxel. Its truth is the mean of
+    the ROI voxels' volume-weighted truth (Ktrans /min, ve and vp 0-1).
+
+    Parameters
+    ----------
+    part : xarray.Dataset
+        A case of ROI voxels (:func:`phantomdce.phantom.case.roi_voxels`): voxel ``v`` is ROI
+        voxel ``tissue[v]`` of acquisition ``replicate[v]``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The same layout with one voxel per acquisition (``tissue`` 0, ``replicate`` the
+        acquisition) and the same attributes (``roi_voxels`` still counts the ROI's voxels).
+    """
+    rep = part["replicate"].values
+    acquisitions = np.unique(rep)
+    per_voxel = [str(v) for v in part.data_vars if part[v].dims[:1] == ("voxel",)]
+    data = {}
+    for name in per_voxel:
+        var = part[name]
+        stacked = np.stack([var.values[rep == r].mean(axis=0) for r in acquisitions])
+        data[name] = (var.dims, stacked, dict(var.attrs))
+    for name in part.data_vars:
+        if name not in data:
+            data[name] = part[name]
+    coords = {
+        k: part[k] for k in part.coords if "voxel" not in part[k].dims
+    }
+    coords.update(
+        {
+            "voxel": ("voxel", np.arange(acquisitions.size)),
+            "tissue": ("voxel", np.zeros(acquisitions.size, dtype=np.int64)),
+            "replicate": ("voxel", acquisitions.astype(np.int64)),
+        }
+    )
+    return xr.Dataset(data, coords=coords, attrs=dict(part.attrs))
 
 
 def figure_images(first: xr.Dataset, tumour: np.ndarray) -> dict[str, Any]:
@@ -198,10 +263,23 @@ def assemble_case(
     truth = {k: cat(f"true_{k}") for k in TRUTH}
     times = np.stack([p["fit_time_s"].values for p in parts], axis=1)
     roi_failed = None
-    if ps.summary == "roi_mean":
-        enh = [{k: p.attrs[f"enhancing_true_{k}"] for k in TRUTH} for p in parts]
+    if ps.summary == "roi_mean" or ps.summary in ROI_VALUES:
+        if ps.summary == "roi_mean":
+            per_subject, per_value, statistic = (
+                [{k: p.attrs[f"enhancing_true_{k}"] for k in TRUTH} for p in parts], None, "mean"
+            )
+        else:
+            per_subject, per_value = [], roi_truth(truth, replicate)
+            statistic = ROI_VALUES[ps.summary] or "mean"  # mean curve: one voxel per value
         est, success, limits, roi_failed, truth, tissue, replicate = roi_means(
-            est, success, limits, replicate, enh, replicates=ps.replicates
+            est,
+            success,
+            limits,
+            replicate,
+            per_subject,
+            replicates=ps.replicates,
+            statistic=statistic,
+            truth_per_value=per_value,
         )
         starts = [int(np.searchsorted(tissue, s)) for s in range(len(parts))]
     node: dict[str, Any] = {
@@ -267,17 +345,21 @@ def roi_means(
     *,
     replicates: int,
     max_failed: float = ROI_MAX_FAILED_FRACTION,
+    statistic: str = "mean",
+    truth_per_value: dict[str, np.ndarray] | None = None,
 ):
     """One value per subject and acquisition: the ROI mean against the enhancing truth.
 
-    The estimate is the mean of the finite estimates of the ROI's successfully fitted voxels
+    The estimate is the mean (``statistic = "median"``: the median) of the finite
+    estimates of the ROI's successfully fitted voxels
     (failed voxels are NaN on the map a site averages); the value counts as failed
     (``success`` False, every estimate NaN) when more than ``max_failed`` (0-1, default
     :data:`ROI_MAX_FAILED_FRACTION`) of the ROI's voxels failed. A ROI value is at a
     parameter's limit (``at_limit``) when it did not fail and every successful voxel of the
     ROI is flagged at that limit. The truth is ``truth_per_subject`` (the mean truth of the
-    subject's enhancing tumour, :func:`enhancing_truth`). ``replicate`` holds the codes of
-    :func:`~phantomdce.phantom.scenario.replicate_codes`.
+    subject's enhancing tumour, :func:`enhancing_truth`), unless ``truth_per_value`` gives
+    it per ROI value (e.g. :func:`roi_truth`, in the order of ``np.unique(replicate)``).
+    ``replicate`` holds the codes of :func:`~phantomdce.phantom.scenario.replicate_codes`.
 
     Returns
     -------
@@ -287,6 +369,9 @@ def roi_means(
         per ROI value, the subject index (the ``tissue`` of a ROI value) and the replicate
         code of each ROI value.
     """
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"statistic = {statistic!r}: expected 'mean' or 'median'")
+    reduce = np.mean if statistic == "mean" else np.median
     n_fitters = success.shape[0]
     groups = np.unique(replicate)
     subject = groups // replicates
@@ -305,11 +390,43 @@ def roi_means(
             for k in est:
                 vals = est[k][f, ok]
                 vals = vals[np.isfinite(vals)]
-                out_est[k][f, g] = vals.mean() if vals.size else np.nan
+                out_est[k][f, g] = reduce(vals) if vals.size else np.nan
             for k in at_limit:
                 out_limit[k][f, g] = bool(at_limit[k][f, ok].all())
-    truth = {
-        k: np.asarray([t[k] for t in truth_per_subject], dtype=np.float64)[subject]
-        for k in truth_per_subject[0]
-    } if truth_per_subject else {}
+    if truth_per_value is not None:
+        truth = {k: np.asarray(v, dtype=np.float64) for k, v in truth_per_value.items()}
+    else:
+        truth = {
+            k: np.asarray([t[k] for t in truth_per_subject], dtype=np.float64)[subject]
+            for k in truth_per_subject[0]
+        } if truth_per_subject else {}
     return out_est, out_ok, out_limit, failed_fraction, truth, subject, groups
+
+
+def roi_truth(truth: dict[str, np.ndarray], replicate: np.ndarray) -> dict[str, np.ndarray]:
+    """The true ROI value of each ROI value: the mean truth of its voxels.
+
+    Parameters
+    ----------
+    truth : dict of str to ndarray
+        Per-voxel truth ``Ktrans`` (/min), ``ve``, ``vp`` (0-1) (the volume-weighted truth
+        of each acquired voxel; other keys are ignored).
+    replicate : ndarray of int
+        The ROI value of each voxel (the codes of
+        :func:`~phantomdce.phantom.scenario.replicate_codes`).
+
+    Returns
+    -------
+    dict of str to ndarray
+        Per ROI value (in the order of ``np.unique(replicate)``): the mean ``Ktrans``,
+        ``ve`` and ``vp`` of its voxels and ``kep`` = mean Ktrans / mean ve (/min).
+    """
+    groups, index = np.unique(replicate, return_inverse=True)
+    counts = np.bincount(index, minlength=groups.size)
+    out = {
+        k: np.bincount(index, weights=truth[k], minlength=groups.size) / counts
+        for k in ("Ktrans", "ve", "vp")
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["kep"] = out["Ktrans"] / out["ve"]
+    return out

@@ -9,7 +9,7 @@ table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
     subjects = 2             # phantoms drawn with seeds seed, seed + 1, ...
     roi = "recommended"      # tumour ROI rule: "recommended" or "whole_lesion" (sweepable)
     carotid = "auto"         # carotid ROI: "auto" or "manual"
-    summary = "voxel"        # or "roi_mean": one ROI mean per subject and acquisition
+    summary = "voxel"        # or "roi_mean", "map_mean", "map_median", "mean_curve" (SUMMARIES)
     subject_aif = "same"     # or "varied": each subject its own AIF (see subject_protocol)
 
     [acquisition]
@@ -64,6 +64,7 @@ __all__ = [
     "ACQ_KEYS",
     "PHANTOM_KEYS",
     "ROI_RULES",
+    "SUMMARIES",
     "SUBJECT_AIFS",
     "ENHANCING",
 ]
@@ -88,6 +89,12 @@ ACQ_KEYS = (*ACQ_FLOATS, *ACQ_CHOICES, "inflow")
 PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary", "subject_aif")
 #: Population AIF shapes the subjects cycle through with ``subject_aif = "varied"``.
 SUBJECT_AIFS = ("parker", "georgiou", "head_and_neck")
+#: ``phantom.summary`` values: every ROI voxel (``"voxel"``); one value per subject and
+#: acquisition, the ROI mean of the map against the enhancing tumour's truth (``"roi_mean"``);
+#: or the ROI value extracted as a site would, against the mean truth of the ROI's voxels
+#: (``"map_mean"``, ``"map_median"``: mean or median of the fitted map over the ROI;
+#: ``"mean_curve"``: the ROI's mean curve fitted once; see :mod:`phantomdce.engine.phantom`).
+SUMMARIES = ("voxel", "roi_mean", "map_mean", "map_median", "mean_curve")
 #: Tumour ROI rules (see :func:`phantomdce.fit.roi.tumour_rois`).
 ROI_RULES = ("recommended", "whole_lesion")
 #: The enhancing tumour classes: what a tumour ROI is meant to measure (the truth of a ROI
@@ -409,7 +416,7 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
     shape = tuple(as_int(f"phantom.shape[{i}]", v, lo=8) for i, v in enumerate(shape))
     subjects = as_int("phantom.subjects", ph.get("subjects", 1), lo=1)
     roi = as_str("phantom.roi", ph.get("roi", "recommended"), choices=ROI_RULES)
-    summary = as_str("phantom.summary", ph.get("summary", "voxel"), choices=("voxel", "roi_mean"))
+    summary = as_str("phantom.summary", ph.get("summary", "voxel"), choices=SUMMARIES)
     carotid = as_str("phantom.carotid", ph.get("carotid", "auto"), choices=("auto", "manual"))
     subject_aif = as_str(
         "phantom.subject_aif", ph.get("subject_aif", "same"), choices=("same", "varied")

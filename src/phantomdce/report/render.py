@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ from phantomdce.report.verdict import (
     NOT_ESTIMABLE,
     UNDECIDED,
     BudgetEntry,
+    Crossover,
     Setting,
     Verdict,
+    crossovers,
     error_budget,
     format_knob_value,
     judge_all,
@@ -110,6 +112,7 @@ class _Section:
     detail: list[_Fig]
     detail_note: str
     budgets: list[tuple[Verdict, Any, list[BudgetEntry]]]
+    crossovers: list[Crossover] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -292,6 +295,62 @@ _BUDGET_NOTE = (
 )
 
 
+_CROSSOVER_NOTE = (
+    "At each setting the two options are compared on |relative bias| (an option wins when "
+    "the interval of |bias| its bootstrap 95% CI allows lies wholly below the other's) and on "
+    "the CV (95% interval CV(1 ± 1.96/sqrt(2(n-1))), n the independent subjects or "
+    "replicates); an option wins the setting when it wins on one and does not lose the other; "
+    "overlapping intervals decide nothing."
+)
+
+
+def crossover_words(c: Crossover) -> str:
+    """The crossover of two options in one sentence (only what the comparisons support)."""
+    from phantomdce.report import verdict as vd
+
+    def fmt(x: Any) -> str:
+        return format_knob_value(x, c.knob_label)
+
+    head = f"{c.fitter}, {c.parameter}: {c.second} against {c.first}"
+    if c.statement == vd.CROSSES:
+        return f"{head}: {c.second} wins from {fmt(c.crossover_at)} on, not at stricter settings."
+    if c.statement == vd.SECOND_THROUGHOUT:
+        return f"{head}: {c.second} wins at every simulated setting."
+    if c.statement == vd.NEVER_FIRST_WINS:
+        return f"{head}: {c.second} never wins here; {c.first} wins at every simulated setting."
+    if c.statement == vd.ALL_UNDECIDED:
+        return f"{head}: no setting decides (the intervals overlap everywhere)."
+    if c.statement == vd.NEVER:
+        won = [fmt(x.knob_value) for x in c.comparisons if x.status == vd.SECOND_WINS]
+        where = f" (it wins at {', '.join(won)} only)" if won else ""
+        return f"{head}: {c.second} does not keep winning up to the loosest setting{where}."
+    return f"{head}: no setting has comparable numbers for both."
+
+
+def _crossover_table(c: Crossover) -> tuple[list[str], list[list[str]]]:
+    from phantomdce.report import verdict as vd
+
+    names = {"first": c.first, "second": c.second, "": "-"}
+    header = [c.knob_label]
+    for o in (c.first, c.second):
+        header += [f"{c.parameter} bias % [95% CI] ({o})", f"CV % [95% CI] ({o})"]
+    header += ["bias winner", "CV winner", "setting"]
+    rows = []
+    for x in c.comparisons:
+        row = [format_knob_value(x.knob_value, c.knob_label)]
+        for k in ("first", "second"):
+            lo, hi = x.cv_ci[k]
+            cv = fmt_pct(x.cv_pct[k])
+            row += [
+                _bias_cell(x.bias_pct[k], *x.bias_ci[k]),
+                cv if math.isinf(hi) else f"{cv} [{fmt_pct(lo)}, {fmt_pct(hi)}]",
+            ]
+        status = {vd.FIRST_WINS: f"{c.first} wins", vd.SECOND_WINS: f"{c.second} wins"}
+        row += [names[x.bias_winner], names[x.cv_winner], status.get(x.status, x.status)]
+        rows.append(row)
+    return header, rows
+
+
 def _info_value(value: Any) -> str:
     if isinstance(value, dict | list | tuple):
         return json.dumps(value, default=str)
@@ -382,7 +441,9 @@ def _make_sections(
             copy = figdir / f"{stem}_run_{k:02d}.png"
             write_atomic(copy, png)
             detail.append(_Fig(copy, png, caption))
-        sections.append(_Section(result, verdicts, knob, detail, note, budgets))
+        sections.append(
+            _Section(result, verdicts, knob, detail, note, budgets, crossovers(result))
+        )
     return sections
 
 
@@ -573,6 +634,13 @@ def _html(
             )
             header, budget_rows = _budget_table(entries)
             out.append(_html_table(header, budget_rows))
+        for c in sec.crossovers:
+            out.append(
+                f"<h3>Crossover: {_h(c.second)} against {_h(c.first)} ({_h(c.fitter)})</h3>"
+                f"<p>{_h(crossover_words(c))}</p>"
+                f'<p class="notes">{_h(_CROSSOVER_NOTE)}</p>'
+            )
+            out.append(_html_table(*_crossover_table(c)))
         if sec.detail or sec.detail_note:
             out.append(f"<h3>Error maps and error against truth: {_h(sec.detail_note)}</h3>")
             out += [_img(f) for f in sec.detail]
@@ -743,6 +811,17 @@ def _markdown(
                 "",
                 _md_table(header, budget_rows),
             ]
+        for c in sec.crossovers:
+            out += [
+                "",
+                f"### Crossover: {_md(c.second)} against {_md(c.first)} ({_md(c.fitter)})",
+                "",
+                _md(crossover_words(c)),
+                "",
+                f"*{_md(_CROSSOVER_NOTE)}*",
+                "",
+                _md_table(*_crossover_table(c)),
+            ]
         if sec.detail or sec.detail_note:
             out += ["", f"### Error maps and error against truth: {_md(sec.detail_note)}"]
             for fig in sec.detail:
@@ -836,6 +915,7 @@ def write_report(
     write_atomic(html_path, _html(sections, **common))
     write_atomic(md_path, _markdown(sections, out, **common))
     return {"html": html_path, "markdown": md_path, "figures": figdir}
+
 
 # --------------------------------------------------------------------------- parts of a page
 # Public building blocks for other one-page reports in the study report's style (e.g.

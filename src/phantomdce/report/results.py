@@ -293,6 +293,8 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
         blocks = p["subject"] if subjects.size > 1 else p["replicate"]
         lo, hi = block_bootstrap_bias_ci(rel, blocks, seed=seed)
         m["rel_bias_ci_low"], m["rel_bias_ci_high"] = lo, hi
+        # independent blocks behind the CI (subjects, else replicates): a CV's standard error
+        m["n_blocks"] = float(np.unique(blocks[np.isfinite(rel)]).size)
         m["cv_subject_pct"] = float("nan")
         if subjects.size > 1:
             # between subjects: SD of each subject's mean relative error, a nuisance axis

@@ -93,16 +93,21 @@ __all__ = [
     "NO_DATA",
     "UNDECIDED",
     "BudgetEntry",
+    "Crossover",
+    "OptionComparison",
     "ParamCheck",
     "Reason",
     "Setting",
     "TissueCheck",
     "Verdict",
     "describe_criterion",
+    "compare_options",
+    "crossovers",
     "error_budget",
     "format_knob_value",
     "judge",
     "judge_all",
+    "option_labels",
     "tissue_loosest",
 ]
 
@@ -912,6 +917,244 @@ def judge_all(
     return [
         judge(result, criterion, fitter=f, max_failure_rate=max_failure_rate) for f in names
     ]
+
+
+# --------------------------------------------------------------------------- two options
+
+
+#: Class of a comparison where the first option wins (see :func:`compare_options`).
+FIRST_WINS = "first wins"
+#: Class of a comparison where the second option wins.
+SECOND_WINS = "second wins"
+#: Class of a comparison where each option wins on one of bias and CV.
+MIXED = "mixed: each wins on one"
+#: Class of a comparison whose intervals overlap on both bias and CV.
+TIE_UNDECIDED = "undecided: CIs overlap"
+#: The crossover statements of :class:`Crossover`.
+CROSSES = "crosses"
+SECOND_THROUGHOUT = "second wins throughout"
+NEVER = "never"
+NEVER_FIRST_WINS = "never: first wins throughout"
+ALL_UNDECIDED = "undecided throughout"
+
+
+@dataclass(frozen=True)
+class OptionComparison:
+    """Two options of a recommendation at one knob value, on one parameter.
+
+    Attributes
+    ----------
+    knob_value : Any
+        The setting.
+    bias_pct, bias_ci : dict of str to float / tuple
+        Per option (``"first"``, ``"second"``): relative bias (%) and its bootstrap 95 % CI.
+    abs_bias_interval : dict of str to tuple
+        Per option: the interval of ``|relative bias|`` the CI allows, % (``(0, max)`` when
+        the CI contains 0; ``(0, inf)`` when the CI is unavailable).
+    cv_pct, cv_ci : dict of str to float / tuple
+        Per option: CV (%) and its 95 % interval ``CV (1 +- 1.96 / sqrt(2 (n - 1)))``, with
+        ``n`` the independent blocks (subjects; ``(0, inf)`` with fewer than two).
+    bias_winner, cv_winner : str
+        ``"first"``, ``"second"`` or ``""`` (the intervals overlap: undecided).
+    status : str
+        :data:`FIRST_WINS`, :data:`SECOND_WINS` (wins on one of bias and CV and does not
+        lose the other), :data:`MIXED`, :data:`TIE_UNDECIDED` or :data:`NO_DATA`.
+    """
+
+    knob_value: Any
+    bias_pct: dict[str, float]
+    bias_ci: dict[str, tuple[float, float]]
+    abs_bias_interval: dict[str, tuple[float, float]]
+    cv_pct: dict[str, float]
+    cv_ci: dict[str, tuple[float, float]]
+    bias_winner: str
+    cv_winner: str
+    status: str
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where along an ordered knob the second of two options starts to win.
+
+    Attributes
+    ----------
+    recommendation_id, knob_label, kind : str
+        From the recommendation (``kind`` ``"max"`` or ``"min"``).
+    fitter : str
+        The fitter (without its option suffix).
+    parameter : str
+        The parameter compared (Ktrans by default).
+    first, second : str
+        The options' names (e.g. ``"carotid ROI"``, ``"population AIF"``).
+    comparisons : tuple of OptionComparison
+        One per knob value with data for both options, strictest first.
+    crossover_at : Any
+        The strictest value from which the second option wins at every looser value with
+        data (None if it does not win at the loosest).
+    statement : str
+        :data:`CROSSES` (the second wins from ``crossover_at`` on, not before),
+        :data:`SECOND_THROUGHOUT`, :data:`NEVER_FIRST_WINS` (the first wins at every value),
+        :data:`ALL_UNDECIDED` (no value decides), :data:`NEVER` (otherwise: the second does
+        not keep winning up to the loosest value) or :data:`NO_DATA`.
+    """
+
+    recommendation_id: str
+    knob_label: str
+    kind: str
+    fitter: str
+    parameter: str
+    first: str
+    second: str
+    comparisons: tuple[OptionComparison, ...]
+    crossover_at: Any
+    statement: str
+
+
+_OPTION_LABEL = re.compile(r"^(?P<fitter>.+) \((?P<option>[^()]+)\)$")
+
+
+def option_labels(result: RecommendationResult) -> dict[str, dict[str, str]]:
+    """The options of a result's fitters: fitter -> {option: label}.
+
+    Runs of one recommendation with different ``option`` label their fitters
+    ``"<fitter> (<option>)"`` (:mod:`phantomdce.report.results`); options in the order the
+    result lists them. Fitters without an option are left out.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for label in result.fitters:
+        m = _OPTION_LABEL.match(label)
+        if m:
+            out.setdefault(m["fitter"], {})[m["option"]] = label
+    return out
+
+
+def _abs_interval(lo: float, hi: float) -> tuple[float, float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return (0.0, math.inf)
+    if lo <= 0.0 <= hi:
+        return (0.0, max(-lo, hi))
+    return (min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
+
+
+def _cv_interval(cv: float, n: float) -> tuple[float, float]:
+    if not math.isfinite(cv) or not math.isfinite(n) or n < 2:
+        return (0.0, math.inf)
+    half = Z95 * cv / math.sqrt(2.0 * (n - 1.0))
+    return (max(cv - half, 0.0), cv + half)
+
+
+def _smaller(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """``"first"`` when interval ``a`` lies wholly below ``b``, ``"second"`` the reverse."""
+    if a[1] < b[0]:
+        return "first"
+    if b[1] < a[0]:
+        return "second"
+    return ""
+
+
+def compare_options(
+    first: KnobRow | None, second: KnobRow | None, knob_value: Any
+) -> OptionComparison:
+    """Compare two options' pooled rows at one knob value (smaller |bias| and CV win).
+
+    An option wins on bias when its interval of ``|relative bias|`` (from the bootstrap
+    95 % CI, ``rel_bias_ci_low``/``_high``) lies wholly below the other's, and on CV when
+    its CV interval (``CV +- 1.96 SE``, ``SE = CV / sqrt(2 (n - 1))`` with ``n`` the
+    independent blocks ``n_blocks``: the subjects of a phantom run) lies wholly below the
+    other's; overlapping intervals decide nothing. An option wins the setting when it wins
+    on one and does not lose the other. A row whose failure rate exceeds
+    :data:`MAX_FAILURE_RATE` has no comparable numbers (:data:`NO_DATA`).
+    """
+    rows = {"first": first, "second": second}
+    usable = all(
+        r is not None and _metric(r, "failure_rate") <= MAX_FAILURE_RATE for r in rows.values()
+    )
+    nums: dict[str, dict[str, Any]] = {k: {} for k in ("b", "bci", "ab", "cv", "cvci")}
+    for k, r in rows.items():
+        if r is None:
+            nan2 = (math.nan, math.nan)
+            nums["b"][k], nums["bci"][k], nums["ab"][k] = math.nan, nan2, (0.0, math.inf)
+            nums["cv"][k], nums["cvci"][k] = math.nan, (0.0, math.inf)
+            continue
+        lo, hi = _metric(r, "rel_bias_ci_low"), _metric(r, "rel_bias_ci_high")
+        cv = _metric(r, "cv_pct")
+        nums["b"][k], nums["bci"][k] = _metric(r, "rel_bias_pct"), (lo, hi)
+        nums["ab"][k] = _abs_interval(lo, hi)
+        nums["cv"][k], nums["cvci"][k] = cv, _cv_interval(cv, _metric(r, "n_blocks"))
+    if usable:
+        bias_w = _smaller(nums["ab"]["first"], nums["ab"]["second"])
+        cv_w = _smaller(nums["cvci"]["first"], nums["cvci"]["second"])
+        wins = {bias_w, cv_w} - {""}
+        if not wins:
+            status = TIE_UNDECIDED
+        elif len(wins) == 2:
+            status = MIXED
+        else:
+            status = FIRST_WINS if wins == {"first"} else SECOND_WINS
+    else:
+        bias_w = cv_w = ""
+        status = NO_DATA
+    return OptionComparison(
+        knob_value,
+        nums["b"],
+        nums["bci"],
+        nums["ab"],
+        nums["cv"],
+        nums["cvci"],
+        bias_w,
+        cv_w,
+        status,
+    )
+
+
+def crossovers(result: RecommendationResult, parameter: str = "Ktrans") -> list[Crossover]:
+    """Every pair of options of an ordered recommendation, compared along its knob.
+
+    For each fitter with several options (:func:`option_labels`) and each pair of them (in
+    the result's order), each knob value with rows of both is compared
+    (:func:`compare_options`), strictest first. The crossover is the strictest value from
+    which the second option wins at every looser value with data; the statement says only
+    what the comparisons support (e.g. :data:`ALL_UNDECIDED` when no value decides).
+    ``"category"`` recommendations have no crossover (empty list).
+    """
+    rec = result.recommendation
+    if rec.kind not in ("max", "min"):
+        return []
+    rows = {
+        (_key(r.knob_value, rec.kind), r.fitter): r for r in result.rows if r.parameter == parameter
+    }
+    values = sorted({k for k, _ in rows}, reverse=rec.kind == "min")
+    out = []
+    for fitter, opts in option_labels(result).items():
+        names = list(opts)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                comps = tuple(
+                    compare_options(rows[(v, opts[a])], rows[(v, opts[b])], v)
+                    for v in values
+                    if (v, opts[a]) in rows and (v, opts[b]) in rows
+                )
+                decided = [c for c in comps if c.status != NO_DATA]
+                at = None
+                for c in reversed(decided):
+                    if c.status != SECOND_WINS:
+                        break
+                    at = c.knob_value
+                if not decided:
+                    statement = NO_DATA
+                elif at is not None:
+                    statement = SECOND_THROUGHOUT if at == decided[0].knob_value else CROSSES
+                elif all(c.status == FIRST_WINS for c in decided):
+                    statement = NEVER_FIRST_WINS
+                elif all(c.status == TIE_UNDECIDED for c in decided):
+                    statement = ALL_UNDECIDED
+                else:
+                    statement = NEVER
+                out.append(
+                    Crossover(rec.id, rec.knob_label, rec.kind, fitter, parameter, a, b, comps,
+                              at, statement)
+                )  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- tissue map
