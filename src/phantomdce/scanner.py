@@ -69,6 +69,7 @@ __all__ = [
     "ACQUISITION_KEYS",
     "REQUIRED_KEYS",
     "PROTOCOL_KEYS_SET",
+    "DERIVED_UNITS",
     "Scanner",
     "Derived",
 ]
@@ -219,6 +220,22 @@ PROTOCOL_KEYS_SET = (
     "vfa_averages",
     "vfa_sigma_ratio",
 )
+
+
+#: Units of :meth:`Derived.as_attrs` (and of a case's ``scan_time_s``).
+DERIVED_UNITS = {
+    "dt_s": "s",
+    "voxel_read_mm": "mm",
+    "voxel_phase_mm": "mm",
+    "voxel_slice_mm": "mm",
+    "voxel_mm3": "mm3",
+    "snr": "1",
+    "vfa_sigma_ratio": "1",
+    "vfa_time_s": "s",
+    "acquisition_time_per_image_s": "s",
+    "snr_t1_s": "s",
+    "scan_time_s": "s",
+}
 
 
 def _spgr_per_m0(fa_deg: float, tr: float, t1: float) -> float:

@@ -113,6 +113,9 @@ PROVENANCE_ATTRS = frozenset(
         "truth_grid_step_s",
         "snr_definition",
         "protocol_units",
+        "scanner",  # the [scanner] table (with the site's reference SNR)
+        "scanner_derived",  # what it implies: frame time, voxel, snr, scan time
+
         "roi_voxels",
         "carotid_voxels",
         "grid_shape",

@@ -22,6 +22,30 @@ Example::
 The simulator expands the Cartesian product of the sweep axes into cases (in the order the
 axes are written); each case has every combination of tissue values times ``replicates``
 noise replicates as its voxels.
+
+A ``[scanner]`` table (:mod:`phantomdce.scanner`) describes the acquisition instead: matrix,
+field of view, slab, TR, flip angle, parallel imaging, partial Fourier, averages, bandwidth
+and the SNR the site measured on a reference protocol. It sets the protocol keys of
+:data:`phantomdce.scanner.PROTOCOL_KEYS_SET` (frame time, SNR, ...), which ``[protocol]`` and
+``[sweep]`` may then not give; ``[sweep]`` may name scanner keys as ``"scanner.<key>"``, so
+that frame time, voxel size and SNR move together::
+
+    [scanner]
+    matrix = [192, 192]
+    fov_mm = [240.0, 240.0]
+    slices = 40
+    slice_thickness_mm = 3.0
+    tr = 0.004                       # s
+    fa = 15.0                        # deg
+    partial_fourier = 0.75
+    reference_snr = 25.0             # measured at this protocol with parallel_factor = 2
+    reference = { parallel_factor = 2.0 }
+
+    [sweep]
+    "scanner.parallel_factor" = [2.0, 3.0, 4.0]
+
+Each case then records its derived frame time, voxel size, SNR, VFA noise ratio and scan time
+(:attr:`Case.derived`, and columns of the store's ``cases`` table).
 """
 
 from __future__ import annotations
@@ -47,6 +71,7 @@ from phantomdce.dro.config import (
 )
 from phantomdce.dro.protocol import PROTOCOL_FIELDS, Protocol, preset
 from phantomdce.params import MODELS, PARAMETERS
+from phantomdce.scanner import PROTOCOL_KEYS_SET, SCANNER_FIELDS, Derived, Scanner
 
 __all__ = ["Scenario", "Case", "TissueGrid", "load_scenario", "parse_scenario"]
 
@@ -56,6 +81,7 @@ TOP_KEYS = (
     "seed",
     "replicates",
     "protocol",
+    "scanner",
     "tissue",
     "sweep",
     "zip",
@@ -63,6 +89,10 @@ TOP_KEYS = (
     "recommendation",
 )
 TISSUE_EXTRA = ("T10", "m0")
+#: Prefix of the sweep keys that change the ``[scanner]`` table.
+SCANNER_PREFIX = "scanner."
+#: Scanner keys a sweep may not change: the site's measurement is fixed.
+UNSWEPT_SCANNER_KEYS = ("reference",)
 
 
 @dataclass(frozen=True)
@@ -107,16 +137,37 @@ class TissueGrid:
 
 @dataclass(frozen=True)
 class Case:
-    """One point of the sweep: its index, the swept values and the full protocol."""
+    """One point of the sweep: its index, the swept values and the full protocol.
+
+    ``scanner`` is the case's scanner when the scenario has a ``[scanner]`` table (its swept
+    ``"scanner.<key>"`` values applied), else None.
+    """
 
     index: int
     values: dict[str, Any]
     protocol: Protocol
+    scanner: Scanner | None = field(default=None, kw_only=True)
 
     @property
     def name(self) -> str:
         """Node name in the DRO store, ``case_0000``."""
         return f"case_{self.index:04d}"
+
+    @property
+    def derived(self) -> Derived | None:
+        """Frame time, voxel, SNR, VFA noise and time the case's scanner implies (or None)."""
+        return None if self.scanner is None else self.scanner.derive()
+
+    def scanner_attrs(self) -> dict[str, Any]:
+        """What the scanner implies for this case, for storage (empty without a scanner).
+
+        Keys carry their units: :meth:`phantomdce.scanner.Derived.as_attrs` plus
+        ``scan_time_s``, the dynamic series' duration plus the VFA acquisition time, s.
+        """
+        d = self.derived
+        if d is None:
+            return {}
+        return {**d.as_attrs(), "scan_time_s": self.protocol.duration + d.vfa_time_s}
 
 
 @dataclass(frozen=True)
@@ -134,6 +185,7 @@ class Scenario:
     fit: dict[str, Any] = field(default_factory=dict)
     zip: tuple[tuple[str, ...], ...] = ()
     recommendation: dict[str, Any] = field(default_factory=dict)
+    scanner: Scanner | None = None
 
     @property
     def hash(self) -> str:
@@ -143,6 +195,12 @@ class Scenario:
         """
         blob = json.dumps(self.source, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def sweep_units(self) -> dict[str, str]:
+        """Units of each sweep key (protocol keys, and ``"scanner.<key>"``)."""
+        units = {**self.protocol.units()}
+        units.update({SCANNER_PREFIX + k: u for k, u in Scanner.units().items()})
+        return {k: units[k] for k in self.sweep}
 
     @property
     def n_voxels(self) -> int:
@@ -177,12 +235,26 @@ class Scenario:
             }
             label = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "base protocol"
             try:
-                proto = Protocol.from_mapping(values, base=self.protocol)
+                scanner, plain = self._case_scanner(values)
+                if scanner is not None:
+                    plain = {**plain, **scanner.protocol_changes()}
+                proto = Protocol.from_mapping(plain, base=self.protocol)
                 proto.check_post_bolus_window()
             except ConfigError as exc:
                 raise ConfigError(f"sweep case {i} ({label}): {exc}") from None
-            out.append(Case(i, values, proto))
+            out.append(Case(i, values, proto, scanner=scanner))
         return out
+
+    def _case_scanner(self, values: Mapping[str, Any]) -> tuple[Scanner | None, dict[str, Any]]:
+        """The case's scanner (swept scanner keys applied) and its plain protocol values."""
+        plain = {k: v for k, v in values.items() if not k.startswith(SCANNER_PREFIX)}
+        changes = {
+            k[len(SCANNER_PREFIX) :]: v for k, v in values.items() if k.startswith(SCANNER_PREFIX)
+        }
+        if self.scanner is None:
+            return None, plain
+        scanner = self.scanner.replace(path="sweep.scanner", **changes) if changes else self.scanner
+        return scanner, plain
 
 
 def _check_table(path: str, value: Any) -> Mapping[str, Any]:
@@ -224,6 +296,44 @@ def _parse_tissue(raw: Mapping[str, Any]) -> TissueGrid:
             f" ve + vp <= 1 for every combination (largest is {max(axes['ve']) + max(axes['vp'])})"
         )
     return TissueGrid(model, axes)
+
+
+def _set_by_scanner(path: str, value: Any) -> ConfigError:
+    key = path.rsplit(".", 1)[-1].strip('"')
+    return ConfigError(
+        f"{path} = {value!r} with a [scanner] table: the scanner sets {key!r} (scanner keys"
+        f" {list(SCANNER_FIELDS)} give {list(PROTOCOL_KEYS_SET)}); expected {key!r} only from"
+        " [scanner], or no [scanner] table"
+    )
+
+
+def _parse_sweep(raw: Mapping[str, Any], scanner: Scanner | None) -> dict[str, tuple[Any, ...]]:
+    """Check the sweep axes: protocol keys, or ``"scanner.<key>"`` with a [scanner] table."""
+    sweep: dict[str, tuple[Any, ...]] = {}
+    for key, values in raw.items():
+        if key.startswith(SCANNER_PREFIX):
+            sub = key[len(SCANNER_PREFIX) :]
+            if scanner is None:
+                raise ConfigError(
+                    f"sweep.{key} = {values!r}: expected a [scanner] table to sweep a scanner"
+                    " key (or a protocol key without the 'scanner.' prefix)"
+                )
+            if sub not in SCANNER_FIELDS or sub in UNSWEPT_SCANNER_KEYS:
+                allowed = [SCANNER_PREFIX + k for k in SCANNER_FIELDS]
+                raise unknown_key("sweep", key, set(allowed) - {"scanner.reference"})
+            check = SCANNER_FIELDS[sub].check
+        elif key not in PROTOCOL_FIELDS:
+            raise unknown_key("sweep", key, PROTOCOL_FIELDS)
+        elif scanner is not None and key in PROTOCOL_KEYS_SET:
+            raise _set_by_scanner(f"sweep.{key}", values)
+        else:
+            check = PROTOCOL_FIELDS[key].check
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"sweep.{key} = {values!r}: expected a non-empty list of {key} values"
+            )
+        sweep[key] = tuple(check(f"sweep.{key}[{i}]", v) for i, v in enumerate(values))
+    return sweep
 
 
 #: A scenario name is a folder name under the output folder: no separators, no "..".
@@ -296,27 +406,28 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     raw_proto = dict(_check_table("protocol", data.get("protocol", {})))
     base_name = as_str("protocol.preset", raw_proto.pop("preset", "esnr2022"))
     base = preset(base_name)  # an unknown name: ConfigError listing the presets
-    protocol = Protocol.from_mapping(raw_proto, base=base)
+    scanner = None
+    if "scanner" in data:
+        scanner = Scanner.from_mapping(_check_table("scanner", data["scanner"]), path="scanner")
+        for key, value in raw_proto.items():
+            if key in PROTOCOL_KEYS_SET:
+                raise _set_by_scanner(f"protocol.{key}", value)
+        protocol = Protocol.from_mapping({**raw_proto, **scanner.protocol_changes()}, base=base)
+    else:
+        protocol = Protocol.from_mapping(raw_proto, base=base)
 
     tissue = _parse_tissue(_check_table("tissue", data.get("tissue", {})))
+    sweep = _parse_sweep(_check_table("sweep", data.get("sweep", {})), scanner)
 
-    sweep: dict[str, tuple[Any, ...]] = {}
-    for key, values in _check_table("sweep", data.get("sweep", {})).items():
-        if key not in PROTOCOL_FIELDS:
-            raise unknown_key("sweep", key, PROTOCOL_FIELDS)
-        if not isinstance(values, list) or not values:
-            raise ConfigError(
-                f"sweep.{key} = {values!r}: expected a non-empty list of {key} values"
-            )
-        check = PROTOCOL_FIELDS[key].check
-        sweep[key] = tuple(check(f"sweep.{key}[{i}]", v) for i, v in enumerate(values))
-
+    proto_attrs = protocol.as_attrs()
+    if protocol.vfa_sigma_ratio is None:  # as before the key existed: the same hash
+        del proto_attrs["vfa_sigma_ratio"]
     source = {
         "name": name,
         "description": description,
         "seed": seed,
         "replicates": replicates,
-        "protocol": protocol.as_attrs(),
+        "protocol": proto_attrs,
         "tissue": {"model": tissue.model, **{k: list(v) for k, v in tissue.axes.items()}},
         "sweep": {k: list(v) for k, v in sweep.items()},
         # the hash is taken with sorted keys; the axis order decides the case order
@@ -346,6 +457,8 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
             )
     if groups:
         source["zip"] = groups
+    if scanner is not None:
+        source["scanner"] = scanner.as_mapping()
     fit = dict(_check_table("fit", data.get("fit", {})))
     recommendation = dict(_check_table("recommendation", data.get("recommendation", {})))
     scenario = Scenario(
@@ -360,6 +473,7 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
         fit,
         tuple(tuple(g) for g in groups),
         recommendation,
+        scanner,
     )
     scenario.cases()  # check every combination before any work
     return scenario

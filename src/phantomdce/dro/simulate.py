@@ -377,4 +377,7 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
         "truth_grid_step_s": TRUTH_STEP_S,
         "snr_definition": SNR_DEFINITION,
     }
+    if case.scanner is not None:
+        attrs["scanner"] = case.scanner.as_mapping()
+        attrs["scanner_derived"] = case.scanner_attrs()
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -30,10 +30,18 @@ ZARR_FORMAT = 2
 
 
 def cases_table(scenario: Scenario) -> xr.Dataset:
-    """The root dataset: one row per case (``case_name`` and the swept values) plus provenance."""
+    """The root dataset: one row per case (``case_name`` and the swept values) plus provenance.
+
+    With a ``[scanner]`` table, each case's derived values are columns too (frame time, voxel,
+    SNR, VFA noise ratio and time, scan time: :meth:`phantomdce.dro.scenario.Case.scanner_attrs`,
+    units in the names and in the ``units`` attribute).
+    """
+    from phantomdce.scanner import DERIVED_UNITS
+
     cases = scenario.cases()
     names = np.array([c.name for c in cases])
     data = {}
+    units = scenario.sweep_units()
     for key in scenario.sweep:
         values = [c.values[key] for c in cases]
         if any(v is None or isinstance(v, tuple | list) for v in values):
@@ -42,7 +50,15 @@ def cases_table(scenario: Scenario) -> xr.Dataset:
                 "none" if v is None else (str(list(v)) if isinstance(v, tuple | list) else str(v))
                 for v in values
             ]
-        data[key] = ("case", np.asarray(values), {"units": scenario.protocol.units()[key]})
+        data[key] = ("case", np.asarray(values), {"units": units[key]})
+    if scenario.scanner is not None:
+        derived = [c.scanner_attrs() for c in cases]
+        for key in derived[0]:
+            data[key] = (
+                "case",
+                np.asarray([d[key] for d in derived], dtype=np.float64),
+                {"units": DERIVED_UNITS[key], "long_name": "derived by the scanner model"},
+            )
     attrs = {
         "scenario": scenario.name,
         "description": scenario.description,
