@@ -380,3 +380,10 @@ def test_the_precision_bound_uses_vfa_sigma_ratio():
     plain = crlb(Protocol(), "extended_tofts", params)["Ktrans"]
     np.testing.assert_allclose(by_ratio, by_averages, rtol=1e-12)
     assert np.all(by_ratio < plain)
+
+
+def test_a_phantom_scenario_refuses_a_scanner_table():
+    from phantomdce.phantom.scenario import parse_phantom_scenario
+
+    with pytest.raises(ConfigError, match=r"scanner: a phantom scenario .* no \[scanner\]"):
+        parse_phantom_scenario({"phantom": {"shape": [16, 32, 32]}, "scanner": SCANNER_TOML})

@@ -402,6 +402,12 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
         raw["name"] = "scenario"
     original = json.loads(json.dumps(raw, default=str))
     ph = dict(raw.pop("phantom"))
+    if "scanner" in raw:
+        raise ConfigError(
+            "scanner: a phantom scenario takes its voxel from [acquisition] and its noise from"
+            " protocol.snr (muscle at a 2 x 2 x 3 mm voxel, scaled by the voxel volume); the"
+            " [scanner] model is for DRO scenarios; expected no [scanner] table here"
+        )
     acq = dict(raw.pop("acquisition", {}))
     sweep = dict(raw.get("sweep", {}))
     for key in ph:
