@@ -387,3 +387,17 @@ def test_a_phantom_scenario_refuses_a_scanner_table():
 
     with pytest.raises(ConfigError, match=r"scanner: a phantom scenario .* no \[scanner\]"):
         parse_phantom_scenario({"phantom": {"shape": [16, 32, 32]}, "scanner": SCANNER_TOML})
+
+
+def test_the_example_scenario_trades_frame_time_voxel_and_snr():
+    from pathlib import Path
+
+    from phantomdce.dro.scenario import load_scenario
+
+    path = Path(__file__).resolve().parents[1] / "scenarios/examples/scanner_tradeoff.toml"
+    table = cases_table(load_scenario(path))
+    snr, dt, vox = (table[k].values.reshape(3, 3) for k in ("snr", "dt_s", "voxel_mm3"))
+    assert snr[1, 0] == pytest.approx(25.0)  # the site's measured protocol
+    assert np.all(np.diff(dt, axis=1) < 0) and np.all(np.diff(snr, axis=1) < 0)  # more R
+    assert np.all(np.diff(dt, axis=0) > 0) and np.all(np.diff(vox, axis=0) < 0)  # finer matrix
+    assert np.all(np.diff(snr, axis=0) < 0)

@@ -323,7 +323,11 @@ def _parse_sweep(raw: Mapping[str, Any], scanner: Scanner | None) -> dict[str, t
                 raise unknown_key("sweep", key, set(allowed) - {"scanner.reference"})
             check = SCANNER_FIELDS[sub].check
         elif key not in PROTOCOL_FIELDS:
-            raise unknown_key("sweep", key, PROTOCOL_FIELDS)
+            if scanner is None:
+                raise unknown_key("sweep", key, PROTOCOL_FIELDS)
+            allowed = set(PROTOCOL_FIELDS) - set(PROTOCOL_KEYS_SET)
+            allowed |= {SCANNER_PREFIX + k for k in SCANNER_FIELDS} - {"scanner.reference"}
+            raise unknown_key("sweep", key, allowed)
         elif scanner is not None and key in PROTOCOL_KEYS_SET:
             raise _set_by_scanner(f"sweep.{key}", values)
         else:
