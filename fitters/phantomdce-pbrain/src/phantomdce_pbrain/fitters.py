@@ -40,7 +40,8 @@ Units and conversions
 Bounds, limits and success (the phantomdce fitter contract)
 -----------------------------------------------------------
 Extended Tofts (both paths): p-brain bounds Ktrans to 0-0.25 /s (0-15 /min), ve and vp to
-0-1 (the varpro path clips to them). Ktrans = 0 is the limit "no leakage" (success,
+0-1 (the varpro path clips to them); "on a bound" is within 1e-6 (/min or fraction), since
+TRF stays strictly inside its bounds. Ktrans = 0 is the limit "no leakage" (success,
 ``at_limit_Ktrans``; ``ve`` then undetermined: NaN, ``at_limit_ve``), vp = 0 the limit vp -> 0
 (``at_limit_vp``) and ve = 1 the physical limit ve -> 1 (``at_limit_ve``, stored 1). Ktrans on
 15 /min, vp = 1, ve = 0 with Ktrans > 0 and (varpro) kep on an end of p-brain's grid are limits
@@ -89,7 +90,8 @@ TISSUE_DENSITY_G_PER_ML = 1.0
 #: values, lowest and highest kep, /s (log-spaced).
 KEP_GRID_PER_S = (400, 1e-4, 2.0)
 KTRANS_MAX_PER_MIN = 0.25 * 60.0  # p-brain's upper bound of Ktrans, 0.25 /s
-BOUND_TOL = 1e-9  # absolute distance (fractions, /min) that counts as on a bound
+BOUND_TOL = 1e-6  # absolute distance (fractions, /min) that counts as on a bound (TRF stays
+# strictly inside its bounds: a vp -> 0 fit ends near 1e-7)
 KEP_REL_TOL = 1e-6  # relative distance from a kep grid end that counts as on it
 
 MODELS = {
