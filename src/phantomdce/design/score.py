@@ -53,8 +53,8 @@ import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
 
-from phantomdce.dro.protocol import Protocol
-from phantomdce.dro.scenario import Case, Scenario, TissueGrid
+from phantomdce.dro.protocol import PROTOCOL_FIELDS, Protocol
+from phantomdce.dro.scenario import TissueGrid, parse_scenario
 from phantomdce.dro.simulate import simulate_case
 from phantomdce.dro.truth import window_mean
 from phantomdce.params import MODELS, PARAMETERS
@@ -69,9 +69,11 @@ from phantomdce.precision import (
 __all__ = [
     "DEFAULT_FITTER",
     "DEFAULT_PIPELINE",
-    "score_protocols",
-    "vfa_sigma_ratio",
     "noise_free_bias",
+    "protocol_table",
+    "score_protocols",
+    "tissue_table",
+    "vfa_sigma_ratio",
 ]
 
 #: The fitter whose deterministic bias is scored unless another is named.
@@ -115,10 +117,12 @@ def vfa_sigma_ratio(protocol: Protocol) -> float:
 
 
 def _key(protocol: Protocol, skip: Sequence[str]) -> tuple:
-    d = dataclasses.asdict(protocol)
-    if "bat" in d and protocol.bat is None:
-        d["bat"] = protocol.bolus_arrival
-    return tuple((k, v) for k, v in sorted(d.items()) if k not in skip)
+    """The protocol's values except ``skip`` (the resolved bolus arrival for ``bat``)."""
+    return tuple(
+        protocol.bolus_arrival if f.name == "bat" else getattr(protocol, f.name)
+        for f in dataclasses.fields(protocol)
+        if f.name not in skip
+    )
 
 
 def _spgr_and_slope(
@@ -149,26 +153,36 @@ class _Timing:
         self.c = c[:, 0].real  # (n, nodes): the step is below rounding of the real part
         self.dc = c.imag / steps[:, :, None]  # (n, p, nodes), mM per package unit
 
-    def jacobians(
-        self, protocol: Protocol, t10: NDArray, m0: NDArray
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """``jd`` (n, frames, p + 2), ``jv`` (n, angles, 2) and ``S_pre`` (n,) of a protocol."""
-        pr = protocol
-        r1 = 1.0 / t10[:, None] + pr.relaxivity * self.c
-        f, df = _spgr_and_slope(r1, pr.fa, pr.tr, pr.b1)
+    def dynamic(
+        self, fa: float, tr: float, b1: float, r1: float, t10: NDArray, m0: NDArray
+    ) -> NDArray[np.float64]:
+        """Dynamic Jacobian at every frame of the longest series, (n, frames, p + 2).
+
+        Columns: the kinetic parameters, ``m0`` and ``T10`` (as
+        :meth:`phantomdce.precision.SignalModel.jacobians`).
+        """
+        r1_ = 1.0 / t10[:, None] + r1 * self.c
+        f, df = _spgr_and_slope(r1_, fa, tr, b1)
         m = m0[:, None]
-        cols = [m[:, None] * (df * pr.relaxivity)[:, None] * self.dc]  # (n, p, nodes)
+        cols = [m[:, None] * (df * r1)[:, None] * self.dc]  # (n, p, nodes)
         cols.append(f[:, None])
         cols.append((-m * df / t10[:, None] ** 2)[:, None])
         jd = np.concatenate(cols, axis=1)
         if self.sm.average:
             jd = window_mean(self.sm.grid, jd)
-        jd = np.ascontiguousarray(np.transpose(jd[:, :, : pr.n_frames], (0, 2, 1)))
-        r10 = (1.0 / t10)[:, None]
-        fv, dfv = _spgr_and_slope(r10, np.asarray(pr.flip_angles), pr.tr, pr.b1)
-        jv = np.stack([fv, -m0[:, None] * dfv / t10[:, None] ** 2], axis=-1)
-        s_pre = m0 * _spgr_and_slope(1.0 / t10, pr.fa, pr.tr, pr.b1)[0]
-        return jd, jv, s_pre
+        return np.ascontiguousarray(np.transpose(jd, (0, 2, 1)))
+
+
+def _vfa_jacobian(
+    flip_angles: Sequence[float], tr: float, b1: float, t10: NDArray, m0: NDArray
+) -> NDArray[np.float64]:
+    """VFA Jacobian (n, angles, 2): d(signal)/d(M0 of the VFA series, T10)."""
+    fv, dfv = _spgr_and_slope((1.0 / t10)[:, None], np.asarray(flip_angles), tr, b1)
+    return np.stack([fv, -m0[:, None] * dfv / t10[:, None] ** 2], axis=-1)
+
+
+#: Largest number of (protocol, tissue) rows of one batched covariance (bounds memory).
+_BATCH_ROWS = 4096
 
 
 def _derived_sd(
@@ -195,6 +209,28 @@ def _truth_values(model: str, table: Mapping[str, NDArray]) -> dict[str, NDArray
     for dname, func in derived_parameters(model).items():
         out[dname] = np.real(func({k: np.asarray(v, dtype=np.complex128) for k, v in out.items()}))
     return out
+
+
+def protocol_table(protocol: Protocol) -> dict[str, Any]:
+    """A protocol as a ``[protocol]`` table (plain types) that rebuilds it exactly.
+
+    Every key of :data:`phantomdce.dro.protocol.PROTOCOL_FIELDS` whose value is set; the
+    resolved ``duration`` instead of ``post_bolus_s``.
+    """
+    out: dict[str, Any] = {}
+    for key in PROTOCOL_FIELDS:
+        if key == "post_bolus_s" or not hasattr(protocol, key):
+            continue
+        value = getattr(protocol, key)
+        if value is None:
+            continue
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def tissue_table(tissue: TissueGrid) -> dict[str, Any]:
+    """A tissue grid as a ``[tissue]`` table (plain types)."""
+    return {"model": tissue.model, **{k: list(v) for k, v in tissue.axes.items()}}
 
 
 def noise_free_bias(
@@ -232,9 +268,11 @@ def noise_free_bias(
 
     info = resolve_fitters([fitter])[0]
     pipe = Pipeline.from_mapping(dict(DEFAULT_PIPELINE if pipeline is None else pipeline))
-    clean = dataclasses.replace(protocol, snr=math.inf)
-    scenario = Scenario("bias", "noise-free", 0, 1, clean, tissue, {}, {})
-    ds = simulate_case(scenario, Case(0, {}, clean))
+    raw = {**protocol_table(protocol), "snr": math.inf}
+    scenario = parse_scenario(
+        {"name": "bias", "replicates": 1, "protocol": raw, "tissue": tissue_table(tissue)}
+    )
+    ds = simulate_case(scenario, scenario.cases()[0])
     n = ds.sizes["voxel"]
     result = info.fitter.fit(pipe(ds).copy(deep=True))
     est, ok, _ = collect_estimates(result, info, n)
@@ -351,15 +389,19 @@ def score_protocols(
     kin = {k: np.asarray(first[k], dtype=np.float64) for k in names}
     truth = _truth_values(model_, kin)
 
-    sd = np.empty((n_p, n_t, n_par))
+    sd = np.zeros((n_p, n_t, n_par))
     t10_all = np.empty((n_p, n_t))
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(protocols):
         groups.setdefault(_key(p, _SIGNAL_ONLY), []).append(i)
+    p_kin = len(names)
     for members in groups.values():
         longest = max(members, key=lambda i: protocols[i].n_frames)
-        base = protocols[longest]
-        timing = _Timing(base, model_, kin)  # shorter series: a prefix of its frames
+        n_frames_max = protocols[longest].n_frames
+        timing = _Timing(protocols[longest], model_, kin)  # shorter series: a prefix
+        dyn_cache: dict[tuple, tuple[NDArray, NDArray, NDArray]] = {}
+        vfa_cache: dict[tuple, NDArray] = {}
+        rows: list[int] = []
         for i in members:
             pr = protocols[i]
             table = tissue.table(pr)
@@ -367,20 +409,50 @@ def score_protocols(
             m0 = np.asarray(table["m0"], dtype=np.float64)
             t10_all[i] = t10
             if not np.isfinite(pr.snr):
-                sd[i] = 0.0
-                continue
-            jd, jv, s_pre = timing.jacobians(pr, t10, m0)
-            sigma = s_pre / pr.snr
+                continue  # no noise: the bound is 0
+            sig = (pr.fa, pr.tr, pr.b1, pr.relaxivity, pr.field_strength)
+            if sig not in dyn_cache:
+                s_pre = m0 * _spgr_and_slope(1.0 / t10, pr.fa, pr.tr, pr.b1)[0]
+                dyn_cache[sig] = (timing.dynamic(pr.fa, pr.tr, pr.b1, pr.relaxivity, t10, m0),
+                                  s_pre, t10)
+            vkey = (pr.flip_angles, pr.tr, pr.b1, pr.field_strength)
+            if vkey not in vfa_cache:
+                vfa_cache[vkey] = _vfa_jacobian(pr.flip_angles, pr.tr, pr.b1, t10, m0)
+            rows.append(i)
+        # zero rows add nothing to J^T J: shorter series and fewer VFA angles are padded
+        n_ang = max((len(protocols[i].flip_angles) for i in rows), default=0)
+        per = max(1, _BATCH_ROWS // n_t)
+        for a in range(0, len(rows), per):
+            chunk = rows[a : a + per]
+            k = len(chunk)
+            jd = np.zeros((k, n_t, n_frames_max, p_kin + 2))
+            jv = np.zeros((k, n_t, n_ang, 2))
+            sigma = np.empty((k, n_t))
+            ratio = np.empty((k, 1))
+            for c, i in enumerate(chunk):
+                pr = protocols[i]
+                full, s_pre, _ = dyn_cache[
+                    (pr.fa, pr.tr, pr.b1, pr.relaxivity, pr.field_strength)
+                ]
+                jd[c, :, : pr.n_frames] = full[:, : pr.n_frames]
+                v = vfa_cache[(pr.flip_angles, pr.tr, pr.b1, pr.field_strength)]
+                jv[c, :, : v.shape[1]] = v
+                sigma[c] = s_pre / pr.snr
+                ratio[c] = vfa_sigma_ratio(pr)
             cov, _ = covariance(
-                jd, jv, sigma=sigma, sigma_vfa=sigma * vfa_sigma_ratio(pr), kind=kind
+                jd.reshape(k * n_t, n_frames_max, -1),
+                jv.reshape(k * n_t, n_ang, 2),
+                sigma=sigma.reshape(-1),
+                sigma_vfa=(sigma * ratio).reshape(-1),
+                kind=kind,
             )
-            p = len(names)
+            cov_kin = cov[:, :p_kin, :p_kin]
             with np.errstate(invalid="ignore"):
-                d = np.sqrt(np.einsum("nii->ni", cov[:, :p, :p]))
+                d = np.sqrt(np.einsum("nii->ni", cov_kin))
             d = np.where(np.isnan(d), np.inf, d)
-            row = {name: d[:, j] for j, name in enumerate(names)}
-            row.update(_derived_sd(model_, kin, cov[:, :p, :p]))
-            sd[i] = np.stack([row[k] for k in params_out], axis=-1)
+            out = {name: d[:, j] for j, name in enumerate(names)}
+            out.update(_derived_sd(model_, {n: np.tile(v, k) for n, v in kin.items()}, cov_kin))
+            sd[chunk] = np.stack([out[q] for q in params_out], axis=-1).reshape(k, n_t, n_par)
 
     truth_arr = np.stack([truth[k] for k in params_out], axis=-1)  # (n_t, n_par)
     with np.errstate(invalid="ignore", divide="ignore"):
