@@ -401,3 +401,24 @@ def test_the_example_scenario_trades_frame_time_voxel_and_snr():
     assert np.all(np.diff(dt, axis=1) < 0) and np.all(np.diff(snr, axis=1) < 0)  # more R
     assert np.all(np.diff(dt, axis=0) > 0) and np.all(np.diff(vox, axis=0) < 0)  # finer matrix
     assert np.all(np.diff(snr, axis=0) < 0)
+
+
+def test_the_joint_fitter_weighs_the_vfa_images_by_vfa_sigma_ratio():
+    """A case that states the ratio is fitted as one with the equivalent averages."""
+    from phantomdce.fit.joint import JointFitter
+    from phantomdce.fit.pipeline import Pipeline
+
+    sc = _scenario(replicates=20, protocol={"duration": 120.0, "n_baseline": 3, "snr": 15.0})
+    data = Pipeline()(simulate_case(sc, sc.cases()[0]))
+    fitter = JointFitter("extended_tofts")
+
+    def fit(**attrs):
+        d = data.copy()
+        d.attrs = {**data.attrs, **attrs}
+        return fitter.fit(d)["Ktrans"].values
+
+    by_ratio = fit(vfa_sigma_ratio=0.5, vfa_averages=1)
+    by_averages = fit(vfa_sigma_ratio="none", vfa_averages=4)
+    unweighted = fit(vfa_sigma_ratio="none", vfa_averages=1)
+    np.testing.assert_array_equal(by_ratio, by_averages)
+    assert not np.allclose(by_ratio, unweighted, rtol=1e-6, equal_nan=True)
