@@ -161,6 +161,8 @@ def test_builtins_satisfy_the_contract_and_never_modify_input():
     rng = np.random.default_rng(2)
     for fitter in builtin_fitters():
         check_fitter(fitter)
+        if fitter.input != "concentration":
+            continue  # the signal fitters: their own test below
         ct = K.MODEL_FUNCTIONS[fitter.model](T, CA, **OWN_MODEL_TRUTH[fitter.model])
         data = dataset(ct + rng.normal(0, 0.005, ct.shape))
         before = copy.deepcopy(data)
@@ -173,6 +175,27 @@ def test_builtins_satisfy_the_contract_and_never_modify_input():
                 assert out[name].dtype == bool and name[len("at_limit_") :] in out
             elif name != "success":
                 assert "units" in out[name].attrs
+
+
+def test_signal_builtins_satisfy_the_contract_and_never_modify_input():
+    from test_fit_success import DETERMINED, signal_dataset
+
+    signal = [f for f in builtin_fitters() if f.input == "signal"]
+    assert signal  # the joint fitters
+    for fitter in signal:
+        check_fitter(fitter)
+        data = signal_dataset(fitter.model, DETERMINED[fitter.model], replicates=2, snr=40.0)
+        before = copy.deepcopy(data)
+        out = fitter.fit(data)
+        xr.testing.assert_identical(data, before)
+        assert out.sizes == {"voxel": 2}
+        assert out["success"].dtype == bool and out["success"].all(), fitter.name
+        for name in out.data_vars:
+            if name.startswith("at_limit_"):
+                assert out[name].dtype == bool and name[len("at_limit_") :] in out
+            elif name != "success":
+                assert "units" in out[name].attrs
+        assert out["T10"].attrs["units"] == "s"
 
 
 def test_pure_noise_fits_at_a_search_bound_are_not_successes():

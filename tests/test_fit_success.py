@@ -16,15 +16,30 @@ import xarray as xr
 
 from phantomdce import kinetics as K
 from phantomdce.aif import plasma_aif
+from phantomdce.dro.scenario import parse_scenario
+from phantomdce.dro.simulate import simulate_case
 from phantomdce.engine import metrics
 from phantomdce.engine.run import open_results, run
 from phantomdce.fit._common import COND_MAX, F_ALPHA, beats_no_contrast, condition_numbers
 from phantomdce.fit.builtin import builtin_fitters
 from phantomdce.fit.llsq import LLSQFitter
 from phantomdce.fit.nlls import NLLSFitter
+from phantomdce.fit.pipeline import Pipeline
 
 T = np.arange(100) * 3.0
 CA = plasma_aif("parker", T, bat=15.0, hct=0.42)
+#: Built-in fitters of the concentration (the tests below hand them ``ct``) and of the
+#: signal (the joint fitters: VFA images and dynamic series, their own tests below).
+CONCENTRATION_FITTERS = [f for f in builtin_fitters() if f.input == "concentration"]
+SIGNAL_FITTERS = [f for f in builtin_fitters() if f.input == "signal"]
+#: A tissue of each model whose curve determines its parameters (package units).
+DETERMINED = {
+    "tofts": {"Ktrans": 0.2, "ve": 0.3},
+    "extended_tofts": {"Ktrans": 0.2, "ve": 0.3, "vp": 0.05},
+    "patlak": {"Ktrans": 0.05, "vp": 0.08},
+    "2cxm": {"fp": 40.0, "ps": 0.2, "ve": 0.3, "vp": 0.05},
+    "2cum": {"fp": 40.0, "ps": 0.2, "vp": 0.05},
+}
 
 
 def dataset(ct, ca=CA, t=T):
@@ -38,7 +53,21 @@ def params(out):
     return [v for v in out.data_vars if v != "success" and not v.startswith("at_limit_")]
 
 
-@pytest.mark.parametrize("fitter", builtin_fitters(), ids=lambda f: f.name)
+def signal_dataset(model, tissue, *, replicates, snr, seed=3, **protocol):
+    """What a signal fitter sees of a simulated DRO tissue (the default pipeline's output)."""
+    sc = parse_scenario(
+        {
+            "name": "signal",
+            "seed": seed,
+            "replicates": replicates,
+            "protocol": {"preset": "esnr2022", "snr": snr, **protocol},
+            "tissue": {"model": model, **{k: [v] for k, v in tissue.items()}, "T10": [1.5]},
+        }
+    )
+    return Pipeline()(simulate_case(sc, sc.cases()[0]))
+
+
+@pytest.mark.parametrize("fitter", CONCENTRATION_FITTERS, ids=lambda f: f.name)
 def test_a_window_with_no_contrast_is_never_a_success(fitter):
     """duration 52 s at dt 10 s, bolus at 50 s: six frames, ca = 0, ct noise (or zero)."""
     t = np.arange(6) * 10.0
@@ -51,25 +80,56 @@ def test_a_window_with_no_contrast_is_never_a_success(fitter):
         assert np.isnan(out[name].values).all(), name
 
 
-@pytest.mark.parametrize("fitter", builtin_fitters(), ids=lambda f: f.name)
+@pytest.mark.parametrize("fitter", CONCENTRATION_FITTERS, ids=lambda f: f.name)
 def test_pure_noise_curves_are_not_successes(fitter):
     rng = np.random.default_rng(8)
     out = fitter.fit(dataset(rng.normal(0.0, 0.02, (200, T.size))))
     assert out["success"].values.mean() <= 0.02, fitter.name
 
 
-@pytest.mark.parametrize("fitter", builtin_fitters(), ids=lambda f: f.name)
+@pytest.mark.parametrize("fitter", CONCENTRATION_FITTERS, ids=lambda f: f.name)
 def test_a_curve_that_determines_the_parameters_is_a_success(fitter):
-    truth = {
-        "tofts": {"ktrans": 0.2, "ve": 0.3},
-        "extended_tofts": {"ktrans": 0.2, "ve": 0.3, "vp": 0.05},
-        "patlak": {"ktrans": 0.05, "vp": 0.08},
-        "2cxm": {"fp": 40.0, "ps": 0.2, "ve": 0.3, "vp": 0.05},
-        "2cum": {"fp": 40.0, "ps": 0.2, "vp": 0.05},
-    }[fitter.model]
+    truth = {k.lower(): v for k, v in DETERMINED[fitter.model].items()}
     ct = K.MODEL_FUNCTIONS[fitter.model](T, CA, **truth)
     rng = np.random.default_rng(9)
     out = fitter.fit(dataset(ct + rng.normal(0.0, 0.005, (5, T.size))))
+    assert out["success"].values.all(), fitter.name
+
+
+def test_the_builtins_include_the_joint_signal_fitters():
+    names = {f.name for f in SIGNAL_FITTERS}
+    assert names == {
+        f"nlls_{m}_joint{s}"
+        for m in ("tofts", "extended_tofts", "patlak")
+        for s in ("", "_shared_m0")
+    }
+    assert len(CONCENTRATION_FITTERS) + len(SIGNAL_FITTERS) == len(builtin_fitters())
+
+
+@pytest.mark.parametrize("fitter", SIGNAL_FITTERS, ids=lambda f: f.name)
+def test_a_signal_without_contrast_is_never_a_success(fitter):
+    """Ktrans = 0 and vp = 0: the dynamic signal is its baseline plus noise."""
+    flat = {k: (0.25 if k == "ve" else 0.0) for k in DETERMINED[fitter.model]}
+    out = fitter.fit(signal_dataset(fitter.model, flat, replicates=20, snr=20.0))
+    assert not out["success"].values.any()
+    for name in params(out):
+        assert np.isnan(out[name].values).all(), name
+
+
+@pytest.mark.parametrize("fitter", SIGNAL_FITTERS, ids=lambda f: f.name)
+def test_pure_noise_signals_are_not_successes(fitter):
+    data = signal_dataset(fitter.model, DETERMINED[fitter.model], replicates=50, snr=20.0)
+    rng = np.random.default_rng(8)
+    for name in ("signal", "vfa_signal"):  # positive noise around a level, no structure
+        data[name].values[:] = rng.normal(100.0, 5.0, data[name].shape)
+    out = fitter.fit(data)
+    assert out["success"].values.mean() <= 0.02, fitter.name
+
+
+@pytest.mark.parametrize("fitter", SIGNAL_FITTERS, ids=lambda f: f.name)
+def test_a_signal_that_determines_the_parameters_is_a_success(fitter):
+    data = signal_dataset(fitter.model, DETERMINED[fitter.model], replicates=5, snr=50.0)
+    out = fitter.fit(data)
     assert out["success"].values.all(), fitter.name
 
 

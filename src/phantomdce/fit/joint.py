@@ -351,7 +351,7 @@ class JointFitter:
 def joint_fitters() -> list[JointFitter]:
     """Every joint fitter: each model of :data:`JOINT_MODELS`, separate and shared M0.
 
-    Load them by spec (``"phantomdce.fit.joint:joint_fitters"``) until they are listed
-    among the built-in fitters.
+    They are built-in fitters (:func:`phantomdce.fit.builtin.builtin_fitters`); the spec
+    ``"phantomdce.fit.joint:joint_fitters"`` names the same fitters.
     """
     return [JointFitter(m, shared_m0=shared) for m in JOINT_MODELS for shared in (False, True)]
