@@ -427,7 +427,7 @@ def test_osipy_refuses_a_non_uniform_time_axis(osipy_adapter):
     t = data["time"].values.copy()
     t[-1] += 1.0
     with pytest.raises(ValueError, match="uniform sampling"):
-        osipy_adapter.fitters._check_case(data.assign_coords(time=t))
+        osipy_adapter.OsipyFitter("tofts").fit(data.assign_coords(time=t))
 
 
 @pytest.mark.skipif(not OSIPY_SKIP, reason="osipy is importable here")

@@ -305,8 +305,8 @@ class OsipyFitter:
             If osipy cannot be imported.
 
         """
-        osipy_dce = _import_osipy()
         t, ca, cts = _check_case(data)
+        osipy_dce = _import_osipy()
         osipy_name, params = OSIPY_MODELS[self.model]
         names = [_NAME[p] for p in params]
         n = cts.shape[0]
