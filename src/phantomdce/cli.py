@@ -636,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fitters", help="list the built-in and plug-in fitters")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_fitters)
+
+    from phantomdce.design import add_assess_parser
+
+    add_assess_parser(sub)
     return parser
 
 
