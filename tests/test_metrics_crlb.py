@@ -231,3 +231,90 @@ def test_case_bounds_computes_once_per_tissue_and_refuses_a_varying_truth():
     truth["T10"] = np.array([1.5, 1.5, 1.4])
     with pytest.raises(ValueError, match="'T10' differs"):
         case_bounds(attrs, truth, [4, 7, 4], kind="joint")
+
+
+# -- the report: the bound beside the measured CV -----------------------------------------------
+
+
+def _bounded_table(fitter, param, value):
+    from test_verdict import metrics
+
+    m = metrics(2.0, 10.0 + value)
+    # lsq has a bound at every knob value but the last; llsq (a mismatched model) none
+    finite = fitter == "lsq" and value != 15
+    m["crlb_cv_pct"] = 5.0 + value if finite else math.nan
+    m["efficiency"] = 0.8 if finite else math.nan
+    return m
+
+
+def test_the_knob_figure_draws_the_bound_beside_the_cv():
+    from phantomdce.report.figures import knob_figure
+
+    from test_verdict import DT, make_result
+
+    fig = knob_figure(make_result(_bounded_table, DT))
+    for r in range(3):  # Ktrans, ve, vp
+        ax_bias, ax_cv = fig.axes[2 * r], fig.axes[2 * r + 1]
+        lines = [ln for ln in ax_cv.lines if ln.get_label().startswith("CRLB")]
+        assert [ln.get_label() for ln in lines] == ["CRLB lsq"]  # none for llsq
+        (line,) = lines
+        assert line.get_linestyle() == "--"
+        x = np.asarray(line.get_xdata(), float)
+        y = np.asarray(line.get_ydata(), float)
+        assert y.tolist() == [5.0 + v for v in DT[:-1]]  # only where finite
+        assert np.allclose(x - np.round(x), x[0] - round(x[0]))  # at the knob values
+        assert not any(ln.get_label().startswith("CRLB") for ln in ax_bias.lines)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "CRLB (fitter's colour)" in legend
+
+    fig = knob_figure(make_result(lambda f, p, v: _bounded_table("llsq", p, v), DT))
+    assert not any(ln.get_label().startswith("CRLB") for ax in fig.axes for ln in ax.lines)
+    assert "CRLB (fitter's colour)" not in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_the_verdict_table_shows_the_efficiency_next_to_the_cv(tmp_path):
+    from phantomdce.report.render import write_report
+
+    from test_verdict import DT, make_result
+
+    paths = write_report(
+        [make_result(_bounded_table, DT)],
+        tmp_path / "rep",
+        command="phantomdce report x",
+        version="0",
+        scenario_info={},
+        date="2024-01-02",
+    )
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "Ktrans CV % (noise only) [CRLB efficiency]" in md
+    assert "[0.80]" in md
+
+
+def test_the_report_pools_the_stored_bound_like_the_noise_only_cv(crlb_run):
+    """The knob value 20 of the run's two SNR cases: one case, its metrics.csv numbers."""
+    import tomllib
+
+    from phantomdce.report.results import collect_results
+
+    path, out, rows = crlb_run
+    text = path.read_text() + (
+        '\n[recommendation]\nid = "noise"\ntitle = "Noise"\ntext = "none"\nknob = "snr"\n'
+        'kind = "min"\n'
+    )
+    assert tomllib.loads(text)["recommendation"]["knob"] == "snr"
+    path2 = path.parent / "crlb_rec.toml"
+    path2.write_text(text)
+    out2 = path.parent / "out_rec"
+    run(path2, out2)
+    (result,) = collect_results(out2)
+    with open(out2 / "metrics.csv", newline="") as fh:
+        stored = {(r["case"], r["fitter"], r["parameter"]): r for r in csv.DictReader(fh)}
+    for row in result.rows:
+        case = "case_0000" if row.knob_value == 20.0 else "case_0001"
+        s = stored[case, row.fitter, row.parameter]
+        for key in ("crlb_cv_pct", "efficiency"):
+            if s[key] == "":
+                assert math.isnan(row.metrics[key]), (row.fitter, key)
+            else:
+                assert row.metrics[key] == pytest.approx(float(s[key]), rel=1e-12)
+    assert any(math.isfinite(r.metrics["efficiency"]) for r in result.rows)

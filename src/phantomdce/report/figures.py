@@ -144,7 +144,11 @@ def knob_figure(
     matplotlib.figure.Figure
         One row per parameter (Ktrans, ve, vp, kep as present), columns relative bias (%)
         and CV (%); the recommended threshold (ordered knobs) or categories (category knobs)
-        drawn as vertical dashed lines; one figure legend listing the fitters.
+        drawn as vertical dashed lines; one figure legend listing the fitters. Where a
+        fitter's rows carry a finite Cramér-Rao bound (``crlb_cv_pct``, see
+        :mod:`phantomdce.report.results`), the CV panel draws it as a thin dashed line in
+        the fitter's colour (label ``"CRLB <fitter>"``), at the knob values where it is
+        finite.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -188,6 +192,7 @@ def knob_figure(
         rec_x = [float(rec.threshold)]
 
     axes = fig.subplots(nrows, 2, sharex=True, squeeze=False)
+    any_bound = False
     for r, p in enumerate(params):
         ax_b, ax_c = axes[r]
         bias_lim = criterion.max_abs_rel_bias_pct.get(p)
@@ -209,10 +214,13 @@ def knob_figure(
                     _metric(row.metrics, "rel_bias_ci_low"),
                     _metric(row.metrics, "rel_bias_ci_high"),
                     _metric(row.metrics, "cv_pct"),
+                    _metric(row.metrics, "crlb_cv_pct"),
                 )
                 for row in rows
             )
-            x, rb, lo, hi, cv = (np.array(c, dtype=float) for c in zip(*pts, strict=True))
+            x, rb, lo, hi, cv, bound = (
+                np.array(c, dtype=float) for c in zip(*pts, strict=True)
+            )
             x = x + (i - (len(fitters) - 1) / 2) * step
             yerr = np.nan_to_num(np.clip(np.vstack([rb - lo, hi - rb]), 0, None), nan=0.0)
             style = {
@@ -225,8 +233,15 @@ def knob_figure(
             }
             ax_b.errorbar(x, rb, yerr=yerr, capsize=2.5, elinewidth=1, **style)
             ax_c.plot(x, cv, **style)
+            has = np.isfinite(bound)
+            if has.any():
+                any_bound = True
+                ax_c.plot(
+                    x[has], bound[has], color=colours[i], ls=(0, (4, 2)), lw=1.0,
+                    marker="_" if kind == "category" else None, ms=12, label=f"CRLB {f}",
+                )  # fmt: skip
             all_b += [*rb, *lo, *hi]
-            all_c += list(cv)
+            all_c += list(cv) + list(bound[has])
         _maybe_symlog(ax_b, np.array(all_b, dtype=float), bias_lim)
         _maybe_symlog(ax_c, np.array(all_c, dtype=float), cv_lim)
         for ax in (ax_b, ax_c):
@@ -272,6 +287,10 @@ def knob_figure(
         )
         for i, f in enumerate(fitters)
     ]
+    if any_bound:
+        handles.append(
+            Line2D([], [], color="0.3", ls=(0, (4, 2)), lw=1.0, label="CRLB (fitter's colour)")
+        )
     if rec_x:
         handles.append(Line2D([], [], color=_REC_COLOUR, ls="--", label="recommended"))
     handles.append(Patch(color=_OK_COLOUR, alpha=0.3, label="accuracy criterion met"))

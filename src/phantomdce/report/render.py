@@ -204,7 +204,7 @@ def _setting_columns(v: Verdict) -> list[str]:
         cols += [
             f"{p} rel. bias % [95% CI]",
             f"{p} bias range over cases %",
-            f"{p} CV % (noise only)",
+            f"{p} CV % (noise only) [CRLB efficiency]",
             f"{p} failed %",
         ]
     if v.tissue_grid:
@@ -230,7 +230,9 @@ def _setting_cells(v: Verdict, s: Setting) -> tuple[list[str], set[int]]:
             cells += [
                 _bias_cell(c.rel_bias_pct, c.ci_low, c.ci_high),
                 "-" if same else f"{fmt_pct(c.case_bias_min)} to {fmt_pct(c.case_bias_max)}",
-                f"{fmt_pct(c.cv_pct)}" + ("" if same else f" ({fmt_pct(c.cv_noise_pct)})"),
+                f"{fmt_pct(c.cv_pct)}"
+                + ("" if same else f" ({fmt_pct(c.cv_noise_pct)})")
+                + (f" [{c.efficiency:.2f}]" if math.isfinite(c.efficiency) else ""),
                 failed,
             ]
     if v.tissue_grid:

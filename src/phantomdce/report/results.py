@@ -7,6 +7,12 @@ different cases count as different noise blocks in the bootstrap. Several runs m
 recommendation ``id``, each with a fixed ``knob_value`` (for a knob that is not a protocol
 key, such as the AIF source of the pipeline); ``knob = "fitter"`` makes the fitters the
 categories.
+
+The Cramér-Rao bound of a knob value comes from the runs' ``metrics.csv`` (computed per
+case by :func:`phantomdce.engine.run.finalize`): ``crlb_cv_pct`` is the root mean square of the
+pooled cases' ``crlb_cv_pct`` and ``efficiency`` the mean of their bound variances over
+the mean of their within-tissue variances (noise only, like ``cv_noise_pct``); NaN unless
+every pooled case has a bound.
 """
 
 from __future__ import annotations
@@ -195,8 +201,10 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
     scenarios = []
     block = 0
     noise_free: dict[tuple[Any, str, str], list[bool]] = {}
+    bounds: dict[tuple[Any, str, str], list[tuple[float, float, float]]] = {}
     tissue_grid = True
     for run_dir, meta, fixed, option in runs:
+        case_bounds = _stored_bounds(run_dir)
         scenarios.append(meta["scenario_name"])
         tissue_grid = tissue_grid and "model" in meta["scenario"].get("tissue", {})
         # neck-phantom runs: a replicate code is subject * replicates + acquisition
@@ -250,6 +258,9 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
                     )
                     noise_free.setdefault((key_value, label, name), []).append(
                         _noise_free(meta, case_values)
+                    )
+                    bounds.setdefault((key_value, label, name), []).append(
+                        case_bounds.get((case_name, fitter, name), _NO_BOUND)
                     )
                     pools.setdefault((key_value, label, name), []).append(
                         {
@@ -331,6 +342,7 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
         m["rel_bias_case_min"] = float(finite.min()) if finite.size else float("nan")
         m["rel_bias_case_max"] = float(finite.max()) if finite.size else float("nan")
         m["noise_free"] = float(all(noise_free[(knob, fitter, name)]))
+        m.update(_pooled_bound(bounds[(knob, fitter, name)]))
         m["tissue_grid"] = float(tissue_grid)
         rows.append(KnobRow(knob, fitter, name, m))
         tissues.extend(_tissue_rows(knob, fitter, name, p, rel, ok))
@@ -359,6 +371,56 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
         oracles=oracles,
         tissue_grid=tissue_grid,
     )
+
+
+_NO_BOUND = (math.nan, math.nan, math.nan)
+
+
+def _stored_bounds(run_dir: Path) -> dict[tuple[str, str, str], tuple[float, float, float]]:
+    """The bound of each case, fitter and parameter of a run, from its metrics.csv.
+
+    ``(crlb_cv_pct^2, efficiency * sd^2, sd^2)``: the squared CV bound (%^2), the mean
+    bound variance over the tissues of ``sd`` and the measured within-tissue variance. An
+    older run without the bound columns gives none (NaN).
+    """
+    import csv
+
+    path = Path(run_dir) / "metrics.csv"
+    out: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+    if not path.exists():
+        return out
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if "efficiency" not in row:
+                return {}
+            num = {
+                k: float(row[k]) if row[k] else math.nan
+                for k in ("crlb_cv_pct", "efficiency", "sd")
+            }
+            out[row["case"], row["fitter"], row["parameter"]] = (
+                num["crlb_cv_pct"] ** 2,
+                num["efficiency"] * num["sd"] ** 2,
+                num["sd"] ** 2,
+            )
+    return out
+
+
+def _pooled_bound(cases: list[tuple[float, float, float]]) -> dict[str, float]:
+    """The bound of a knob value pooled over its cases, like ``cv_noise_pct``.
+
+    ``crlb_cv_pct``: root mean square of the cases' ``crlb_cv_pct``; ``efficiency``: mean
+    over the cases of the bound variance over mean of their within-tissue variance (noise
+    only: the spread between pooled cases is not noise the bound describes). NaN unless
+    every pooled case has a bound.
+    """
+    a = np.array(cases, dtype=float).reshape(-1, 3)
+    if not a.size or not np.isfinite(a).all():
+        return {"crlb_cv_pct": math.nan, "efficiency": math.nan}
+    measured = float(a[:, 2].mean())
+    return {
+        "crlb_cv_pct": float(np.sqrt(a[:, 0].mean())),
+        "efficiency": float(a[:, 1].mean()) / measured if measured > 0 else math.nan,
+    }
 
 
 def _truth(ds, name: str) -> np.ndarray | None:

@@ -252,6 +252,11 @@ class ParamCheck:
         Lowest and highest relative bias of the pooled cases, %.
     at_limit_rate : float
         Fraction of fits at the parameter's degenerate limit (``at_limit_<param>``), 0-1.
+    efficiency : float
+        Cramér-Rao bound variance over the measured within-tissue variance (noise only),
+        1 for an efficient estimator, below 1 for a less precise one
+        (:mod:`phantomdce.engine.metrics`); NaN where no bound applies. Shown beside the
+        CV, not judged.
     """
 
     parameter: str
@@ -268,6 +273,7 @@ class ParamCheck:
     case_bias_min: float = math.nan
     case_bias_max: float = math.nan
     at_limit_rate: float = math.nan
+    efficiency: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -566,6 +572,7 @@ def _check(
         case_bias_min=_metric(row, "rel_bias_case_min"),
         case_bias_max=_metric(row, "rel_bias_case_max"),
         at_limit_rate=_metric(row, "at_limit_rate"),
+        efficiency=_metric(row, "efficiency"),
     )
 
 
