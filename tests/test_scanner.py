@@ -422,3 +422,24 @@ def test_the_joint_fitter_weighs_the_vfa_images_by_vfa_sigma_ratio():
     unweighted = fit(vfa_sigma_ratio="none", vfa_averages=1)
     np.testing.assert_array_equal(by_ratio, by_averages)
     assert not np.allclose(by_ratio, unweighted, rtol=1e-6, equal_nan=True)
+
+
+def test_simulate_summarises_a_scanner_sweep(tmp_path, capsys):
+    from phantomdce.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        'name = "s"\nreplicates = 1\n[protocol]\nduration = 120.0\nn_baseline = 3\n'
+        "[scanner]\nmatrix = [192, 192]\nfov_mm = [240.0, 240.0]\nslices = 40\n"
+        "slice_thickness_mm = 3.0\ntr = 0.004\nfa = 15.0\nreference_snr = 25.0\n"
+        "partial_fourier = 0.75\n"
+        "[tissue]\nKtrans = 0.2\nve = 0.3\nvp = 0.05\n"
+        '[sweep]\n"scanner.parallel_factor" = [3.0, 4.0]\n',
+        encoding="utf-8",
+    )
+    assert main(["simulate", str(path), "-o", str(tmp_path / "dro.zarr"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "scanner.parallel_factor" in out
+    # the SNR of R = 4 (the reference is the scanner as first given, R = 1), to 4 digits
+    snr = Scanner.from_mapping({**BASE, "partial_fourier": 0.75}).replace(parallel_factor=4.0)
+    assert f"{snr.derive().snr:.4g}" in out

@@ -83,18 +83,21 @@ def _summary(path: Path) -> str:
     ]
     keys = list(root.attrs.get("sweep_keys", []))
     units = {k: root[k].attrs.get("units", "") for k in keys}
-    header = f"  {'case':<10}" + "".join(
-        f"{k + (f' [{units[k]}]' if units[k] not in ('', '1') else ''):>18}" for k in keys
-    )
+    labels = {k: k + (f" [{units[k]}]" if units[k] not in ("", "1") else "") for k in keys}
+    width = {k: max(18, len(labels[k]) + 2) for k in keys}  # "scanner.<key>" is long
+    header = f"  {'case':<10}" + "".join(f"{labels[k]:>{width[k]}}" for k in keys)
     header += f"{'frames':>8}{'max ca mM':>11}{'max ct mM':>11}"
     header += "" if "snr" in keys else f"{'SNR':>8}"
     lines.append(header)
     for name in root["case_name"].values:
         ds = tree[str(name)].ds
-        row = f"  {name!s:<10}" + "".join(f"{ds.attrs[k]!s:>18}" for k in keys)
+        values = {**ds.attrs, **ds.attrs.get("case_values", {})}  # "scanner.<key>" too
+        row = f"  {name!s:<10}" + "".join(f"{values[k]!s:>{width[k]}}" for k in keys)
         ct_peak = float(np.asarray(ds["ct"].max()))
         row += f"{ds.sizes['time']:>8}{float(ds['ca'].max()):>11.3f}{ct_peak:>11.3f}"
-        row += "" if "snr" in keys else f"{ds.attrs['snr']!s:>8}"
+        snr = ds.attrs["snr"]
+        snr = f"{snr:.4g}" if isinstance(snr, float) and len(str(snr)) > 7 else str(snr)
+        row += "" if "snr" in keys else f"{snr:>8}"
         lines.append(row)
     return "\n".join(lines)
 
