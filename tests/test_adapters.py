@@ -12,6 +12,7 @@ OSIPI data: OSIPI/DCE-DSC-MRI_CodeCollection (Apache-2.0), see tests/data/osipi/
 
 import copy
 import csv
+import doctest
 import importlib
 import importlib.util
 import json
@@ -226,6 +227,18 @@ def test_adapter_is_packaged_as_a_third_party_plugin(folder, dist, package, ep_n
     assert "## Units and conversions" in readme
     assert "Apache License" in (folder / "LICENSE").read_text(encoding="utf-8")
     assert (folder / "src" / package / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("fixture", "needs"), [("qbipy", HAS_QBIPY), ("pbrain", HAS_PBRAIN), ("osipy_adapter", True)]
+)
+def test_adapter_docstring_examples_run(fixture, needs, request):
+    if not needs:
+        pytest.skip(f"the package wrapped by {fixture} is not installed")
+    module = request.getfixturevalue(fixture).fitters
+    flags = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+    result = doctest.testmod(module, optionflags=flags)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_osipy_dependency_is_only_required_where_osipy_installs():
