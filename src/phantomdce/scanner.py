@@ -118,8 +118,9 @@ SCANNER_FIELDS: dict[str, FieldSpec] = {
         _pair(as_int, "integers", lo=1, hi=MAX_MATRIX),
     ),
     "fov_mm": FieldSpec(
-        "mm", "(read, phase) field of view", _pair(as_float, "numbers > 0 (mm)", lo=0.0,
-                                                    lo_open=True, units="mm")
+        "mm",
+        "(read, phase) field of view",
+        _pair(as_float, "numbers > 0 (mm)", lo=0.0, lo_open=True, units="mm"),
     ),
     "slices": FieldSpec(
         "1",
