@@ -414,7 +414,6 @@ def score(
     """
     from phantomdce.dro.scenario import check_name
     from phantomdce.engine.run import _jobs, finalize, plan_run, run_unit
-    from phantomdce.fit.registry import DuplicateFitterError
 
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
@@ -426,6 +425,10 @@ def score(
             )
     model = model_of(list(maps))
     name = check_name("--name", name)
+    from phantomdce.fit.registry import list_fitters
+
+    if name in {i.name for i in list_fitters()}:
+        raise ConfigError(f"--name {name}: an installed fitter has this name; choose another")
     cases = manifest["cases"]
     many = [k for k, p in maps.items() if "{case}" not in str(p) and not str(p).endswith(".csv")]
     if len(cases) > 1 and many:
@@ -452,12 +455,7 @@ def score(
     # the default pipeline (T1 from the VFA series, measured baseline, the exported true AIF):
     # what the export gives the software; it sets the Cramer-Rao bound the maps are judged by
     fit = {"fitters": [spec], "isolate": "none"}
-    try:
-        plan = plan_run(export_dir / "scenario.toml", out, fitters=[spec], overrides={"fit": fit})
-    except DuplicateFitterError:
-        raise ConfigError(
-            f"--name {name}: an installed fitter has this name; choose another"
-        ) from None
+    plan = plan_run(export_dir / "scenario.toml", out, fitters=[spec], overrides={"fit": fit})
     try:
         by_name = {c["name"]: c for c in cases}
         for job in _jobs(plan, plan.pending()):
