@@ -312,3 +312,14 @@ def test_a_scenario_without_a_name_keeps_its_file_name(tmp_path):
 
     again = parse_scenario(tomllib.loads((tmp_path / "o" / "scenario.toml").read_text()))
     assert again.name == "unnamed-scn" and again.hash == load_scenario(path).hash
+
+
+def test_the_cli_exports_a_noiseless_case_too(tmp_path, capsys):
+    path = tmp_path / "noiseless.toml"
+    path.write_text(SCENARIO.replace("snr = [20.0, 40.0]", "snr = [20.0, inf]"))
+    assert main(["export", str(path), "-o", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "exported 2 cases x 12 voxels (dicom)" in text
+    assert "DICOM quantisation step <= 0.00" in text and "cases without noise" in text
+    q = _manifest(tmp_path / "o")["cases"][1]["quantisation"]["dynamic"]
+    assert q["noise_sd"] == 0.0 and q["step_over_noise_sd"] == "inf"

@@ -702,13 +702,10 @@ def _cmd_export(args: Any) -> int:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     print(f"exported {manifest['n_cases']} cases x {manifest['n_voxels']} voxels"
           f" ({args.fmt}) -> {path.parent}")  # fmt: skip
-    worst = [
-        q["step_over_noise_sd"]
-        for c in manifest["cases"]
-        for q in c["quantisation"].values()
-        if math.isfinite(q["step_over_noise_sd"])
-    ]
-    if worst:
-        print(f"  DICOM quantisation step <= {max(worst):.2g} x the noise SD")
+    steps = [q["step_over_noise_sd"] for c in manifest["cases"] for q in c["quantisation"].values()]
+    finite = [s for s in steps if isinstance(s, int | float)]  # "inf": a case without noise
+    if finite:
+        print(f"  DICOM quantisation step <= {max(finite):.2g} x the noise SD"
+              + (" (cases without noise: step > 0 x 0)" if len(finite) < len(steps) else ""))
     print(f"  manifest: {path}")
     return 0
