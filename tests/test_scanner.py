@@ -382,11 +382,68 @@ def test_the_precision_bound_uses_vfa_sigma_ratio():
     assert np.all(by_ratio < plain)
 
 
-def test_a_phantom_scenario_refuses_a_scanner_table():
+PHANTOM_SCANNER = {**SCANNER_TOML, "matrix": [96, 96], "fov_mm": [120.0, 120.0]}
+
+
+def _phantom(**extra):
     from phantomdce.phantom.scenario import parse_phantom_scenario
 
-    with pytest.raises(ConfigError, match=r"scanner: a phantom scenario .* no \[scanner\]"):
-        parse_phantom_scenario({"phantom": {"shape": [16, 32, 32]}, "scanner": SCANNER_TOML})
+    raw = {
+        "name": "ph",
+        "phantom": {"shape": [8, 96, 96]},
+        "protocol": {"duration": 60.0, "n_baseline": 3, "post_bolus_s": None},
+        "scanner": PHANTOM_SCANNER,
+        "sweep": {"scanner.slice_thickness_mm": [1.5, 3.0]},
+    }
+    raw.update(extra)
+    return parse_phantom_scenario(raw)
+
+
+def test_a_phantom_scanner_sets_the_voxel_and_the_noise_of_the_acquisition():
+    from phantomdce.phantom.acquire import REFERENCE_VOXEL_MM3, acquire
+    from phantomdce.phantom.anatomy import make_neck
+    from phantomdce.signal import native_t1
+
+    ps = _phantom()
+    cases = ps.cases()
+    assert [(c.acquisition.in_plane_mm, c.acquisition.slice_mm) for c in cases] == [
+        (1.25, 1.5),
+        (1.25, 3.0),
+    ]
+    for c in cases:
+        d = c.derived
+        assert d.t1_s == native_t1("muscle", 3.0)  # the site's SNR is muscle's
+        # the phantom's snr is muscle's at its reference voxel, scaled by volume there
+        assert c.protocol.snr == pytest.approx(d.snr * REFERENCE_VOXEL_MM3 / d.voxel_mm3)
+    table = ps.cases_table()
+    np.testing.assert_allclose(table["voxel_slice_mm"].values, [1.5, 3.0])
+    assert table["scan_time_s"].attrs["units"] == "s"
+    # the noise SD follows the scanner's SNR alone: half the voxel, twice the noise (not 4x)
+    ph = make_neck((8, 96, 96), seed=3)
+    sig = [acquire(ph, c.protocol, c.acquisition).attrs["noise_sigma"] for c in cases]
+    assert sig[0] / sig[1] == pytest.approx(cases[1].derived.snr / cases[0].derived.snr)
+    assert sig[0] / sig[1] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "pieces"),
+    [
+        ({"acquisition": {"in_plane_mm": 2.0}}, ["acquisition.in_plane_mm = 2.0", "[scanner]"]),
+        (
+            {"sweep": {"slice_mm": [2.0, 3.0]}},
+            ["sweep.slice_mm = [2.0, 3.0]", "scanner.slice_thickness_mm"],
+        ),
+        (
+            {"scanner": {**PHANTOM_SCANNER, "fov_mm": [120.0, 150.0]}},
+            ["1.25 x 1.5625 mm", "square in-plane voxel"],
+        ),
+    ],
+)
+def test_a_phantom_scanner_refuses_what_it_sets(extra, pieces):
+    with pytest.raises(ConfigError) as err:
+        _phantom(**extra)
+    for piece in pieces:
+        assert piece in str(err.value)
 
 
 def test_the_example_scenario_trades_frame_time_voxel_and_snr():

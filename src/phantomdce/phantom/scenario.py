@@ -16,6 +16,13 @@ table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
     in_plane_mm = 2.0
     slice_mm = 3.0
 
+A ``[scanner]`` table (:mod:`phantomdce.scanner`) may describe the acquisition instead: its
+voxel sets ``in_plane_mm`` (square in-plane voxels only) and ``slice_mm``, which
+``[acquisition]`` and ``[sweep]`` may then not give, and its SNR sets the noise, the site's
+``reference_snr`` being that of muscle (``reference_t1_s`` defaults to muscle's native T1);
+each case's ``snr`` is that SNR converted to the phantom's definition (muscle at the
+2 x 2 x 3 mm reference voxel, scaled by the voxel volume in the acquisition).
+
 This module is the truth side of a phantom scenario: it checks the file
 (:func:`parse_phantom_scenario`, every error a :class:`~phantomdce.dro.config.ConfigError`
 naming its key), expands its cases (protocol sweep x acquisition sweep), and gives each
@@ -220,6 +227,62 @@ def _acq_value(path: str, key: str, value: Any) -> Any:
     return as_float(path, value, units=units, lo=0.0, lo_open=positive)
 
 
+#: Acquisition keys a ``[scanner]`` table sets (from its voxel).
+SCANNER_ACQ_KEYS = ("in_plane_mm", "slice_mm")
+
+
+def _phantom_scanner_table(
+    table: Any, acq: dict[str, Any], sweep: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``[scanner]`` table of a phantom scenario, checked against ``[acquisition]``.
+
+    The scanner's voxel sets ``in_plane_mm`` and ``slice_mm``, so neither may be given in
+    ``[acquisition]`` or ``[sweep]``. The site's ``reference_snr`` is that of muscle (the
+    tissue in which a phantom's SNR is defined): ``reference_t1_s`` defaults to the native T1
+    of muscle at ``scanner.field_strength``.
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(f"scanner = {table!r}: expected a table")
+    for where, given in (("acquisition", acq), ("sweep", sweep)):
+        for key in SCANNER_ACQ_KEYS:
+            if key in given:
+                raise ConfigError(
+                    f"{where}.{key} = {given[key]!r} with a [scanner] table: the scanner's voxel"
+                    " (scanner.fov_mm / scanner.matrix in-plane, scanner.slice_thickness_mm)"
+                    f" sets {key!r}; expected {key!r} only from [scanner]"
+                )
+    if "reference_t1_s" in table:
+        return table
+    from phantomdce.signal import native_t1
+
+    field_strength = table.get("field_strength", 3.0)
+    try:
+        t1 = float(native_t1("muscle", field_strength))
+    except (TypeError, ValueError):
+        return table  # the scanner's own check names the bad field strength
+    return {**table, "reference_t1_s": t1}
+
+
+def _scanner_voxel(case: Case) -> tuple[dict[str, float], Protocol]:
+    """A phantom case's voxel and protocol from its scanner.
+
+    The phantom's ``snr`` is muscle's at the reference voxel of
+    :data:`phantomdce.phantom.acquire.REFERENCE_VOXEL_MM3` (scaled by the voxel volume in the
+    acquisition), so the scanner's SNR in muscle at its own voxel is converted to it.
+    """
+    from phantomdce.phantom.acquire import REFERENCE_VOXEL_MM3
+
+    d = case.derived
+    read, phase, slab = d.voxel_mm
+    if not np.isclose(read, phase, rtol=1e-9):
+        raise ConfigError(
+            f"scanner voxel {read:g} x {phase:g} mm in-plane (fov_mm / matrix): expected a"
+            " square in-plane voxel in a phantom scenario (acquisition.in_plane_mm is one size)"
+        )
+    snr = d.snr * REFERENCE_VOXEL_MM3 / d.voxel_mm3
+    return {"in_plane_mm": read, "slice_mm": slab}, case.protocol.replace(snr=snr)
+
+
 def _acquisition(path: str, values: dict[str, Any]) -> Acquisition:
     try:
         return Acquisition(**values)
@@ -324,13 +387,25 @@ class PhantomScenario:
         acq_keys = list(self.acq_sweep)
         out = []
         for proto_case in self.scenario.cases():
+            protocol, voxel = proto_case.protocol, {}
+            if proto_case.scanner is not None:
+                try:
+                    voxel, protocol = _scanner_voxel(proto_case)
+                except ConfigError as exc:
+                    raise ConfigError(f"sweep case {proto_case.values}: {exc}") from None
             for combo in itertools.product(*[self.acq_sweep[k] for k in acq_keys]):
                 values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
                 changes = {k: v for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
+                changes.update(voxel)
                 acq = _acquisition(f"sweep {changes}", {**self.acquisition.__dict__, **changes})
                 out.append(
                     PhantomCase(
-                        len(out), values, proto_case.protocol, acq, values.get("roi", self.roi)
+                        len(out),
+                        values,
+                        protocol,
+                        acq,
+                        values.get("roi", self.roi),
+                        scanner=proto_case.scanner,
                     )
                 )
         return tuple(out)
@@ -353,8 +428,10 @@ class PhantomScenario:
 
     def cases_table(self) -> xr.Dataset:
         """The result store's root: one row per case (``case_name``, the swept values)."""
+        from phantomdce.scanner import DERIVED_UNITS
+
         cases = self.cases()
-        units = {**Protocol.units(), **ACQ_UNITS}
+        units = {**self.scenario.sweep_units(), **ACQ_UNITS}
         data = {}
         for key in [*self.scenario.sweep, *self.acq_sweep]:
             values = [c.values[key] for c in cases]
@@ -366,6 +443,14 @@ class PhantomScenario:
                     for v in values
                 ]
             data[key] = ("case", np.asarray(values), {"units": units.get(key, "1")})
+        if self.scenario.scanner is not None:  # what each case's scanner implies
+            derived = [c.scanner_attrs() for c in cases]
+            for key in derived[0]:
+                data[key] = (
+                    "case",
+                    np.asarray([d[key] for d in derived], dtype=np.float64),
+                    {"units": DERIVED_UNITS[key], "long_name": "derived by the scanner model"},
+                )
         data["case_name"] = (
             "case",
             np.array([c.name for c in cases]),
@@ -402,14 +487,10 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
         raw["name"] = "scenario"
     original = json.loads(json.dumps(raw, default=str))
     ph = dict(raw.pop("phantom"))
-    if "scanner" in raw:
-        raise ConfigError(
-            "scanner: a phantom scenario takes its voxel from [acquisition] and its noise from"
-            " protocol.snr (muscle at a 2 x 2 x 3 mm voxel, scaled by the voxel volume); the"
-            " [scanner] model is for DRO scenarios; expected no [scanner] table here"
-        )
     acq = dict(raw.pop("acquisition", {}))
     sweep = dict(raw.get("sweep", {}))
+    if "scanner" in raw:
+        raw["scanner"] = _phantom_scanner_table(raw["scanner"], acq, sweep)
     for key in ph:
         if key not in PHANTOM_KEYS:
             raise unknown_key("phantom", key, PHANTOM_KEYS)
