@@ -630,11 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="run or study output folder")
     p.set_defaults(func=_cmd_verify)
 
+    from phantomdce import score_cli
     from phantomdce.dro import export as _export_cmd
-    from phantomdce.engine import score as _score_cmd
 
     _export_cmd.add_parser(sub)
-    _score_cmd.add_parser(sub)
+    score_cli.add_parser(sub)
 
     p = sub.add_parser("fitters", help="list the built-in and plug-in fitters")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")

@@ -473,24 +473,8 @@ def score(
 # -- command line ----------------------------------------------------------------------------
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``phantomdce score`` to the CLI's subparsers."""
-    p = sub.add_parser(
-        "score", help="score another program's parametric maps of a `phantomdce export`"
-    )
-    p.add_argument("export", help="folder written by `phantomdce export`")
-    p.add_argument(
-        "--maps",
-        required=True,
-        help="PARAM=PATH,... (NIfTI, DICOM or CSV; {case} in a path: the case folder)",
-    )
-    p.add_argument("--name", default="external", help="the software's name (its fitter name)")
-    p.add_argument("-o", "--output", required=True, help="result folder (as `phantomdce run`)")
-    p.add_argument("--report", default=None, metavar="DIR", help="also write the report")
-    p.set_defaults(func=_cmd_score)
-
-
-def _cmd_score(args: Any) -> int:
+def cli_score(args: Any) -> int:
+    """``phantomdce score`` (its arguments: :mod:`phantomdce.score_cli`); the exit status."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnitWarning)
         rows = score(args.export, args.maps, args.output, name=args.name)
