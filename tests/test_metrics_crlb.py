@@ -318,3 +318,19 @@ def test_the_report_pools_the_stored_bound_like_the_noise_only_cv(crlb_run):
             else:
                 assert row.metrics[key] == pytest.approx(float(s[key]), rel=1e-12)
     assert any(math.isfinite(r.metrics["efficiency"]) for r in result.rows)
+
+
+def test_several_kinds_at_once_equal_each_kind_alone():
+    from phantomdce.dro.protocol import Protocol
+
+    tissue = {"Ktrans": [0.1, 0.3], "ve": [0.25, 0.4], "vp": [0.05, 0.02]}
+    kinds = ("two_step", "baseline_m0", "joint_shared_m0")
+    both = crlb(Protocol(), "extended_tofts", tissue, t10=1.5, snr=20.0, kind=kinds)
+    assert tuple(both) == kinds
+    for kind in kinds:
+        alone = crlb(Protocol(), "extended_tofts", tissue, t10=1.5, snr=20.0, kind=kind)
+        assert set(alone) == set(both[kind])
+        for name, sd in alone.items():
+            np.testing.assert_array_equal(both[kind][name], sd)
+    with pytest.raises(ValueError, match="kind='nope'"):
+        crlb(Protocol(), "extended_tofts", tissue, kind=("joint", "nope"))

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import cmath
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numba
@@ -572,19 +572,41 @@ def _bound_arrays(
     t10: NDArray,
     m0: NDArray,
     snr: float,
+    kinds: tuple[str, ...],
+) -> dict[str, dict[str, NDArray[np.float64]]]:
+    """SD bound per kind and parameter for tissues given as 1-D arrays (n,).
+
+    The Jacobians are computed once for all ``kinds``.
+    """
+    jac = sm.jacobians(model, params, t10=t10, m0=m0) if np.isfinite(snr) else None
+    return {
+        kind: _bound_one(sm, model, params, t10=t10, m0=m0, snr=snr, kind=kind, jac=jac)
+        for kind in kinds
+    }
+
+
+def _bound_one(
+    sm: SignalModel,
+    model: str,
+    params: Mapping[str, NDArray],
+    *,
+    t10: NDArray,
+    m0: NDArray,
+    snr: float,
     kind: str,
+    jac: tuple[NDArray, NDArray, list[str]] | None,
 ) -> dict[str, NDArray[np.float64]]:
-    """SD bound per parameter for tissues given as 1-D arrays (n,)."""
+    """SD bound per parameter of one kind, from the Jacobians (None: noise free)."""
     names = list(MODELS[model].parameters)
     n = t10.size
-    if not np.isfinite(snr):
+    if jac is None:
         zero = np.zeros(n)
         out = {k: zero.copy() for k in names}
         out.update({k: zero.copy() for k in derived_parameters(model)})
         if kind not in ("known", "baseline_m0"):
             out["T10"] = zero.copy()
         return out
-    jd, jv, _ = sm.jacobians(model, params, t10=t10, m0=m0)
+    jd, jv, _ = jac
     sigma = sm.pre_contrast(t10=t10, m0=m0) / snr
     if sm.protocol.vfa_sigma_ratio is None:
         sigma_vfa = sigma / np.sqrt(sm.protocol.vfa_averages)
@@ -635,7 +657,7 @@ def crlb(
     t10: ArrayLike | None = None,
     m0: ArrayLike = DEFAULT_M0,
     snr: float | None = None,
-    kind: str = "two_step",
+    kind: str | Sequence[str] = "two_step",
 ) -> dict[str, Any]:
     """The Cramér-Rao bound on the SD of each parameter of a tissue under a protocol.
 
@@ -654,8 +676,9 @@ def crlb(
         Equilibrium signal, a.u. (the bound does not depend on it).
     snr : float, optional
         SNR as :mod:`phantomdce.noise` defines it (default: the protocol's ``snr``).
-    kind : str, optional
-        One of :data:`KINDS` (default ``"two_step"``, the route of the recommendations).
+    kind : str or sequence of str, optional
+        One of :data:`KINDS` (default ``"two_step"``, the route of the recommendations), or
+        several: the Jacobians are then computed once for all of them.
 
     Returns
     -------
@@ -663,7 +686,8 @@ def crlb(
         SD bound in package units for each model parameter, each derived parameter
         (:func:`derived_parameters`) and ``T10`` (s) where the kind estimates it. Floats
         for scalar inputs, arrays of the broadcast shape otherwise; ``inf`` where the data
-        do not determine the parameters.
+        do not determine the parameters. For a sequence of kinds, one such mapping per kind
+        (keyed by the kind).
 
     Raises
     ------
@@ -679,8 +703,10 @@ def crlb(
     1.65
     """
     pr = _as_protocol(protocol)
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}: expected one of {list(KINDS)}")
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"kind={k!r}: expected one of {list(KINDS)}")
     p = _check_params(model, params)
     snr_ = float(pr.snr if snr is None else snr)
     if not snr_ > 0:
@@ -700,11 +726,13 @@ def crlb(
         t10=flat(t10_),
         m0=flat(m0_),
         snr=snr_,
-        kind=kind,
+        kinds=kinds,
     )
     if shape == ():
-        return {k: float(v[0]) for k, v in out.items()}
-    return {k: v.reshape(shape) for k, v in out.items()}
+        out = {c: {k: float(v[0]) for k, v in sd.items()} for c, sd in out.items()}
+    else:
+        out = {c: {k: v.reshape(shape) for k, v in sd.items()} for c, sd in out.items()}
+    return out[kind] if isinstance(kind, str) else out
 
 
 def crlb_case(case: xr.Dataset, *, kind: str = "two_step", snr: float | None = None) -> xr.Dataset:

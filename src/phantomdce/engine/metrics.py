@@ -721,8 +721,8 @@ def case_bounds(
     truth: Mapping[str, ArrayLike],
     tissue: ArrayLike,
     *,
-    kind: str,
-) -> dict[str, NDArray[np.float64]]:
+    kind: str | Sequence[str],
+) -> dict[str, Any]:
     """Cramér-Rao variance bound of every voxel of a simulated case, once per tissue.
 
     Parameters
@@ -736,15 +736,17 @@ def case_bounds(
     tissue : array_like of int (n_voxels,)
         Tissue index per voxel; the bound is computed for the first voxel of each tissue
         and must not vary within one (a truth that does is an error).
-    kind : str
-        One of :data:`phantomdce.precision.KINDS` (see :func:`bound_kind`).
+    kind : str or sequence of str
+        One of :data:`phantomdce.precision.KINDS` (see :func:`bound_kind`), or several
+        (the signal model's Jacobians are then computed once for all).
 
     Returns
     -------
     dict of str to ndarray (n_voxels,)
         Variance bound (units squared) per voxel for each model parameter, each derived one
         (``kep``, the 2CXM/2CUM ``Ktrans``) and ``T10`` where the kind estimates it;
-        ``inf`` where the data do not determine the parameter.
+        ``inf`` where the data do not determine the parameter. For several kinds, one such
+        mapping per kind, keyed by the kind.
 
     Raises
     ------
@@ -777,9 +779,15 @@ def case_bounds(
         {k: rows[k] for k in MODELS[model].parameters},
         t10=rows["T10"],
         m0=rows["m0"],
-        kind=kind,
+        kind=kind if isinstance(kind, str) else tuple(kind),
     )
-    return {k: np.square(np.asarray(v, dtype=float))[tis_idx] for k, v in sd.items()}
+    if isinstance(kind, str):
+        sd = {kind: sd}
+    out = {
+        c: {k: np.square(np.asarray(v, dtype=float))[tis_idx] for k, v in by.items()}
+        for c, by in sd.items()
+    }
+    return out[kind] if isinstance(kind, str) else out
 
 
 def _format_value(name: str, value: Any) -> str:

@@ -1368,13 +1368,13 @@ def _fitter_bounds(
     """Per fitter entry, the Cramér-Rao variance bound per voxel of each parameter.
 
     The bound matching the fitter's information (:func:`phantomdce.engine.metrics.bound_kind`),
-    computed once per kind and case; an empty mapping where none applies (metrics NaN).
+    all kinds of a case from one computation of its Jacobians; an empty mapping where none
+    applies (metrics NaN).
     """
     from phantomdce.engine.metrics import bound_kind, case_bounds
 
     model = ds.attrs.get("model")
-    by_kind: dict[str, dict[str, np.ndarray]] = {}
-    out: list[dict[str, np.ndarray]] = []
+    kinds: list[str | None] = []
     for f, entry in enumerate(plan.entries):
         kind, _ = bound_kind(
             tissue_model=model,
@@ -1386,13 +1386,15 @@ def _fitter_bounds(
             delay_fitted=bool(np.isfinite(ds["delay"][f].values).any()),
             phantom=plan.phantom or model not in MODELS,
         )
-        if kind is not None and kind not in by_kind:
-            names = [*MODELS[model].parameters, "T10", "m0"]
-            if all(f"true_{k}" in ds for k in names):  # else a store without them: no bound
-                truth = {k: ds[f"true_{k}"].values for k in names}
-                by_kind[kind] = case_bounds(ds.attrs, truth, tissue, kind=kind)
-        out.append(by_kind.get(kind, {}) if kind is not None else {})
-    return out
+        kinds.append(kind)
+    needed = tuple(dict.fromkeys(k for k in kinds if k is not None))
+    by_kind: dict[str, dict[str, np.ndarray]] = {}
+    if needed:
+        names = [*MODELS[model].parameters, "T10", "m0"]
+        if all(f"true_{k}" in ds for k in names):  # else a store without them: no bound
+            truth = {k: ds[f"true_{k}"].values for k in names}
+            by_kind = case_bounds(ds.attrs, truth, tissue, kind=needed)
+    return [by_kind.get(kind, {}) if kind is not None else {} for kind in kinds]
 
 
 def _truth_for(ds: xr.Dataset, name: str) -> np.ndarray | None:
