@@ -289,3 +289,24 @@ def test_where_the_site_stands_and_the_study_verdict_at_its_value():
     assert exact.stands.startswith("follows") and exact.study == "meets"
     assert lines["baseline_frames"].status == "no data"  # not in this summary
     assert lines["phantom_slice_thickness"].site_value == "not described by the site"
+
+
+# --------------------------------------------------------------------------- single changes
+
+
+def test_the_changes_are_scored_like_score_protocols_at_no_more_scan_time():
+    from phantomdce.design.assess import best_changes
+    from phantomdce.design.score import score_protocols
+
+    site = parse_site(tomllib.loads(TINY_SITE))
+    changes, mine, note = best_changes(site, phases=1)
+    direct = score_protocols([site.protocol], site.tissue, model="extended_tofts")
+    for p, cv, bias in (("Ktrans", mine.ktrans_cv_pct, mine.ktrans_bias_pct),
+                        ("ve", mine.ve_cv_pct, mine.ve_bias_pct)):  # fmt: skip
+        assert cv == pytest.approx(float(direct["crlb_cv_pct"].sel(parameter=p).mean()))
+        assert bias == pytest.approx(float(abs(direct["bias_pct"].sel(parameter=p)).mean()))
+    assert len(changes) <= 3 and len({c.key for c in changes}) == len(changes)
+    for c in changes:
+        assert c.gain_pct > 0 and c.scan_time_s <= mine.scan_time_s * 1.01
+        assert c.gain_pct == pytest.approx(mine.error_pct - c.error_pct)
+    assert "single changes scored" in note
