@@ -288,6 +288,7 @@ def test_the_verdict_table_shows_the_efficiency_next_to_the_cv(tmp_path):
     md = paths["markdown"].read_text(encoding="utf-8")
     assert "Ktrans CV % (noise only) [CRLB efficiency]" in md
     assert "[0.80]" in md
+    assert "thin dashed in a fitter's colour: its Cramér-Rao bound on the CV" in md
 
 
 def test_the_report_pools_the_stored_bound_like_the_noise_only_cv(crlb_run):
@@ -334,3 +335,28 @@ def test_several_kinds_at_once_equal_each_kind_alone():
             np.testing.assert_array_equal(both[kind][name], sd)
     with pytest.raises(ValueError, match="kind='nope'"):
         crlb(Protocol(), "extended_tofts", tissue, kind=("joint", "nope"))
+
+
+def test_the_joint_fit_scenario_compares_the_three_routes_on_the_esnr_protocol():
+    from pathlib import Path
+
+    from phantomdce.dro.scenario import load_scenario
+    from phantomdce.engine.study import load_study
+
+    root = Path(__file__).parent.parent / "scenarios"
+    sc = load_scenario(root / "esnr2022" / "joint_fit.toml")
+    assert sc.fit["fitters"] == [
+        "nlls_extended_tofts",
+        "nlls_extended_tofts_joint",
+        "nlls_extended_tofts_joint_shared_m0",
+    ]
+    assert sc.fit["pipeline"] == {"t1": "vfa_nonlinear", "aif": "true"}
+    assert [c.protocol.snr for c in sc.cases()] == [10.0, 20.0, 30.0]
+    pr = sc.cases()[0].protocol
+    assert (pr.dt, pr.flip_angles, pr.vfa_averages) == (5.0, (5.0, 15.0, 30.0), 1)
+    assert sc.recommendation["knob"] == "snr" and sc.recommendation["kind"] == "min"
+    noise = load_scenario(root / "esnr2022" / "noise.toml")
+    assert sc.tissue == noise.tissue  # the head-and-neck grid
+    study = (root / "esnr2022.toml").read_text(encoding="utf-8")
+    assert '"esnr2022/joint_fit.toml"' in study
+    assert load_study(root / "esnr2022.toml")

@@ -389,7 +389,13 @@ def _make_sections(
             f"{stem}_knob",
             f"{rec.title}: relative bias (95% CI) and CV of each parameter against "
             f"{rec.knob_label}, one line per fitter; dashed: the recommended setting; "
-            f"green: the accuracy criterion.",
+            f"green: the accuracy criterion"
+            + (
+                "; thin dashed in a fitter's colour: its Cramér-Rao bound on the CV"
+                " (table: CV [efficiency = bound variance / measured variance])."
+                if any(math.isfinite(r.metrics.get("crlb_cv_pct", math.nan)) for r in result.rows)
+                else "."
+            ),
         )
         detail: list[_Fig] = []
         note = ""
