@@ -95,6 +95,12 @@ def test_crossover_found_by_hand():
     assert [x.bias_winner for x in c.comparisons] == ["first", "", "second", ""]
     assert [x.cv_winner for x in c.comparisons] == ["", "", "", "second"]
     assert c.crossover_at == 10.0 and c.statement == CROSSES
+    from phantomdce.report.render import crossover_words
+
+    assert crossover_words(c) == (
+        "nlls, Ktrans: population AIF against carotid ROI: population AIF wins from 10 s on,"
+        " not at stricter settings."
+    )
     x = c.comparisons[2]
     assert x.abs_bias_interval == {"first": (15.0, 25.0), "second": (0.0, 11.0)}
     lo, hi = x.cv_ci["first"]
