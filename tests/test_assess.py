@@ -234,7 +234,14 @@ def test_the_budget_reads_the_oracle_entries_and_the_noise_free_cases(assessment
     a = assessment
     rows = list(csv.DictReader((a.run_dir / "metrics.csv").open()))
     budget = {(b.source, b.parameter): b for b in a.budget}
-    assert {s for s, _ in budget} == {"T1 mapping", "baseline signal", "sampling", "noise", "total"}
+    assert {s for s, _ in budget} == {"T1 mapping", "sampling", "noise", "total"}
+    # the T1 line is verdict.error_budget's share of the oracle entry "[true t1]"
+    def bias(fitter):  # pooled over the two arrival phases at the site's SNR
+        return np.mean([float(r["rel_bias_pct"]) for r in rows if r["fitter"] == fitter
+                        and r["parameter"] == "Ktrans" and r["case"] in ("case_0000", "case_0001")])
+
+    full, t1_bias = bias(a.site.fitter), bias(f"{a.site.fitter} [true t1]")
+    assert budget[("T1 mapping", "Ktrans")].bias_pct == pytest.approx(full - t1_bias)
     # the noise-free cases of the run: the fitter's metrics at snr = inf, pooled over phases
     # (both phases have the same number of voxels, so the pooled bias is their mean)
     free = [r for r in rows if r["fitter"] == a.site.fitter and r["parameter"] == "Ktrans"]

@@ -21,7 +21,7 @@ style) has, for a :class:`~phantomdce.design.site.Site`:
    Monte-Carlo noise-only CV and the bound differ by more than :data:`BOUND_TOLERANCE` of the
    bound plus 1.96 standard errors of the Monte-Carlo CV is flagged.
 3. **The error budget**: the engine's ``error_budget`` entries (the same voxels with one
-   pipeline stage set to its truth: T1 mapping, baseline signal, AIF) through
+   pipeline stage set to its truth: T1 mapping and AIF, :data:`BUDGET_STAGES`) through
    :func:`phantomdce.report.verdict.error_budget`, and two lines from the noise-free cases of
    the same run (``snr = inf``): *sampling* (the bias and the spread over arrival phases of
    noise-free data: the frame timing and the model) and *noise* (what the noise adds).
@@ -81,6 +81,7 @@ from phantomdce.report.words import describe_criterion, fmt_pct, tissue_words
 
 __all__ = [
     "BOUND_TOLERANCE",
+    "BUDGET_STAGES",
     "DEFAULT_PHASES",
     "DEFAULT_REPLICATES",
     "Assessment",
@@ -156,14 +157,20 @@ def _protocol_keys(protocol: Protocol) -> dict[str, Any]:
     return out
 
 
+#: Pipeline stages whose error the budget measures (the engine's ``error_budget`` entries):
+#: the T1 map and the AIF. The baseline signal's error is noise of the baseline frames and
+#: stays in the budget's noise line (an entry for it would add a third of the fits).
+BUDGET_STAGES = ("t1", "aif")
+
+
 def _budget_stages(site: Site) -> list[str]:
-    from phantomdce.engine.config import ERROR_BUDGET_STAGES
+    """The stages of :data:`BUDGET_STAGES` the site's pipeline estimates (not ``"true"``)."""
     from phantomdce.fit.pipeline import Pipeline
 
     pipe = Pipeline.from_mapping(dict(site.pipeline), path="fit.pipeline")
-    stages = [s for s in ERROR_BUDGET_STAGES if getattr(pipe, s) != "true"]
-    if pipe.concentration == "true":
-        stages = [s for s in stages if s == "aif" or (s == "baseline" and pipe.aif == "measured")]
+    stages = [s for s in BUDGET_STAGES if getattr(pipe, s) != "true"]
+    if pipe.concentration == "true":  # the fitters see the true concentration: no T1 used
+        stages = [s for s in stages if s == "aif"]
     return stages
 
 
@@ -179,7 +186,8 @@ def site_scenario(
     The site's protocol, tissue grid, fitter and pipeline; swept: ``snr`` over the site's
     SNR and ``inf`` (noise-free cases, for the budget's sampling line) and, unless the site
     fixes the arrival (``bat``), ``bat_phase`` over ``phases`` values ``k / phases``; the
-    error budget of every pipeline stage the site estimates; a ``[recommendation]`` table
+    error budget of the stages of :data:`BUDGET_STAGES` the site estimates; a
+    ``[recommendation]`` table
     whose knob is the SNR, so that the study's collection and verdict rules apply.
 
     Parameters
@@ -494,7 +502,7 @@ class BudgetLine:
     Attributes
     ----------
     source : str
-        ``"T1 mapping"``, ``"baseline signal"``, ``"AIF"``, ``"sampling"``, ``"noise"`` or
+        ``"T1 mapping"``, ``"AIF"``, ``"sampling"``, ``"noise"`` or
         ``"total"``.
     parameter : str
         Parameter symbol.
@@ -511,7 +519,7 @@ class BudgetLine:
     how: str
 
 
-_STAGE_SOURCE = {"t1": "T1 mapping", "baseline": "baseline signal", "aif": "AIF"}
+_STAGE_SOURCE = {"t1": "T1 mapping", "aif": "AIF"}
 
 
 def budget_lines(result: RecommendationResult, site: Site) -> list[BudgetLine]:
@@ -546,7 +554,7 @@ def budget_lines(result: RecommendationResult, site: Site) -> list[BudgetLine]:
         full = stages.get(("", p))
         if full is None:
             continue
-        for stage in ("t1", "baseline", "aif"):
+        for stage in BUDGET_STAGES:
             e = stages.get((stage, p))
             if e is not None:
                 out.append(
@@ -1396,7 +1404,7 @@ _TISSUE_NOTE = (
     "estimable' where more than {fail:g}% of a parameter's fits failed."
 )
 _BUDGET_NOTE = (
-    "T1 mapping, baseline signal and AIF: the same voxels fitted with that stage set to its "
+    "T1 mapping and AIF: the same voxels fitted with that stage set to its "
     "truth (bias: the full bias minus the bias with the stage true; CV: sqrt(CV_full^2 - "
     "CV_true^2)). Sampling: the noise-free cases of the same run (the frame timing and the "
     "model; its CV is the spread over arrival phases). Noise: the full result minus the "
