@@ -95,7 +95,7 @@ def unit_case(
     from phantomdce.phantom.acquire import acquire
     from phantomdce.phantom.case import repeat_seed, roi_voxels
 
-    phantom = ps.phantom(subject)
+    phantom = ps.phantom(subject, case)
     protocol = ps.subject_protocol(case, subject)
     seed = ps.case_seed(case, subject)
 
@@ -200,13 +200,18 @@ class _Repeats(Sequence):
         return self.first if r == 0 else self.make(r)
 
 
-def enhancing_truth(ps: PhantomScenario, subject: int) -> dict[str, float]:
+def enhancing_truth(
+    ps: PhantomScenario, subject: int, case: PhantomCase | None = None
+) -> dict[str, float]:
     """Mean truth of a subject's enhancing tumour (rim and hypoxic zone), per parameter.
 
     What a tumour ROI is meant to measure: the truth of a ROI value with
-    ``summary = "roi_mean"``. Ktrans and kep in /min, ve and vp 0-1.
+    ``summary = "roi_mean"``. Ktrans and kep in /min, ve and vp 0-1. With ``case``, the
+    subject's phantom in that case (its tumour diameter; see
+    :meth:`~phantomdce.phantom.scenario.PhantomScenario.phantom`), not moved by a
+    test-retest session's repositioning: the subject's truth is the same in every session.
     """
-    ph = ps.phantom(subject)
+    ph = ps.phantom(subject, case, moved=False)
     enh = np.isin(ph.labels, [CLASSES[c].label for c in ENHANCING])
     out = {k: float(ph.truth_map(k)[enh].mean()) for k in ("Ktrans", "ve", "vp")}
     out["kep"] = out["Ktrans"] / out["ve"]

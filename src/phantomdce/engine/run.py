@@ -987,7 +987,7 @@ def _run_phantom_unit(job, scenario: PhantomScenario, case, fit: FitConfig, info
     attrs = {
         "roi_voxels": 0 if ds is None else int(ds.attrs["roi_voxels"]),
         "subject": s,
-        **{f"enhancing_true_{k}": v for k, v in ph.enhancing_truth(scenario, s).items()},
+        **{f"enhancing_true_{k}": v for k, v in ph.enhancing_truth(scenario, s, case).items()},
     }
     coords: dict[str, Any] = {"fitter": [e.name for e in entries], "voxel": np.arange(n)}
     if images is not None:

@@ -11,6 +11,13 @@ table; its ``[sweep]`` may name acquisition keys (``slice_mm``, ``in_plane_mm``,
     carotid = "auto"         # carotid ROI: "auto" or "manual"
     summary = "voxel"        # or "roi_mean", "map_mean", "map_median", "mean_curve" (SUMMARIES)
     subject_aif = "same"     # or "varied": each subject its own AIF (see subject_protocol)
+    tumour_diameter_mm = 28.0  # the primary tumour's mean diameter, mm (sweepable)
+    sessions = 1             # test-retest: each subject scanned in this many sessions
+
+    [phantom.session_variation]   # what changes between two sessions (with sessions > 1)
+    bolus_arrival_s = 2.0    # SD of the bolus arrival time per session, s
+    aif_scale = 0.10         # SD of the AIF amplitude factor per session (relative, 1)
+    shift_mm = 2.0           # repositioning: uniform in +-shift_mm along each axis, mm
 
     [acquisition]
     in_plane_mm = 2.0
@@ -30,6 +37,22 @@ case's subjects, their protocols and noise seeds. The engine (:mod:`phantomdce.e
 runs a phantom scenario like any other: one unit of work per case and subject, in which the
 subject is acquired ``replicates`` times, the ROIs are placed on the images
 (:mod:`phantomdce.fit.roi`) and the ROI voxels go through the pipeline and the fitters.
+
+Test-retest (``sessions = S > 1``): every case of the sweep is expanded into ``S`` session
+cases (case value ``session`` 0..S-1, the last sweep key), so the engine fits each session
+like a case: its own noise seeds (the case index enters them), its own injection
+(:func:`session_protocol`: the subject's bolus arrival moved by a normal draw of SD
+``session_variation.bolus_arrival_s`` s and the AIF amplitude multiplied by ``1 + N(0,
+aif_scale)``), its own positioning (:func:`session_shift_mm`: the phantom moved against the
+acquisition grid by a uniform draw in +-``shift_mm`` mm per axis, whole truth voxels) and,
+because the engine places the ROIs on each unit's first acquisition, the ROIs redrawn by the
+same rule on that session's images. The truth (the phantom's tissues and kinetics) is the
+same in every session. :func:`phantomdce.report.repeatability.repeatability` pairs the
+sessions of a subject.
+
+``tumour_diameter_mm`` sets the primary tumour's mean diameter
+(:class:`~phantomdce.phantom.anatomy.NeckGeometry` ``tumour_radius`` = diameter / 2; the
+haemorrhage focus scales with it, 4 mm radius at the default 28 mm); it may be swept.
 :func:`simulate_phantom_scenario` writes the acquisitions as a DRO store
 (``phantomdce simulate``) without fitting anything.
 """
@@ -54,7 +77,7 @@ from phantomdce.dro.config import ConfigError, as_bool, as_float, as_int, as_str
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.scenario import Case, Scenario, parse_scenario
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
-from phantomdce.phantom.anatomy import Phantom, make_neck
+from phantomdce.phantom.anatomy import NeckGeometry, Phantom, make_neck
 from phantomdce.phantom.case import acquisition_seed, repeat_seed
 
 __all__ = [
@@ -67,7 +90,12 @@ __all__ = [
     "subject_protocol",
     "replicate_codes",
     "subject_of",
+    "session_protocol",
+    "session_shift_mm",
+    "shift_phantom",
+    "neck_geometry",
     "simulate_phantom_scenario",
+    "SESSION_VARIATION",
     "ACQ_KEYS",
     "PHANTOM_KEYS",
     "ROI_RULES",
@@ -92,8 +120,29 @@ ACQ_CHOICES = {
 }
 #: Keys of the ``[acquisition]`` table (also sweepable).
 ACQ_KEYS = (*ACQ_FLOATS, *ACQ_CHOICES, "inflow")
+#: Sweepable ``[phantom]`` keys that are not acquisition settings.
+CASE_KEYS = ("roi", "tumour_diameter_mm")
 #: Keys of the ``[phantom]`` table.
-PHANTOM_KEYS = ("shape", "subjects", "roi", "carotid", "summary", "subject_aif")
+PHANTOM_KEYS = (
+    "shape",
+    "subjects",
+    "roi",
+    "carotid",
+    "summary",
+    "subject_aif",
+    "tumour_diameter_mm",
+    "sessions",
+    "session_variation",
+)
+#: Keys of ``[phantom.session_variation]`` with their units and defaults: the SD of the bolus
+#: arrival (s) and of the AIF amplitude factor (relative, 1) per session, and the largest
+#: repositioning along each axis (mm, uniform in +-shift_mm).
+SESSION_VARIATION = {"bolus_arrival_s": 2.0, "aif_scale": 0.10, "shift_mm": 2.0}
+SESSION_VARIATION_UNITS = {"bolus_arrival_s": "s (SD)", "aif_scale": "1 (SD)", "shift_mm": "mm"}
+#: The primary tumour's default mean diameter, mm (2 x NeckGeometry.tumour_radius).
+DEFAULT_TUMOUR_DIAMETER_MM = 28.0
+#: Radius of the haemorrhage focus at the default diameter, mm (scaled with the diameter).
+_HAEMORRHAGE_RADIUS_MM = 4.0
 #: Population AIF shapes the subjects cycle through with ``subject_aif = "varied"``.
 SUBJECT_AIFS = ("parker", "georgiou", "head_and_neck")
 #: ``phantom.summary`` values: every ROI voxel (``"voxel"``); one value per subject and
@@ -123,6 +172,8 @@ ACQ_UNITS = {
     "flow_profile": "1",
     "inflow": "1",
     "roi": "1",
+    "tumour_diameter_mm": "mm",
+    "session": "1 (test-retest session index)",
 }
 
 
@@ -214,6 +265,141 @@ def subject_protocol(protocol: Protocol, seed: int, subject: int, how: str = "sa
     return out
 
 
+def session_protocol(
+    protocol: Protocol, seed: int, subject: int, session: int, variation: dict[str, float]
+) -> Protocol:
+    """The protocol of one test-retest session of a subject: its own injection.
+
+    The bolus arrival (s) moves by a normal draw of SD ``variation["bolus_arrival_s"]`` (not
+    before 0 s) and the AIF amplitude scale is multiplied by ``1 + N(0,
+    variation["aif_scale"])`` (kept >= 0.5), both drawn from a generator seeded by
+    ``(seed, subject, session)``: every session of a subject varies around the subject's
+    own protocol (:func:`subject_protocol`), independently of the others.
+
+    Parameters
+    ----------
+    protocol : Protocol
+        The subject's protocol.
+    seed, subject, session : int
+        The scenario's seed, the subject and the session (0, 1, ...).
+    variation : dict
+        ``bolus_arrival_s`` (SD, s) and ``aif_scale`` (SD, relative) of
+        :data:`SESSION_VARIATION`.
+    """
+    rng = np.random.default_rng([seed, subject, session, 7])
+    d_bat = rng.normal(0.0, variation["bolus_arrival_s"])
+    scale = max(0.5, 1.0 + rng.normal(0.0, variation["aif_scale"]))
+    path = f"subject {subject}, session {session} (phantom.session_variation)"
+    out = protocol.replace(
+        path,
+        aif_scale=float(protocol.aif_scale * scale),
+        bat=float(max(0.0, protocol.bolus_arrival + d_bat)),
+    )
+    out.check_post_bolus_window(path)
+    return out
+
+
+def session_shift_mm(
+    seed: int, subject: int, session: int, shift_mm: float, voxel_mm: float = 1.0
+) -> tuple[float, float, float]:
+    """The repositioning of one session: the phantom's shift (slice, y, x) in mm.
+
+    Each axis moves by a whole number of truth voxels (``voxel_mm``, 1 mm in a phantom
+    scenario) drawn uniformly in ``-floor(shift_mm / voxel_mm) .. +floor(shift_mm /
+    voxel_mm)`` from a generator seeded by ``(seed, subject, session)``: against an acquired
+    voxel of 2 x 2 x 3 mm, a shift of up to a voxel, mostly a fraction of one.
+    """
+    steps = int(np.floor(shift_mm / voxel_mm + 1e-9))
+    rng = np.random.default_rng([seed, subject, session, 8])
+    k = rng.integers(-steps, steps + 1, size=3) if steps > 0 else np.zeros(3, dtype=int)
+    return tuple(float(v) * voxel_mm for v in k)
+
+
+def shift_phantom(phantom: Phantom, shift_mm: tuple[float, float, float]) -> Phantom:
+    """The phantom moved by ``shift_mm`` (slice, y, x; whole truth voxels) on its grid.
+
+    Voxels that enter at an edge repeat the edge (the slab continues beyond the grid); the
+    landmarks move with the anatomy. The tissues and their kinetics are unchanged.
+    """
+    k = [int(round(v / phantom.voxel_mm)) for v in shift_mm]
+    for v, kk in zip(shift_mm, k, strict=True):
+        if not np.isclose(v, kk * phantom.voxel_mm):
+            raise ValueError(
+                f"shift_mm = {shift_mm!r}: expected whole truth voxels of {phantom.voxel_mm} mm"
+            )
+    if not any(k):
+        return phantom
+    shape = phantom.labels.shape
+    index = np.ix_(*[np.clip(np.arange(n) - kk, 0, n - 1) for n, kk in zip(shape, k, strict=True)])
+
+    def move(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[index]
+
+    landmarks = {
+        name: tuple(float(c + d) for c, d in zip(point, shift_mm, strict=True))
+        for name, point in phantom.landmarks.items()
+    }
+    return Phantom(
+        move(phantom.labels),
+        move(phantom.types),
+        phantom.type_params,
+        phantom.voxel_mm,
+        phantom.field_strength,
+        phantom.seed,
+        phantom.geometry,
+        landmarks,
+        move(phantom.vessel_rho2),
+    )
+
+
+def neck_geometry(tumour_diameter_mm: float) -> NeckGeometry:
+    """The neck geometry with a primary tumour of mean diameter ``tumour_diameter_mm`` (mm).
+
+    ``tumour_radius`` is half the diameter (the drawn tumour is lobulated, its radius
+    varying by up to +-25 % around it); the haemorrhage focus scales with the tumour (4 mm
+    radius at the default 28 mm diameter); the other sizes are the defaults.
+    """
+    scale = tumour_diameter_mm / DEFAULT_TUMOUR_DIAMETER_MM
+    return NeckGeometry(
+        tumour_radius=tumour_diameter_mm / 2.0,
+        haemorrhage_radius=_HAEMORRHAGE_RADIUS_MM * min(1.0, scale),
+    )
+
+
+def _tumour_diameter(path: str, value: Any, shape: Any) -> float:
+    """A checked tumour diameter (mm): positive, and inside the slab with its lobulation."""
+    d = as_float(path, value, units="mm", lo=0.0, lo_open=True)
+    try:
+        slab = float(shape[0])  # 1 mm truth voxels
+    except (TypeError, IndexError, ValueError):
+        return d  # phantom.shape's own check names it
+    if 1.25 * d > slab:
+        raise ConfigError(
+            f"{path} = {value!r} mm: the lobulated tumour (up to 1.25 x the diameter,"
+            f" {1.25 * d:g} mm) does not fit in the {slab:g} mm slab (phantom.shape[0]);"
+            f" expected <= {slab / 1.25:g} mm"
+        )
+    return d
+
+
+def _session_variation(table: Any) -> dict[str, float]:
+    """The checked ``[phantom.session_variation]`` table (defaults filled in)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"phantom.session_variation = {table!r}: expected a table")
+    for key in table:
+        if key not in SESSION_VARIATION:
+            raise unknown_key("phantom.session_variation", key, tuple(SESSION_VARIATION))
+    units = {"bolus_arrival_s": "s", "aif_scale": "relative SD", "shift_mm": "mm"}
+    out = {}
+    for key, default in SESSION_VARIATION.items():
+        hi = 0.5 if key == "aif_scale" else None
+        out[key] = as_float(
+            f"phantom.session_variation.{key}", table.get(key, default),
+            units=units[key], lo=0.0, hi=hi,
+        )
+    return out
+
+
 def _acq_value(path: str, key: str, value: Any) -> Any:
     """A checked acquisition setting (float, choice or bool), the error naming ``path``."""
     if key in ACQ_CHOICES:
@@ -301,6 +487,8 @@ class PhantomCase(Case):
 
     acquisition: Acquisition
     roi: str
+    tumour_diameter_mm: float = DEFAULT_TUMOUR_DIAMETER_MM
+    session: int = 0
 
 
 @dataclass(frozen=True)
@@ -326,6 +514,13 @@ class PhantomScenario:
         Phantoms per case (seeds ``seed``, ``seed + 1``, ...).
     roi, carotid, summary, subject_aif : str
         The ``[phantom]`` settings.
+    tumour_diameter_mm : float
+        The primary tumour's mean diameter, mm (a case's own when swept).
+    sessions : int
+        Test-retest sessions per subject (1: no test-retest).
+    session_variation : dict
+        What changes between sessions (:data:`SESSION_VARIATION`, units in
+        :data:`SESSION_VARIATION_UNITS`).
     """
 
     raw: dict[str, Any]
@@ -338,6 +533,9 @@ class PhantomScenario:
     carotid: str = "auto"
     summary: str = "voxel"
     subject_aif: str = "same"
+    tumour_diameter_mm: float = DEFAULT_TUMOUR_DIAMETER_MM
+    sessions: int = 1
+    session_variation: dict[str, float] = field(default_factory=lambda: dict(SESSION_VARIATION))
 
     @property
     def name(self) -> str:
@@ -380,6 +578,9 @@ class PhantomScenario:
             "carotid": self.carotid,
             "summary": self.summary,
             "subject_aif": self.subject_aif,
+            "tumour_diameter_mm": self.tumour_diameter_mm,
+            "sessions": self.sessions,
+            "session_variation": dict(self.session_variation),
         }
 
     @functools.cached_property
@@ -393,34 +594,66 @@ class PhantomScenario:
                     voxel, protocol = _scanner_voxel(proto_case)
                 except ConfigError as exc:
                     raise ConfigError(f"sweep case {proto_case.values}: {exc}") from None
+            sessions = range(self.sessions)
             for combo in itertools.product(*[self.acq_sweep[k] for k in acq_keys]):
-                values = {**proto_case.values, **dict(zip(acq_keys, combo, strict=True))}
-                changes = {k: v for k, v in zip(acq_keys, combo, strict=True) if k != "roi"}
+                swept = dict(zip(acq_keys, combo, strict=True))
+                changes = {k: v for k, v in swept.items() if k not in CASE_KEYS}
                 changes.update(voxel)
                 acq = _acquisition(f"sweep {changes}", {**self.acquisition.__dict__, **changes})
-                out.append(
-                    PhantomCase(
-                        len(out),
-                        values,
-                        protocol,
-                        acq,
-                        values.get("roi", self.roi),
-                        scanner=proto_case.scanner,
+                for session in sessions:
+                    values = {**proto_case.values, **swept}
+                    if self.sessions > 1:
+                        values["session"] = session
+                    out.append(
+                        PhantomCase(
+                            len(out),
+                            values,
+                            protocol,
+                            acq,
+                            values.get("roi", self.roi),
+                            scanner=proto_case.scanner,
+                            tumour_diameter_mm=float(
+                                swept.get("tumour_diameter_mm", self.tumour_diameter_mm)
+                            ),
+                            session=session,
+                        )
                     )
-                )
         return tuple(out)
+
+    @property
+    def sweep_keys(self) -> list[str]:
+        """The case values' keys: protocol sweep, acquisition sweep, then ``session``."""
+        return [*self.scenario.sweep, *self.acq_sweep, *(["session"] if self.sessions > 1 else [])]
 
     def cases(self) -> list[PhantomCase]:
         """Cases in order: the protocol sweep's cases x the acquisition sweep."""
         return list(self._cases)
 
-    def phantom(self, subject: int) -> Phantom:
-        """Subject ``subject``'s phantom (seed ``seed + subject``), built once per process."""
-        return _neck(self.shape, self.seed + subject, self.scenario.protocol.field_strength)
+    def phantom(
+        self, subject: int, case: PhantomCase | None = None, *, moved: bool = True
+    ) -> Phantom:
+        """Subject ``subject``'s phantom (seed ``seed + subject``), built once per process.
+
+        With ``case``: the phantom as that case scans it (its tumour diameter and, in a
+        test-retest session with ``moved``, shifted by :func:`session_shift_mm`); without,
+        the scenario's tumour diameter, unmoved. ``moved = False`` gives the subject as drawn
+        (its truth, the same in every session, even where a shift pushes tissue off the grid).
+        """
+        diameter = self.tumour_diameter_mm if case is None else case.tumour_diameter_mm
+        shift = (0.0, 0.0, 0.0)
+        if case is not None and moved and self.sessions > 1:
+            shift = session_shift_mm(
+                self.seed, subject, case.session, self.session_variation["shift_mm"]
+            )
+        fs = self.scenario.protocol.field_strength
+        return _neck(self.shape, self.seed + subject, fs, float(diameter), shift)
 
     def subject_protocol(self, case: PhantomCase, subject: int) -> Protocol:
-        """The protocol subject ``subject`` is scanned with in ``case``."""
-        return subject_protocol(case.protocol, self.seed, subject, self.subject_aif)
+        """The protocol subject ``subject`` is scanned with in ``case`` (and its session)."""
+        out = subject_protocol(case.protocol, self.seed, subject, self.subject_aif)
+        if self.sessions > 1:
+            out = session_protocol(out, self.seed, subject, case.session, self.session_variation)
+        return out
 
     def case_seed(self, case: PhantomCase, subject: int) -> int:
         """The noise seed of a case and subject (repeat ``r`` uses ``repeat_seed(it, r)``)."""
@@ -433,7 +666,7 @@ class PhantomScenario:
         cases = self.cases()
         units = {**self.scenario.sweep_units(), **ACQ_UNITS}
         data = {}
-        for key in [*self.scenario.sweep, *self.acq_sweep]:
+        for key in self.sweep_keys:
             values = [c.values[key] for c in cases]
             if any(v is None or isinstance(v, tuple | list | bool) for v in values):
                 values = [
@@ -466,14 +699,25 @@ class PhantomScenario:
             "model": "phantom",
             "phantom": json.dumps(self.settings()),
             "phantomdce_version": phantomdce.__version__,
-            "sweep_keys": [*self.scenario.sweep, *self.acq_sweep],
+            "sweep_keys": self.sweep_keys,
         }
         return xr.Dataset(data, attrs=attrs)
 
 
 @functools.lru_cache(maxsize=8)
-def _neck(shape: tuple[int, int, int], seed: int, field_strength: float) -> Phantom:
-    return make_neck(shape, seed=seed, field_strength=field_strength)
+def _neck(
+    shape: tuple[int, int, int],
+    seed: int,
+    field_strength: float,
+    tumour_diameter_mm: float = DEFAULT_TUMOUR_DIAMETER_MM,
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Phantom:
+    if any(shift_mm):
+        return shift_phantom(_neck(shape, seed, field_strength, tumour_diameter_mm), shift_mm)
+    geometry = None
+    if tumour_diameter_mm != DEFAULT_TUMOUR_DIAMETER_MM:
+        geometry = neck_geometry(tumour_diameter_mm)
+    return make_neck(shape, seed=seed, field_strength=field_strength, geometry=geometry)
 
 
 def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
@@ -508,6 +752,24 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
     subject_aif = as_str(
         "phantom.subject_aif", ph.get("subject_aif", "same"), choices=("same", "varied")
     )
+    diameter = DEFAULT_TUMOUR_DIAMETER_MM  # the default is not checked against the slab
+    if "tumour_diameter_mm" in ph:
+        diameter = _tumour_diameter(
+            "phantom.tumour_diameter_mm", ph["tumour_diameter_mm"], list(shape)
+        )
+    sessions = as_int("phantom.sessions", ph.get("sessions", 1), lo=1)
+    variation = _session_variation(ph.get("session_variation", {}))
+    if "session_variation" in ph and sessions == 1:
+        raise ConfigError(
+            f"phantom.session_variation = {ph['session_variation']!r} with phantom.sessions = 1:"
+            " nothing varies between sessions of one; expected sessions >= 2, or no table"
+        )
+    if sessions > 1 and summary == "voxel":
+        raise ConfigError(
+            f"phantom.sessions = {sessions} with phantom.summary = 'voxel': the ROI is redrawn"
+            " in each session, so voxels do not pair across sessions; expected a ROI summary"
+            f" ({', '.join(repr(v) for v in SUMMARIES if v != 'voxel')})"
+        )
     if subject_aif == "varied":
         for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
             if "aif" in table:
@@ -516,13 +778,17 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
                     " each subject gets its own AIF shape; expected no aif, or"
                     " subject_aif = 'same'"
                 )
-    acq_sweep = {k: sweep.pop(k) for k in list(sweep) if k in (*ACQ_KEYS, "roi")}
+    shape_l = ph.get("shape", [40, 160, 160])
+    acq_sweep = {k: list(sweep.pop(k)) if isinstance(sweep[k], list) else sweep.pop(k)
+                 for k in list(sweep) if k in (*ACQ_KEYS, *CASE_KEYS)}
     for k, values in acq_sweep.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{k} = {values!r}: expected a non-empty list")
         for i, v in enumerate(values):
             if k == "roi":
                 as_str(f"sweep.roi[{i}]", v, choices=ROI_RULES)
+            elif k == "tumour_diameter_mm":
+                acq_sweep[k][i] = _tumour_diameter(f"sweep.{k}[{i}]", v, shape_l)
             else:
                 _acq_value(f"sweep.{k}[{i}]", k, v)
     raw["sweep"] = sweep
@@ -562,6 +828,9 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
         carotid=carotid,
         summary=summary,
         subject_aif=subject_aif,
+        tumour_diameter_mm=diameter,
+        sessions=sessions,
+        session_variation=variation,
     )
     out.cases()  # every case's acquisition is checked now, not in a worker
     return out
@@ -600,7 +869,7 @@ def simulate_phantom_scenario(
             todo.append(
                 (
                     f"case_{len(todo):04d}",
-                    ps.phantom(s),
+                    ps.phantom(s, case),
                     ps.subject_protocol(case, s),
                     case.acquisition,
                     repeat_seed(ps.case_seed(case, s), 0),
