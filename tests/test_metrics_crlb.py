@@ -357,6 +357,7 @@ def test_the_joint_fit_scenario_compares_the_three_routes_on_the_esnr_protocol()
     assert sc.recommendation["knob"] == "snr" and sc.recommendation["kind"] == "min"
     noise = load_scenario(root / "esnr2022" / "noise.toml")
     assert sc.tissue == noise.tissue  # the head-and-neck grid
-    study = (root / "esnr2022.toml").read_text(encoding="utf-8")
-    assert '"esnr2022/joint_fit.toml"' in study
+    for name in ("esnr2022.toml", "quick.toml"):
+        study = (root / name).read_text(encoding="utf-8")
+        assert '"esnr2022/joint_fit.toml"' in study, name
     assert load_study(root / "esnr2022.toml")
