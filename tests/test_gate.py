@@ -29,12 +29,22 @@ def damaged(finished, tmp_path, edit):
     return out
 
 
+def _cut_first_row(text: str, keep: float) -> str:
+    header_end = text.index("\n") + 1
+    row_end = text.index("\n", header_end)
+    return text[: header_end + int((row_end - header_end) * keep)]
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (lambda text: "", "is empty or damaged"),  # a disk that filled: 0 bytes
         (lambda text: text.splitlines()[0] + "\n", "holds no metrics rows"),
-        (lambda text: text[: text.index("\n", text.index("\n") + 1) - 5] + "\n", "cut short"),
+        # the first row cut in its middle (fields lost), then a line break
+        (lambda text: _cut_first_row(text, keep=0.5) + "\n", "cut short"),
+        # cut inside the last field of a row, as a disk that filled mid-number: the row still
+        # parses (``0.93`` of ``0.9345``), but the file has no final line break
+        (lambda text: text.rstrip("\n")[:-2], "cut short"),
         (
             lambda text: "\n".join(
                 line for line in text.splitlines() if ",llsq_extended_tofts," not in line
