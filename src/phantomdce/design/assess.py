@@ -1255,24 +1255,29 @@ def _figure(a: Assessment) -> bytes:
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
     markers = {"Ktrans": "o", "ve": "s", "vp": "^"}
-    top = 0.0
+    lo, hi = math.inf, 0.0
     for p in TABLE_PARAMETERS:
         lines = [t for t in a.tissues if t.parameter == p and t.status != NOT_ESTIMABLE]
         x = np.array([t.crlb_cv_pct for t in lines])
         y = np.array([t.cv_noise_pct for t in lines])
-        ok = np.isfinite(x) & np.isfinite(y)
+        ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
         if ok.any():
             ax1.scatter(x[ok], y[ok], marker=markers[p], label=p, alpha=0.8)
-            top = max(top, float(np.max(x[ok])), float(np.max(y[ok])))
+            lo = min(lo, float(np.min(x[ok])), float(np.min(y[ok])))
+            hi = max(hi, float(np.max(x[ok])), float(np.max(y[ok])))
         idx = np.array([t.tissue for t in lines])
         b = np.array([t.bias_pct for t in lines])
         se = np.array([t.bias_se_pct for t in lines])
         ax2.errorbar(idx, b, yerr=1.96 * np.nan_to_num(se), fmt=markers[p], label=p, ms=4,
                      alpha=0.8)  # fmt: skip
-    line = np.array([0.0, top * 1.05 or 1.0])
+    if not math.isfinite(lo):
+        lo, hi = 1.0, 100.0
+    line = np.geomspace(lo / 1.2, hi * 1.2, 50)
     ax1.plot(line, line, color="0.2", lw=1, label="MC = bound")
     ax1.fill_between(line, line * (1 - BOUND_TOLERANCE), line * (1 + BOUND_TOLERANCE),
                      color="0.85", label="±10%")  # fmt: skip
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
     ax1.set_xlabel("Cramér-Rao bound CV (%)")
     ax1.set_ylabel("Monte-Carlo CV, noise only (%)")
     ax1.set_title("Precision per tissue: Monte Carlo against the bound")
