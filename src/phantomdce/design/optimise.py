@@ -774,6 +774,18 @@ def pareto_figure(found: Search, mc: Sequence[Mapping[str, Any]] | None = None) 
     return figure_to_png(fig)
 
 
+def _mc_verdict(found: Search, row: Mapping[str, Any], i: int) -> str:
+    """What the Monte Carlo says of the target: "meets", or each limit it exceeds."""
+    fails = []
+    for c in found.target.constraints:
+        summ = mc_summary(row, c.parameter, found.bound_worst_tissue(i, c.parameter))
+        value = summ["abs_bias_worst_pct"] if c.metric == "bias" else summ["cv_at_bound_tissue_pct"]
+        if not value <= c.limit:
+            what = "|bias|" if c.metric == "bias" else "CV"
+            fails.append(f"{c.parameter} {what} {value:.3g}% > {c.limit:g}%")
+    return "meets" if not fails else "fails: " + "; ".join(fails)
+
+
 def _result_words(found: Search) -> str:
     if found.meets:
         return (
@@ -822,13 +834,14 @@ def write_outputs(
                 row[f"{p}_cv_mc_worst_pct"] = round(summ["cv_worst_pct"], 3)
                 row[f"{p}_abs_bias_mc_pct"] = round(summ["abs_bias_worst_pct"], 3)
             row["mc_failure_rate"] = round(mc[k]["mc_failure_rate"], 4)
+            row["mc_verdict"] = _mc_verdict(found, mc[k], i)
         best_rows.append(row)
     (out / "best.csv").write_text(_csv(best_rows), encoding="utf-8")
 
     header = ["#", "protocol", "scan time (s)", "dt (s)", "voxel (mm)", "SNR",
               "Ktrans CV bound (%)", "Ktrans CV MC, same tissue (%, 95% CI)", "disagreement",
               "Ktrans CV MC, worst tissue (%)", "Ktrans |bias| noise-free (%)",
-              "Ktrans |bias| MC (%)", "meets"]
+              "Ktrans |bias| MC (%)", "meets (predicted)", "Monte Carlo"]
     best_table = []
     for k, i in enumerate(found.chosen):
         r = _row(found, i)
@@ -840,12 +853,13 @@ def write_outputs(
             dis = f"{100.0 * (m / bound - 1.0):+.0f}%" if bound else "n/a"
             mc_w = _fmt(summ["cv_worst_pct"])
             mc_b = _fmt(summ["abs_bias_worst_pct"])
+            mc_says = _mc_verdict(found, mc[k], i)
         else:
-            mc_cv, dis, mc_w, mc_b = "not run", "", "not run", "not run"
+            mc_cv, dis, mc_w, mc_b, mc_says = "not run", "", "not run", "not run", ""
         best_table.append([
             str(k + 1), r["label"], _fmt(r["scan_time_s"], 4), _fmt(r["dt_s"]), r["voxel_mm"],
             _fmt(r["snr"]), _fmt(bound), mc_cv, dis, mc_w, str(r["Ktrans_abs_bias_pct"]), mc_b,
-            "yes" if found.meets else f"no (shortfall {found.shortfall(i):.2f})",
+            "yes" if found.meets else f"no (shortfall {found.shortfall(i):.2f})", mc_says,
         ])
     fheader = ["protocol", "scan time (s)", "dt (s)", "voxel (mm)", "SNR", "R", "fa (deg)",
                "VFA (deg) x avg", "Ktrans CV bound (%)", "ve CV (%)", "Ktrans |bias| (%)",
@@ -888,9 +902,11 @@ def write_outputs(
                  f" {tm.get('mc_s', 0.0):.1f} s)"),
         ("phantomdce", phantomdce.__version__),
     ]
+    n_voxel = sum("--max-voxel-mm3" in why for _, why in found.refused)
     space_words = (
-        f"{len(found.candidates)} candidate protocols ({len(found.refused)} combinations"
-        " refused as invalid): readout matrix "
+        f"{len(found.candidates)} candidate protocols ({n_voxel} combinations left out by the"
+        f" voxel limit, {len(found.refused) - n_voxel} refused as invalid protocols):"
+        " readout matrix "
         f"{sp['matrix_read']} (phase at the site's ratio), slices {sp['slices']} at the"
         f" site's slab, R {sp['parallel_factor']} (g-factors {sp['g_factors']}, scaled to the"
         f" site's g at its R: an assumption), dynamic flip angle {sp['fa_deg']} deg, VFA sets"
@@ -921,7 +937,8 @@ def write_outputs(
         " (the bound is a lower limit for an unbiased estimator; a fitter that is not"
         " efficient, or biased at this SNR, departs from it). The Monte-Carlo worst tissue"
         " is the largest of the tissues' noisy CVs, so it reads high. All biases and CVs are"
-        " of the worst tissue of the grid.",
+        " of the worst tissue of the grid. The last column judges the target on the"
+        " Monte-Carlo numbers (CV on the bound's worst tissue, the largest |bias|).",
         "",
         md_table(mheader, marks),
         "",
@@ -1064,7 +1081,7 @@ def _cmd(args: Any) -> int:
     print(f"optimise {rec['site']}: {rec['n_candidates']} protocols; {verdict}:")
     for row in rec["chosen"]:
         mc = row.get("Ktrans_cv_mc_pct")
-        mc_txt = f", Monte Carlo {mc:.3g}%" if mc is not None else ""
+        mc_txt = (f", Monte Carlo {mc:.3g}% ({row['mc_verdict']})" if mc is not None else "")
         print(
             f"  {row['rank']}. {row['label']}: scan {row['scan_time_s']:.0f} s, Ktrans CV"
             f" bound {row['Ktrans_cv_bound_pct']:.3g}%{mc_txt}, |bias| noise-free"

@@ -269,6 +269,8 @@ def noise_free_bias(
     info = resolve_fitters([fitter])[0]
     pipe = Pipeline.from_mapping(dict(DEFAULT_PIPELINE if pipeline is None else pipeline))
     raw = {**protocol_table(protocol), "snr": math.inf}
+    if pipe.aif != "measured":  # the arterial voxels enter only a measured AIF
+        raw["arterial_voxels"] = 0
     scenario = parse_scenario(
         {"name": "bias", "replicates": 1, "protocol": raw, "tissue": tissue_table(tissue)}
     )
