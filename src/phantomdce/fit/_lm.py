@@ -105,28 +105,54 @@ def _conv_fg(t, ca, k, f, g):
         g[i + 1] = gi
 
 
+@njit(cache=True, fastmath={"contract"})
+def _conv_f(t, ca, k, f):
+    """F of :func:`_conv_fg` alone (the same recursion and weights), written into f."""
+    n = t.shape[0]
+    f[0] = 0.0
+    last = -1.0
+    e = dh = dp1 = 0.0
+    fi = 0.0
+    for i in range(n - 1):
+        d = t[i + 1] - t[i]
+        if d != last:
+            e, h, p1, _ = _weights(k * d)
+            dh = d * h
+            dp1 = d * p1
+            last = d
+        c1 = ca[i + 1]
+        dc = ca[i] - c1
+        fi = e * fi + (c1 * dh + dc * dp1)
+        f[i + 1] = fi
+
+
 @njit(cache=True)
 def _shift(t, ca, delay, out, slope):
-    """AIF delayed by ``delay`` s (linear interpolation, zero before t[0]) and its slope."""
+    """AIF delayed by ``delay`` s (linear interpolation, zero before t[0]) and its slope.
+
+    At a delay where a delayed frame meets an AIF sample (a kink) the slope is the one of
+    the AIF's segment before that sample (that of delays just above the kink).
+    """
     n = t.shape[0]
+    i0 = 0  # frames delayed to before the first sample
+    while i0 < n and t[i0] - delay <= t[0]:
+        out[i0] = ca[0] if t[i0] - delay == t[0] else 0.0
+        slope[i0] = 0.0
+        i0 += 1
+    i1 = n  # frames delayed to after the last sample
+    while i1 > i0 and t[i1 - 1] - delay >= t[n - 1]:
+        out[i1 - 1] = ca[n - 1]
+        slope[i1 - 1] = 0.0
+        i1 -= 1
     j = 0
-    for i in range(n):
+    for i in range(i0, i1):
         ts = t[i] - delay
-        if ts <= t[0]:
-            out[i] = ca[0] if ts == t[0] else 0.0
-            slope[i] = 0.0
-            continue
-        if ts >= t[n - 1]:
-            out[i] = ca[n - 1]
-            slope[i] = 0.0
-            continue
         while j < n - 2 and t[j + 1] < ts:
             j += 1
-        while j > 0 and t[j] > ts:
-            j -= 1
-        w = (ts - t[j]) / (t[j + 1] - t[j])
-        out[i] = ca[j] + w * (ca[j + 1] - ca[j])
-        slope[i] = (ca[j + 1] - ca[j]) / (t[j + 1] - t[j])
+        dtj = t[j + 1] - t[j]
+        dc = ca[j + 1] - ca[j]
+        out[i] = ca[j] + (ts - t[j]) / dtj * dc
+        slope[i] = dc / dtj
 
 
 @njit(cache=True)
@@ -141,7 +167,6 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
     slope = w[5]
     s1 = w[6]  # convolutions of the AIF's slope: exact delay derivative of the sampled model
     s2 = w[7]
-    scratch = w[8]
     if fit_delay:
         _shift(t, ca, theta[theta.shape[0] - 1], cad, slope)
     else:
@@ -154,7 +179,7 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         _conv_fg(t, cad, kep, f1, g1)
         vp = theta[2] if code == 1 else 0.0
         if fit_delay:
-            _conv_fg(t, slope, kep, s1, scratch)
+            _conv_f(t, slope, kep, s1)
         kt_ve = kt / ve
         kt_ve2 = kt_ve * kt_ve
         for i in range(n):
@@ -170,7 +195,7 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         vp = theta[1]
         _conv_fg(t, cad, 0.0, f1, g1)
         if fit_delay:
-            _conv_fg(t, slope, 0.0, s1, scratch)
+            _conv_f(t, slope, 0.0, s1)
         for i in range(n):
             model[i] = vp * cad[i] + kt * f1[i]
             jac[0, i] = f1[i]
@@ -197,8 +222,8 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         _conv_fg(t, cad, kplus, f1, g1)
         _conv_fg(t, cad, kminus, f2, g2)
         if fit_delay:
-            _conv_fg(t, slope, kplus, s1, scratch)
-            _conv_fg(t, slope, kminus, s2, scratch)
+            _conv_f(t, slope, kplus, s1)
+            _conv_f(t, slope, kminus, s2)
         # partial derivatives of s and p with respect to (fp, ps, ve, vp)
         ds0 = 1.0 / vp
         ds1 = 1.0 / vp + 1.0 / ve
@@ -248,8 +273,8 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         _conv_fg(t, cad, kp, f1, g1)
         _conv_fg(t, cad, 0.0, f2, g2)
         if fit_delay:
-            _conv_fg(t, slope, kp, s1, scratch)
-            _conv_fg(t, slope, 0.0, s2, scratch)
+            _conv_f(t, slope, kp, s1)
+            _conv_f(t, slope, 0.0, s2)
         t2 = tot * tot if tot > 0 else 1.0
         da1_fp = fp * (fp + 2.0 * ps) / t2
         da1_ps = -fp * fp / t2

@@ -15,6 +15,13 @@ on the full parameter vector, so the optimum, the convergence flags and the norm
 are those of that fitter (same model, same bounds, same stopping rules). The search is
 global over the grid, so the optimum is the old multi-start fit's or a lower one.
 
+A fitted delay shifts the AIF by linear interpolation, so the model has a kink in the
+delay wherever a delayed frame meets an AIF sample (:func:`kinks`) and is smooth between
+two kinks. With evenly spaced frames (:func:`segmented`) the polish runs with the delay
+bounded to one such segment at a time (:func:`_fit_segments`): within a segment the
+Levenberg-Marquardt converges in a few steps, and an optimum on a kink is reached as a
+bound instead of by many short steps across it.
+
 ``F`` is computed by the same recursion as the Levenberg-Marquardt model
 (:func:`phantomdce.fit._lm._conv_fg`: exact for the sampled, piecewise-linear AIF, shifted
 by the delay with :func:`phantomdce.fit._lm._shift`), once per grid node for all voxels
@@ -60,6 +67,19 @@ DELAY_REFINED = 2
 #: other side, at least KINK_STEP times that spacing away from it; the better fit is kept.
 KINK_NEAR = 0.25
 KINK_STEP = 0.05
+#: Kinks at least SEGMENT_MIN s apart (evenly spaced frames of 2 s or more): the delay fit
+#: is polished within one segment between kinks at a time (:func:`_fit_segments`), where
+#: the cost is smooth; a refined start in another segment is polished too if its cost is
+#: within SIDE_MARGIN (relative) of the first polish's. Its search takes every
+#: COARSE_KEP_STRIDE-th rate at the coarse delays and every FINE_STRIDE-th delay of the
+#: window (the polish within a segment does the rest).
+SEGMENT_MIN = 2.0
+SIDE_MARGIN = 0.05
+COARSE_KEP_STRIDE = 2
+FINE_STRIDE = 4
+#: A polish within a segment stops this far (relative to the segment) below its upper kink
+#: (:func:`_polish_in`): on a kink the model's delay derivative is that of the segment above.
+KINK_EPS = 1e-9
 
 
 def kep_grid(code: int, lo: np.ndarray, hi: np.ndarray, per_decade: float) -> np.ndarray:
@@ -145,9 +165,9 @@ def _dot(f, d, j, y):
 
 
 @njit(cache=True, fastmath=True)
-def _matvec(f, d, y, out):
-    """``out[j] = f[d, j] . y`` for every rate j, as :func:`_dot`."""
-    for j in range(f.shape[1]):
+def _matvec(f, d, y, out, k_stride):
+    """``out[j] = f[d, j] . y`` for every ``k_stride``-th rate j, as :func:`_dot`."""
+    for j in range(0, f.shape[1], k_stride):
         s = 0.0
         for i in range(y.shape[0]):
             s += f[d, j, i] * y[i]
@@ -246,31 +266,11 @@ def _node(code, k, prod, d, j, sfy, scy, syy, lo, hi, best):
     return _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], sfy, scy, syy, alo, ahi, blo, bhi)
 
 
-@njit(cache=True, fastmath={"contract"})
-def _conv_f(t, ca, k, f):
-    """F of :func:`phantomdce.fit._lm._conv_fg` alone (the same recursion and weights)."""
-    n = t.shape[0]
-    f[0] = 0.0
-    last = -1.0
-    e = dh = dp1 = 0.0
-    fi = 0.0
-    for i in range(n - 1):
-        d = t[i + 1] - t[i]
-        if d != last:
-            e, h, p1, _ = _lm._weights(k * d)
-            dh = d * h
-            dp1 = d * p1
-            last = d
-        c1 = ca[i + 1]
-        fi = e * fi + (c1 * dh + (ca[i] - c1) * dp1)
-        f[i + 1] = fi
-
-
 @njit(cache=True, fastmath={"contract", "reassoc"})
 def _reduced(code, t, c, y, u, syy, scy, scc, lo, hi, fbuf):
     """Reduced cost at the rate ``exp(u)``: ``(a, b, cost)`` with a, b solved exactly."""
     k = math.exp(u)
-    _conv_f(t, c, k, fbuf)
+    _lm._conv_f(t, c, k, fbuf)
     sff = 0.0
     sfc = 0.0
     sfy = 0.0
@@ -285,8 +285,10 @@ def _reduced(code, t, c, y, u, syy, scy, scc, lo, hi, fbuf):
 
 
 @njit(cache=True)
-def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy):
+def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy, k_stride):
     """The nodes at delay indices ``d0, d0 + stride, ...`` below ``d1`` of one voxel.
+
+    Every ``k_stride``-th rate is searched.
 
     The best (cost, Ktrans, vp, kep index) at each such delay is written into
     ``per_delay`` (n_delay, 4), cost inf where no node is feasible. A node whose
@@ -298,10 +300,10 @@ def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy):
     best = np.inf
     for d in range(d0, d1, stride):
         scy = _dot_c(c, d, y)
-        _matvec(f, d, y, sfy)
+        _matvec(f, d, y, sfy, k_stride)
         dbest = np.inf
         per_delay[d, 0] = np.inf
-        for j in range(nk):
+        for j in range(0, nk, k_stride):
             alo = box[j, 0]
             ahi = box[j, 1]
             if alo > ahi:
@@ -435,12 +437,14 @@ def _argmin_cost(per_delay):
 
 @njit(cache=True)
 def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
-               jtj, ws, per_delay, sfy, fbuf, start, theta):  # fmt: skip
+               jtj, ws, per_delay, sfy, fbuf, start, theta, segmented, blo, bhi):  # fmt: skip
     """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
 
-    With a delay, the :data:`DELAY_REFINED` best delays of the fine search are refined in
-    kep and the best of them is polished; a result near a kink is polished again from the
-    kink's other side (:data:`KINK_NEAR`) and the better result is kept.
+    With a delay and ``segmented`` (:func:`segmented`), see :func:`_fit_segments`;
+    with a delay otherwise, the :data:`DELAY_REFINED` best delays of the fine search are
+    refined in kep and the best of them is polished; a result near a kink is polished
+    again from the kink's other side (:data:`KINK_NEAR`) and the better result is kept.
+    ``blo``, ``bhi`` are scratch bounds.
     """
     p = lo.shape[0]
     syy = 0.0
@@ -451,14 +455,21 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         per_delay[d, 0] = np.inf
     if fit_delay and nd > 1:
         # the coarse delays, then every delay within one coarse step of the best of them
-        _search(y, tabs, syy, per_delay, DELAY_COARSE // 2, nd, DELAY_COARSE, sfy)
+        # (with segments, every COARSE_KEP_STRIDE-th rate and FINE_STRIDE-th delay)
+        k_stride = COARSE_KEP_STRIDE if segmented else 1
+        fine = FINE_STRIDE if segmented else 1
+        _search(y, tabs, syy, per_delay, DELAY_COARSE // 2, nd, DELAY_COARSE, sfy, k_stride)
         d_best = _argmin_cost(per_delay)
         _search(y, tabs, syy, per_delay, max(d_best - DELAY_WINDOW, 0),
-                min(d_best + DELAY_WINDOW + 1, nd), 1, sfy)  # fmt: skip
+                min(d_best + DELAY_WINDOW + 1, nd), fine, sfy, 1)  # fmt: skip
     else:
-        _search(y, tabs, syy, per_delay, 0, nd, 1, sfy)
+        _search(y, tabs, syy, per_delay, 0, nd, 1, sfy, 1)
     node = np.empty(5)
     cand = np.empty(p)
+    if fit_delay and nd > 1 and segmented:
+        _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, out, jtj, ws,
+                      per_delay, fbuf, start, theta, syy, node, cand, blo, bhi)  # fmt: skip
+        return
     if fit_delay and nd > 1:
         # the delays ranked by their cost at the refined kep: the grid's kep resolution
         # cannot rank delays whose costs differ by less than its own error
@@ -511,6 +522,143 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         _keep(out, jtj, theta, p, sse, acc, conv, ws, y)
 
 
+@njit(cache=True)
+def segmented(kinks):
+    """True if the kinks are at least :data:`SEGMENT_MIN` s apart (evenly spaced frames).
+
+    The delay fit then polishes within one segment between kinks at a time.
+    """
+    if kinks.shape[0] < 2:
+        return False
+    for m in range(kinks.shape[0] - 1):
+        if kinks[m + 1] - kinks[m] < SEGMENT_MIN:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _segment(kinks, delay, lo, hi):
+    """The segment between kinks that holds ``delay``: ``(m, lower, upper)``.
+
+    Segment m spans ``[kinks[m-1], kinks[m]]`` (a bound of the search, ``lo`` or ``hi``,
+    beyond the first and last kink); a delay on a kink is in the segment above it.
+    """
+    m = np.searchsorted(kinks, delay, side="right")
+    s_lo = kinks[m - 1] if m > 0 else lo
+    s_hi = kinks[m] if m < kinks.shape[0] else hi
+    return m, s_lo, s_hi
+
+
+@njit(cache=True)
+def _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, theta, blo, bhi):
+    """Polish ``cand`` with the delay bounded to its segment; keep it if better. Returns m."""
+    p = lo.shape[0]
+    dq = p - 1
+    m, s_lo, s_hi = _segment(kinks, cand[dq], lo[dq], hi[dq])
+    for q in range(p):
+        blo[q] = lo[q]
+        bhi[q] = hi[q]
+    blo[dq] = s_lo
+    # at a kink the model's delay derivative is the one of the segment above it: the upper
+    # end of a segment is held just below its kink, where the derivative is this segment's
+    bhi[dq] = s_hi - KINK_EPS * (s_hi - s_lo) if m < kinks.shape[0] else s_hi
+    sse, acc, conv = _lm._fit_one(code, t, ca, y, cand, blo, bhi, True, max_iter, theta, ws)
+    if sse < out[p] or out[p] == np.inf:  # the first polish is kept whatever its cost
+        _keep(out, jtj, theta, p, sse, acc, conv, ws, y)
+    return m
+
+
+@njit(cache=True)
+def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, out, jtj, ws,
+                  per_delay, fbuf, start, theta, syy, node, cand, blo, bhi):  # fmt: skip
+    """Delay fit polished within segments between kinks (the cost is smooth within one).
+
+    The :data:`DELAY_REFINED` best nodes of the search are refined in kep
+    (:func:`_refined_start`); the best refined start is polished with the delay bounded to
+    its segment, the others in other segments too if their refined cost is within
+    :data:`SIDE_MARGIN` of the polished one. A result within :data:`KINK_NEAR` of a
+    segment's end (a kink) is polished in the segment beyond it as well, from the
+    mirrored delay; the best polished result is kept.
+    """
+    p = lo.shape[0]
+    dq = p - 1
+    out[p] = np.inf
+    n_c = 0
+    costs = np.full(DELAY_REFINED, np.inf)
+    starts = np.empty((DELAY_REFINED, p))
+    for c in range(DELAY_REFINED):
+        d_best = _argmin_cost(per_delay)
+        if per_delay[d_best, 0] == np.inf:
+            break
+        for q in range(4):
+            node[q] = per_delay[d_best, q]
+        node[4] = d_best
+        per_delay[d_best, 0] = np.inf
+        costs[c] = _refined_start(code, t, y, keps, delays, tabs, lo, hi, True, syy, node,
+                                  fbuf, starts[c])  # fmt: skip
+        n_c += 1
+    done = np.full(DELAY_REFINED + 1, -1)
+    c1 = np.argmin(costs[:n_c])
+    done[0] = _polish_in(code, t, ca, y, starts[c1], lo, hi, kinks, max_iter, out, jtj, ws,
+                         theta, blo, bhi)  # fmt: skip
+    for c in range(n_c):
+        m = _segment(kinks, starts[c, dq], lo[dq], hi[dq])[0]
+        seen = False
+        for k in range(DELAY_REFINED + 1):
+            seen = seen or done[k] == m
+        if not seen and costs[c] < out[p] * (1.0 + SIDE_MARGIN):
+            done[c + 1] = _polish_in(code, t, ca, y, starts[c], lo, hi, kinks, max_iter, out,
+                                     jtj, ws, theta, blo, bhi)  # fmt: skip
+    # near a kink the cost can have a lower minimum on its other side: polish there too
+    delay = out[dq]
+    k = np.searchsorted(kinks, delay)
+    if k == kinks.shape[0] or (k > 0 and delay - kinks[k - 1] < kinks[k] - delay):
+        k -= 1
+    kink = kinks[k]  # the nearest kink; segment k is below it, k + 1 above
+    if not (lo[dq] < kink < hi[dq]):
+        return
+    below = kink - (kinks[k - 1] if k > 0 else lo[dq])
+    above = (kinks[k + 1] if k + 1 < kinks.shape[0] else hi[dq]) - kink
+    if delay < kink:  # polished below the kink (ends at KINK_EPS below it)
+        m_next = k + 1
+        gap = above
+        side = 1.0
+        if kink - delay >= KINK_NEAR * below:
+            return
+    else:
+        m_next = k
+        gap = below
+        side = -1.0
+        if delay - kink >= KINK_NEAR * above:
+            return
+    for c in range(DELAY_REFINED + 1):
+        if done[c] == m_next:
+            return
+    for q in range(p):
+        cand[q] = out[q]
+    if abs(delay - kink) <= 2.0 * KINK_EPS * max(below, above):
+        # on the kink: a minimum of the other segment too unless the cost decreases into it
+        cand[dq] = kink + side * KINK_EPS * gap
+        if side * _delay_gradient(code, t, ca, y, cand, ws) <= 0.0:
+            return
+    cand[dq] = kink + side * min(max(abs(delay - kink), KINK_STEP * gap), 0.5 * gap)
+    _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, theta, blo, bhi)
+
+
+@njit(cache=True)
+def _delay_gradient(code, t, ca, y, theta, ws):
+    """``J_delay . r`` at theta: positive where the cost decreases as the delay grows."""
+    vec, jacs, _, _, _, _ = ws
+    model = vec[10]
+    jac = jacs[1]
+    _lm._model_jac(code, theta, t, ca, True, vec[:9], model, jac)
+    dq = theta.shape[0] - 1
+    s = 0.0
+    for i in range(y.shape[0]):
+        s += jac[dq, i] * (y[i] - model[i])
+    return s
+
+
 @njit(cache=True, inline="always")
 def _keep(out, jtj, theta, p, sse, acc, conv, ws, y):
     """Store a polished fit: parameters, cost, accepted steps, convergence and J^T J."""
@@ -532,11 +680,14 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, ma
     fbuf = np.empty(t.shape[0])
     start = np.empty(p)
     theta = np.empty(p)
+    blo = np.empty(p)
+    bhi = np.empty(p)
+    seg = fit_delay and segmented(kinks)
     for v in range(v0, v1):
         if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
             _fit_voxel(
                 code, t, ca, ys[v], keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter,
-                out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta,
+                out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta, seg, blo, bhi,
             )  # fmt: skip
 
 
