@@ -317,3 +317,18 @@ def test_the_changes_are_scored_like_score_protocols_at_no_more_scan_time():
         assert c.gain_pct > 0 and c.scan_time_s <= mine.scan_time_s * 1.01
         assert c.gain_pct == pytest.approx(mine.error_pct - c.error_pct)
     assert "single changes scored" in note
+
+
+def test_a_site_measuring_its_aif_is_read_against_the_carotid_option_of_the_study():
+    from phantomdce.design.assess import recommendation_lines, study_settings
+
+    summary = (ROOT / "reports" / "esnr2022" / "summary.md").read_text()
+    scen = ROOT / "scenarios" / "esnr2022"
+    site = parse_site({"fit": {"pipeline": {"aif": "measured"}}})
+    inj = {r.id: r for r in recommendation_lines(site, scen, summary)}["injection_rate"]
+    rows = dict(study_settings(summary)["Injection rate"]["nlls_extended_tofts (carotid ROI)"])
+    assert inj.study == f"(carotid ROI): {rows['2 mL/s']}"
+    assert inj.status == rows["2 mL/s"]
+    known = {r.id: r for r in recommendation_lines(parse_site({}), scen, summary)}
+    assert known["aif_source"].stands.startswith("not judged")
+    assert "each option shown" in known["injection_rate"].study

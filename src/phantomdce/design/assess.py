@@ -784,6 +784,8 @@ def recommendation_lines(
             stands = "follows" if _label(value) in recommended else "deviates"
         else:
             stands = "no recommended value"
+        if rec["knob"] == "pipeline.aif" and site.pipeline.get("aif", "true") == "true":
+            stands = "not judged: the site file takes the AIF as known (fit.pipeline.aif)"
         study, status = _study_at(settings, rec, site, value, g["swept"], fmt)
         out.append(
             RecommendationLine(rec["id"], rec["title"], rec["text"], fmt(value), stands, study,
@@ -813,13 +815,17 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
         if own:
             mine = own
         else:
-            note = " (the site's AIF is none of the study's options: each option shown)"
+            note = (
+                " (the site's AIF is none of the study's options: each option shown, the"
+                " class is the first's)"
+            )
     if not mine:
         first = next(iter(section))
         base = first.split(" (")[0]
         mine = {f: rows for f, rows in section.items() if f.split(" (")[0] == base}
         note = f" ({base}: the study did not run {site.fitter})"
     parts, classes = [], []
+    first_option: list[str] | None = None
     for fitter, rows in mine.items():
         table = dict(rows)
         tag = fitter[len(site.fitter) :].strip() if fitter.startswith(site.fitter) else ""
@@ -830,6 +836,11 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
             words, cls = _neighbours(rec, value, swept, table, fmt)
         parts.append(f"{tag}: {words}".strip(": ").strip() if tag else words)
         classes += cls
+        first_option = cls if first_option is None else first_option
+    if note.startswith(" (the site's AIF") and first_option is not None:
+        # none of the options is the site's: the badge is the first option's, the
+        # recommendation's primary way, as a category verdict's (report.verdict.judge)
+        return "; ".join(parts) + note, _worst(first_option)
     return "; ".join(parts) + note, _worst(classes)
 
 
