@@ -34,7 +34,8 @@ class Recommendation:
         Axis label with units, e.g. ``"temporal resolution (s)"``.
     kind : str
         ``"max"`` (the recommendation is an upper limit: smaller values are stricter),
-        ``"min"`` (a lower limit: larger values are stricter) or ``"category"``.
+        ``"min"`` (a lower limit: larger values are stricter), ``"category"`` or ``"range"``
+        (a direction, e.g. "as low as possible": the verdict lists the values that meet).
     threshold : float or None
         The recommended limit for ``"max"``/``"min"`` knobs (drawn on the figures).
     recommended : list

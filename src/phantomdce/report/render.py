@@ -46,6 +46,7 @@ from phantomdce.report.words import (
     describe_criterion,
     fmt_pct,
     loosest_words,
+    runs_words,
     tissue_words,
     verdict_summary,
 )
@@ -182,7 +183,11 @@ def _verdict_rows(v: Verdict) -> list[tuple[str, str]]:
 def _loosest_cell(v: Verdict) -> str:
     point, ci = loosest_words(v)
     text = point if ci == point else f"{point} (whole CI inside: {ci})"
-    if v.tissue_grid and v.kind != "category":
+    if v.tissue_grid and v.kind == "range":
+        avg, worst = runs_words(v, "average"), runs_words(v, "every_tissue")
+        if (avg, worst) != (point,) * 2:
+            text += f"; grid average: {avg}; every tissue: {worst}"
+    elif v.tissue_grid and v.kind != "category":
 
         def fmt(x: Any) -> str:
             return "none" if x is None else _fmt(v, x)
@@ -406,7 +411,7 @@ def _make_sections(
                 entries = error_budget(result, v.fitter, v.recommended_values[0], v.parameters)
                 if entries:
                     budgets.append((v, v.recommended_values[0], entries))
-        if first is not None and first.tissue_grid and first.kind != "category":
+        if first is not None and first.tissue_grid and first.kind not in ("category", "range"):
             detail.append(
                 save(
                     tissue_threshold_figure(first),

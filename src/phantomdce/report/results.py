@@ -68,9 +68,10 @@ def parse_recommendation(raw: dict[str, Any], where: str) -> tuple[Recommendatio
         raise ConfigError(
             f"{where}: recommendation.option = {raw['option']!r}: expected a non-empty text"
         )
-    if raw["kind"] not in ("max", "min", "category"):
+    if raw["kind"] not in ("max", "min", "category", "range"):
         raise ConfigError(
-            f"{where}: recommendation.kind = {raw['kind']!r}: expected 'max', 'min' or 'category'"
+            f"{where}: recommendation.kind = {raw['kind']!r}: expected 'max', 'min', 'category'"
+            " or 'range'"
         )
     rec = Recommendation(
         id=raw["id"],

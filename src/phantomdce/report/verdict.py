@@ -57,6 +57,15 @@ value on the recommended side); without a threshold, the values in ``recommended
 (:attr:`Verdict.options`): an optional alternative that fails does not make the primary
 option fail.
 
+``"range"`` knobs are numeric knobs whose recommendation is a direction, not a threshold
+(e.g. "flip angle as low as possible"): the settings are sorted by value (smallest first), the
+recommended setting(s) are the values in ``recommended``, judged as for an ordered knob (the
+worst class among them), and the loosest fields hold, as for categories, the lists of values
+at which the criterion holds (both *meets* classes, :data:`MEETS` only, the grid average,
+every tissue). :func:`meeting_runs` gives those lists as runs of adjacent simulated values
+(``((10, 25),)``: the criterion holds from 10 to 25 and nowhere else). The bootstrap CIs,
+the not-estimable and tissue rules of each setting are those of every kind.
+
 Examples
 --------
 >>> from phantomdce.report.model import Criterion
@@ -107,6 +116,7 @@ __all__ = [
     "format_knob_value",
     "judge",
     "judge_all",
+    "meeting_runs",
     "option_labels",
     "tissue_loosest",
 ]
@@ -143,7 +153,7 @@ _RANK = {
     MEETS_CI_CROSSES: 5,
     MEETS: 6,
 }
-_KINDS = ("max", "min", "category")
+_KINDS = ("max", "min", "category", "range")
 
 
 @dataclass(frozen=True)
@@ -330,7 +340,7 @@ class Verdict:
     knob_label : str
         Axis label of the swept knob, with units.
     kind : str
-        ``"max"``, ``"min"`` or ``"category"``.
+        ``"max"``, ``"min"``, ``"category"`` or ``"range"``.
     fitter : str
         Fitter judged.
     criterion : Criterion
@@ -353,7 +363,8 @@ class Verdict:
     loosest_meeting, loosest_meeting_ci : Any
         Ordered knobs: the loosest value reached from the strictest one without a setting
         that does not meet (None if the strictest already does not), counting both meets
-        classes, or :data:`MEETS` only. ``"category"``: lists of the categories that meet.
+        classes, or :data:`MEETS` only. ``"category"``: lists of the categories that meet;
+        ``"range"``: lists of the values that meet, smallest first (:func:`meeting_runs`).
     loosest_average, loosest_worst_tissue : Any
         As ``loosest_meeting`` on the pooled (grid-average) checks alone, and with every
         tissue of the grid required to meet.
@@ -476,7 +487,7 @@ def _hashable(value: Any) -> Hashable:
 
 def _key(value: Any, kind: str) -> Hashable:
     """Comparable key of a knob value: a float for ordered knobs, hashable for categories."""
-    if kind in ("max", "min"):
+    if kind in ("max", "min", "range"):
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -736,8 +747,9 @@ def judge(
     Raises
     ------
     ValueError
-        If the recommendation's ``kind`` is not ``"max"``, ``"min"`` or ``"category"``, an
-        ordered knob has a non-numeric value, or ``max_failure_rate`` is not in [0, 1].
+        If the recommendation's ``kind`` is not ``"max"``, ``"min"``, ``"category"`` or
+        ``"range"``, an ordered or range knob has a non-numeric value, or
+        ``max_failure_rate`` is not in [0, 1].
     """
     criterion = Criterion() if criterion is None else criterion
     rec = result.recommendation
@@ -805,7 +817,7 @@ def judge(
         )
         for v, k in zip(values, keys, strict=True)
     ]
-    if kind in ("max", "min"):
+    if kind in ("max", "min", "range"):
         order = sorted(range(len(settings)), key=lambda i: keys[i], reverse=kind == "min")
         settings = [settings[i] for i in order]
         keys = [keys[i] for i in order]
@@ -892,6 +904,57 @@ def judge(
         tissue_grid=tissue_grid,
         notes=tuple(notes),
     )
+
+
+def meeting_runs(verdict: Verdict, which: str = "meeting") -> tuple[tuple[Any, Any], ...]:
+    """Runs of adjacent simulated knob values at which the criterion holds.
+
+    Parameters
+    ----------
+    verdict : Verdict
+        A ``"range"`` (or ``"max"``/``"min"``) verdict: settings in knob order.
+    which : str, optional
+        ``"meeting"`` (both *meets* classes), ``"ci"`` (:data:`MEETS` only), ``"average"``
+        (the pooled checks alone) or ``"every_tissue"`` (every tissue of the grid meets).
+
+    Returns
+    -------
+    tuple of (Any, Any)
+        ``(first, last)`` knob values of each run, in the verdict's order; settings without
+        data are skipped (they neither break nor extend a run). Empty if none meets.
+
+    Raises
+    ------
+    ValueError
+        For a ``"category"`` verdict (no order) or an unknown ``which``.
+
+    Notes
+    -----
+    Settings at 5, 10, 15, 20 deg of which 10, 15 and 20 meet give one run, ``(10, 20)``.
+    """
+    tests = {
+        "meeting": lambda s: s.status in MEETING,
+        "ci": lambda s: s.status == MEETS,
+        "average": lambda s: s.average_status in MEETING,
+        "every_tissue": lambda s: s.all_tissues_meet,
+    }
+    if verdict.kind == "category":
+        raise ValueError(f"verdict {verdict.recommendation_id!r}: a category knob has no runs")
+    if which not in tests:
+        raise ValueError(f"which={which!r}: expected one of {list(tests)}")
+    runs: list[tuple[Any, Any]] = []
+    current: list[Any] = []
+    for s in verdict.settings:
+        if s.status == NO_DATA:
+            continue
+        if tests[which](s):
+            current.append(s.knob_value)
+        elif current:
+            runs.append((current[0], current[-1]))
+            current = []
+    if current:
+        runs.append((current[0], current[-1]))
+    return tuple(runs)
 
 
 def judge_all(
@@ -1179,8 +1242,9 @@ def tissue_loosest(verdict: Verdict) -> dict[int, tuple[dict[str, float], Any]]:
     -------
     dict of int to (dict, Any)
         Tissue index -> (its truth, the loosest value; None if it fails already at the
-        strictest setting). ``"category"`` verdicts: the value is the list of categories
-        where the tissue meets. Settings without data or not estimable count as not met.
+        strictest setting). ``"category"`` and ``"range"`` verdicts: the value is the list
+        of knob values where the tissue meets. Settings without data or not estimable count
+        as not met.
     """
     truths: dict[int, dict[str, float]] = {}
     result: dict[int, Any] = {}
@@ -1192,7 +1256,7 @@ def tissue_loosest(verdict: Verdict) -> dict[int, tuple[dict[str, float], Any]]:
         for tissue, t in seen.items():
             truths.setdefault(tissue, t.truth)
             ok = t.meets and s.average_status not in (NOT_ESTIMABLE, DEGENERATE)
-            if verdict.kind == "category":
+            if verdict.kind in ("category", "range"):
                 result.setdefault(tissue, [])
                 if ok:
                     result[tissue].append(s.knob_value)

@@ -40,6 +40,7 @@ from phantomdce.report.verdict import (
     _walk,
     criterion_parameters,
     format_knob_value,
+    meeting_runs,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "fmt_pct",
     "loosest_words",
     "option_words",
+    "runs_words",
     "reason_text",
     "setting_clause",
     "tissue_words",
@@ -293,12 +295,33 @@ def option_words(verdict: Verdict) -> str:
     )
 
 
+def runs_words(verdict: Verdict, which: str = "meeting") -> str:
+    """Where a ``"range"`` verdict's criterion holds, as runs: ``'10-25 deg'`` or ``'none'``.
+
+    ``which`` is that of :func:`phantomdce.report.verdict.meeting_runs`.
+    """
+
+    def run(lo: Any, hi: Any) -> str:
+        if lo == hi:
+            return format_knob_value(lo, verdict.knob_label)
+        text = format_knob_value(hi, verdict.knob_label)
+        number = format_knob_value(hi, "")
+        return format_knob_value(lo, "") + "-" + text if text.startswith(number) else (
+            format_knob_value(lo, verdict.knob_label) + " to " + text
+        )
+
+    runs = meeting_runs(verdict, which)
+    return " and ".join(run(lo, hi) for lo, hi in runs) or "none"
+
+
 def loosest_words(verdict: Verdict) -> tuple[str, str]:
     """(point-estimate words, whole-CI words) of the loosest setting that meets."""
 
     def fmt(x: Any) -> str:
         return format_knob_value(x, verdict.knob_label)
 
+    if verdict.kind == "range":
+        return runs_words(verdict), runs_words(verdict, "ci")
     if verdict.kind == "category":
         point = ", ".join(fmt(x) for x in verdict.loosest_meeting) or "none"
         ci = ", ".join(fmt(x) for x in verdict.loosest_meeting_ci) or "none"
@@ -318,6 +341,11 @@ def _grid_sentence(verdict: Verdict) -> str:
     """Where the grid average and every tissue hold, when they differ from the verdict."""
     if not verdict.tissue_grid or verdict.kind == "category":
         return ""
+    if verdict.kind == "range":
+        avg, worst = runs_words(verdict, "average"), runs_words(verdict, "every_tissue")
+        if avg == worst == runs_words(verdict):
+            return ""
+        return f"On the grid average the criterion holds at {avg}; in every tissue at {worst}."
     avg, worst = verdict.loosest_average, verdict.loosest_worst_tissue
     if avg == verdict.loosest_meeting and worst == verdict.loosest_meeting:
         return ""
@@ -413,6 +441,28 @@ def verdict_summary(verdict: Verdict) -> str:
                     f"With the whole 95% CI required inside the limits it holds {bound} "
                     f"{fmt(v.loosest_meeting_ci)}."
                 )
+        grid = _grid_sentence(v)
+        if grid:
+            sentences.append(grid)
+    elif v.kind == "range":
+        first, last = with_data[0], with_data[-1]
+        held = runs_words(v)
+        sentences.append(
+            f"Over the simulated {fmt(first.knob_value)} to {fmt(last.knob_value)} the "
+            + (f"criterion holds at {held}." if held != "none" else "criterion holds nowhere.")
+        )
+        ci = runs_words(v, "ci")
+        if ci != runs_words(v):
+            sentences.append(f"With the whole 95% CI required inside the limits: {ci}.")
+        failing = [s for s in with_data if s.status not in MEETING]
+        if failing:
+            sentences.append(
+                "It does not hold at "
+                + "; ".join(
+                    f"{fmt(s.knob_value)} ({s.status}: {_first_reason(s)})" for s in failing
+                )
+                + "."
+            )
         grid = _grid_sentence(v)
         if grid:
             sentences.append(grid)
