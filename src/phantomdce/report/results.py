@@ -358,6 +358,11 @@ def _collect_one(rec: Recommendation, runs, open_results, seed: int) -> Recommen
 
             for path, caption in phantom_run_figures(run_dir):
                 figures.append((path, f"{run_dir.name}: {caption}"))
+        elif rec.knob in ("fa", "scanner.fa"):  # dS/dC of the AIF against the swept angle
+            from phantomdce.report.figures import flip_angle_run_figures
+
+            for path, caption in flip_angle_run_figures(run_dir):
+                figures.append((path, f"{run_dir.name}: {caption}"))
     judged = [f for f in fitters if f not in oracles]
     rows = [r for r in rows if r.fitter not in oracles] + [r for r in rows if r.fitter in oracles]
     return RecommendationResult(
