@@ -108,12 +108,10 @@ def vfa_sigma_ratio(protocol: Protocol) -> float:
     """Noise SD of one VFA image / noise SD of one dynamic frame (1).
 
     The protocol's ``vfa_sigma_ratio`` when it has one (set from a scanner), else
-    ``1 / sqrt(vfa_averages)``.
+    ``1 / sqrt(vfa_averages)`` (:attr:`Protocol.vfa_noise_ratio
+    <phantomdce.dro.protocol.Protocol.vfa_noise_ratio>`, the simulator's rule).
     """
-    ratio = getattr(protocol, "vfa_sigma_ratio", None)
-    if ratio is None:
-        return 1.0 / math.sqrt(protocol.vfa_averages)
-    return float(ratio)
+    return float(protocol.vfa_noise_ratio)
 
 
 def _key(protocol: Protocol, skip: Sequence[str]) -> tuple:
