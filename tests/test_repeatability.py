@@ -225,3 +225,20 @@ def test_repeatability_refuses_a_run_without_sessions(tmp_path):
     run(path, tmp_path / "out")
     with pytest.raises(ValueError, match="session"):
         repeatability(tmp_path / "out")
+
+
+def test_the_report_shows_the_test_retest_table_and_figure(trt_run, tmp_path):
+    from phantomdce.report.render import write_report
+    from phantomdce.report.repeatability import repeatability, repeatability_blocks
+
+    blocks = repeatability_blocks([trt_run, tmp_path / "not_a_run"], tmp_path / "figures")
+    assert len(blocks) == 1
+    html, md = blocks[0]
+    row = repeatability(trt_run).iloc[0]
+    assert f"{row['rc']:.3g}" in md and f"{row['sdc_percent']:.0f}" in md
+    assert (tmp_path / "figures" / f"repeatability_{trt_run.name}.png").stat().st_size > 1000
+    paths = write_report(
+        [], tmp_path / "report", command="test", version="0", extra_sections=blocks
+    )
+    assert "Test-retest repeatability" in paths["html"].read_text()
+    assert md.strip() in paths["markdown"].read_text()

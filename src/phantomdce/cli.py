@@ -413,6 +413,7 @@ def _write_report(out: Path, dest: Path, command: str) -> None:
     from phantomdce.report.model import Criterion
     from phantomdce.report.plain import has_recommendation, write_plain_report
     from phantomdce.report.render import write_report
+    from phantomdce.report.repeatability import repeatability_blocks
     from phantomdce.report.results import collect_results, run_dirs
     from phantomdce.report.verdict import judge_all
 
@@ -441,6 +442,7 @@ def _write_report(out: Path, dest: Path, command: str) -> None:
         version=phantomdce.__version__,
         scenario_info=info,
         literature=check_claims(results),
+        extra_sections=repeatability_blocks(dirs, dest / "figures"),
     )
     print("verdicts (criterion: |relative bias| <= 10% and CV <= 20% for Ktrans and ve):")
     for result in results:

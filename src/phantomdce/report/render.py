@@ -856,6 +856,7 @@ def write_report(
     scenario_info: dict[str, Any] | None = None,
     date: str | None = None,
     literature: list[dict[str, str]] | None = None,
+    extra_sections: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write the report of a study: ``index.html``, ``summary.md`` and ``figures/*.png``.
 
@@ -882,6 +883,9 @@ def write_report(
     literature : list of dict, optional
         Reported directions checked against the results
         (:func:`phantomdce.report.literature.check_claims`), shown after the verdicts.
+    extra_sections : sequence of (str, str), optional
+        Further sections as (HTML, Markdown) text, shown at the end in this order (e.g.
+        :func:`phantomdce.report.repeatability.repeatability_blocks`).
 
     Returns
     -------
@@ -925,8 +929,12 @@ def write_report(
     }
     html_path = out / "index.html"
     md_path = out / "summary.md"
-    write_atomic(html_path, _html(sections, **common))
-    write_atomic(md_path, _markdown(sections, out, **common))
+    html, md = _html(sections, **common), _markdown(sections, out, **common)
+    for block_html, block_md in extra_sections:  # e.g. report.repeatability's sections
+        html = html.replace("<footer>", block_html + "<footer>", 1)
+        md = md.rstrip("\n") + "\n\n" + block_md.rstrip("\n") + "\n"
+    write_atomic(html_path, html)
+    write_atomic(md_path, md)
     return {"html": html_path, "markdown": md_path, "figures": figdir}
 
 

@@ -347,7 +347,18 @@ def repeatability_blocks(
         d = Path(d)
         if not is_test_retest_run(d):
             continue
-        table = repeatability(d)
+        title = f"Test-retest repeatability ({d.name})"
+        try:
+            table = repeatability(d)
+        except (ValueError, FileNotFoundError, KeyError) as exc:  # e.g. a run not finished
+            why = f"not available: {exc}"
+            out.append(
+                (
+                    f"<section><h2>{html_escape(title)}</h2><p>{html_escape(why)}</p></section>",
+                    f"## {md_escape(title)}\n\n{md_escape(why)}\n",
+                )
+            )
+            continue
         header, rows = _columns(table)
         fig = repeatability_figure(table)
         buf = io.BytesIO()
@@ -358,7 +369,6 @@ def repeatability_blocks(
         figdir.mkdir(parents=True, exist_ok=True)
         name = f"repeatability_{d.name}.png"
         (figdir / name).write_bytes(buf.getvalue())
-        title = f"Test-retest repeatability ({d.name})"
         png = base64.b64encode(buf.getvalue()).decode()
         html = (
             f"<section><h2>{html_escape(title)}</h2><p>{html_escape(SECTION_TEXT)}</p>"
