@@ -47,6 +47,7 @@ aif = "true"
 PLUGIN = '''\
 import numpy as np
 import xarray as xr
+from phantomdce.fit.llsq import llsq_numpy
 
 
 class GoodET:
@@ -54,10 +55,14 @@ class GoodET:
     version = "1"
     model = "extended_tofts"
     input = "concentration"
-    method = "nlls"
+    method = "llsq"
 
     def fit(self, data):
-        return NLLSFitter("extended_tofts").fit(data)
+        t, ct, ca = data["time"].values, data["ct"].values, data["ca"].values
+        est = llsq_numpy(t, ct, ca, model="extended_tofts")
+        out = {p: ("voxel", np.asarray(est[p], float)) for p in ("Ktrans", "ve", "vp")}
+        ok = np.all([np.isfinite(v[1]) for v in out.values()], axis=0)
+        return xr.Dataset(out | {"success": ("voxel", ok)})
 
 
 class Crash(GoodET):
