@@ -332,3 +332,25 @@ def test_a_site_measuring_its_aif_is_read_against_the_carotid_option_of_the_stud
     known = {r.id: r for r in recommendation_lines(parse_site({}), scen, summary)}
     assert known["aif_source"].stands.startswith("not judged")
     assert "each option shown" in known["injection_rate"].study
+
+
+def test_a_tissue_with_too_many_failed_fits_is_not_estimable_whatever_its_numbers():
+    from phantomdce.design.assess import bound_agrees, tissue_class
+    from phantomdce.report.model import TissueRow
+    from phantomdce.report.verdict import MAX_FAILURE_RATE, TissueCheck
+
+    def row(rate):
+        return TissueRow(12.0, "f", "Ktrans", {"Ktrans": 0.1}, 1.0, 5.0, 40, failure_rate=rate)
+
+    check = TissueCheck(0, {"Ktrans": 0.1}, {"Ktrans": 1.0}, {"Ktrans": 5.0}, {"Ktrans": 0.0},
+                        True, 0.1, "Ktrans")  # fmt: skip
+    assert tissue_class(row(MAX_FAILURE_RATE), check) == "meets"
+    assert tissue_class(row(MAX_FAILURE_RATE + 0.001), check) == "not estimable"
+    assert tissue_class(row(math.nan), check) == "not estimable"
+    assert tissue_class(row(0.0), dataclasses.replace(check, meets=False)) == "fails"
+    assert tissue_class(row(0.0), None) == ""
+    # 10% of the bound plus 1.96 standard errors of the Monte-Carlo CV (dof 50: SE = cv/10)
+    assert bound_agrees(10.0, 10.0, 50) is True
+    assert bound_agrees(13.0, 10.0, 50) is True  # 3 <= 1 + 1.96 * 1.3
+    assert bound_agrees(14.0, 10.0, 50) is False  # 4 > 1 + 1.96 * 1.4
+    assert bound_agrees(math.nan, 10.0, 50) is None

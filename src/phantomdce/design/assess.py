@@ -92,7 +92,9 @@ __all__ = [
     "cmd_assess",
     "assess",
     "best_changes",
+    "bound_agrees",
     "bound_kind",
+    "tissue_class",
     "recommendation_lines",
     "site_scenario",
     "study_settings",
@@ -450,16 +452,10 @@ def tissue_lines(
         n_cases = max(len(c["cv"]), 1)
         cv_noise = _rms(c["cv"])
         bound = _rms(c["bound"])
-        if row.failure_rate > MAX_FAILURE_RATE or not math.isfinite(row.failure_rate):
-            status = NOT_ESTIMABLE
-        elif p in judged and tissue in checks:
-            status = MEETS if checks[tissue].meets else FAILS
-        else:
-            status = ""
+        status = tissue_class(row, checks.get(tissue) if p in judged else None)
         agrees = None
-        if status != NOT_ESTIMABLE and math.isfinite(cv_noise) and math.isfinite(bound):
-            se = cv_noise / math.sqrt(max(2.0 * (row.n - n_cases), 1.0))
-            agrees = abs(cv_noise - bound) <= BOUND_TOLERANCE * bound + 1.96 * se
+        if status != NOT_ESTIMABLE:
+            agrees = bound_agrees(cv_noise, bound, row.n - n_cases)
         out.append(
             TissueLine(
                 tissue,
@@ -477,6 +473,34 @@ def tissue_lines(
             )
         )
     return out
+
+
+def tissue_class(row: TissueRow, check: Any | None) -> str:
+    """The class of one tissue and parameter, by the study's rules.
+
+    :data:`~phantomdce.report.verdict.NOT_ESTIMABLE` when more than
+    :data:`~phantomdce.report.verdict.MAX_FAILURE_RATE` of the parameter's fits failed (or
+    the rate is unknown); else the tissue's class under the criterion, ``meets`` or
+    ``fails`` (:class:`~phantomdce.report.verdict.TissueCheck` ``check``, None for a
+    parameter the criterion does not judge: then ``""``).
+    """
+    if not row.failure_rate <= MAX_FAILURE_RATE:  # NaN too
+        return NOT_ESTIMABLE
+    if check is None:
+        return ""
+    return MEETS if check.meets else FAILS
+
+
+def bound_agrees(cv_pct: float, bound_cv_pct: float, dof: int) -> bool | None:
+    """Whether a Monte-Carlo CV agrees with the bound's (None: one of them is not finite).
+
+    They agree when ``|cv - bound| <= BOUND_TOLERANCE * bound + 1.96 SE``, ``SE = cv /
+    sqrt(2 dof)`` the standard error of a CV estimated with ``dof`` degrees of freedom.
+    """
+    if not (math.isfinite(cv_pct) and math.isfinite(bound_cv_pct)):
+        return None
+    se = cv_pct / math.sqrt(max(2.0 * dof, 1.0))
+    return abs(cv_pct - bound_cv_pct) <= BOUND_TOLERANCE * bound_cv_pct + 1.96 * se
 
 
 def _order(p: str) -> int:
