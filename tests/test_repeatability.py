@@ -236,6 +236,8 @@ def test_the_report_shows_the_test_retest_table_and_figure(trt_run, tmp_path):
     html, md = blocks[0]
     row = repeatability(trt_run).iloc[0]
     assert f"{row['rc']:.3g}" in md and f"{row['sdc_percent']:.0f}" in md
+    verdict = "detectable" if row["sdc_percent"] < 30 else "not detectable"
+    assert f"a 30% change of the ROI Ktrans: all: SDC {row['sdc_percent']:.0f}%, {verdict}" in md
     assert (tmp_path / "figures" / f"repeatability_{trt_run.name}.png").stat().st_size > 1000
     paths = write_report(
         [], tmp_path / "report", command="test", version="0", extra_sections=blocks

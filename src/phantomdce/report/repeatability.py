@@ -47,6 +47,7 @@ __all__ = [
     "within_subject",
     "repeatability_figure",
     "repeatability_blocks",
+    "detectable_words",
     "is_test_retest_run",
 ]
 
@@ -291,6 +292,31 @@ def repeatability_figure(table: pd.DataFrame, *, x: str = "tumour_diameter_mm") 
     return fig
 
 
+def detectable_words(table: pd.DataFrame, *, size: str = "tumour_diameter_mm") -> list[str]:
+    """One sentence per fitter and protocol: the smallest detectable change at each tumour size.
+
+    Says at which sizes the judged change (``change_percent``, e.g. a 30 % drop) exceeds the
+    smallest detectable change, and whether the bootstrap interval's upper end does too (then
+    the change is detectable with the interval's confidence as well).
+    """
+    others = [k for k in table.attrs.get("setting_keys", []) if k != size]
+    out = []
+    for key, g in table.groupby([*others, "fitter"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+                          for k, v in zip([*others, "fitter"], key, strict=True))
+        change = float(g["change_percent"].iloc[0])
+        parts = []
+        for _, r in (g.sort_values(size) if size in g else g).iterrows():
+            label = f"{r[size] / 10:g} cm tumour" if size in g else "all"
+            verdict = "detectable" if r["detectable"] else "not detectable"
+            if r["detectable"] and not r["sdc_percent_hi"] < change:
+                verdict += f" (but the 95% CI reaches {r['sdc_percent_hi']:.0f}%)"
+            parts.append(f"{label}: SDC {r['sdc_percent']:.0f}%, {verdict}")
+        out.append(f"{where}, a {change:g}% change of the ROI Ktrans: " + "; ".join(parts))
+    return out
+
+
 def _columns(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     keys = [*table.attrs.get("setting_keys", []), "fitter"]
     units = table.attrs.get("units", "")
@@ -370,8 +396,10 @@ def repeatability_blocks(
         name = f"repeatability_{d.name}.png"
         (figdir / name).write_bytes(buf.getvalue())
         png = base64.b64encode(buf.getvalue()).decode()
+        words = detectable_words(table)
         html = (
             f"<section><h2>{html_escape(title)}</h2><p>{html_escape(SECTION_TEXT)}</p>"
+            + "<ul>" + "".join(f"<li>{html_escape(w)}</li>" for w in words) + "</ul>"
             + html_table(header, rows)
             + f'<figure><img alt="smallest detectable change" src="data:image/png;base64,{png}">'
             "<figcaption>Smallest detectable change (%) of the ROI Ktrans against the tumour"
@@ -379,6 +407,7 @@ def repeatability_blocks(
         )
         md = (
             f"## {md_escape(title)}\n\n{md_escape(SECTION_TEXT)}\n\n"
+            + "".join(f"- {md_escape(w)}\n" for w in words) + "\n"
             + md_table(header, rows)
             + f"\n\n![smallest detectable change](figures/{name})\n"
         )
