@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from phantomdce.dro.scenario import parse_scenario
-from phantomdce.engine.metrics import METRICS, bound_kind, case_bounds, case_metrics
+from phantomdce.engine.metrics import (
+    BOUND_GRID_STEP_S,
+    METRICS,
+    bound_kind,
+    case_bounds,
+    case_metrics,
+)
 from phantomdce.engine.run import open_results, run
 from phantomdce.fit.pipeline import Pipeline
 from phantomdce.precision import crlb
@@ -93,14 +99,16 @@ def test_crlb_sd_of_a_case_is_the_bound_of_its_tissues(crlb_run, fitter, kind):
         row = rows["case_0000", fitter, name]
         var = np.array([sd[name] ** 2 for sd in tissues])
         # the same number of voxels per tissue: the voxel mean is the tissue mean
-        assert _value(row, "crlb_sd") == pytest.approx(math.sqrt(var.mean()), rel=1e-9), name
+        # the metrics' signal model runs on a 0.1 s grid (BOUND_GRID_STEP_S), the direct
+        # bound on the simulator's 0.01 s grid: they agree to 1e-4
+        assert _value(row, "crlb_sd") == pytest.approx(math.sqrt(var.mean()), rel=1e-4), name
         y = (
             np.array(truths["Ktrans"]) / np.array(truths["ve"])
             if name == "kep"
             else np.array(truths[name])
         )
         cv = 100 * math.sqrt(np.mean(var / y**2))
-        assert _value(row, "crlb_cv_pct") == pytest.approx(cv, rel=1e-9), name
+        assert _value(row, "crlb_cv_pct") == pytest.approx(cv, rel=1e-4), name
 
 
 def test_efficiency_is_the_bound_over_the_measured_within_tissue_variance(crlb_run):
@@ -121,7 +129,7 @@ def test_efficiency_is_the_bound_over_the_measured_within_tissue_variance(crlb_r
         assert len(var_t) == 2
         expected = np.mean(bound_t) / np.mean(var_t)
         assert _value(rows["case_0000", "nlls_extended_tofts", name], "efficiency") == (
-            pytest.approx(expected, rel=1e-9)
+            pytest.approx(expected, rel=2e-4)
         ), name
         assert 0.2 < expected < 3.0  # six replicates: a loose check that it is a ratio of SDs^2
 
@@ -226,7 +234,16 @@ def test_case_bounds_computes_once_per_tissue_and_refuses_a_varying_truth():
         t10=1.5,
         kind="joint",
     )
-    assert out["Ktrans"][1] == pytest.approx(direct["Ktrans"] ** 2, rel=1e-12)
+    assert out["Ktrans"][1] == pytest.approx(direct["Ktrans"] ** 2, rel=2e-4)
+    coarse = crlb(
+        sc.cases()[0].protocol,
+        "extended_tofts",
+        {"Ktrans": 0.3, "ve": 0.4, "vp": 0.06},
+        t10=1.5,
+        kind="joint",
+        grid_step=BOUND_GRID_STEP_S,
+    )
+    assert out["Ktrans"][1] == pytest.approx(coarse["Ktrans"] ** 2, rel=1e-12)
     assert out["Ktrans"][0] == out["Ktrans"][2] and set(out) >= {"Ktrans", "kep", "T10"}
     truth["T10"] = np.array([1.5, 1.5, 1.4])
     with pytest.raises(ValueError, match="'T10' differs"):
@@ -361,3 +378,19 @@ def test_the_joint_fit_scenario_compares_the_three_routes_on_the_esnr_protocol()
         study = (root / name).read_text(encoding="utf-8")
         assert '"esnr2022/joint_fit.toml"' in study, name
     assert load_study(root / "esnr2022.toml")
+
+
+@pytest.mark.parametrize("proto", [{}, {"dt": 1.0}, {"dt": 15.0}, {"sampling": "average"}])
+def test_the_metrics_grid_changes_the_bound_by_less_than_1e4(proto):
+    from phantomdce.dro.protocol import Protocol
+    from phantomdce.precision import KINDS
+
+    kt, ve, vp = np.meshgrid([0.05, 0.4], [0.1, 0.4], [0.01, 0.08], indexing="ij")
+    tissue = {"Ktrans": kt.ravel(), "ve": ve.ravel(), "vp": vp.ravel()}
+    pr = Protocol().replace(**proto) if proto else Protocol()
+    exact = crlb(pr, "extended_tofts", tissue, t10=1.5, kind=KINDS)
+    coarse = crlb(pr, "extended_tofts", tissue, t10=1.5, kind=KINDS, grid_step=BOUND_GRID_STEP_S)
+    for kind in KINDS:
+        for name, sd in exact[kind].items():
+            np.testing.assert_allclose(coarse[kind][name], sd, rtol=1e-4, err_msg=f"{kind} {name}")
+        assert not np.array_equal(coarse[kind]["Ktrans"], exact[kind]["Ktrans"])  # another grid
