@@ -370,3 +370,22 @@ def test_optimise_cli_end_to_end(tmp_path, capsys) -> None:
     # written again into its own output: allowed; a bad target: exit 2 naming the part
     assert main(args[:3] + ["Ktrans:cv=>5"] + args[4:]) == 2
     assert "part 'cv=>5' (of Ktrans)" in capsys.readouterr().err
+
+
+def test_search_uses_the_bound_of_the_sites_estimator() -> None:
+    from phantomdce.design.optimise import estimator_bound, parse_target, search
+    from phantomdce.design.site import parse_site
+
+    assert estimator_bound(_site()) == ("two_step", "")
+    joint = parse_site({**SITE, "fit": {"fitter": "nlls_extended_tofts_joint"}})
+    assert estimator_bound(joint) == ("joint", "")
+    measured = parse_site({**SITE, "fit": {"pipeline": {"t1": "vfa_nonlinear",
+                                                        "aif": "measured"}}})
+    kind, note = estimator_bound(measured)
+    assert kind == "two_step" and "the bound assumes the true AIF" in note
+    space = dataclasses.replace(_small_space(joint), parallel_factor=(2.0,), fa=(15.0,),
+                                vfa_averages=(1,), duration=(300.0,))
+    a = search(joint, parse_target("Ktrans:cv<=50"), 400.0, space=space)
+    b = search(_site(), parse_target("Ktrans:cv<=50"), 400.0, space=space)
+    assert a.bound == "joint" and b.bound == "two_step"
+    assert (a.worst_cv() < b.worst_cv()).all()  # the joint fit uses all the data at once

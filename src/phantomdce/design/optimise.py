@@ -83,6 +83,7 @@ __all__ = [
     "pareto_front",
     "Search",
     "search",
+    "estimator_bound",
     "confirm",
     "optimise",
     "add_parser",
@@ -244,6 +245,8 @@ class Search:
     esnr_index: int | None
     timings: dict[str, float]
     max_voxel_mm3: float | None = None
+    bound: str = "two_step"  # the bound's kind (phantomdce.precision.KINDS)
+    bound_note: str = ""  # why no bound matches the site's estimator ("" when one does)
 
     def worst_cv(self, parameter: str = "Ktrans") -> np.ndarray:
         """Worst-tissue CV bound (%) of every candidate."""
@@ -276,6 +279,33 @@ def _worst_bias(values: Mapping[str, np.ndarray], ok: np.ndarray) -> dict[str, f
         a = np.abs(np.asarray(v, dtype=float))
         out[name] = math.inf if (not ok.all() or np.isnan(a).any()) else float(a.max())
     return out
+
+
+def estimator_bound(site: Any) -> tuple[str, str]:
+    """The bound matching the site's fitter and pipeline, and a note if none matches.
+
+    :func:`phantomdce.engine.metrics.bound_kind` (as the engine's ``crlb_sd``): ``two_step``
+    for a concentration fitter with T1 from the VFA images, ``joint``/``joint_shared_m0`` for
+    a signal fitter, ... Where no bound matches (a measured or population AIF, a fitted
+    delay, a model mismatch), the two-step bound is used, a lower limit that leaves out that
+    error source, and the note says why.
+    """
+    from phantomdce.engine.metrics import bound_kind
+    from phantomdce.fit.pipeline import Pipeline
+    from phantomdce.fit.registry import resolve_fitters
+
+    info = resolve_fitters([site.fitter])[0]
+    kind, why = bound_kind(
+        tissue_model=site.tissue.model,
+        fitter_model=info.model,
+        fitter_input=info.input,
+        pipeline=Pipeline.from_mapping(dict(site.pipeline)),
+        case_attrs={"snr": site.protocol.snr, "b1": site.protocol.b1},
+        shared_m0=bool(getattr(info.fitter, "shared_m0", False)),
+    )
+    if kind is None:
+        return "two_step", f"no bound matches the site's estimator ({why}): two-step bound used"
+    return kind, ""
 
 
 def _esnr_settings(site: Any, space: Space) -> dict[str, Any] | None:
@@ -417,10 +447,12 @@ def search(
             f"no protocol of the space is valid: e.g. {refused[0][1] if refused else '?'}"
         )
     t_space = time.perf_counter()
+    kind, why = estimator_bound(site)
     scores = score_protocols(
         [c.protocol for c in candidates],
         site.tissue,
         model=None,
+        kind=kind,
         bias=False,
         labels=[c.label for c in candidates],
         vfa_time_s=[c.derived.vfa_time_s for c in candidates],
@@ -453,7 +485,7 @@ def search(
         return all(b.get(c.parameter, math.inf) <= c.limit for c in target.of("bias"))
 
     found = Search(site, target, float(budget_s), space, candidates, refused, scores, bias,
-                   [], [], False, None, None, {}, max_voxel_mm3)
+                   [], [], False, None, None, {}, max_voxel_mm3, kind, why)
     t_time = found.scan_time()
     kt_cv = found.worst_cv("Ktrans")
     front = pareto_front(t_time, kt_cv, admissible)
@@ -913,11 +945,20 @@ def write_outputs(
         f" {sp['vfa_flip_angles_deg']} deg with {sp['vfa_averages']} averages, duration"
         f" {sp['duration_s']} s. TR, bandwidth, partial Fourier and field are the site's."
     )
+    kinds = {
+        "two_step": "two-step (T10 from the VFA images, then the dynamic fit)",
+        "joint": "joint (VFA and dynamic data fitted together)",
+        "joint_shared_m0": "joint with one M0 for both series",
+        "baseline_m0": "T10 known, M0 from the baseline",
+        "known": "T10 and M0 known",
+    }
+    note = f"; {found.bound_note}" if found.bound_note else ""
     method = (
-        "CV: the two-step Cramér-Rao bound (T10 from the VFA images, then the dynamic fit;"
-        " phantomdce.precision) on the worst tissue. Bias: the site's fitter and pipeline on"
-        " noise-free data (sampling, T1-mapping and model bias); it leaves out the bias noise"
-        " itself causes and the spread over bolus-arrival phases, which the Monte Carlo"
+        f"CV: the {kinds.get(found.bound, found.bound)} Cramér-Rao bound"
+        f" (phantomdce.precision), the one matching the site's fitter {found.site.fitter},"
+        f" on the worst tissue{note}. Bias: the site's fitter and pipeline on noise-free data"
+        " (sampling, T1-mapping and model bias); it leaves out the bias noise itself causes"
+        " and the spread over bolus-arrival phases, which the Monte Carlo"
         f" ({replicates} replicates per tissue through the engine) measures."
     )
     md = [
@@ -975,6 +1016,8 @@ def write_outputs(
         "constraints": [dataclasses.asdict(c) for c in found.target.constraints],
         "scan_time_budget_s": found.budget_s,
         "max_voxel_mm3": found.max_voxel_mm3,
+        "bound_kind": found.bound,
+        "bound_note": found.bound_note,
         "meets": found.meets,
         "chosen": best_rows,
         "front": [found.candidates[i].label for i in found.front],
