@@ -1569,7 +1569,7 @@ def write_assessment(a: Assessment, out: str | Path, *, command: str) -> dict[st
     ]
     html_recs = [[f"<strong>{html_escape(whole_row[0])}</strong>", "-", "-",
                   "Monte Carlo: " + status_badge(a.setting.status) + " "
-                  + html_escape(whole)]]  # fmt: skip
+                  + html_escape(_whole_words(a.setting))]]  # fmt: skip
     for row, st in zip(r_rows, r_status, strict=True):
         html_recs.append([html_escape(c) for c in row[:3]]
                          + [status_badge(st) + ("" if row[3] == st
