@@ -36,6 +36,9 @@ front, the site's protocol and the ESNR protocol on this scanner marked), ``fron
 ``front.md`` (the front), ``best.csv`` (the three with bound and Monte Carlo),
 ``candidates.csv.gz`` (every candidate), ``summary.md`` and ``index.html``, ``optimise.json``
 and the Monte-Carlo run in ``mc/``.
+
+Importing this module is light (the command line builds its parser from it for every
+command): the scorer, the engine and the report are imported where they are used.
 """
 
 from __future__ import annotations
@@ -56,12 +59,6 @@ from typing import Any
 
 import numpy as np
 
-from phantomdce.design.score import (
-    noise_free_bias,
-    protocol_table,
-    score_protocols,
-    tissue_table,
-)
 from phantomdce.design.space import (
     Candidate,
     Space,
@@ -407,6 +404,8 @@ def search(
         A site without a scanner, a budget <= 0, a target naming a parameter the tissue
         model does not have.
     """
+    from phantomdce.design.score import noise_free_bias, score_protocols
+
     t0 = time.perf_counter()
     if site.scanner is None:
         raise ConfigError(
@@ -583,6 +582,8 @@ def mc_scenario(
     The first protocol is the base; the keys in which the others differ are swept together
     (``zip``), so case ``k`` is protocol ``k``. The site's tissue grid, fitter and pipeline.
     """
+    from phantomdce.design.score import protocol_table, tissue_table
+
     tables = [protocol_table(p) for p in protocols]
     base = tables[0]
     keys = [k for k in base if any(t.get(k) != base[k] for t in tables[1:])]
