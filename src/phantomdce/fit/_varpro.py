@@ -437,14 +437,15 @@ def _argmin_cost(per_delay):
 
 @njit(cache=True)
 def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
-               jtj, ws, per_delay, sfy, fbuf, start, theta, segmented, blo, bhi):  # fmt: skip
+               jtj, ws, per_delay, sfy, fbuf, start, theta, segmented, blo, bhi, seg_ws,
+               done_ws):  # fmt: skip
     """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
 
     With a delay and ``segmented`` (:func:`segmented`), see :func:`_fit_segments`;
     with a delay otherwise, the :data:`DELAY_REFINED` best delays of the fine search are
     refined in kep and the best of them is polished; a result near a kink is polished
     again from the kink's other side (:data:`KINK_NEAR`) and the better result is kept.
-    ``blo``, ``bhi`` are scratch bounds.
+    ``blo``, ``bhi``, ``seg_ws``, ``done_ws`` are scratch (:func:`_fit_segments`).
     """
     p = lo.shape[0]
     syy = 0.0
@@ -468,7 +469,8 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     cand = np.empty(p)
     if fit_delay and nd > 1 and segmented:
         _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, out, jtj, ws,
-                      per_delay, fbuf, start, theta, syy, node, cand, blo, bhi)  # fmt: skip
+                      per_delay, fbuf, theta, syy, node, cand, blo, bhi, seg_ws,
+                      done_ws)  # fmt: skip
         return
     if fit_delay and nd > 1:
         # the delays ranked by their cost at the refined kep: the grid's kep resolution
@@ -570,7 +572,7 @@ def _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, thet
 
 @njit(cache=True)
 def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, out, jtj, ws,
-                  per_delay, fbuf, start, theta, syy, node, cand, blo, bhi):  # fmt: skip
+                  per_delay, fbuf, theta, syy, node, cand, blo, bhi, seg_ws, done_ws):  # fmt: skip
     """Delay fit polished within segments between kinks (the cost is smooth within one).
 
     The :data:`DELAY_REFINED` best nodes of the search are refined in kep
@@ -578,15 +580,18 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
     its segment, the others in other segments too if their refined cost is within
     :data:`SIDE_MARGIN` of the polished one. A result within :data:`KINK_NEAR` of a
     segment's end (a kink) is polished in the segment beyond it as well, from the
-    mirrored delay; the best polished result is kept.
+    mirrored delay; the best polished result is kept. ``seg_ws`` (DELAY_REFINED + 1,
+    max(p, DELAY_REFINED)) and ``done_ws`` (DELAY_REFINED + 1, int) are scratch.
     """
     p = lo.shape[0]
     dq = p - 1
     out[p] = np.inf
     n_c = 0
-    costs = np.full(DELAY_REFINED, np.inf)
-    starts = np.empty((DELAY_REFINED, p))
+    costs = seg_ws[0]
+    starts = seg_ws[1:]
+    done = done_ws
     for c in range(DELAY_REFINED):
+        costs[c] = np.inf
         d_best = _argmin_cost(per_delay)
         if per_delay[d_best, 0] == np.inf:
             break
@@ -595,11 +600,13 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
         node[4] = d_best
         per_delay[d_best, 0] = np.inf
         costs[c] = _refined_start(code, t, y, keps, delays, tabs, lo, hi, True, syy, node,
-                                  fbuf, starts[c])  # fmt: skip
+                                  fbuf, starts[c, :p])  # fmt: skip
         n_c += 1
-    done = np.full(DELAY_REFINED + 1, -1)
+    if n_c == 0:
+        return  # no feasible node: not fitted (cost inf)
+    done[:] = -1
     c1 = np.argmin(costs[:n_c])
-    done[0] = _polish_in(code, t, ca, y, starts[c1], lo, hi, kinks, max_iter, out, jtj, ws,
+    done[0] = _polish_in(code, t, ca, y, starts[c1, :p], lo, hi, kinks, max_iter, out, jtj, ws,
                          theta, blo, bhi)  # fmt: skip
     for c in range(n_c):
         m = _segment(kinks, starts[c, dq], lo[dq], hi[dq])[0]
@@ -607,7 +614,7 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
         for k in range(DELAY_REFINED + 1):
             seen = seen or done[k] == m
         if not seen and costs[c] < out[p] * (1.0 + SIDE_MARGIN):
-            done[c + 1] = _polish_in(code, t, ca, y, starts[c], lo, hi, kinks, max_iter, out,
+            done[c + 1] = _polish_in(code, t, ca, y, starts[c, :p], lo, hi, kinks, max_iter, out,
                                      jtj, ws, theta, blo, bhi)  # fmt: skip
     # near a kink the cost can have a lower minimum on its other side: polish there too
     delay = out[dq]
@@ -683,11 +690,14 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, ma
     blo = np.empty(p)
     bhi = np.empty(p)
     seg = fit_delay and segmented(kinks)
+    seg_ws = np.empty((DELAY_REFINED + 1, max(p, DELAY_REFINED)))
+    done_ws = np.empty(DELAY_REFINED + 1, dtype=np.int64)
     for v in range(v0, v1):
         if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
             _fit_voxel(
                 code, t, ca, ys[v], keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter,
-                out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta, seg, blo, bhi,
+                out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta, seg, blo, bhi, seg_ws,
+                done_ws,
             )  # fmt: skip
 
 
