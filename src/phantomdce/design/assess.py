@@ -570,10 +570,10 @@ def budget_lines(result: RecommendationResult, site: Site) -> list[BudgetLine]:
             for r in result.rows:
                 if r.fitter == site.fitter and _is_inf(r.knob_value):
                     free[("", r.parameter)] = _entry(r)
-        if not stages:
-            for r in result.rows:
-                if r.fitter == site.fitter and _is_site_snr(r.knob_value, site):
-                    stages[("", r.parameter)] = _entry(r)
+    if not stages:  # no error-budget entry: the fitter's own rows at the site's SNR
+        for r in result.rows:
+            if r.fitter == site.fitter and _is_site_snr(r.knob_value, site):
+                stages[("", r.parameter)] = _entry(r)
     for p in params:
         full = stages.get(("", p))
         if full is None:
