@@ -267,11 +267,13 @@ def repeatability_figure(table: pd.DataFrame, *, x: str = "tumour_diameter_mm") 
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     others = [k for k in table.attrs.get("setting_keys", []) if k != x]
-    for key, g in table.groupby([*others, "fitter"], sort=False):
+    groups = list(table.groupby([*others, "fitter"], sort=False))
+    for i, (key, g) in enumerate(groups):
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(f"{k} = {v}" for k, v in zip([*others, "fitter"], key, strict=True))
         g = g.sort_values(x) if x in g else g
-        xs = g[x].to_numpy() if x in g else np.arange(len(g))
+        xs = g[x].to_numpy(dtype=float) if x in g else np.arange(len(g), dtype=float)
+        xs = xs + 0.4 * (i - (len(groups) - 1) / 2)  # side by side: the intervals stay apart
         ax.errorbar(
             xs,
             g["sdc_percent"],
