@@ -65,6 +65,19 @@ def test_score_crlb_equals_precision_crlb(kind: str) -> None:
     assert np.isnan(ds.bias_pct.values).all()
 
 
+def test_score_on_a_coarser_grid_equals_crlb_on_it_and_is_close() -> None:
+    protocols = _protocols()
+    fine = score_protocols(protocols, GRID, bias=False)
+    coarse = score_protocols(protocols, GRID, bias=False, grid_step=0.1)
+    for i, pr in enumerate(protocols):
+        table = GRID.table(pr)
+        sd = crlb(pr, "extended_tofts", {k: table[k] for k in ("Ktrans", "ve", "vp")},
+                  t10=table["T10"], grid_step=0.1)
+        np.testing.assert_allclose(coarse.crlb_sd.values[i, :, 0], sd["Ktrans"], rtol=1e-9)
+    np.testing.assert_allclose(coarse.crlb_sd.values, fine.crlb_sd.values, rtol=1e-3)
+    assert not np.array_equal(coarse.crlb_sd.values, fine.crlb_sd.values)
+
+
 def test_score_vfa_sigma_ratio_sets_the_vfa_noise() -> None:
     pr = _protocols()[0]
     noisy_vfa = dataclasses.replace(pr, vfa_sigma_ratio=3.0)
