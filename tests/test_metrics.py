@@ -382,6 +382,7 @@ def test_metric_units():
     assert u["n_voxels"] == u["failure_rate"] == u["ccc"] == u["within_tol"] == "1"
     assert u["fit_time_per_voxel_s"] == "s"
     assert metric_units("fp")["rmse"] == "mL/100mL/min"
+    assert (u["crlb_sd"], u["crlb_cv_pct"], u["efficiency"]) == ("/min", "%", "1")
 
 
 def test_metrics_table_round_trip():
