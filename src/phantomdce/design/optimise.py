@@ -389,7 +389,8 @@ def search(
         Scan-time budget (dynamic duration + VFA time), s.
     space : Space, optional
         The knobs' values (default :func:`phantomdce.design.space.default_space`); the site's
-        own protocol is always added.
+        own values and those of the ESNR protocol on this scanner are added to the knobs, so
+        both are candidates (marked in the output).
     n_best : int, optional
         How many protocols to choose.
     max_voxel_mm3 : float, optional
