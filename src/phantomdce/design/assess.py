@@ -1289,7 +1289,7 @@ def _figure(a: Assessment) -> bytes:
     fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.subplots(1, 2)
-    markers = {"Ktrans": "o", "ve": "s", "vp": "^"}
+    markers = dict(zip(("Ktrans", "ve", "vp"), "os^", strict=True))
     lo, hi = math.inf, 0.0
     for p in TABLE_PARAMETERS:
         lines = [t for t in a.tissues if t.parameter == p and t.status != NOT_ESTIMABLE]

@@ -112,7 +112,7 @@ class ExternalMaps:
 
 
 def parse_maps(text: str) -> dict[str, str]:
-    """``"Ktrans=a.nii.gz,ve=b.nii.gz"`` -> ``{"Ktrans": "a.nii.gz", "ve": "b.nii.gz"}``.
+    """Parse ``"Ktrans=a.nii.gz,ve=b.nii.gz"`` into a mapping of parameter name to map path.
 
     Raises
     ------
