@@ -289,6 +289,11 @@ def noise_free_bias(
     return out, ok
 
 
+def _angles_label(angles) -> str:
+    """``5, 15, 30``: the VFA flip angles as one text value (a label, not a CSV row)."""
+    return ", ".join(map("{:g}".format, angles))
+
+
 def score_protocols(
     protocols: Sequence[Protocol],
     tissue: TissueGrid,
@@ -506,7 +511,7 @@ def score_protocols(
         ),
         "flip_angles_deg": (
             "protocol",
-            [",".join(f"{a:g}" for a in p.flip_angles) for p in protocols],
+            [_angles_label(p.flip_angles) for p in protocols],
             {"units": "deg"},
         ),
     }
