@@ -145,7 +145,7 @@ def assessed(tmp_path_factory):
     site_file.write_text(TINY_SITE)
     out = tmp / "report"
     argv = ["assess", str(site_file), "-o", str(out), "--replicates", "8", "--phases", "2"]
-    argv += ["--seed", "3", "-q"]
+    argv += ["--seed", "3", "-q", "--repeatability-subjects", "0"]  # the slow test runs it
     assert main(argv) == 0
     return site_file, out
 
@@ -354,3 +354,58 @@ def test_a_tissue_with_too_many_failed_fits_is_not_estimable_whatever_its_number
     assert bound_agrees(13.0, 10.0, 50) is True  # 3 <= 1 + 1.96 * 1.3
     assert bound_agrees(14.0, 10.0, 50) is False  # 4 > 1 + 1.96 * 1.4
     assert bound_agrees(math.nan, 10.0, 50) is None
+
+
+STUDY_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios" / "esnr2022"
+
+
+def _repeat_template():
+    return tomllib.loads((STUDY_SCENARIOS / "phantom_repeatability.toml").read_text())
+
+
+def test_the_test_retest_scenario_is_the_study_s_at_the_site_protocol_and_voxel():
+    from phantomdce.design.assess import repeatability_scenario
+    from phantomdce.phantom.scenario import parse_phantom_scenario
+
+    site = load_site(Path(__file__).resolve().parents[1] / "scenarios/sites/example_site.toml")
+    raw = repeatability_scenario(site, _repeat_template(), subjects=3, seed=1)
+    ps = parse_phantom_scenario(raw)
+    cases = ps.cases()
+    template = _repeat_template()
+    # every tumour size of the study's scenario, each in two sessions
+    assert sorted({c.tumour_diameter_mm for c in cases}) == template["sweep"]["tumour_diameter_mm"]
+    assert sorted({c.session for c in cases}) == [0, 1]
+    derived = site.scanner.derive()
+    for c in cases:
+        # the site's frame time, flip angles and duration; the scanner's voxel
+        assert c.protocol.dt == pytest.approx(site.protocol.dt, rel=1e-12)
+        assert c.protocol.flip_angles == site.protocol.flip_angles
+        assert c.protocol.duration == site.protocol.duration
+        assert c.acquisition.in_plane_mm == pytest.approx(derived.voxel_mm[0])
+        assert c.acquisition.slice_mm == pytest.approx(derived.voxel_mm[2])
+    assert raw["phantom"]["subjects"] == 3
+    assert raw["phantom"]["session_variation"] == template["phantom"]["session_variation"]
+    assert raw["fit"] == {"fitters": [site.fitter], "pipeline": dict(site.pipeline)}
+    with pytest.raises(ConfigError, match=r"--repeatability-subjects = 1: expected an integer"):
+        repeatability_scenario(site, template, subjects=1)
+
+
+@pytest.mark.slow
+def test_the_repeatability_section_shows_the_test_retest_run_s_numbers(tmp_path):
+    from phantomdce.cli import main
+    from phantomdce.report.repeatability import repeatability
+
+    site_file = Path(__file__).resolve().parents[1] / "scenarios/sites/example_site.toml"
+    out = tmp_path / "report"
+    argv = ["assess", str(site_file), "-o", str(out), "--replicates", "2", "--phases", "1"]
+    argv += ["-q", "--repeatability-subjects", "2"]
+    assert main(argv) == 0
+    md = (out / "summary.md").read_text()
+    table = repeatability(out / "repeatability", "Ktrans", seed=0)
+    assert len(table) == 3  # one row per tumour size
+    for _, r in table.iterrows():
+        # the row as the page prints it, computed from the stored estimates
+        cells = f"| {r['tumour_diameter_mm']:g} | 2 | {r['mean']:.3f} | {r['wsd']:.4f} |"
+        assert cells in md
+        assert f"{r['sdc_percent']:.1f} [" in md
+    assert (out / "figures" / "repeatability.png").stat().st_size > 1000

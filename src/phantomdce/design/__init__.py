@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_PHASES", "DEFAULT_REPLICATES", "add_assess_parser"]
+__all__ = [
+    "DEFAULT_PHASES",
+    "DEFAULT_REPEATABILITY_SUBJECTS",
+    "DEFAULT_REPLICATES",
+    "add_assess_parser",
+]
 
 #: Noise replicates per tissue and arrival phase of ``assess``'s Monte Carlo (a small one:
 #: the CV's standard error is about CV / sqrt(2 (replicates x phases - 1)), 6.5% of it).
@@ -24,6 +29,10 @@ DEFAULT_REPLICATES = 30
 #: Bolus arrival phases over one frame interval pooled by ``assess``'s Monte Carlo (the
 #: arrival at a site is not synchronised with its frames).
 DEFAULT_PHASES = 4
+#: Phantom subjects of assess's test-retest simulation (issue 15, part 4): each gives one
+#: test-retest pair per tumour size; the study's scenario has 20 (about 1 s of CPU per
+#: session and size at the ESNR protocol).
+DEFAULT_REPEATABILITY_SUBJECTS = 4
 
 
 def _cmd_assess(args: Any) -> int:
@@ -69,6 +78,14 @@ def add_assess_parser(sub: Any) -> None:
         default=None,
         metavar="DIR",
         help="where the engine runs the site's Monte Carlo (default DIR/run)",
+    )
+    p.add_argument(
+        "--repeatability-subjects",
+        type=int,
+        default=DEFAULT_REPEATABILITY_SUBJECTS,
+        metavar="N",
+        help="phantom subjects of the test-retest simulation at the site's protocol (default"
+        f" {DEFAULT_REPEATABILITY_SUBJECTS}; 0: skip it)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the report's paths")
     p.set_defaults(func=_cmd_assess)

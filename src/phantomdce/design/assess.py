@@ -28,7 +28,12 @@ style) has, for a :class:`~phantomdce.design.site.Site`:
 4. **Three single changes** that buy the most precision or accuracy at equal scan time,
    scored by :func:`phantomdce.design.score.score_protocols` (the bound and the fitter's
    noise-free bias; no Monte Carlo).
-5. A place for the repeatability figures of issue 15, part 4 (:func:`_repeatability`).
+5. **Repeatability** (issue 15, part 4): the study's test-retest scenario on the neck phantom
+   at the site's protocol (:func:`repeatability_scenario`; ``--repeatability-subjects``
+   subjects, each scanned twice), through the engine, read by
+   :func:`phantomdce.report.repeatability.repeatability`: within-subject SD and CV of the
+   tumour ROI's Ktrans, the repeatability coefficient and the smallest detectable change per
+   tumour size (1, 2, 3 cm), and whether a 30% change is detectable.
 
 Units: percentages are relative to the true value; times in s; Ktrans and kep in /min.
 """
@@ -49,7 +54,11 @@ from typing import Any
 import numpy as np
 
 import phantomdce
-from phantomdce.design import DEFAULT_PHASES, DEFAULT_REPLICATES
+from phantomdce.design import (
+    DEFAULT_PHASES,
+    DEFAULT_REPEATABILITY_SUBJECTS,
+    DEFAULT_REPLICATES,
+)
 from phantomdce.design.site import Site, load_site
 from phantomdce.dro.config import ConfigError
 from phantomdce.dro.protocol import Protocol
@@ -81,6 +90,8 @@ from phantomdce.report.words import describe_criterion, fmt_pct, tissue_words
 
 __all__ = [
     "BOUND_TOLERANCE",
+    "REPEATABILITY_TEMPLATE",
+    "repeatability_scenario",
     "BUDGET_STAGES",
     "DEFAULT_PHASES",
     "DEFAULT_REPLICATES",
@@ -1190,6 +1201,7 @@ def assess(
     study_scenarios: str | Path | None = None,
     run_dir: str | Path | None = None,
     changes: bool = True,
+    repeatability_subjects: int = DEFAULT_REPEATABILITY_SUBJECTS,
 ) -> Assessment:
     """Run the site's Monte Carlo and gather every part of the page.
 
@@ -1210,6 +1222,10 @@ def assess(
         Where the engine runs (default ``out/run``).
     changes : bool, optional
         Score the single changes (False: skip that section).
+    repeatability_subjects : int, optional
+        Phantom subjects of the test-retest simulation at the site's protocol
+        (:func:`repeatability_scenario`; 0: skip it). Its run goes to ``out/repeatability``
+        (or beside ``run_dir``).
 
     Returns
     -------
@@ -1253,28 +1269,163 @@ def assess(
         },
         timings=timings,
     )
+    t = time.perf_counter()
+    a.extra_sections.append(
+        _repeatability_section(
+            site,
+            out,
+            scen,
+            subjects=repeatability_subjects,
+            seed=seed,
+            run_dir=None if run_dir is None else Path(run_dir).parent / "repeatability",
+        )
+    )
+    timings["repeatability_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
-    a.extra_sections.append(_repeatability(a))
     return a
 
 
-def _repeatability(a: Assessment) -> PageSection:
-    """Repeatability and the smallest detectable change (issue 15, part 4): a placeholder.
+#: The study's test-retest scenario, the template of the site's (its session variation,
+#: phantom, ROI rule and tumour sizes).
+REPEATABILITY_TEMPLATE = "phantom_repeatability.toml"
 
-    Replace the body with the figures when the test-retest simulation lands; the page
-    draws every section of :attr:`Assessment.extra_sections` after the budget and changes.
+
+def repeatability_scenario(
+    site: Site, template: Mapping[str, Any], *, subjects: int, seed: int = 0
+) -> dict[str, Any]:
+    """The test-retest scenario (a mapping, as parsed TOML) at the site's protocol.
+
+    The study's test-retest scenario (``template``: its phantom, session variation, ROI rule
+    and swept tumour diameters) with the site's protocol, fitter and pipeline and
+    ``subjects`` phantom subjects (one test-retest pair each per tumour size). A site with
+    a ``[scanner]`` table keeps it, so the phantom is acquired at the scanner's voxel with
+    its noise (the reference SNR in tissue of the site's T1, as in the site's own Monte
+    Carlo); a site with plain keys is acquired at the template's voxel, its ``snr`` taken as
+    the phantom's (muscle in a 2 x 2 x 3 mm voxel, scaled by voxel volume).
+
+    Raises
+    ------
+    ConfigError
+        ``subjects`` below 2 (a within-subject SD needs at least two pairs).
     """
-    text = (
-        "Not computed yet: the test-retest simulation (issue 15, part 4: within-subject SD "
-        "and CV of the ROI Ktrans, repeatability coefficient and smallest detectable change "
-        "per tumour size) will be shown here."
+    if isinstance(subjects, bool) or not isinstance(subjects, int) or subjects < 2:
+        raise ConfigError(
+            f"--repeatability-subjects = {subjects!r}: expected an integer >= 2 (0 skips it)"
+        )
+    raw = json.loads(json.dumps(dict(template)))  # a deep copy of plain TOML data
+    raw["name"] = f"{site.name}_repeatability"
+    raw["description"] = (
+        f"phantomdce assess: test-retest on the neck phantom at the site {site.name!r}'s protocol"
     )
-    return PageSection(
-        "repeatability",
-        "Repeatability and the smallest detectable change",
-        f"<p>{html_escape(text)}</p>",
-        md_escape(text),
+    raw["seed"] = int(raw.get("seed", 0)) + int(seed)
+    raw["phantom"] = {**raw.get("phantom", {}), "subjects": int(subjects)}
+    protocol = _protocol_keys(site.protocol)
+    if site.scanner is not None:
+        from phantomdce.scanner import PROTOCOL_KEYS_SET
+
+        table = dict(site.source["scanner"])
+        table.setdefault("reference_t1_s", float(site.scanner.derive().t1_s))
+        raw["scanner"] = table
+        protocol = {k: v for k, v in protocol.items() if k not in PROTOCOL_KEYS_SET}
+        acq = dict(raw.get("acquisition", {}))
+        for key in ("in_plane_mm", "slice_mm"):
+            acq.pop(key, None)  # the scanner's voxel sets them
+        raw["acquisition"] = acq
+    if raw["phantom"].get("subject_aif") == "varied":
+        protocol.pop("aif", None)  # each subject its own AIF shape (the template's design)
+    raw["protocol"] = protocol
+    raw["fit"] = {"fitters": [site.fitter], "pipeline": dict(site.pipeline)}
+    sweep = {k: v for k, v in raw.get("sweep", {}).items() if k == "tumour_diameter_mm"}
+    raw["sweep"] = sweep
+    raw.pop("recommendation", None)
+    return raw
+
+
+def _repeatability_section(
+    site: Site,
+    out: str | Path,
+    scenarios: Path | None,
+    *,
+    subjects: int,
+    seed: int,
+    run_dir: Path | None,
+) -> PageSection:
+    """Test-retest at the site's protocol (issue 15, part 4), or why it was not simulated."""
+    title = "Repeatability and the smallest detectable change"
+    template = None if scenarios is None else scenarios / REPEATABILITY_TEMPLATE
+    if subjects == 0 or template is None or not template.exists():
+        why = (
+            "not simulated (--repeatability-subjects 0)"
+            if subjects == 0
+            else f"not simulated: the study's test-retest scenario ({REPEATABILITY_TEMPLATE}) was"
+            " not found (give --study-scenarios)"
+        )
+        return PageSection("repeatability", title, f"<p>{html_escape(why)}</p>", md_escape(why))
+    from phantomdce.engine.run import run
+    from phantomdce.report.figures import figure_to_png
+    from phantomdce.report.repeatability import (
+        detectable_words,
+        repeatability,
+        repeatability_figure,
     )
+
+    raw = repeatability_scenario(
+        site, tomllib.loads(template.read_text(encoding="utf-8")), subjects=subjects, seed=seed
+    )
+    out = Path(out)
+    path = out / "repeatability_scenario.toml"
+    header = "# Written by `phantomdce assess`: test-retest at the site's protocol.\n"
+    write_atomic(path, header + _toml(raw))
+    target = run_dir if run_dir is not None else out / "repeatability"
+    run(path, target)
+    table = repeatability(target, "Ktrans", seed=seed)
+    fig = repeatability_figure(table)
+    try:
+        png = figure_to_png(fig)
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "repeatability.png").write_bytes(png)
+    var = raw["phantom"].get("session_variation", {})
+    intro = (
+        f"{subjects} neck-phantom subjects scanned twice at the site's protocol with"
+        f" {site.fitter} ({', '.join(f'{k} = {v}' for k, v in var.items())} between"
+        " sessions; new noise; the tumour ROI redrawn on each session's images). Within-subject"
+        " SD (wSD) and CV (wCV) of the tumour ROI's Ktrans; repeatability coefficient RC = 2.77"
+        " wSD; smallest detectable change SDC = 2.77 wCV (a relative change detectable with"
+        " 95% confidence in one patient), with its 95% bootstrap interval over subjects."
+        f" With {subjects} subjects the intervals are wide; the study's scenario has 20."
+        " Physiological change between sessions is not simulated: these are lower limits."
+    )
+    words = detectable_words(table)
+    head = ["tumour (mm)", "pairs", "mean Ktrans (/min)", "wSD (/min)", "wCV %", "RC (/min)",
+            "SDC % [95% CI]", f"{table['change_percent'].iloc[0]:g}% change"]
+    rows = [
+        [
+            f"{r['tumour_diameter_mm']:g}",
+            f"{int(r['n_pairs'])}",
+            f"{r['mean']:.3f}",
+            f"{r['wsd']:.4f}",
+            f"{100 * r['wcv']:.1f}",
+            f"{r['rc']:.4f}",
+            f"{r['sdc_percent']:.1f} [{r['sdc_percent_lo']:.1f}, {r['sdc_percent_hi']:.1f}]",
+            "detectable" if r["detectable"] else "not detectable",
+        ]
+        for _, r in table.sort_values("tumour_diameter_mm").iterrows()
+    ]
+    html = (
+        f"<p>{html_escape(intro)}</p>"
+        + "".join(f"<p>{html_escape(w)}</p>" for w in words)
+        + html_table(head, rows)
+        + html_figure(png, "Smallest detectable change against tumour diameter")
+    )
+    markdown = "\n\n".join(
+        [md_escape(intro), *[md_escape(w) for w in words], md_table(head, rows),
+         "![Smallest detectable change](figures/repeatability.png)"]
+    )
+    return PageSection("repeatability", title, html, markdown)
 
 
 # --------------------------------------------------------------------------- the page
@@ -1648,6 +1799,7 @@ def cmd_assess(args: Any) -> int:
         study_report=args.study,
         study_scenarios=args.study_scenarios,
         run_dir=args.run_dir,
+        repeatability_subjects=args.repeatability_subjects,
     )
     argv = getattr(args, "argv", None)
     command = "phantomdce " + " ".join(argv) if argv else f"phantomdce assess {args.site}"
