@@ -157,7 +157,7 @@ def within_subject(values: np.ndarray) -> tuple[float, float, int]:
     --------
     >>> wsd, wcv, n = within_subject(np.array([[1.0, 1.2], [2.0, 1.8]]))
     >>> round(wsd, 6), round(wcv, 4), n
-    (0.141421, 0.1016, 2)
+    (0.141421, 0.105, 2)
     """
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] < 2:
