@@ -603,6 +603,21 @@ def leaderboard(
     return result
 
 
+def _versions(f: dict[str, Any]) -> str:
+    """The package's version, and the fitter's where it says more (the wrapped package's).
+
+    An adapter's fitter version names the package it wraps (``0.1.0+qbipy1.3.8``): the
+    version a vendor compares.
+
+    >>> _versions({"package_version": "0.1.0", "fitter_version": "0.1.0+qbipy1.3.8"})
+    '0.1.0 (fitter 0.1.0+qbipy1.3.8)'
+    >>> _versions({"package_version": "0.6.20", "fitter_version": "0.6.20"})
+    '0.6.20'
+    """
+    package, fitter = str(f.get("package_version", "")), str(f.get("fitter_version", ""))
+    return package if fitter in ("", package) else f"{package} (fitter {fitter})"
+
+
 def _write(out: Path, result: dict[str, Any], command: str) -> None:
     from phantomdce.report.render import html_page, html_table, md_table
 
@@ -626,7 +641,7 @@ def _write(out: Path, result: dict[str, Any], command: str) -> None:
         osipi = (f"{f['osipi_passed']}/{f['osipi_cases']}" if f.get("osipi_passed") != ""
                  else (f.get("osipi_error") or "–"))  # fmt: skip
         status = f["status"] if not f.get("timing_error") else f"timing: {f['timing_error']}"
-        frows.append([f["fitter"], f["model"], f["package"], f["package_version"], osipi,
+        frows.append([f["fitter"], f["model"], f["package"], _versions(f), osipi,
                       _g(f.get("time_per_voxel_s", math.nan)),
                       _g(f.get("time_ratio", math.nan)), status])  # fmt: skip
     thead = ["item", "fitter", "param", "failure rate", "bias", "rel. bias %", "CV %",
