@@ -89,6 +89,7 @@ __all__ = [
     "crlb",
     "crlb_case",
     "derived_parameters",
+    "derived_sd",
     "protocol_from_attrs",
 ]
 
@@ -511,10 +512,26 @@ def derived_parameters(model: str) -> dict[str, Any]:
     return out
 
 
-def _delta_sd(
+def derived_sd(
     model: str, base: Mapping[str, NDArray], cov_kin: NDArray[np.float64]
 ) -> dict[str, NDArray[np.float64]]:
-    """SD of each derived parameter by the delta method (complex-step gradients)."""
+    """SD of each derived parameter (kep, ...) by the delta method.
+
+    Parameters
+    ----------
+    model : str
+        Model name (:data:`phantomdce.params.MODELS`).
+    base : mapping
+        The model's parameters (arrays of n tissues, package units).
+    cov_kin : ndarray (n, p, p)
+        Covariance of the model's parameters, in their order in ``MODELS[model]``.
+
+    Returns
+    -------
+    dict
+        Derived parameter name (:func:`derived_parameters`) -> SD (n,), in its units; the
+        gradients are complex-step derivatives; inf where the variance is not finite.
+    """
     names = list(MODELS[model].parameters)
     out = {}
     for dname, func in derived_parameters(model).items():
@@ -626,7 +643,7 @@ def _bound_one(
     out = {name: sd[:, i] for i, name in enumerate(names)}
     if p + 1 in columns:  # T10 is estimated
         out["T10"] = sd[:, columns.index(p + 1)]
-    out.update(_delta_sd(model, params, cov[:, :p, :p]))
+    out.update(derived_sd(model, params, cov[:, :p, :p]))
     return out
 
 

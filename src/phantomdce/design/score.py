@@ -64,6 +64,7 @@ from phantomdce.precision import (
     SignalModel,
     covariance,
     derived_parameters,
+    derived_sd,
 )
 
 __all__ = [
@@ -183,25 +184,6 @@ def _vfa_jacobian(
 
 #: Largest number of (protocol, tissue) rows of one batched covariance (bounds memory).
 _BATCH_ROWS = 4096
-
-
-def _derived_sd(
-    model: str, params: Mapping[str, NDArray], cov_kin: NDArray[np.float64]
-) -> dict[str, NDArray[np.float64]]:
-    """SD of each derived parameter (kep, ...) by the delta method, complex-step gradients."""
-    names = list(MODELS[model].parameters)
-    out = {}
-    for dname, func in derived_parameters(model).items():
-        grad = np.empty((cov_kin.shape[0], len(names)))
-        for i, name in enumerate(names):
-            pert = {k: np.asarray(v, dtype=np.complex128) for k, v in params.items()}
-            step = COMPLEX_STEP * np.maximum(np.abs(params[name]), 1.0)
-            pert[name] = pert[name] + 1j * step
-            grad[:, i] = np.imag(func(pert)) / step
-        with np.errstate(invalid="ignore"):
-            var = np.einsum("ni,nij,nj->n", grad, cov_kin, grad)
-        out[dname] = np.sqrt(np.where(np.isnan(var), np.inf, var))
-    return out
 
 
 def _truth_values(model: str, table: Mapping[str, NDArray]) -> dict[str, NDArray]:
@@ -464,7 +446,7 @@ def score_protocols(
                 d = np.sqrt(np.einsum("nii->ni", cov_kin))
             d = np.where(np.isnan(d), np.inf, d)
             out = {name: d[:, j] for j, name in enumerate(names)}
-            out.update(_derived_sd(model_, {n: np.tile(v, k) for n, v in kin.items()}, cov_kin))
+            out.update(derived_sd(model_, {n: np.tile(v, k) for n, v in kin.items()}, cov_kin))
             sd[chunk] = np.stack([out[q] for q in params_out], axis=-1).reshape(k, n_t, n_par)
 
     truth_arr = np.stack([truth[k] for k in params_out], axis=-1)  # (n_t, n_par)
