@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OSIPI_MODEL_FILES", "osipi_path", "osipi_rows"]
+__all__ = ["OSIPI_MODEL_FILES", "osipi_path", "osipi_rows", "read_osipi_csv"]
 
 #: The OSIPI model file of each kinetic model (undelayed cases), relative to ``osipi/``.
 OSIPI_MODEL_FILES = {
@@ -55,8 +55,13 @@ def osipi_rows(relpath: str) -> list[dict[str, object]]:
     >>> len(rows), sorted(k for k in rows[0] if k in ("Ktrans", "ve", "vp"))
     (15, ['Ktrans', 've', 'vp'])
     """
+    return read_osipi_csv(osipi_path(relpath))
+
+
+def read_osipi_csv(path: str | Path) -> list[dict[str, object]]:
+    """Rows of an OSIPI CSV file anywhere (see :func:`osipi_rows` for the cell rules)."""
     rows = []
-    with open(osipi_path(relpath), encoding="utf-8-sig", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         for raw in csv.DictReader(fh):
             row: dict[str, object] = {}
             for key, cell in raw.items():
