@@ -45,7 +45,6 @@ import shutil
 import sys
 import tempfile
 import time
-import tomllib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ import xarray as xr
 
 import phantomdce
 from phantomdce.data import OSIPI_MODEL_FILES, osipi_rows
-from phantomdce.dro.config import ConfigError
+from phantomdce.dro.config import ConfigError, read_toml
 from phantomdce.dro.simulate import simulate_case
 from phantomdce.engine.isolate import close_workers, describe_failure, fit_isolated
 from phantomdce.engine.metrics import TOLERANCES, case_metrics
@@ -392,10 +391,7 @@ def _run_panel(
         raise ConfigError(f"panel {panel}: no scenario files (*.toml)")
     items, metrics, failures = [], [], []
     for file in files:
-        try:
-            raw = tomllib.loads(file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        raw = read_toml(file)
         if replicates is not None:
             raw = {**raw, "replicates": replicates}
         scenario = parse_any(raw)

@@ -32,14 +32,13 @@ degrees, Ktrans in /min, volume fractions 0-1.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from phantomdce.dro.config import ConfigError, as_str, unknown_key
+from phantomdce.dro.config import ConfigError, as_str, read_toml, unknown_key
 from phantomdce.dro.protocol import Protocol, preset
 from phantomdce.dro.scenario import TissueGrid, check_name, parse_scenario
 
@@ -231,8 +230,4 @@ def load_site(path: str | Path) -> Site:
         The file does not exist.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_site(data, default_name=path.stem)
+    return parse_site(read_toml(path), default_name=path.stem)

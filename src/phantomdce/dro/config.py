@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -20,11 +22,29 @@ __all__ = [
     "as_str",
     "as_bool",
     "as_floats",
+    "read_toml",
 ]
 
 
 class ConfigError(ValueError):
     """A scenario or protocol value is invalid; the message names its key path."""
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed content of a TOML file.
+
+    Raises
+    ------
+    ConfigError
+        The file is not valid TOML (the message names the file and the parser's reason).
+    FileNotFoundError
+        The file does not exist.
+    """
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:

@@ -54,7 +54,6 @@ import hashlib
 import itertools
 import json
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +66,7 @@ from phantomdce.dro.config import (
     as_floats,
     as_int,
     as_str,
+    read_toml,
     unknown_key,
 )
 from phantomdce.dro.protocol import PROTOCOL_FIELDS, Protocol, preset
@@ -504,8 +504,4 @@ def load_scenario(path: str | Path) -> Scenario:
 
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_scenario(data, default_name=path.stem)
+    return parse_scenario(read_toml(path), default_name=path.stem)

@@ -63,7 +63,6 @@ import functools
 import hashlib
 import itertools
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +72,15 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.dro.config import ConfigError, as_bool, as_float, as_int, as_str, unknown_key
+from phantomdce.dro.config import (
+    ConfigError,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    read_toml,
+    unknown_key,
+)
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.scenario import Case, Scenario, parse_scenario
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
@@ -839,10 +846,7 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
 def load_phantom_scenario(path: str | Path, max_subjects: int | None = None) -> PhantomScenario:
     """Read and check a phantom scenario file (its name defaults to the file's stem)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path)
     raw.setdefault("name", path.stem)
     return parse_phantom_scenario(cap_subjects(raw, max_subjects))
 
