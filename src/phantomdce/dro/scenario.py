@@ -54,7 +54,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,9 +71,22 @@ from phantomdce.dro.config import (
 )
 from phantomdce.dro.protocol import PROTOCOL_FIELDS, Protocol, preset
 from phantomdce.params import MODELS, PARAMETERS
-from phantomdce.scanner import PROTOCOL_KEYS_SET, SCANNER_FIELDS, Derived, Scanner
+from phantomdce.scanner import (
+    DERIVED_UNITS,
+    PROTOCOL_KEYS_SET,
+    SCANNER_FIELDS,
+    Derived,
+    Scanner,
+)
 
-__all__ = ["Scenario", "Case", "TissueGrid", "load_scenario", "parse_scenario"]
+__all__ = [
+    "Scenario",
+    "Case",
+    "TissueGrid",
+    "load_scenario",
+    "parse_scenario",
+    "scanner_columns",
+]
 
 TOP_KEYS = (
     "name",
@@ -481,6 +494,23 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     )
     scenario.cases()  # check every combination before any work
     return scenario
+
+
+def scanner_columns(cases: Sequence[Case]) -> dict[str, tuple[str, np.ndarray, dict[str, str]]]:
+    """What each case's scanner implies, as columns of a cases table (dim ``case``).
+
+    One float column per key of :meth:`Case.scanner_attrs` (frame time, voxel, SNR, VFA
+    noise ratio, scan time), with its units (:data:`phantomdce.scanner.DERIVED_UNITS`).
+    """
+    derived = [c.scanner_attrs() for c in cases]
+    return {
+        key: (
+            "case",
+            np.asarray([d[key] for d in derived], dtype=np.float64),
+            {"units": DERIVED_UNITS[key], "long_name": "derived by the scanner model"},
+        )
+        for key in derived[0]
+    }
 
 
 def load_scenario(path: str | Path) -> Scenario:

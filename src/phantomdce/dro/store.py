@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.dro.scenario import Scenario
+from phantomdce.dro.scenario import Scenario, scanner_columns
 from phantomdce.dro.simulate import simulate_case
 
 __all__ = ["write_dro", "open_dro", "cases_table", "atomic_store"]
@@ -36,8 +36,6 @@ def cases_table(scenario: Scenario) -> xr.Dataset:
     SNR, VFA noise ratio and time, scan time: :meth:`phantomdce.dro.scenario.Case.scanner_attrs`,
     units in the names and in the ``units`` attribute).
     """
-    from phantomdce.scanner import DERIVED_UNITS
-
     cases = scenario.cases()
     names = np.array([c.name for c in cases])
     data = {}
@@ -52,13 +50,7 @@ def cases_table(scenario: Scenario) -> xr.Dataset:
             ]
         data[key] = ("case", np.asarray(values), {"units": units[key]})
     if scenario.scanner is not None:
-        derived = [c.scanner_attrs() for c in cases]
-        for key in derived[0]:
-            data[key] = (
-                "case",
-                np.asarray([d[key] for d in derived], dtype=np.float64),
-                {"units": DERIVED_UNITS[key], "long_name": "derived by the scanner model"},
-            )
+        data.update(scanner_columns(cases))
     attrs = {
         "scenario": scenario.name,
         "description": scenario.description,

@@ -82,7 +82,7 @@ from phantomdce.dro.config import (
     unknown_key,
 )
 from phantomdce.dro.protocol import Protocol
-from phantomdce.dro.scenario import Case, Scenario, parse_scenario
+from phantomdce.dro.scenario import Case, Scenario, parse_scenario, scanner_columns
 from phantomdce.phantom.acquire import FLOW_PROFILES, IN_PLANE_PSFS, SLICE_PROFILES, Acquisition
 from phantomdce.phantom.anatomy import NeckGeometry, Phantom, make_neck
 from phantomdce.phantom.case import acquisition_seed, repeat_seed
@@ -668,8 +668,6 @@ class PhantomScenario:
 
     def cases_table(self) -> xr.Dataset:
         """The result store's root: one row per case (``case_name``, the swept values)."""
-        from phantomdce.scanner import DERIVED_UNITS
-
         cases = self.cases()
         units = {**self.scenario.sweep_units(), **ACQ_UNITS}
         data = {}
@@ -684,13 +682,7 @@ class PhantomScenario:
                 ]
             data[key] = ("case", np.asarray(values), {"units": units.get(key, "1")})
         if self.scenario.scanner is not None:  # what each case's scanner implies
-            derived = [c.scanner_attrs() for c in cases]
-            for key in derived[0]:
-                data[key] = (
-                    "case",
-                    np.asarray([d[key] for d in derived], dtype=np.float64),
-                    {"units": DERIVED_UNITS[key], "long_name": "derived by the scanner model"},
-                )
+            data.update(scanner_columns(cases))
         data["case_name"] = (
             "case",
             np.array([c.name for c in cases]),
