@@ -477,6 +477,23 @@ def _img(fig: _Fig) -> str:
     )
 
 
+def _page_head(title: str) -> list[str]:
+    """The first lines of every report page: doctype, head with the inline CSS, the title."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_h(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        "<header>",
+        f"<h1>{_h(title)}</h1>",
+    ]
+
+
 def _html_table(header: list[str], rows: list[list[str]], *, raw: bool = False) -> str:
     """A table; cells are escaped unless ``raw`` (then the caller escaped them)."""
     head = "".join(f"<th>{_h(c)}</th>" for c in header)
@@ -499,17 +516,7 @@ def _html(
     literature: list[dict[str, str]] | None = None,
 ) -> str:
     out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_h(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head>",
-        "<body>",
-        "<header>",
-        f"<h1>{_h(title)}</h1>",
+        *_page_head(title),
         '<table class="meta"><tbody>',
         f"<tr><td>command</td><td><code>{_h(command)}</code></td></tr>",
         f"<tr><td>phantomdce version</td><td><code>{_h(version)}</code></td></tr>",
@@ -995,17 +1002,7 @@ def html_page(title: str, header_rows: Sequence[tuple[str, str]], body: str) -> 
     )
     return "\n".join(
         [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{_h(title)}</title>",
-            f"<style>{_CSS}</style>",
-            "</head>",
-            "<body>",
-            "<header>",
-            f"<h1>{_h(title)}</h1>",
+            *_page_head(title),
             f'<table class="meta"><tbody>{meta}</tbody></table>',
             "</header>",
             body,
