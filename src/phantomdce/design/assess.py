@@ -1390,8 +1390,10 @@ def _repeatability_section(
     (out / "figures" / "repeatability.png").write_bytes(png)
     var = raw["phantom"].get("session_variation", {})
     intro = (
-        f"{subjects} neck-phantom subjects scanned twice at the site's protocol with"
-        f" {site.fitter} ({', '.join(f'{k} = {v}' for k, v in var.items())} between"
+        f"{subjects} neck-phantom subjects scanned twice at the site's protocol, fitted with"
+        f" {site.fitter} and the site's pipeline"
+        f" ({', '.join(f'{k} = {v}' for k, v in dict(site.pipeline).items())})"
+        f" ({', '.join(f'{k} = {v}' for k, v in var.items())} between"
         " sessions; new noise; the tumour ROI redrawn on each session's images). Within-subject"
         " SD (wSD) and CV (wCV) of the tumour ROI's Ktrans; repeatability coefficient RC = 2.77"
         " wSD; smallest detectable change SDC = 2.77 wCV (a relative change detectable with"
