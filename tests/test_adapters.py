@@ -558,6 +558,7 @@ def hanging():
 '''
 
 
+@pytest.mark.slow  # an engine run with isolated plug-ins that crash and hang
 @needs_qbipy
 @needs_pbrain
 def test_a_crash_or_hang_in_a_wrapped_package_is_recorded_and_the_run_goes_on(

@@ -150,6 +150,7 @@ def assessed(tmp_path_factory):
     return site_file, out
 
 
+@pytest.mark.slow  # an assess run (about 30 s cold): the CI's slow pass
 def test_the_cli_writes_the_page_the_summary_and_the_site_scenario(assessed):
     site_file, out = assessed
     html = (out / "index.html").read_text()
@@ -192,6 +193,7 @@ def _stored(run_dir: Path, fitter: str):
         }
 
 
+@pytest.mark.slow  # an assess run (about 30 s cold): the CI's slow pass
 def test_the_cv_and_bias_columns_equal_the_stored_estimates(assessment):
     a = assessment
     cases = list(_stored(a.run_dir, a.site.fitter))
@@ -214,6 +216,7 @@ def test_the_cv_and_bias_columns_equal_the_stored_estimates(assessment):
     }
 
 
+@pytest.mark.slow  # an assess run (about 30 s cold): the CI's slow pass
 def test_the_bound_column_equals_crlb_called_directly(assessment):
     from phantomdce.precision import crlb
 
@@ -228,6 +231,7 @@ def test_the_bound_column_equals_crlb_called_directly(assessment):
         assert line.bound_agrees in (True, False)
 
 
+@pytest.mark.slow  # an assess run (about 30 s cold): the CI's slow pass
 def test_the_budget_reads_the_oracle_entries_and_the_noise_free_cases(assessment):
     import csv
 

@@ -149,6 +149,7 @@ def test_delay_fit_takes_the_better_side_of_a_kink():
     assert np.all(sse <= ref * (1 + 1e-6))
 
 
+@pytest.mark.slow  # compiles the parallel kernels (about 14 s cold)
 def test_parallel_fitter_equals_serial():
     """parallel=True fits and judges blocks of voxels on several threads: same result."""
     rng = np.random.default_rng(4)

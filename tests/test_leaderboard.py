@@ -298,4 +298,4 @@ def test_cli_parser_has_leaderboard():
         ["leaderboard", "-o", "x", "--fitters", "a,b", "c:d", "--only", "--replicates", "4"]
     )
     assert args.output == "x" and args.fitters == ["a,b", "c:d"] and args.only
-    assert args.replicates == 4 and args.func.__module__ == "phantomdce.leaderboard"
+    assert args.replicates == 4 and args.func.__module__ == "phantomdce.leaderboard_cli"

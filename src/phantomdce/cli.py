@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phantomdce.design import add_assess_parser
 
     add_assess_parser(sub)
-    from phantomdce.leaderboard import add_parser as add_leaderboard_parser
+    from phantomdce.leaderboard_cli import add_parser as add_leaderboard_parser
 
     add_leaderboard_parser(sub)
     from phantomdce.design import optimise as _optimise_cmd
