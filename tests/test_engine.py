@@ -163,6 +163,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert_a_killed_run_resumes(path, tmp_path, 4, estimates)
 
 
+@pytest.mark.slow  # five isolated plug-ins that crash, hang and lie (about 8 s)
 def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(PLUGINS)
     fitters = [

@@ -273,6 +273,7 @@ def test_bad_time_axis_and_aif_are_clear_errors():
         fitter.fit(dataset(ct, ca=np.where(T > 100, np.nan, CA)))
 
 
+@pytest.mark.slow  # compiles every fitter's parallel kernels (about 7 s cold)
 def test_parallel_equals_serial():
     rng = np.random.default_rng(3)
     ct = K.two_cxm(T, CA, fp=rng.uniform(10, 100, 64), ps=0.2, ve=0.3, vp=0.05)

@@ -236,6 +236,7 @@ recommended = [4.0]
 """
 
 
+@pytest.mark.slow  # a two-scenario phantom study and its report (about 5 s)
 def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
     from phantomdce.dro.config import ConfigError
     from phantomdce.engine.run import run as run_phantom_scenario
