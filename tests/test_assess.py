@@ -305,6 +305,7 @@ def test_where_the_site_stands_and_the_study_verdict_at_its_value():
 # --------------------------------------------------------------------------- single changes
 
 
+@pytest.mark.slow  # compiles the bound's kernels and fits noise-free data (29 s cold)
 def test_the_changes_are_scored_like_score_protocols_at_no_more_scan_time():
     from phantomdce.design.assess import best_changes
     from phantomdce.design.score import score_protocols
