@@ -60,7 +60,7 @@ from phantomdce.design import (
     DEFAULT_REPLICATES,
 )
 from phantomdce.design.site import Site, load_site
-from phantomdce.dro.config import ConfigError
+from phantomdce.dro.config import ConfigError, toml_text
 from phantomdce.dro.protocol import Protocol
 from phantomdce.dro.scenario import parse_scenario
 from phantomdce.files import write_atomic
@@ -126,35 +126,6 @@ STUDY_SCENARIOS = Path("scenarios") / "esnr2022"
 
 
 # --------------------------------------------------------------------------- the site's run
-
-
-def _toml_value(value: Any, path: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string (JSON escapes are TOML escapes)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v, path) for v in value) + "]"
-    raise TypeError(f"{path} = {value!r}: cannot be written to TOML")
-
-
-def _toml(data: Mapping[str, Any], prefix: str = "") -> str:
-    """A mapping of scalars, lists and tables as TOML text (what the engine reads back)."""
-    lines = [
-        f"{k} = {_toml_value(v, prefix + k)}" for k, v in data.items() if not isinstance(v, Mapping)
-    ]
-    for k, v in data.items():
-        if isinstance(v, Mapping):
-            lines += ["", f"[{prefix}{k}]", _toml(v, f"{prefix}{k}.")]
-    return "\n".join(lines).strip("\n") + "\n"
 
 
 def _protocol_keys(protocol: Protocol) -> dict[str, Any]:
@@ -295,7 +266,7 @@ def run_site(
         "# Written by `phantomdce assess`: the site's Monte Carlo as an ordinary scenario\n"
         "# (`phantomdce run` runs it the same way).\n"
     )
-    write_atomic(path, header + _toml(scenario))
+    write_atomic(path, header + toml_text(scenario))
     target = Path(run_dir) if run_dir is not None else out / "run"
     run(path, target)
     return target
@@ -1375,7 +1346,7 @@ def _repeatability_section(
     out = Path(out)
     path = out / "repeatability_scenario.toml"
     header = "# Written by `phantomdce assess`: test-retest at the site's protocol.\n"
-    write_atomic(path, header + _toml(raw))
+    write_atomic(path, header + toml_text(raw))
     target = run_dir if run_dir is not None else out / "repeatability"
     run(path, target)
     table = repeatability(target, "Ktrans", seed=seed)

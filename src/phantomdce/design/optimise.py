@@ -69,7 +69,7 @@ from phantomdce.design.space import (
     make_candidate,
     parse_g_factors,
 )
-from phantomdce.dro.config import ConfigError
+from phantomdce.dro.config import ConfigError, toml_text
 from phantomdce.dro.protocol import Protocol
 
 __all__ = [
@@ -543,42 +543,6 @@ def search(
 # -- Monte-Carlo confirmation ------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | np.integer | np.floating):
-        v = float(value) if isinstance(value, float | np.floating) else int(value)
-        if isinstance(v, float):
-            if math.isinf(v):
-                return "inf" if v > 0 else "-inf"
-            return repr(v)
-        return str(v)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"{value!r}: no TOML form")
-
-
-def _toml(data: Mapping[str, Any]) -> str:
-    """A TOML document of plain values and one level of tables (and one nested table)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
-    for name, table in data.items():
-        if not isinstance(table, Mapping):
-            continue
-        lines += ["", f"[{name}]"]
-        lines += [
-            f"{json.dumps(k)} = {_toml_value(v)}"
-            for k, v in table.items()
-            if not isinstance(v, Mapping)
-        ]
-        for sub, inner in table.items():
-            if isinstance(inner, Mapping):
-                lines += ["", f"[{name}.{sub}]"]
-                lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in inner.items()]
-    return "\n".join(lines) + "\n"
-
-
 def mc_scenario(
     site: Any, protocols: Sequence[Protocol], *, replicates: int, seed: int
 ) -> dict[str, Any]:
@@ -653,7 +617,7 @@ def confirm(
         if case.protocol != pr:
             raise RuntimeError(f"confirmation case {case.index} is not the protocol chosen")
     path = out / "scenario.toml"
-    path.write_text(_toml(data), encoding="utf-8")
+    path.write_text(toml_text(data), encoding="utf-8")
     run(path, out / "run")
     tree = open_results(out / "run")
     rows = []

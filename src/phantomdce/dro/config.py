@@ -7,9 +7,11 @@ is raised before anything is written.
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import numbers
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ __all__ = [
     "as_bool",
     "as_floats",
     "read_toml",
+    "toml_text",
 ]
 
 
@@ -45,6 +48,65 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _toml_value(path: str, v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        v = float(v)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string (JSON escapes are TOML escapes)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(path, x) for x in v) + "]"
+    raise ConfigError(
+        f"{path} = {v!r}: cannot be written as TOML (expected a number, string or list)"
+    )
+
+
+def _toml_table(prefix: str, table: Mapping[str, Any], lines: list[str]) -> None:
+    subtables = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            subtables.append((key, value))
+        else:
+            lines.append(f"{json.dumps(str(key))} = {_toml_value(prefix + key, value)}")
+    for key, value in subtables:
+        name = f"{prefix}{json.dumps(str(key))}"
+        lines.append("")
+        lines.append(f"[{name}]")
+        _toml_table(name + ".", value, lines)
+
+
+def toml_text(data: Mapping[str, Any]) -> str:
+    """A mapping of numbers, strings, lists and (nested) tables as TOML text.
+
+    Keys are quoted, so a key such as ``"scanner.fa"`` stays one key; numpy scalars are
+    written as numbers. :func:`tomllib.loads` of the text gives ``data`` back.
+
+    Raises
+    ------
+    ConfigError
+        A value TOML cannot hold (the message names its key path).
+
+    Examples
+    --------
+    >>> print(toml_text({"name": "a", "sweep": {"scanner.fa": [5.0, 10.0]}}), end="")
+    "name" = "a"
+    <BLANKLINE>
+    ["sweep"]
+    "scanner.fa" = [5.0, 10.0]
+    """
+    lines: list[str] = []
+    _toml_table("", data, lines)
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 def did_you_mean(name: str, known: Iterable[str], *, n: int = 1) -> str:

@@ -60,7 +60,7 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.dro.config import ConfigError
+from phantomdce.dro.config import ConfigError, toml_text
 from phantomdce.dro.nifti import write_json
 from phantomdce.params import PARAMETERS
 
@@ -139,40 +139,6 @@ def nifti_affine(spacing_mm: float = PIXEL_SPACING_MM) -> np.ndarray:
 # -- scenario text ---------------------------------------------------------------------------
 
 
-def _toml_value(path: str, v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(path, x) for x in v) + "]"
-    raise ConfigError(
-        f"{path} = {v!r}: cannot be written as TOML (expected a number, string or list)"
-    )
-
-
-def _toml_table(prefix: str, table: Mapping[str, Any], lines: list[str]) -> None:
-    subtables = []
-    for key, value in table.items():
-        if isinstance(value, Mapping):
-            subtables.append((key, value))
-        else:
-            lines.append(f"{json.dumps(str(key))} = {_toml_value(prefix + key, value)}")
-    for key, value in subtables:
-        name = f"{prefix}{json.dumps(str(key))}"
-        lines.append("")
-        lines.append(f"[{name}]")
-        _toml_table(name + ".", value, lines)
-
-
 def _raw_from_source(source: Mapping[str, Any]) -> dict[str, Any]:
     """A scenario mapping that parses to a scenario with this (canonical) source.
 
@@ -200,9 +166,8 @@ def scenario_toml(source: Mapping[str, Any]) -> str:
     ConfigError
         A value TOML cannot hold, or text that does not parse back to ``source``.
     """
-    lines: list[str] = ["# written by phantomdce export: the scenario of the exported cases"]
-    _toml_table("", source, lines)
-    text = "\n".join(lines) + "\n"
+    header = "# written by phantomdce export: the scenario of the exported cases\n"
+    text = header + toml_text(source)
     back = tomllib.loads(text)
     if json.dumps(back, sort_keys=True, default=str) != json.dumps(
         dict(source), sort_keys=True, default=str
