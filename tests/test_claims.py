@@ -239,6 +239,7 @@ def tiny_runs(tmp_path_factory):
     return root, out
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_map_mean_and_median_equal_a_direct_computation_from_the_stored_map(tiny_runs):
     _, runs = tiny_runs
     vox = runs["voxel"]

@@ -330,6 +330,7 @@ def test_check_names_a_baseline_fitter_the_run_lacks_and_refuses_junk(
 # -- reading results ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_open_results_is_public_ordered_integer_indexed_and_quiet(tmp_path):
     import warnings
 

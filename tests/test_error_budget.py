@@ -268,6 +268,7 @@ def test_a_run_with_an_error_budget_stores_and_reports_the_oracle_entries(tmp_pa
         assert not np.array_equal(k[0], k[f])
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_true_t1_entry_reproduces_a_separate_run_with_the_true_t1(tmp_path):
     """Noise-free data: the [true t1] entry is the fitter run with t1 = "true" on its own."""
     for snr in ("inf", "25.0"):  # and with noise: same voxels, same noise
@@ -294,6 +295,7 @@ def test_true_t1_entry_reproduces_a_separate_run_with_the_true_t1(tmp_path):
     assert np.abs(est / b["true_Ktrans"].values - 1).max() < 0.15
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_results_with_an_error_budget_do_not_depend_on_chunking(tmp_path):
     run(scenario(tmp_path, "a.toml", chunk=1000, replicates=9), tmp_path / "a")
     run(scenario(tmp_path, "b.toml", chunk=7, replicates=9), tmp_path / "b")
@@ -301,6 +303,7 @@ def test_results_with_an_error_budget_do_not_depend_on_chunking(tmp_path):
     assert metrics_without_timing(tmp_path / "a") == metrics_without_timing(tmp_path / "b")
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_an_interrupted_run_resumes_the_oracle_entries(tmp_path):
     path = scenario(tmp_path, chunk=8, replicates=8)
     out = tmp_path / "out"
@@ -323,6 +326,7 @@ def test_an_interrupted_run_resumes_the_oracle_entries(tmp_path):
     assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "clean")
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_schedulers_give_the_same_oracle_estimates(tmp_path):
     path = scenario(tmp_path, chunk=16, budget=["t1"])
     run(path, tmp_path / "threads", scheduler="threads", workers=2)

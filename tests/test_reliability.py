@@ -137,6 +137,7 @@ def test_an_absurd_plan_is_refused_at_once_before_anything_is_written(tmp_path, 
     assert grid[-1] == (1, len(grid) // 2 - 1, (len(grid) // 2 - 1) * 1000, 8 * replicates)
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_a_plugins_impossible_successes_are_listed_in_suspect_csv(tmp_path, monkeypatch):
     import csv
 

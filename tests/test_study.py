@@ -68,6 +68,7 @@ def write(
     return path
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_study_runs_every_scenario_and_pools_nuisance_axes(tmp_path):
     write(tmp_path, "tres")
     for name, aif, value in [("a_true", "true", "true AIF"), ("a_pop", "population", "pop")]:
@@ -180,6 +181,7 @@ def test_bat_phase_and_aif_scale():
     np.testing.assert_allclose(case_aif(p)(t), 1.3 * case_aif(ref)(t))
 
 
+@pytest.mark.slow  # an engine run: the default pytest must stay under 4 minutes
 def test_report_uses_only_the_study_members_and_refuses_ambiguous_pools(tmp_path):
     write(tmp_path, "tres")
     study = tmp_path / "study.toml"
