@@ -277,6 +277,7 @@ def test_a_scanner_scenario_and_the_equivalent_plain_protocol_simulate_identical
             "field_strength": s.field_strength,
             "vfa_averages": s.vfa_averages,
             "vfa_sigma_ratio": d[0].vfa_sigma_ratio,
+            "snr_t1_s": d[0].t1_s,
         },
         sweep={"dt": [x.dt for x in d], "snr": [x.snr for x in d]},
         zip=[["dt", "snr"]],
@@ -380,6 +381,67 @@ def test_the_precision_bound_uses_vfa_sigma_ratio():
     plain = crlb(Protocol(), "extended_tofts", params)["Ktrans"]
     np.testing.assert_allclose(by_ratio, by_averages, rtol=1e-12)
     assert np.all(by_ratio < plain)
+
+
+# -- snr_t1_s: one receiver noise SD in every voxel ----------------------------------------------
+
+
+def test_noise_sigma_is_each_voxels_own_signal_or_the_receivers_one_sd():
+    t10 = np.array([0.8, 1.5, 2.5])
+    own = Protocol(snr=20.0).noise_sigma(t10, 1000.0)
+    expected = [1000.0 * spgr_independent(15.0, 0.004, t) / 20.0 for t in t10]
+    np.testing.assert_allclose(own, expected, rtol=1e-13)
+    receiver = Protocol(snr=20.0, snr_t1_s=1.2).noise_sigma(t10, [1000.0, 2000.0, 500.0])
+    ref = 1000.0 * spgr_independent(15.0, 0.004, 1.2) / 20.0
+    np.testing.assert_allclose(receiver, [ref] * 3, rtol=1e-13)
+    assert np.all(Protocol(snr=math.inf, snr_t1_s=1.2).noise_sigma(t10) == 0.0)
+
+
+def test_a_scanner_states_the_t1_of_its_snr():
+    s = scanner(reference_t1_s=1.2)
+    assert s.protocol_changes()["snr_t1_s"] == 1.2 == s.derive().t1_s
+
+
+def test_with_a_receiver_every_tissue_and_the_arterial_voxels_share_one_noise_sd():
+    """Tissues of native T1 0.8 and 2.5 s and blood: the same SD with snr_t1_s, their own
+    pre-contrast signal / snr without it (the DRO's per-voxel SNR)."""
+
+    def sds(**protocol):
+        sc = _scenario(
+            replicates=3000,
+            protocol={"duration": 120.0, "n_baseline": 3, "snr": 50.0, "fa": 25.0,
+                      "arterial_voxels": 3000, "bat": 60.0, **protocol},
+            tissue={"model": "tofts", "Ktrans": 0.1, "ve": 0.3, "T10": [0.8, 2.5]},
+        )
+        ds = simulate_case(sc, sc.cases()[0])
+        pre = ds["signal"].values[:, :12]  # frames at 0-55 s, before the arrival at 60 s
+        tissue = np.repeat([0, 1], 3000)
+        tissue_sd = [float(np.std(pre[tissue == k] - ds["signal_pre"].values[tissue == k, None]))
+                     for k in (0, 1)]
+        art = ds["arterial_signal"].values[:, :12]
+        art_sd = float(np.std(art - float(ds["arterial_signal_pre"])))
+        return tissue_sd, art_sd, ds
+
+    (short, long_), art, ds = sds(snr_t1_s=1.2)
+    ref = 1000.0 * spgr_independent(25.0, 0.004, 1.2) / 50.0
+    for sd in (short, long_, art):
+        assert sd == pytest.approx(ref, rel=0.03)
+    (short, long_), art, ds = sds()
+    own = ds["signal_pre"].values[[0, 3000]] / 50.0
+    assert short == pytest.approx(own[0], rel=0.03) and long_ == pytest.approx(own[1], rel=0.03)
+    assert own[0] / own[1] > 1.3  # the two rules differ here by more than the tolerance
+    assert art == pytest.approx(float(ds["arterial_signal_pre"]) / 50.0, rel=0.03)
+
+
+def test_the_precision_bound_uses_the_receivers_noise():
+    """A tissue of T1 t under a receiver stated at T1 r has SNR snr * S(t) / S(r)."""
+    params = {"Ktrans": 0.2, "ve": 0.25, "vp": 0.05}
+    got = crlb(Protocol(snr=20.0, snr_t1_s=1.0), "extended_tofts", params, t10=2.0)
+    snr_eff = 20.0 * spgr_independent(15.0, 0.004, 2.0) / spgr_independent(15.0, 0.004, 1.0)
+    want = crlb(Protocol(snr=snr_eff), "extended_tofts", params, t10=2.0)
+    for k in ("Ktrans", "ve", "vp", "T10"):
+        assert got[k] == pytest.approx(want[k], rel=1e-10)
+    assert got["Ktrans"] > crlb(Protocol(snr=20.0), "extended_tofts", params, t10=2.0)["Ktrans"]
 
 
 PHANTOM_SCANNER = {**SCANNER_TOML, "matrix": [96, 96], "fov_mm": [120.0, 120.0]}

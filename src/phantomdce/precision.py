@@ -10,8 +10,10 @@ window-averaged, as the protocol says) and into the variable-flip-angle (VFA) im
 Noise: the Gaussian approximation of the Rician magnitude, with the case's SD in every
 sample, as :mod:`phantomdce.noise` defines it: ``sigma = S_pre / snr`` for the dynamic
 frames (``S_pre`` the noise-free pre-contrast dynamic signal, :data:`SNR_DEFINITION
-<phantomdce.dro.simulate.SNR_DEFINITION>`) and ``sigma / sqrt(vfa_averages)`` for the VFA
-images (``sigma * vfa_sigma_ratio`` when a scanner model sets that ratio). Samples are
+<phantomdce.dro.simulate.SNR_DEFINITION>`; the receiver's one SD in every voxel when the
+protocol states ``snr_t1_s``: :meth:`phantomdce.dro.protocol.Protocol.noise_sigma`) and
+``sigma / sqrt(vfa_averages)`` for the VFA images (``sigma * vfa_sigma_ratio`` when a
+scanner model sets that ratio). Samples are
 independent, so the Fisher information is ``J^T J / sigma^2`` summed over series, ``J``
 the Jacobian of the noise-free signals.
 
@@ -65,6 +67,7 @@ mL/100mL/min; ve, vp 0-1; T10 in s).
 from __future__ import annotations
 
 import cmath
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -630,7 +633,7 @@ def _bound_one(
             out["T10"] = zero.copy()
         return out
     jd, jv, _ = jac
-    sigma = sm.pre_contrast(t10=t10, m0=m0) / snr
+    sigma = dataclasses.replace(sm.protocol, snr=snr).noise_sigma(t10, m0)
     if sm.protocol.vfa_sigma_ratio is None:
         sigma_vfa = sigma / np.sqrt(sm.protocol.vfa_averages)
     else:  # set by a scanner model (phantomdce.scanner)

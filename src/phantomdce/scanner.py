@@ -220,6 +220,7 @@ PROTOCOL_KEYS_SET = (
     "snr",
     "vfa_averages",
     "vfa_sigma_ratio",
+    "snr_t1_s",
 )
 
 
@@ -508,8 +509,9 @@ class Scanner:
         -------
         dict
             Exactly the keys of :data:`PROTOCOL_KEYS_SET`: ``dt`` (s), ``tr`` (s), ``fa``
-            (deg), ``flip_angles`` (deg), ``field_strength`` (T), ``snr``, ``vfa_averages``
-            and ``vfa_sigma_ratio``.
+            (deg), ``flip_angles`` (deg), ``field_strength`` (T), ``snr``, ``vfa_averages``,
+            ``vfa_sigma_ratio`` and ``snr_t1_s`` (s: the T1 at which ``snr`` is given, so
+            that the simulated noise SD is the receiver's, the same in every voxel).
         """
         d = self.derive()
         return {
@@ -521,4 +523,5 @@ class Scanner:
             "snr": d.snr,
             "vfa_averages": self.vfa_averages,
             "vfa_sigma_ratio": d.vfa_sigma_ratio,
+            "snr_t1_s": d.t1_s,
         }

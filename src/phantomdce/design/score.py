@@ -20,7 +20,9 @@ convolution at a node do not depend on later nodes). Per protocol, with
     f'(R1) = sin a (1 - cos a) TR E / (1 - cos a E)^2,
 
 window-averaged over each frame for ``"average"`` sampling, and likewise for the VFA images
-at ``1/T10``. The noise SD of a dynamic sample is ``S_pre / snr`` and of a VFA image
+at ``1/T10``. The noise SD of a dynamic sample is ``S_pre / snr`` (the receiver's one SD
+when the protocol states ``snr_t1_s``: :meth:`phantomdce.dro.protocol.Protocol.noise_sigma`)
+and of a VFA image
 ``S_pre / snr * r``, ``r`` the protocol's ``vfa_sigma_ratio`` when it has one, else
 ``1/sqrt(vfa_averages)`` (:mod:`phantomdce.precision`'s rule). A test checks the result
 against :func:`phantomdce.precision.crlb` called directly.
@@ -386,6 +388,7 @@ def score_protocols(
 
     sd = np.zeros((n_p, n_t, n_par))
     t10_all = np.empty((n_p, n_t))
+    m0_all = np.empty((n_p, n_t))
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(protocols):
         groups.setdefault(_key(p, _SIGNAL_ONLY), []).append(i)
@@ -403,6 +406,7 @@ def score_protocols(
             t10 = np.asarray(table["T10"], dtype=np.float64)
             m0 = np.asarray(table["m0"], dtype=np.float64)
             t10_all[i] = t10
+            m0_all[i] = m0
             if not np.isfinite(pr.snr):
                 continue  # no noise: the bound is 0
             sig = (pr.fa, pr.tr, pr.b1, pr.relaxivity, pr.field_strength)
@@ -432,7 +436,7 @@ def score_protocols(
                 jd[c, :, : pr.n_frames] = full[:, : pr.n_frames]
                 v = vfa_cache[(pr.flip_angles, pr.tr, pr.b1, pr.field_strength)]
                 jv[c, :, : v.shape[1]] = v
-                sigma[c] = s_pre / pr.snr
+                sigma[c] = pr.noise_sigma(t10_all[i], m0_all[i])
                 ratio[c] = vfa_sigma_ratio(pr)
             cov, _ = covariance(
                 jd.reshape(k * n_t, n_frames_max, -1),

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from phantomdce.aif import DEFAULT_HCT
 from phantomdce.dro.config import (
@@ -58,6 +59,9 @@ def _pos(units: str) -> Callable[[str, Any], float]:
     return lambda p, v: as_float(p, v, units=units, lo=0.0, lo_open=True)
 
 
+#: Equilibrium signal (a.u.) of the tissue in which a receiver's SNR is stated
+#: (:attr:`Protocol.snr_t1_s`); the scenarios' default tissue M0.
+RECEIVER_REFERENCE_M0 = 1000.0
 #: Field strengths (T) at which relaxivities and native T1 values are tabulated.
 FIELD_STRENGTHS = (1.5, 3.0)
 #: Longest dynamic series simulated, s (the truth grid has 100 nodes per second).
@@ -190,6 +194,15 @@ PROTOCOL_FIELDS: dict[str, FieldSpec] = {
         " 1 / sqrt(vfa_averages)); set by a [scanner] table from its averages and receiver",
         _optional(lambda p, v: as_float(p, v, lo=0.0, lo_open=True)),
     ),
+    "snr_t1_s": FieldSpec(
+        "s",
+        "native T1 of the tissue (M0 = RECEIVER_REFERENCE_M0) in which snr is stated: when set"
+        " (a [scanner] table sets it), the noise SD is the receiver's, the same in every voxel"
+        " (the noise-free pre-contrast signal of that tissue / snr), so a tissue of another T1"
+        " or M0 has another SNR; none: every voxel's SNR is snr (its own pre-contrast signal /"
+        " snr)",
+        _optional(_pos("s")),
+    ),
     "sampling": FieldSpec(
         "",
         "frame value: instantaneous or window-averaged",
@@ -239,6 +252,7 @@ class Protocol:
     snr: float = 20.0
     vfa_averages: int = DEFAULT_VFA_AVERAGES
     vfa_sigma_ratio: float | None = None
+    snr_t1_s: float | None = None
     sampling: str = "instant"
     aif: str = "parker"
     arterial_voxels: int = 20
@@ -387,6 +401,40 @@ class Protocol:
         if self.vfa_sigma_ratio is not None:
             return self.vfa_sigma_ratio
         return float(1.0 / np.sqrt(self.vfa_averages))
+
+    def noise_sigma(self, t10: ArrayLike, m0: ArrayLike = RECEIVER_REFERENCE_M0) -> np.ndarray:
+        """Noise SD per channel (a.u.) of the dynamic frames in tissues of native T1 ``t10``.
+
+        Parameters
+        ----------
+        t10 : array_like
+            Native T1 of each tissue, s.
+        m0 : array_like, optional
+            Equilibrium signal of each tissue, a.u.
+
+        Returns
+        -------
+        ndarray
+            The broadcast shape of ``t10`` and ``m0``: ``spgr(1/t10, fa, tr, m0, b1) / snr``
+            (every voxel at SNR ``snr``) when ``snr_t1_s`` is None; the receiver's one SD
+            ``spgr(1/snr_t1_s, fa, tr, RECEIVER_REFERENCE_M0, b1) / snr`` in every voxel when
+            it is set (a scanner model). Zero when ``snr`` is inf (no noise).
+        """
+        from phantomdce.signal import spgr
+
+        t10_ = np.asarray(t10, dtype=np.float64)
+        m0_ = np.asarray(m0, dtype=np.float64)
+        shape = np.broadcast_shapes(t10_.shape, m0_.shape)
+        if not np.isfinite(self.snr):
+            return np.zeros(shape)
+        if self.snr_t1_s is None:
+            pre = spgr(1.0 / t10_, fa=self.fa, tr=self.tr, m0=m0_, b1=self.b1)
+        else:
+            ref = spgr(
+                1.0 / self.snr_t1_s, fa=self.fa, tr=self.tr, m0=RECEIVER_REFERENCE_M0, b1=self.b1
+            )
+            pre = np.full(shape, float(ref))
+        return np.broadcast_to(pre / self.snr, shape).copy()
 
     @property
     def relaxivity(self) -> float:

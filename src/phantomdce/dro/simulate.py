@@ -49,7 +49,9 @@ SNR_DEFINITION = (
     " sigma, sigma = SD of each of the real and imaginary Gaussian noise channels; the VFA"
     " images are acquired with the same voxel and receiver, each with vfa_averages averages:"
     " their sigma is sigma / sqrt(vfa_averages), or sigma * vfa_sigma_ratio when a scanner"
-    " model sets that ratio"
+    " model sets that ratio; when snr_t1_s is set (a scanner model), sigma is the receiver's,"
+    " the same in every voxel (tissue and arterial): the pre-contrast signal of a tissue of"
+    " T1 snr_t1_s and M0 1000 / snr"
 )
 
 
@@ -260,7 +262,7 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     ct, sig_clean, ca = _truth_and_signal(model, table, protocol)
     r10 = 1.0 / table["T10"]
     s_pre = spgr(r10, fa=protocol.fa, tr=protocol.tr, m0=table["m0"], b1=protocol.b1)
-    sigma = s_pre / protocol.snr if np.isfinite(protocol.snr) else np.zeros_like(s_pre)
+    sigma = protocol.noise_sigma(table["T10"], table["m0"])
     vfa_clean = vfa_signal(
         r10,
         flip_angles=np.asarray(protocol.flip_angles),
@@ -279,7 +281,10 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     n_art = protocol.arterial_voxels
     if n_art:
         art_clean, _, art_pre = arterial_truth(protocol)
-        art_sigma = np.full(1, art_pre / protocol.snr if np.isfinite(protocol.snr) else 0.0)
+        if protocol.snr_t1_s is None:  # every voxel at SNR snr: the arterial one too
+            art_sigma = np.full(1, art_pre / protocol.snr if np.isfinite(protocol.snr) else 0.0)
+        else:  # the receiver's noise, the same as in the tissue voxels
+            art_sigma = protocol.noise_sigma(protocol.snr_t1_s).reshape(1)
         arterial = _noisy(
             art_clean[None, :],
             np.zeros(n_art, dtype=np.int64),
