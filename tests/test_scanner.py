@@ -347,6 +347,7 @@ def test_scenarios_without_a_scanner_keep_their_hash():
     """The new protocol key is not in the hash of a scenario that does not set it."""
     sc = _scenario()
     assert "vfa_sigma_ratio" not in sc.source["protocol"]
+    assert "snr_t1_s" not in sc.source["protocol"]
     assert "scanner" not in sc.source
     assert sc.cases()[0].scanner is None and sc.cases()[0].scanner_attrs() == {}
 

@@ -66,6 +66,19 @@ def test_no_sweep_gives_one_case_and_hash_tracks_content():
     assert a.hash == parse_scenario(scenario()).hash
 
 
+def test_a_new_protocol_key_left_unset_keeps_every_stored_hash():
+    """Stored runs are refused when their scenario's hash changes: a protocol key added to the
+    package (vfa_sigma_ratio, snr_t1_s) must not change the hash of a scenario that does not
+    set it. The value was computed with the package before snr_t1_s existed (77e1d06)."""
+    data = {
+        "name": "hash_pin", "seed": 11, "replicates": 2,
+        "protocol": {"preset": "esnr2022", "snr": 25.0},
+        "tissue": {"model": "extended_tofts", "Ktrans": [0.1, 0.2], "ve": 0.3, "vp": 0.02},
+        "sweep": {"dt": [3.0, 5.0]},
+    }
+    assert parse_scenario(data).hash == "e58b109d3553b102"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

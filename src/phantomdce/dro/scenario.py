@@ -437,8 +437,9 @@ def parse_scenario(data: Mapping[str, Any], *, default_name: str = "scenario") -
     sweep = _parse_sweep(_check_table("sweep", data.get("sweep", {})), scanner)
 
     proto_attrs = protocol.as_attrs()
-    if protocol.vfa_sigma_ratio is None:  # as before the key existed: the same hash
-        del proto_attrs["vfa_sigma_ratio"]
+    for key in ("vfa_sigma_ratio", "snr_t1_s"):  # None: as before the key existed, same hash
+        if getattr(protocol, key) is None:
+            del proto_attrs[key]
     source = {
         "name": name,
         "description": description,
