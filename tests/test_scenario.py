@@ -320,3 +320,24 @@ def _toml(text):
     import tomllib
 
     return tomllib.loads(text)
+
+
+def test_toml_text_round_trips_with_bare_keys_where_toml_allows_them():
+    import tomllib
+
+    import numpy as np
+
+    from phantomdce.dro.config import toml_text
+
+    data = {
+        "name": "a b",
+        "seed": np.int64(3),
+        "protocol": {"dt": np.float64(2.5), "flip_angles": [5.0, 15.0], "saline_flush": True},
+        "sweep": {"scanner.fa": [5.0, 10.0], "snr": [10.0, float("inf")]},
+        "phantom": {"session_variation": {"bolus_arrival_sd_s": 2.0}},
+    }
+    text = toml_text(data)
+    assert tomllib.loads(text) == data
+    assert 'name = "a b"' in text.splitlines() and "[protocol]" in text.splitlines()
+    assert '"scanner.fa" = [5.0, 10.0]' in text.splitlines()
+    assert "[phantom.session_variation]" in text.splitlines()

@@ -10,6 +10,7 @@ import difflib
 import json
 import math
 import numbers
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -71,15 +72,24 @@ def _toml_value(path: str, v: Any) -> str:
     )
 
 
+def _toml_key(key: Any) -> str:
+    """A bare key where TOML allows one (letters, digits, ``_``, ``-``), else a quoted one."""
+    key = str(key)
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _toml_table(prefix: str, table: Mapping[str, Any], lines: list[str]) -> None:
     subtables = []
     for key, value in table.items():
         if isinstance(value, Mapping):
             subtables.append((key, value))
         else:
-            lines.append(f"{json.dumps(str(key))} = {_toml_value(prefix + key, value)}")
+            lines.append(f"{_toml_key(key)} = {_toml_value(prefix + key, value)}")
     for key, value in subtables:
-        name = f"{prefix}{json.dumps(str(key))}"
+        name = f"{prefix}{_toml_key(key)}"
         lines.append("")
         lines.append(f"[{name}]")
         _toml_table(name + ".", value, lines)
@@ -88,8 +98,9 @@ def _toml_table(prefix: str, table: Mapping[str, Any], lines: list[str]) -> None
 def toml_text(data: Mapping[str, Any]) -> str:
     """A mapping of numbers, strings, lists and (nested) tables as TOML text.
 
-    Keys are quoted, so a key such as ``"scanner.fa"`` stays one key; numpy scalars are
-    written as numbers. :func:`tomllib.loads` of the text gives ``data`` back.
+    Keys are bare where TOML allows it and quoted otherwise, so a key such as
+    ``"scanner.fa"`` stays one key; numpy scalars are written as numbers.
+    :func:`tomllib.loads` of the text gives ``data`` back.
 
     Raises
     ------
@@ -99,9 +110,9 @@ def toml_text(data: Mapping[str, Any]) -> str:
     Examples
     --------
     >>> print(toml_text({"name": "a", "sweep": {"scanner.fa": [5.0, 10.0]}}), end="")
-    "name" = "a"
+    name = "a"
     <BLANKLINE>
-    ["sweep"]
+    [sweep]
     "scanner.fa" = [5.0, 10.0]
     """
     lines: list[str] = []
