@@ -414,3 +414,4 @@ def test_the_repeatability_section_shows_the_test_retest_run_s_numbers(tmp_path)
         assert cells in md
         assert f"{r['sdc_percent']:.1f} [" in md
     assert (out / "figures" / "repeatability.png").stat().st_size > 1000
+    assert "17.9% in lung tumours" in md and "doi:10.2214/AJR.09.3116" in md

@@ -239,6 +239,10 @@ def test_the_report_shows_the_test_retest_table_and_figure(trt_run, tmp_path):
     verdict = "detectable" if row["sdc_percent"] < 30 else "not detectable"
     assert f"a 30% change of the ROI Ktrans: all: SDC {row['sdc_percent']:.0f}%, {verdict}" in md
     assert (tmp_path / "figures" / f"repeatability_{trt_run.name}.png").stat().st_size > 1000
+    # the comparison with published test-retest values, with its source
+    for text in (html, md):
+        assert "8.9% in liver and 17.9% in lung tumours" in text
+        assert "doi:10.2214/AJR.09.3116" in text
     paths = write_report(
         [], tmp_path / "report", command="test", version="0", extra_sections=blocks
     )

@@ -1335,6 +1335,7 @@ def _repeatability_section(
     from phantomdce.engine.run import run
     from phantomdce.report.figures import figure_to_png
     from phantomdce.report.repeatability import (
+        PUBLISHED_TEXT,
         detectable_words,
         repeatability,
         repeatability_figure,
@@ -1393,10 +1394,11 @@ def _repeatability_section(
         + "".join(f"<p>{html_escape(w)}</p>" for w in words)
         + html_table(head, rows)
         + html_figure(png, "Smallest detectable change against tumour diameter")
+        + f"<p>{html_escape(PUBLISHED_TEXT)}</p>"
     )
     markdown = "\n\n".join(
         [md_escape(intro), *[md_escape(w) for w in words], md_table(head, rows),
-         "![Smallest detectable change](figures/repeatability.png)"]
+         "![Smallest detectable change](figures/repeatability.png)", md_escape(PUBLISHED_TEXT)]
     )
     return PageSection("repeatability", title, html, markdown)
 
