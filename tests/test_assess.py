@@ -339,6 +339,25 @@ def test_a_site_measuring_its_aif_is_read_against_the_carotid_option_of_the_stud
     assert "each option shown" in known["injection_rate"].study
 
 
+def test_the_dynamic_flip_angle_is_read_from_the_scanner_at_the_site_s_field_strength():
+    """The flip-angle recommendation's knob is "scanner.fa"; its study rows are options by
+    field strength: a 3 T site is read against the 3 T row, a 1.5 T site against 1.5 T."""
+    from phantomdce.design.assess import recommendation_lines, study_settings
+
+    summary = (ROOT / "reports" / "esnr2022" / "summary.md").read_text()
+    scen = ROOT / "scenarios" / "esnr2022"
+    rows = study_settings(summary)["Dynamic flip angle"]
+    site = load_site(ROOT / "scenarios" / "sites" / "example_site.toml")  # 3 T, 15 deg
+    fa = {r.id: r for r in recommendation_lines(site, scen, summary)}["flip_angle"]
+    assert fa.site_value == "15 deg" and fa.stands.startswith("deviates")
+    want = dict(rows["nlls_extended_tofts (3 T)"])["15 deg"]
+    assert fa.study == f"(3 T): {want}" and fa.status == want
+    plain = parse_site({"protocol": {"fa": 12.0, "field_strength": 1.5}})  # no scanner
+    fa = {r.id: r for r in recommendation_lines(plain, scen, summary)}["flip_angle"]
+    want = dict(rows["nlls_extended_tofts (1.5 T)"])["12 deg"]
+    assert fa.site_value == "12 deg" and fa.study == f"(1.5 T): {want}" and fa.status == want
+
+
 def test_a_tissue_with_too_many_failed_fits_is_not_estimable_whatever_its_numbers():
     from phantomdce.design.assess import bound_agrees, tissue_class
     from phantomdce.report.model import TissueRow

@@ -62,7 +62,7 @@ from phantomdce.design import (
 from phantomdce.design.site import Site, load_site
 from phantomdce.dro.config import ConfigError, toml_text
 from phantomdce.dro.protocol import Protocol
-from phantomdce.dro.scenario import parse_scenario
+from phantomdce.dro.scenario import SCANNER_PREFIX, parse_scenario
 from phantomdce.files import write_atomic
 from phantomdce.report.model import Criterion, RecommendationResult, TissueRow
 from phantomdce.report.render import (
@@ -706,6 +706,13 @@ def _site_knob(rec: Mapping[str, Any], site: Site, scanner_voxel: tuple | None) 
         if scanner_voxel is None:
             return None
         return float(scanner_voxel[2]) if knob == "slice_mm" else float(max(scanner_voxel[:2]))
+    if knob.startswith(SCANNER_PREFIX):  # e.g. "scanner.fa": the scanner's, or the protocol's
+        key = knob[len(SCANNER_PREFIX) :]
+        source = site.scanner if site.scanner is not None and hasattr(site.scanner, key) else p
+        if not hasattr(source, key):
+            return None
+        v = getattr(source, key)
+        return list(v) if isinstance(v, tuple) else v
     if hasattr(p, knob):
         v = getattr(p, knob)
         return list(v) if isinstance(v, tuple) else v
@@ -788,6 +795,10 @@ def recommendation_lines(
             stands += f" ({fmt(value)} {'>=' if stands == 'follows' else '<'} {fmt(thr)})"
         elif kind == "category" and recommended:
             stands = "follows" if _label(value) in recommended else "deviates"
+        elif kind == "range" and recommended:  # a direction ("as low as possible")
+            follows = _label(value) in recommended
+            stands = "follows" if follows else "deviates"
+            stands += f" (the study's reading: {', '.join(fmt(v) for v in rec['recommended'])})"
         else:
             stands = "no recommended value"
         if rec["knob"] == "pipeline.aif" and site.pipeline.get("aif", "true") == "true":
@@ -815,9 +826,13 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
     note = ""
     if rec["knob"] == "fitter":  # the fitted model is the knob: one row label for all
         mine = dict(section)
-    elif len(mine) > 1:  # options (e.g. the AIF of an injection-rate sweep): the site's own
-        option = _AIF_OPTION.get(site.pipeline.get("aif", "true"))
-        own = {f: rows for f, rows in mine.items() if f.endswith(f"({option})")}
+    elif len(mine) > 1:  # options (the AIF of an injection-rate sweep, the field strength
+        # of a flip-angle sweep): the site's own
+        options = {
+            f"({_AIF_OPTION.get(site.pipeline.get('aif', 'true'))})",
+            f"({site.protocol.field_strength:g} T)",
+        }
+        own = {f: rows for f, rows in mine.items() if any(f.endswith(o) for o in options)}
         if own:
             mine = own
         else:
