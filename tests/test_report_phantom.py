@@ -204,9 +204,32 @@ def test_the_figures_data_the_run_stored_equal_the_rebuilt_ones(phantom_run):
             maps.acquired["signal"].values[..., -1], rebuilt.acquired["signal"].values[..., -1]
         )
         np.testing.assert_array_equal(maps.acquired["Ktrans"], rebuilt.acquired["Ktrans"])
+        np.testing.assert_array_equal(maps.phantom.labels, rebuilt.phantom.labels)
         assert maps.acquired.attrs["slice_mm"] == rebuilt.acquired.attrs["slice_mm"]
         again = aif_curves(pipeline, ps, case, images)
         np.testing.assert_array_equal(aif.used, again.used)
         np.testing.assert_array_equal(aif.true, again.true)
         np.testing.assert_array_equal(aif.time_s, again.time_s)
         assert aif.source == again.source == pipeline.aif
+
+
+def test_the_figures_draw_the_phantom_each_case_scanned():
+    """A swept tumour diameter: each case's figure shows its own tumour, not the default."""
+    from phantomdce.phantom.anatomy import CLASSES
+
+    raw = {
+        "name": "diam", "seed": 3, "replicates": 1,
+        "protocol": {"dt": 5.0, "duration": 60.0, "snr": 30.0},
+        "phantom": {"shape": [48, 96, 96], "subjects": 1},
+        "acquisition": {"in_plane_mm": 2.0, "slice_mm": 4.0},
+        "sweep": {"tumour_diameter_mm": [10.0, 30.0]},
+        "fit": {"fitters": ["llsq_extended_tofts"]},
+    }
+    ps = parse_phantom_scenario(raw)
+    tumour = [CLASSES[c].label for c in ("tumour_rim", "tumour_hypoxic", "necrosis")]
+    sizes = []
+    for case in ps.cases():
+        drawn = subject_images(ps, case, replicates=1).phantom
+        np.testing.assert_array_equal(drawn.labels, ps.phantom(0, case).labels)
+        sizes.append(int(np.isin(drawn.labels, tumour).sum()))
+    assert sizes[1] > 5 * sizes[0] > 0  # (30/10)^3 = 27 times the volume

@@ -174,7 +174,7 @@ def subject_images(
     from phantomdce.fit.roi import place_rois
     from phantomdce.phantom.case import acquire_repeats
 
-    phantom = ps.phantom(SUBJECT)
+    phantom = ps.phantom(SUBJECT, case)  # its tumour diameter and session position
     acquisitions = acquire_repeats(
         phantom,
         ps.subject_protocol(case, SUBJECT),
@@ -346,7 +346,8 @@ def stored_figure_data(
     fitted_roi[unit["tissue"].values[sel]] = np.where(ok, unit["Ktrans"].values[0, sel], np.nan)
     fitted = np.full(roi.shape, np.nan)
     fitted[roi] = fitted_roi
-    maps = MapsData(ps.phantom(SUBJECT), acquired, roi, fitted, str(unit["fitter"].values[0]))
+    phantom = ps.phantom(SUBJECT, case)  # the case's tumour diameter and session position
+    maps = MapsData(phantom, acquired, roi, fitted, str(unit["fitter"].values[0]))
     aif = AifCurves(
         unit["time"].values,
         unit["aif_used"].values,
