@@ -400,3 +400,27 @@ def test_doc_usage_snippet_and_spec(doc_fitter_module, plugins, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert registry.list_fitters()[0].fitter.name == "acme_patlak_llsq"
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda ds: ds.drop_vars("ca"), "no variable 'ca'"),
+        (lambda ds: ds.assign(ca=("voxel", np.ones(2))), r"ca has dims \('voxel',\)"),
+        (lambda ds: ds.assign(ca=ds["ca"].where(ds["time"] < 2.0)), "non-finite"),
+        (lambda ds: ds.isel(time=[0, 1]), "increasing with >= 3 samples"),
+        (lambda ds: ds.assign_coords(time=[0.0, 2.0, 1.0, 3.0]), "increasing"),
+    ],
+)
+def test_concentration_inputs_name_what_is_wrong(change, match):
+    """The checks every concentration plug-in shares (phantomdce.fit.base)."""
+    from phantomdce.fit.base import concentration_inputs
+
+    ds = xr.Dataset(
+        {"ct": (("time", "voxel"), np.ones((4, 2))), "ca": ("time", np.ones(4))},
+        coords={"time": [0.0, 1.0, 2.0, 3.0]},
+    )
+    t, ca, ct = concentration_inputs(ds)
+    assert ct.shape == (2, 4) and t.shape == ca.shape == (4,)  # voxel-major, whatever order
+    with pytest.raises(ValueError, match=match):
+        concentration_inputs(change(ds))

@@ -73,7 +73,9 @@ __all__ = [
     "AT_LIMIT_VALUES",
     "UNDETERMINED_AT_LIMIT",
     "check_fitter",
+    "concentration_inputs",
     "undetermined_at_limit",
+    "unfittable",
 ]
 
 FITTER_ATTRIBUTES = ("name", "version", "model", "input", "method")
@@ -116,6 +118,91 @@ def undetermined_at_limit(limits: dict[str, Any], names: list[str]) -> dict[str,
             if name in names:
                 out[name] = out.get(name, np.zeros_like(limits[cause])) | limits[cause]
     return out
+
+
+def concentration_inputs(
+    data: xr.Dataset, *, min_frames: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays of a concentration fitter's input, checked and copied.
+
+    For plug-in authors: what a fitter with ``input = "concentration"`` receives (see the
+    module docstring), as float64 arrays, with a clear error for a dataset that is not one.
+
+    Parameters
+    ----------
+    data : xarray.Dataset
+        ``ct`` (voxel, time) tissue concentration and ``ca`` (time) plasma AIF, mM, on the
+        coordinate ``time`` (s).
+    min_frames : int, optional
+        Fewest time samples the fitter accepts.
+
+    Returns
+    -------
+    t : ndarray (n_t,)
+        Frame times, s.
+    ca : ndarray (n_t,)
+        Plasma AIF, mM.
+    ct : ndarray (n_voxel, n_t)
+        Tissue curves, mM (a copy, voxel-major).
+
+    Raises
+    ------
+    ValueError
+        A missing variable or coordinate, wrong dimensions, a non-finite AIF or time, or a
+        time axis that is not strictly increasing with ``min_frames`` samples.
+
+    Examples
+    --------
+    >>> ds = xr.Dataset({"ct": (("voxel", "time"), np.zeros((2, 3))),
+    ...                  "ca": ("time", np.ones(3))}, coords={"time": [0.0, 1.0, 2.0]})
+    >>> [a.shape for a in concentration_inputs(ds)]
+    [(3,), (3,), (2, 3)]
+    """
+    for var in ("ct", "ca"):
+        if var not in data:
+            raise ValueError(f"dataset has no variable {var!r}: expected 'ct' and 'ca' (mM)")
+    if "time" not in data.coords:
+        raise ValueError("dataset has no coordinate 'time' (s)")
+    if set(data["ct"].dims) != {"voxel", "time"}:
+        raise ValueError(f"ct has dims {data['ct'].dims}: expected ('voxel', 'time')")
+    if data["ca"].dims != ("time",):
+        raise ValueError(f"ca has dims {data['ca'].dims}: expected ('time',)")
+    t = np.array(data["time"].values, dtype=np.float64)
+    ca = np.array(data["ca"].values, dtype=np.float64)
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(ca))):
+        raise ValueError("time or ca has non-finite values: the AIF must be finite")
+    if t.size < min_frames or np.any(np.diff(t) <= 0):
+        raise ValueError(f"time must be strictly increasing with >= {min_frames} samples (s)")
+    ct = np.array(data["ct"].transpose("voxel", "time").values, dtype=np.float64)
+    return t, ca, ct
+
+
+def unfittable(ct: np.ndarray) -> np.ndarray:
+    """Flag tissue curves no kinetic model can be fitted to.
+
+    Parameters
+    ----------
+    ct : array_like, shape (n_voxel, n_t)
+        Tissue concentration curves, mM.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_voxel,)
+        True where the curve has a non-finite value, no positive value, a non-positive mean
+        or zero peak-to-peak range (a plug-in reports these as failed fits).
+
+    Examples
+    --------
+    >>> unfittable(np.array([[0, 1, 2], [0, 0, 0], [np.nan, 1, 2], [-1, -2, 0], [3, 3, 3]]))
+    array([False,  True,  True,  True,  True])
+    """
+    ct = np.asarray(ct, dtype=np.float64)
+    bad = ~np.all(np.isfinite(ct), axis=-1)
+    safe = np.where(np.isfinite(ct), ct, 0.0)
+    bad |= np.max(safe, axis=-1) <= 0.0
+    bad |= np.mean(safe, axis=-1) <= 0.0
+    bad |= np.ptp(safe, axis=-1) <= 0.0
+    return bad
 
 
 @runtime_checkable

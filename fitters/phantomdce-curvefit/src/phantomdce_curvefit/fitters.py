@@ -63,7 +63,7 @@ import xarray as xr
 from numpy.typing import NDArray
 from phantomdce import kinetics
 from phantomdce.fit import base
-from phantomdce.fit.base import undetermined_at_limit
+from phantomdce.fit.base import undetermined_at_limit, unfittable
 from scipy.optimize import OptimizeWarning, curve_fit
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
     "CurveFit2CXM",
     "CurveFit2CUM",
     "all_fitters",
-    "unfittable",
     "shift_aif",
     "LIMITS",
     "limit_flags",
@@ -259,59 +258,6 @@ def shift_aif(t: NDArray[np.float64], ca: NDArray[np.float64], delay: float) -> 
     return np.interp(t - delay, t, ca, left=0.0, right=ca[-1])
 
 
-def unfittable(ct: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Flag curves that cannot be fitted (see the module docstring).
-
-    Parameters
-    ----------
-    ct : ndarray, shape (n_voxel, n_t)
-        Tissue concentration curves, mM.
-
-    Returns
-    -------
-    ndarray of bool, shape (n_voxel,)
-        True where the curve has a non-finite value, no positive value, a non-positive
-        mean, or zero peak-to-peak range.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> unfittable(np.array([[0, 1, 2], [0, 0, 0], [np.nan, 1, 2], [-1, -2, 0], [3, 3, 3]]))
-    array([False,  True,  True,  True,  True])
-
-    """
-    ct = np.asarray(ct, dtype=np.float64)
-    bad = ~np.all(np.isfinite(ct), axis=-1)
-    with np.errstate(invalid="ignore"):
-        safe = np.where(np.isfinite(ct), ct, 0.0)
-        bad |= np.max(safe, axis=-1) <= 0.0
-        bad |= np.mean(safe, axis=-1) <= 0.0
-        bad |= np.ptp(safe, axis=-1) <= 0.0
-    return bad
-
-
-def _case_arrays(data: xr.Dataset) -> tuple[NDArray, NDArray, NDArray]:
-    """Time (s), plasma AIF (mM) and tissue curves (voxel, time) in mM, validated."""
-    for var in ("ct", "ca"):
-        if var not in data:
-            raise ValueError(f"dataset has no variable {var!r}: expected 'ct' and 'ca' (mM)")
-    if "time" not in data.coords:
-        raise ValueError("dataset has no coordinate 'time' (s)")
-    ct = data["ct"]
-    if set(ct.dims) != {"voxel", "time"}:
-        raise ValueError(f"ct has dims {ct.dims}: expected ('voxel', 'time')")
-    if data["ca"].dims != ("time",):
-        raise ValueError(f"ca has dims {data['ca'].dims}: expected ('time',)")
-    t = np.array(data["time"].values, dtype=np.float64)
-    ca = np.array(data["ca"].values, dtype=np.float64)
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(ca))):
-        raise ValueError("time or ca has non-finite values: the AIF must be finite")
-    if t.size < 2 or np.any(np.diff(t) <= 0):
-        raise ValueError("time must be strictly increasing with >= 2 samples (s)")
-    cts = np.array(ct.transpose("voxel", "time").values, dtype=np.float64)
-    return t, ca, cts
-
-
 def _result(
     data: xr.Dataset,
     names: list[str],
@@ -481,7 +427,7 @@ class CurveFitFitter:
             If ``data`` lacks ``time``, ``ct`` or ``ca``, or the AIF or time axis is invalid.
 
         """
-        t, ca, cts = _case_arrays(data)
+        t, ca, cts = base.concentration_inputs(data, min_frames=2)
         n = cts.shape[0]
         names = [s.name for s in self.parameters]
         est = np.full((n, len(names)), np.nan)

@@ -76,6 +76,7 @@ import numpy as np
 import xarray as xr
 from dcmri.ui_tissue import PARAMS as DCMRI_TISSUE_PARAMS
 from numpy.typing import NDArray
+from phantomdce.fit.base import concentration_inputs, unfittable
 
 __all__ = [
     "ModelMapping",
@@ -84,7 +85,6 @@ __all__ = [
     "DcmriFitter",
     "all_fitters",
     "to_phantomdce",
-    "unfittable",
     "limit_flags",
     "FP_LIMIT",
 ]
@@ -313,29 +313,6 @@ def undetermined_ve(limits: dict[str, NDArray[np.bool_]]) -> NDArray[np.bool_]:
     return out
 
 
-def unfittable(ct: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Flag curves that cannot be fitted (see the module docstring).
-
-    Parameters
-    ----------
-    ct : ndarray, shape (n_voxel, n_t)
-        Tissue curves, mM.
-
-    Returns
-    -------
-    ndarray of bool, shape (n_voxel,)
-        True for a non-finite, non-positive, net non-enhancing or flat curve.
-
-    """
-    ct = np.asarray(ct, dtype=np.float64)
-    bad = ~np.all(np.isfinite(ct), axis=-1)
-    safe = np.where(np.isfinite(ct), ct, 0.0)
-    bad |= np.max(safe, axis=-1) <= 0.0
-    bad |= np.mean(safe, axis=-1) <= 0.0
-    bad |= np.ptp(safe, axis=-1) <= 0.0
-    return bad
-
-
 class DcmriFitter:
     """A phantomdce fitter backed by dcmri's tissue model and optimiser.
 
@@ -414,24 +391,11 @@ class DcmriFitter:
             If ``data`` lacks ``time``, ``ct`` or ``ca``, or the AIF or time axis is invalid.
 
         """
-        for var in ("ct", "ca"):
-            if var not in data:
-                raise ValueError(f"dataset has no variable {var!r}: expected 'ct' and 'ca' (mM)")
-        if "time" not in data.coords:
-            raise ValueError("dataset has no coordinate 'time' (s)")
-        if set(data["ct"].dims) != {"voxel", "time"} or data["ca"].dims != ("time",):
-            raise ValueError("expected ct with dims ('voxel', 'time') and ca with dims ('time',)")
-        t = np.array(data["time"].values, dtype=np.float64)
-        ca = np.array(data["ca"].values, dtype=np.float64)
-        if not (np.all(np.isfinite(t)) and np.all(np.isfinite(ca))):
-            raise ValueError("time or ca has non-finite values: the AIF must be finite")
-        if t.size < 2 or np.any(np.diff(t) <= 0):
-            raise ValueError("time must be strictly increasing with >= 2 samples (s)")
+        t, ca, cts = concentration_inputs(data, min_frames=2)
         H = float(data.attrs.get("assumed_hct", DEFAULT_H))
         if not 0.0 < H < 1.0:
             H = DEFAULT_H
         ca_blood = (1.0 - H) * ca  # dcmri wants blood concentration; it divides by 1 - H
-        cts = np.array(data["ct"].transpose("voxel", "time").values, dtype=np.float64)
 
         names = list(MODEL_MAP[self.model].outputs)
         n = cts.shape[0]

@@ -54,7 +54,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from numpy.typing import NDArray
-from phantomdce.fit.base import AT_LIMIT_VALUES, undetermined_at_limit
+from phantomdce.fit.base import (
+    AT_LIMIT_VALUES,
+    concentration_inputs,
+    undetermined_at_limit,
+    unfittable,
+)
 
 __all__ = [
     "VERSION",
@@ -65,7 +70,6 @@ __all__ = [
     "osipy_version",
     "to_phantomdce",
     "limit_flags",
-    "unfittable",
 ]
 
 VERSION = "0.1.0"
@@ -191,56 +195,15 @@ def limit_flags(
     return limits, search
 
 
-def unfittable(ct: NDArray[np.float64]) -> NDArray[np.bool_]:
-    """Flag curves that cannot be fitted.
-
-    Parameters
-    ----------
-    ct : ndarray, shape (n_voxel, n_t)
-        Tissue curves, mM.
-
-    Returns
-    -------
-    ndarray of bool, shape (n_voxel,)
-        True for a non-finite, non-positive, net non-enhancing or flat curve.
-
-    Examples
-    --------
-    >>> unfittable(np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0], [1.0, np.nan, 1.0]]))
-    array([False,  True,  True])
-
-    """
-    ct = np.asarray(ct, dtype=np.float64)
-    bad = ~np.all(np.isfinite(ct), axis=-1)
-    safe = np.where(np.isfinite(ct), ct, 0.0)
-    bad |= np.max(safe, axis=-1) <= 0.0
-    bad |= np.mean(safe, axis=-1) <= 0.0
-    bad |= np.ptp(safe, axis=-1) <= 0.0
-    return bad
-
-
 def _check_case(data: xr.Dataset) -> tuple[NDArray, NDArray, NDArray]:
     """``time`` (s), ``ca`` (mM) and ``ct`` (voxel, time) of a case, checked and copied."""
-    for var in ("ct", "ca"):
-        if var not in data:
-            raise ValueError(f"dataset has no variable {var!r}: expected 'ct' and 'ca' (mM)")
-    if "time" not in data.coords:
-        raise ValueError("dataset has no coordinate 'time' (s)")
-    if set(data["ct"].dims) != {"voxel", "time"} or data["ca"].dims != ("time",):
-        raise ValueError("expected ct with dims ('voxel', 'time') and ca with dims ('time',)")
-    t = np.array(data["time"].values, dtype=np.float64)
-    ca = np.array(data["ca"].values, dtype=np.float64)
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(ca))):
-        raise ValueError("time or ca has non-finite values: the AIF must be finite")
+    t, ca, ct = concentration_inputs(data, min_frames=3)
     dt = np.diff(t)
-    if t.size < 3 or np.any(dt <= 0):
-        raise ValueError("time must be strictly increasing with >= 3 samples (s)")
     if np.ptp(dt) > UNIFORM_RTOL * dt.mean():
         raise ValueError(
             f"time: frame intervals {dt.min():g}-{dt.max():g} s: osipy's models assume"
             " uniform sampling"
         )
-    ct = np.array(data["ct"].transpose("voxel", "time").values, dtype=np.float64)
     return t, ca, ct
 
 
