@@ -24,9 +24,12 @@ no step (see :mod:`phantomdce.fit.nlls`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
-from scipy.special import fdtrc
+from numba import njit
+from scipy.special import fdtrc, fdtri
 
 from phantomdce.params import PARAMETERS
 
@@ -46,8 +49,99 @@ COND_MAX = 1e10
 F_ALPHA = 1e-3
 
 
+#: Relative off-diagonal size below which the Jacobi eigenvalue iteration of
+#: :func:`condition_numbers` leaves an element alone (Demmel-Veselic criterion
+#: ``|a_pq| <= JACOBI_TOL sqrt(a_pp a_qq)``: the eigenvalues to high relative accuracy).
+JACOBI_TOL = 1e-17
+#: Relative distance of the F statistic from the critical value within which
+#: :func:`beats_no_contrast` computes the p-value itself instead of comparing with it.
+F_CRIT_RTOL = 1e-6
+
+
+@njit(cache=True, inline="always")
+def _jacobi_extremes(a, m):
+    """Smallest and largest eigenvalue of the symmetric ``a[:m, :m]`` (cyclic Jacobi, in place)."""
+    for _ in range(60):
+        rotated = False
+        for p in range(m - 1):
+            for q in range(p + 1, m):
+                apq = a[p, q]
+                if abs(apq) <= JACOBI_TOL * math.sqrt(abs(a[p, p] * a[q, q])) or apq == 0.0:
+                    continue
+                rotated = True
+                theta = (a[q, q] - a[p, p]) / (2.0 * apq)
+                if abs(theta) > 1e150:
+                    t = 0.5 / theta
+                else:
+                    t = 1.0 / (abs(theta) + math.sqrt(theta * theta + 1.0))
+                    if theta < 0.0:
+                        t = -t
+                c = 1.0 / math.sqrt(t * t + 1.0)
+                s = t * c
+                for k in range(m):
+                    akp = a[k, p]
+                    akq = a[k, q]
+                    a[k, p] = c * akp - s * akq
+                    a[k, q] = s * akp + c * akq
+                for k in range(m):
+                    apk = a[p, k]
+                    aqk = a[q, k]
+                    a[p, k] = c * apk - s * aqk
+                    a[q, k] = s * apk + c * aqk
+        if not rotated:
+            break
+    lo = a[0, 0]
+    hi = a[0, 0]
+    for k in range(1, m):
+        lo = min(lo, a[k, k])
+        hi = max(hi, a[k, k])
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def _condition_kernel(jtj, include, out):
+    """:func:`condition_numbers` of every row into ``out`` (n_vox,)."""
+    n, p, _ = jtj.shape
+    a = np.empty((p, p))
+    idx = np.empty(p, dtype=np.int64)
+    d = np.empty(p)
+    for v in range(n):
+        finite = True
+        for i in range(p):
+            for j in range(p):
+                if not math.isfinite(jtj[v, i, j]):
+                    finite = False
+        if not finite:
+            out[v] = np.nan
+            continue
+        m = 0
+        for i in range(p):
+            if include[v, i]:
+                idx[m] = i
+                m += 1
+        if m == 0:
+            out[v] = 1.0
+            continue
+        zero = False
+        for i in range(m):
+            d[i] = math.sqrt(max(jtj[v, idx[i], idx[i]], 0.0))
+            zero = zero or d[i] <= 0.0
+        if zero:
+            out[v] = np.inf
+            continue
+        for i in range(m):
+            for j in range(m):
+                a[i, j] = jtj[v, idx[i], idx[j]] / (d[i] * d[j])
+        lo, hi = _jacobi_extremes(a, m)
+        out[v] = hi / lo if lo > 0.0 else np.inf
+
+
 def condition_numbers(jtj: np.ndarray, include: np.ndarray | None = None) -> np.ndarray:
     """Condition number of each column-scaled normal matrix, over the included parameters.
+
+    The eigenvalues of the scaled matrix come from a cyclic Jacobi iteration in numba
+    (:data:`JACOBI_TOL`; no GIL held, so blocks of voxels are judged on several threads
+    at once).
 
     Parameters
     ----------
@@ -61,36 +155,32 @@ def condition_numbers(jtj: np.ndarray, include: np.ndarray | None = None) -> np.
     ndarray (n_vox,)
         ``inf`` where an included column is zero; 1 where no parameter is included.
     """
+    jtj = np.ascontiguousarray(jtj, dtype=np.float64)
     n, p, _ = jtj.shape
     if include is None:
         include = np.ones((n, p), dtype=bool)
-    out = np.full(n, np.nan)
-    finite = np.all(np.isfinite(jtj.reshape(n, -1)), axis=1)
-    # the distinct include patterns, via one integer code per row (np.unique(axis=0) is slow)
-    codes = np.unique(include.astype(np.int64) @ (1 << np.arange(p, dtype=np.int64)))
-    patterns = ((codes[:, None] >> np.arange(p)) & 1).astype(bool)
-    for pattern in patterns:
-        rows = finite & np.all(include == pattern, axis=1)
-        if not rows.any():
-            continue
-        idx = np.flatnonzero(pattern)
-        if idx.size == 0:
-            out[rows] = 1.0
-            continue
-        sub = jtj[rows][:, idx][:, :, idx]
-        d = np.sqrt(np.clip(np.einsum("vii->vi", sub), 0.0, None))
-        zero = np.any(d <= 0.0, axis=1)
-        d = np.where(d > 0.0, d, 1.0)
-        corr = sub / (d[:, :, None] * d[:, None, :])
-        ev = np.linalg.eigvalsh(corr)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cond = np.where(ev[:, 0] > 0.0, ev[:, -1] / ev[:, 0], np.inf)
-        out[rows] = np.where(zero, np.inf, cond)
+    out = np.empty(n)
+    _condition_kernel(jtj, np.ascontiguousarray(include, dtype=np.bool_), out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _sum_squares(ct, out):
+    """Sum of squares of each row of ct over its finite values, into ``out``."""
+    for v in range(ct.shape[0]):
+        s = 0.0
+        for i in range(ct.shape[1]):
+            x = ct[v, i]
+            if math.isfinite(x):
+                s += x * x
+        out[v] = s
 
 
 def beats_no_contrast(ct: np.ndarray, sse: np.ndarray, n_params: int) -> np.ndarray:
     """True where the fit explains ``ct`` better than ``ct = 0`` (F-test, :data:`F_ALPHA`).
+
+    The F statistic is compared with the critical value of the test (the p-value falls
+    as F grows); within :data:`F_CRIT_RTOL` of it the p-value itself is computed.
 
     Parameters
     ----------
@@ -103,12 +193,20 @@ def beats_no_contrast(ct: np.ndarray, sse: np.ndarray, n_params: int) -> np.ndar
     """
     n_t = ct.shape[1]
     dof = n_t - n_params
-    s0 = np.sum(np.where(np.isfinite(ct), ct, 0.0) ** 2, axis=1)
+    s0 = np.empty(ct.shape[0])
+    _sum_squares(np.ascontiguousarray(ct, dtype=np.float64), s0)
+    if dof <= 0:
+        return np.zeros(ct.shape[0], dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         f = ((s0 - sse) / n_params) / (sse / dof)
         f = np.where(sse <= 0.0, np.where(s0 > 0.0, np.inf, 0.0), f)
-        pval = fdtrc(n_params, dof, np.maximum(f, 0.0))
-    return np.isfinite(sse) & (dof > 0) & (pval < F_ALPHA)
+        f = np.maximum(f, 0.0)
+        f_crit = float(fdtri(n_params, dof, 1.0 - F_ALPHA))
+        out = f > f_crit
+        near = np.abs(f - f_crit) <= F_CRIT_RTOL * f_crit
+    if near.any():
+        out[near] = fdtrc(n_params, dof, f[near]) < F_ALPHA
+    return np.isfinite(sse) & out
 
 
 def check_inputs(data: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -152,13 +250,43 @@ def check_inputs(data: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t, ct, ca
 
 
+@njit(cache=True, nogil=True)
+def _screen_kernel(ct, out):
+    """:func:`screen_voxels` of every row into ``out`` (n_vox, bool)."""
+    for v in range(ct.shape[0]):
+        finite = True
+        positive = False
+        vmin = np.inf
+        vmax = -np.inf
+        for i in range(ct.shape[1]):
+            x = ct[v, i]
+            if math.isfinite(x):
+                positive = positive or x > 0.0
+            else:
+                finite = False
+                x = 0.0  # a non-finite value counts as 0 in the flatness test
+            vmin = min(vmin, x)
+            vmax = max(vmax, x)
+        out[v] = not finite or not positive or vmax - vmin == 0.0
+
+
 def screen_voxels(ct: np.ndarray) -> np.ndarray:
-    """Voxels that cannot be fitted: any non-finite value, no positive value, or flat."""
-    with np.errstate(invalid="ignore"):
-        finite = np.all(np.isfinite(ct), axis=1)
-        positive = np.nanmax(np.where(np.isfinite(ct), ct, -np.inf), axis=1) > 0
-        flat = np.ptp(np.where(np.isfinite(ct), ct, 0.0), axis=1) == 0
-    return ~finite | ~positive | flat
+    """Voxels that cannot be fitted: any non-finite value, no positive value, or flat.
+
+    Parameters
+    ----------
+    ct : ndarray (n_vox, n_t)
+        Tissue curves, mM.
+
+    Returns
+    -------
+    ndarray of bool (n_vox,)
+        True for a voxel that cannot be fitted.
+    """
+    ct = np.ascontiguousarray(ct, dtype=np.float64)
+    out = np.empty(ct.shape[0], dtype=np.bool_)
+    _screen_kernel(ct, out)
+    return out
 
 
 def result_dataset(

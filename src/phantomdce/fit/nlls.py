@@ -32,6 +32,7 @@ What ``success`` means (the fitter contract, :mod:`phantomdce.fit.base`):
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -393,6 +394,18 @@ FP_LIMIT_MODELS = {"2cxm": "extended_tofts", "2cum": "patlak"}
 #: Fewest voxels per thread for which :func:`_judged_fit` splits a fit across threads.
 MIN_VOXELS_PER_THREAD = 256
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(n_workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``n_workers`` threads, started on first use and kept for reuse."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n_workers)
+        if pool is None:
+            pool = _POOLS[n_workers] = ThreadPoolExecutor(n_workers, "phantomdce-nlls")
+        return pool
+
 
 def _judged_fit(
     t: np.ndarray,
@@ -408,22 +421,22 @@ def _judged_fit(
     An estimate at a limit is stored as the limit (:data:`LIMITS`); a parameter that a
     limit leaves undetermined (:func:`~phantomdce.fit.base.undetermined_at_limit`) is
     stored as NaN, and both are flagged. With ``parallel``, contiguous blocks of voxels
-    are fitted and judged on numba's number of threads at once (the kernels and numpy
-    release the GIL), so the judgement runs in parallel too; the result is the same.
+    are fitted and judged on numba's number of threads at once, the first on the calling
+    thread and the others on a pool kept between calls (:func:`_pool`); the kernels,
+    including the judgement's (:mod:`phantomdce.fit._common`), release the GIL, so the
+    judgement runs in parallel too; the result is the same.
     """
     n_threads = numba.get_num_threads() if parallel else 1
     n_threads = min(n_threads, ct.shape[0] // MIN_VOXELS_PER_THREAD)
     if n_threads < 2:
         return _judged_block(t, ct, ca, model, fit_delay, max_iter)
     edges = np.linspace(0, ct.shape[0], n_threads + 1).astype(int)
-    with ThreadPoolExecutor(n_threads) as pool:
-        parts = list(
-            pool.map(
-                lambda a, b: _judged_block(t, ct[a:b], ca, model, fit_delay, max_iter),
-                edges[:-1],
-                edges[1:],
-            )
-        )
+    block = lambda a, b: _judged_block(t, ct[a:b], ca, model, fit_delay, max_iter)  # noqa: E731
+    # the first block on this thread, the others on the pool's (started once: a new thread
+    # per call costs about a millisecond, several percent of a fit of a few thousand voxels)
+    pool = _pool(n_threads - 1)
+    others = [pool.submit(block, a, b) for a, b in zip(edges[1:-1], edges[2:], strict=True)]
+    parts = [block(edges[0], edges[1])] + [f.result() for f in others]
     join = lambda dicts: {k: np.concatenate([d[k] for d in dicts]) for k in dicts[0]}  # noqa: E731
     est = join([p[0] for p in parts])
     sse = np.concatenate([p[1] for p in parts])
