@@ -69,7 +69,7 @@ from phantomdce.design.space import (
     make_candidate,
     parse_g_factors,
 )
-from phantomdce.dro.config import ConfigError, toml_text
+from phantomdce.dro.config import ConfigError, parse_toml, toml_text
 from phantomdce.dro.protocol import Protocol
 
 __all__ = [
@@ -1052,12 +1052,8 @@ def optimise(
     if site.scanner is not None and (g_factors is not None or space_path is not None):
         space = default_space(site.scanner, site.protocol)
         if space_path is not None:
-            import tomllib
-
-            try:
-                raw = tomllib.loads(Path(space_path).read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"--space {space_path}: not valid TOML: {exc}") from None
+            text = Path(space_path).read_text(encoding="utf-8")
+            raw = parse_toml(text, source=f"--space {space_path}")
             space = Space.from_mapping(raw, base=space, path="space")
         if g_factors is not None:
             space = dataclasses.replace(space, g_factors=parse_g_factors(g_factors))

@@ -25,6 +25,7 @@ __all__ = [
     "as_str",
     "as_bool",
     "as_floats",
+    "parse_toml",
     "read_toml",
     "toml_text",
 ]
@@ -45,10 +46,33 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         The file does not exist.
     """
     path = Path(path)
+    return parse_toml(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def parse_toml(text: str, *, source: str) -> dict[str, Any]:
+    """TOML text parsed, with a :class:`ConfigError` that names where it came from.
+
+    Parameters
+    ----------
+    text : str
+        The TOML text.
+    source : str
+        Where it came from, for the message (a path, or e.g. ``"--space FILE"``).
+
+    Raises
+    ------
+    ConfigError
+        The text is not valid TOML: ``"<source>: not valid TOML: <the parser's reason>"``.
+
+    Examples
+    --------
+    >>> parse_toml("dt = 5.0", source="s.toml")
+    {'dt': 5.0}
+    """
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
 
 
 def _toml_value(path: str, v: Any) -> str:

@@ -60,7 +60,7 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.dro.config import ConfigError, toml_text
+from phantomdce.dro.config import ConfigError, parse_toml, toml_text
 from phantomdce.dro.nifti import write_json
 from phantomdce.params import PARAMETERS
 
@@ -186,10 +186,7 @@ def _cases_from_toml(
     from phantomdce.dro.simulate import simulate_case
 
     text = path.read_text(encoding="utf-8")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = parse_toml(text, source=str(path))
     if "phantom" in raw:
         raise ConfigError(
             f"{path}: a phantom scenario ([phantom]); `phantomdce export` exports DRO scenarios"

@@ -49,7 +49,6 @@ import json
 import shutil
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,7 @@ import numpy as np
 import xarray as xr
 
 import phantomdce
-from phantomdce.dro.config import ConfigError
+from phantomdce.dro.config import ConfigError, parse_toml
 from phantomdce.dro.scenario import Scenario, parse_scenario
 from phantomdce.dro.simulate import simulate_case
 from phantomdce.engine.config import FitConfig, FitEntry
@@ -313,10 +312,7 @@ def check_size(plan: RunPlan) -> None:
 def _read_raw(path: str | Path) -> tuple[dict[str, Any], str]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = parse_toml(text, source=str(path))
     raw.setdefault("name", path.stem)
     return raw, text
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phantomdce.dro.config import ConfigError, as_int, as_str, unknown_key
+from phantomdce.dro.config import ConfigError, as_int, as_str, parse_toml, read_toml, unknown_key
 
 __all__ = ["Study", "load_study", "is_study"]
 
@@ -58,10 +58,7 @@ def load_study(path: str | Path) -> Study:
         An unknown key, a bad value or a missing scenario file, naming the key.
     """
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path)
     for key in raw:
         if key not in STUDY_KEYS:
             raise unknown_key("", key, STUDY_KEYS)
@@ -122,10 +119,7 @@ def run_study(
     names: dict[str, Path] = {}
     phantoms: set[str] = set()
     for file in study.scenarios:  # check every scenario before anything is written
-        try:
-            raw = tomllib.loads(file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file.name}: not valid TOML: {exc}") from None
+        raw = parse_toml(file.read_text(encoding="utf-8"), source=file.name)
         raw = (
             cap_subjects(raw, study.phantom_subjects)
             if is_phantom_scenario(raw)
