@@ -200,13 +200,18 @@ def test_timing_uses_the_same_data_for_fitter_and_baseline(monkeypatch, tmp_path
     monkeypatch.setattr(L, "llsq_numpy", baseline)
     rec = L.time_fitters([_entrant(Recorder())], [item], rounds=2)
     row = rec["lbtest_recorder"]
-    # warm-up on 4 voxels, then the whole case; the baseline: warm-up then 2 rounds
-    assert [c.shape[0] for c in seen["fitter"]] == [L.WARMUP_VOXELS, scenario.n_voxels]
+    # warm-up on 4 voxels, then 2 rounds of the whole case, for the fitter and the baseline
+    assert [c.shape[0] for c in seen["fitter"]] == [L.WARMUP_VOXELS] + [scenario.n_voxels] * 2
     assert [c.shape[0] for c in seen["baseline"]] == [L.WARMUP_VOXELS] + [scenario.n_voxels] * 2
     np.testing.assert_array_equal(seen["fitter"][-1], seen["baseline"][-1])
     assert row["timing_item"] == "tiny" and row["timing_error"] == ""
     assert row["baseline_time_per_voxel_s"] > 0 and row["time_per_voxel_s"] > 0
     assert row["time_ratio"] == row["time_per_voxel_s"] / row["baseline_time_per_voxel_s"]
+    # a fitter slower than the budget is fitted once
+    seen["fitter"].clear()
+    monkeypatch.setattr(L, "TIMING_BUDGET_S", 0.0)
+    L.time_fitters([_entrant(Recorder())], [item], rounds=3)
+    assert [c.shape[0] for c in seen["fitter"]] == [L.WARMUP_VOXELS, scenario.n_voxels]
 
 
 def test_bad_panel_and_replicates(tmp_path):
