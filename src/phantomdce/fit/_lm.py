@@ -126,6 +126,43 @@ def _conv_f(t, ca, k, f):
         f[i + 1] = fi
 
 
+@njit(cache=True, fastmath={"contract"})
+def _conv_fg_f(t, ca, sl, k, f, g, fs):
+    """:func:`_conv_fg` of ``ca`` and :func:`_conv_f` of ``sl`` in one pass (same weights).
+
+    The three recursions are independent, so one loop runs them side by side.
+    """
+    n = t.shape[0]
+    f[0] = 0.0
+    g[0] = 0.0
+    fs[0] = 0.0
+    last = -1.0
+    e = ed = dh = dp1 = d2p1 = d2p2 = 0.0
+    fi = 0.0
+    gi = 0.0
+    si = 0.0
+    for i in range(n - 1):
+        d = t[i + 1] - t[i]
+        if d != last:
+            e, h, p1, p2 = _weights(k * d)
+            ed = e * d
+            dh = d * h
+            dp1 = d * p1
+            d2p1 = d * d * p1
+            d2p2 = d * d * p2
+            last = d
+        c1 = ca[i + 1]
+        dc = ca[i] - c1
+        s1 = sl[i + 1]
+        ds = sl[i] - s1
+        gi = e * gi + (ed * fi + (c1 * d2p1 + dc * d2p2))
+        fi = e * fi + (c1 * dh + dc * dp1)
+        si = e * si + (s1 * dh + ds * dp1)
+        f[i + 1] = fi
+        g[i + 1] = gi
+        fs[i + 1] = si
+
+
 @njit(cache=True)
 def _shift(t, ca, delay, out, slope):
     """AIF delayed by ``delay`` s (linear interpolation, zero before t[0]) and its slope.
@@ -134,25 +171,30 @@ def _shift(t, ca, delay, out, slope):
     the AIF's segment before that sample (that of delays just above the kink).
     """
     n = t.shape[0]
-    i0 = 0  # frames delayed to before the first sample
-    while i0 < n and t[i0] - delay <= t[0]:
-        out[i0] = ca[0] if t[i0] - delay == t[0] else 0.0
-        slope[i0] = 0.0
-        i0 += 1
-    i1 = n  # frames delayed to after the last sample
-    while i1 > i0 and t[i1 - 1] - delay >= t[n - 1]:
-        out[i1 - 1] = ca[n - 1]
-        slope[i1 - 1] = 0.0
-        i1 -= 1
+    t0 = t[0]
+    tn = t[n - 1]
     j = 0
-    for i in range(i0, i1):
+    last = -1.0
+    inv = 0.0
+    for i in range(n):
         ts = t[i] - delay
-        while j < n - 2 and t[j + 1] < ts:
+        if ts <= t0:  # delayed to before the first sample
+            out[i] = ca[0] if ts == t0 else 0.0
+            slope[i] = 0.0
+            continue
+        if ts >= tn:  # delayed to after the last sample
+            out[i] = ca[n - 1]
+            slope[i] = 0.0
+            continue
+        while t[j + 1] < ts:
             j += 1
         dtj = t[j + 1] - t[j]
-        dc = ca[j + 1] - ca[j]
-        out[i] = ca[j] + (ts - t[j]) / dtj * dc
-        slope[i] = dc / dtj
+        if dtj != last:  # one division per distinct frame interval (evenly spaced: one)
+            inv = 1.0 / dtj
+            last = dtj
+        sl = (ca[j + 1] - ca[j]) * inv
+        out[i] = ca[j] + (ts - t[j]) * sl
+        slope[i] = sl
 
 
 @njit(cache=True)
@@ -176,10 +218,11 @@ def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
         kt = theta[0]
         ve = theta[1]
         kep = kt / ve
-        _conv_fg(t, cad, kep, f1, g1)
-        vp = theta[2] if code == 1 else 0.0
         if fit_delay:
-            _conv_f(t, slope, kep, s1)
+            _conv_fg_f(t, cad, slope, kep, f1, g1, s1)
+        else:
+            _conv_fg(t, cad, kep, f1, g1)
+        vp = theta[2] if code == 1 else 0.0
         kt_ve = kt / ve
         kt_ve2 = kt_ve * kt_ve
         for i in range(n):

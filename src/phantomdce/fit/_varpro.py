@@ -53,8 +53,11 @@ KEP_PER_DECADE_DELAY = 3
 KEP_MIN = 1e-6
 #: ve of the start at the node kep = 0 (Ktrans = 0 there, so ve is free).
 VE_AT_ZERO_RATE = 0.2
-#: Refinement of the best node in ln kep: at most this many steps, to this tolerance.
+#: Refinement of the best node in ln kep: at most this many steps, to this tolerance; with a
+#: fitted delay at most REFINE_ITER_DELAY steps (the polish moves the delay, and kep with
+#: it, from the grid's delay node anyway: a finer kep there buys no polish step).
 REFINE_ITER = 8
+REFINE_ITER_DELAY = 3
 REFINE_TOL = 1e-5
 #: With a fitted delay, the delay nodes are searched every DELAY_COARSE-th node first,
 #: then every node within DELAY_WINDOW nodes of the best of those; the DELAY_REFINED best
@@ -118,7 +121,6 @@ def tables(code, t, ca, keps, delays, lo, hi, fit_delay):
     c = np.empty((nd, n))
     prod = np.empty((nd, nk, 6))
     slope = np.empty(n)
-    g = np.empty(n)
     for d in range(nd):
         if fit_delay:
             _lm._shift(t, ca, delays[d], c[d], slope)
@@ -129,7 +131,7 @@ def tables(code, t, ca, keps, delays, lo, hi, fit_delay):
             scc += c[d, i] * c[d, i]
         for j in range(nk):
             fj = f[d, j]
-            _lm._conv_fg(t, c[d], keps[j], fj, g)
+            _lm._conv_f(t, c[d], keps[j], fj)
             sff = 0.0
             sfc = 0.0
             for i in range(n):
@@ -285,51 +287,57 @@ def _reduced(code, t, c, y, u, syy, scy, scc, lo, hi, fbuf):
 
 
 @njit(cache=True)
-def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy, k_stride):
+def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy, k_stride, low):
     """The nodes at delay indices ``d0, d0 + stride, ...`` below ``d1`` of one voxel.
 
     Every ``k_stride``-th rate is searched.
 
     The best (cost, Ktrans, vp, kep index) at each such delay is written into
-    ``per_delay`` (n_delay, 4), cost inf where no node is feasible. A node whose
-    unconstrained optimum is infeasible and whose unconstrained cost (a lower bound of its
-    cost) is not below the best so far at its delay is not searched further.
+    ``per_delay`` (n_delay, 4), cost inf where no node is feasible. The nodes whose
+    unconstrained optimum is feasible are taken first (their cost is the unconstrained
+    one); of the others, only those whose unconstrained cost (a lower bound of their
+    cost) is below the best of all so far at their delay are solved on the box's edges,
+    so few are. ``low`` (n_kep) is scratch.
     """
     f, c, prod, box = tabs
     nk = f.shape[1]
-    best = np.inf
     for d in range(d0, d1, stride):
         scy = _dot_c(c, d, y)
         _matvec(f, d, y, sfy, k_stride)
         dbest = np.inf
         per_delay[d, 0] = np.inf
         for j in range(0, nk, k_stride):
-            alo = box[j, 0]
-            ahi = box[j, 1]
-            if alo > ahi:
-                continue
-            s = sfy[j]
+            low[j] = -np.inf  # solved on the edges unless pruned
             i_ff = prod[d, j, 3]
             if i_ff == i_ff:
+                s = sfy[j]
                 i_fc = prod[d, j, 4]
                 a = i_ff * s + i_fc * scy
                 b = i_fc * s + prod[d, j, 5] * scy
                 cost = syy - (a * s + b * scy)
-                if not (alo <= a <= ahi and box[j, 2] <= b <= box[j, 3]):
-                    if cost >= dbest:
-                        continue  # the unconstrained cost is a lower bound
-                    a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], s, scy,
-                                        syy, alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
-            else:
-                a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], s, scy, syy,
-                                    alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
+                if box[j, 0] <= a <= box[j, 1] and box[j, 2] <= b <= box[j, 3]:
+                    low[j] = np.nan  # feasible: done
+                    if cost < dbest:
+                        dbest = cost
+                        per_delay[d, 0] = cost
+                        per_delay[d, 1] = a
+                        per_delay[d, 2] = b
+                        per_delay[d, 3] = j
+                else:
+                    low[j] = cost
+        for j in range(0, nk, k_stride):
+            alo = box[j, 0]
+            ahi = box[j, 1]
+            if not (low[j] < dbest) or alo > ahi:
+                continue  # done, infeasible, or its lower bound is not below the best
+            a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], sfy[j], scy, syy,
+                                alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
             if cost < dbest:
                 dbest = cost
                 per_delay[d, 0] = cost
                 per_delay[d, 1] = a
                 per_delay[d, 2] = b
                 per_delay[d, 3] = j
-        best = min(best, dbest)
 
 
 @njit(cache=True)
@@ -339,8 +347,9 @@ def _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node,
     ``node`` is (cost, Ktrans, vp, kep index, delay index); theta the full parameter vector.
 
     The refinement is Brent's minimisation in ``ln kep`` between the node's neighbours
-    (:data:`REFINE_ITER` steps at most, to :data:`REFINE_TOL`), each step one recursion and
-    the 2 x 2 solve; the Levenberg-Marquardt polish does the rest.
+    (:data:`REFINE_ITER` steps at most, :data:`REFINE_ITER_DELAY` with a fitted delay, to
+    :data:`REFINE_TOL`), each step one recursion and the 2 x 2 solve; the
+    Levenberg-Marquardt polish does the rest.
     """
     f, c, prod, box = tabs
     nk = keps.shape[0]
@@ -373,7 +382,7 @@ def _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node,
             uw, fw, uv, fv = ub, fb, ua, fa
         e = ub - ua
         step = 0.0
-        for _ in range(REFINE_ITER):
+        for _ in range(REFINE_ITER_DELAY if fit_delay else REFINE_ITER):
             um = 0.5 * (ua + ub)
             golden = True
             if abs(e) > REFINE_TOL:
@@ -452,6 +461,9 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     for i in range(y.shape[0]):
         syy += y[i] * y[i]
     nd = delays.shape[0]
+    nk = keps.shape[0]
+    low = sfy[nk:]  # scratch of the search
+    sfy = sfy[:nk]
     for d in range(nd):
         per_delay[d, 0] = np.inf
     if fit_delay and nd > 1:
@@ -459,12 +471,13 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         # (with segments, every COARSE_KEP_STRIDE-th rate and FINE_STRIDE-th delay)
         k_stride = COARSE_KEP_STRIDE if segmented else 1
         fine = FINE_STRIDE if segmented else 1
-        _search(y, tabs, syy, per_delay, DELAY_COARSE // 2, nd, DELAY_COARSE, sfy, k_stride)
+        _search(y, tabs, syy, per_delay, DELAY_COARSE // 2, nd, DELAY_COARSE, sfy, k_stride,
+                low)  # fmt: skip
         d_best = _argmin_cost(per_delay)
         _search(y, tabs, syy, per_delay, max(d_best - DELAY_WINDOW, 0),
-                min(d_best + DELAY_WINDOW + 1, nd), fine, sfy, 1)  # fmt: skip
+                min(d_best + DELAY_WINDOW + 1, nd), fine, sfy, 1, low)  # fmt: skip
     else:
-        _search(y, tabs, syy, per_delay, 0, nd, 1, sfy, 1)
+        _search(y, tabs, syy, per_delay, 0, nd, 1, sfy, 1, low)
     node = np.empty(5)
     cand = np.empty(p)
     if fit_delay and nd > 1 and segmented:
@@ -683,7 +696,7 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, ma
     p = lo.shape[0]
     ws = _lm.workspace(t.shape[0], p)
     per_delay = np.empty((delays.shape[0], 4))
-    sfy = np.empty(keps.shape[0])
+    sfy = np.empty(2 * keps.shape[0])  # the products f.y and the search's scratch
     fbuf = np.empty(t.shape[0])
     start = np.empty(p)
     theta = np.empty(p)

@@ -1,0 +1,76 @@
+"""The faster pieces of the variable-projection delay fit (issue 13, item 5: speed).
+
+The node search takes the nodes whose unconstrained optimum is feasible first and solves
+only the others whose lower bound beats them on the box's edges; the delayed AIF is
+computed in one pass; the model's three recursions run in one loop. Each must give what
+the direct computation gives.
+"""
+
+import numpy as np
+import pytest
+
+from phantomdce import kinetics as K
+from phantomdce.aif import plasma_aif
+from phantomdce.fit import _lm, _varpro
+from phantomdce.fit import nlls as N
+
+T = np.arange(100) * 3.0
+CA = plasma_aif("parker", T, bat=15.0, hct=0.42)
+
+
+def _curves(n, seed):
+    rng = np.random.default_rng(seed)
+    ct = K.extended_tofts(T, CA, ktrans=rng.uniform(0.0, 0.5, n), ve=rng.uniform(0.05, 0.6, n),
+                          vp=rng.uniform(0.0, 0.1, n))  # fmt: skip
+    ct[: n // 4] = K.extended_tofts(T, CA, ktrans=0.0, ve=0.2, vp=0.05)  # plasma only
+    ct[n // 4 : n // 3] *= -1.0  # edges of the box everywhere
+    return ct + rng.normal(0.0, 0.02, ct.shape)
+
+
+@pytest.mark.parametrize("k_stride", [1, 2])
+def test_search_finds_the_least_cost_node_of_each_delay(k_stride):
+    """Per delay, the best node equals the brute-force minimum of the exact 2 x 2 box
+    problem over every searched node (box_qp, checked against scipy elsewhere)."""
+    names = N._names("extended_tofts", True)
+    lo, hi = N._bounds("extended_tofts", names)
+    keps = _varpro.kep_grid(1, lo, hi, _varpro.KEP_PER_DECADE_DELAY)
+    delays = np.array([-4.9, 0.1, 2.6, 11.1])
+    tabs = _varpro.tables(1, T, CA, keps, delays, lo, hi, True)
+    f, c, prod, box = tabs
+    nk = keps.size
+    for y in _curves(40, 3):
+        syy = float(y @ y)
+        per_delay = np.full((delays.size, 4), np.inf)
+        _varpro._search(y, tabs, syy, per_delay, 0, delays.size, 1, np.empty(nk), k_stride,
+                        np.empty(nk))  # fmt: skip
+        for d in range(delays.size):
+            costs = np.full(nk, np.inf)
+            for j in range(0, nk, k_stride):
+                if box[j, 0] <= box[j, 1]:
+                    costs[j] = _varpro.box_qp(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2],
+                                              f[d, j] @ y, c[d] @ y, syy, *box[j])[2]  # fmt: skip
+            assert per_delay[d, 0] == pytest.approx(costs.min(), rel=1e-9, abs=1e-12)
+            j = int(per_delay[d, 3])
+            a, b = per_delay[d, 1:3]
+            assert box[j, 0] <= a <= box[j, 1] and box[j, 2] <= b <= box[j, 3]
+            assert np.sum((y - a * f[d, j] - b * c[d]) ** 2) == pytest.approx(
+                per_delay[d, 0], rel=1e-9, abs=1e-12)
+
+
+def test_one_pass_model_equals_separate_recursions():
+    """The delayed extended Tofts model and Jacobian (three recursions in one loop) equal
+    F and G of the delayed AIF and F of its slope computed one by one."""
+    rng = np.random.default_rng(4)
+    n = T.size
+    for _ in range(50):
+        kt, ve, vp, delay = rng.uniform(1e-4, 0.01), rng.uniform(0.05, 0.9), rng.uniform(0, 0.1), \
+            rng.uniform(-10, 30)  # fmt: skip
+        model, jac = _lm.model_and_jacobian(1, np.array([kt, ve, vp, delay]), T, CA, True)
+        c = np.empty(n)
+        slope = np.empty(n)
+        _lm._shift(T, CA, delay, c, slope)
+        f, g, fs = np.empty(n), np.empty(n), np.empty(n)
+        _lm._conv_fg(T, c, kt / ve, f, g)
+        _lm._conv_f(T, slope, kt / ve, fs)
+        np.testing.assert_allclose(model, kt * f + vp * c, rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(jac[:, 3], -(kt * fs + vp * slope), rtol=1e-12, atol=1e-15)
