@@ -337,6 +337,7 @@ def test_a_site_measuring_its_aif_is_read_against_the_carotid_option_of_the_stud
     known = {r.id: r for r in recommendation_lines(parse_site({}), scen, summary)}
     assert known["aif_source"].stands.startswith("not judged")
     assert "each option shown" in known["injection_rate"].study
+    assert "(carotid ROI, population AIF) is the site's" in known["injection_rate"].study
 
 
 def test_the_dynamic_flip_angle_is_read_from_the_scanner_at_the_site_s_field_strength():
@@ -356,6 +357,10 @@ def test_the_dynamic_flip_angle_is_read_from_the_scanner_at_the_site_s_field_str
     fa = {r.id: r for r in recommendation_lines(plain, scen, summary)}["flip_angle"]
     want = dict(rows["nlls_extended_tofts (1.5 T)"])["12 deg"]
     assert fa.site_value == "12 deg" and fa.study == f"(1.5 T): {want}" and fa.status == want
+    low = parse_site({"protocol": {"fa": 3.0}})  # below the lowest swept: as low as possible
+    fa = {r.id: r for r in recommendation_lines(low, scen, summary)}["flip_angle"]
+    assert fa.stands.startswith("follows (3 deg <= 5 deg")
+    assert fa.study.startswith("(3 T): outside the simulated range")
 
 
 def test_a_tissue_with_too_many_failed_fits_is_not_estimable_whatever_its_numbers():

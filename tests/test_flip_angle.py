@@ -130,6 +130,8 @@ def test_dsdc_at_the_aif_peak_of_the_3t_scenario():
         assert sens["dsdc_baseline_per_m0"][i] == pytest.approx(float(fd0), rel=1e-6)
         sigma = spgr_by_hand(p.fa, p.tr, 1.5) / p.snr
         assert sens["sigma_per_m0"][i] == pytest.approx(sigma, rel=1e-9)
+        # the scanner sets one receiver SD: the carotid voxels' noise is the tumour's
+        assert p.snr_t1_s == 1.5 and sens["arterial_sigma_ratio"][i] == pytest.approx(1.0)
         assert sens["noise_equivalent_peak_mM"][i] == pytest.approx(sigma / float(fd), rel=1e-6)
     # blood at the peak (R1 ~ 22 /s at ~5 mM) saturates: the slope grows with the angle over
     # 5-35 deg, while before contrast the slope falls past ~8 deg

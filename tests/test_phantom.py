@@ -631,6 +631,10 @@ def test_phantom_scenario_refuses_settings_that_would_be_ignored_or_cannot_fit(t
             base.replace("in_plane_mm = 2.0", "gap_mm = 1.0"),
             "^acquisition.gap_mm = 1.0 with slice_profile = 'sinc'",
         ),
+        (
+            base.replace("snr = 30.0", "snr = 30.0\nsnr_t1_s = 1.5"),
+            "^protocol.snr_t1_s = 1.5 in a phantom scenario: .* expected no snr_t1_s",
+        ),
     ]
     for i, (text, msg) in enumerate(cases):
         (tmp_path / f"b{i}.toml").write_text(text)

@@ -407,9 +407,11 @@ def test_doc_usage_snippet_and_spec(doc_fitter_module, plugins, capsys):
     [
         (lambda ds: ds.drop_vars("ca"), "no variable 'ca'"),
         (lambda ds: ds.assign(ca=("voxel", np.ones(2))), r"ca has dims \('voxel',\)"),
-        (lambda ds: ds.assign(ca=ds["ca"].where(ds["time"] < 2.0)), "non-finite"),
-        (lambda ds: ds.isel(time=[0, 1]), "increasing with >= 3 samples"),
-        (lambda ds: ds.assign_coords(time=[0.0, 2.0, 1.0, 3.0]), "increasing"),
+        (lambda ds: ds.assign(ca=ds["ca"].where(ds["time"] < 2.0)),
+         r"ca\[2\] = nan mM: expected finite values \(2 of 4 are not\)"),
+        (lambda ds: ds.isel(time=[0, 1]), "time has 2 samples: expected >= 3"),
+        (lambda ds: ds.assign_coords(time=[0.0, 2.0, 1.0, 3.0]),
+         r"time\[2\] = 1.0 s after time\[1\] = 2.0 s: expected strictly increasing"),
     ],
 )
 def test_concentration_inputs_name_what_is_wrong(change, match):

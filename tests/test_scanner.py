@@ -396,6 +396,11 @@ def test_noise_sigma_is_each_voxels_own_signal_or_the_receivers_one_sd():
     ref = 1000.0 * spgr_independent(15.0, 0.004, 1.2) / 20.0
     np.testing.assert_allclose(receiver, [ref] * 3, rtol=1e-13)
     assert np.all(Protocol(snr=math.inf, snr_t1_s=1.2).noise_sigma(t10) == 0.0)
+    # the receiver's SD does not follow a transmit (B1) error; each voxel's own SNR does
+    off = Protocol(snr=20.0, snr_t1_s=1.2, b1=0.8).noise_sigma(t10)
+    np.testing.assert_allclose(off, [ref] * 3, rtol=1e-13)
+    own_b1 = Protocol(snr=20.0, b1=0.8).noise_sigma(1.2)
+    assert own_b1 == pytest.approx(1000.0 * spgr_independent(12.0, 0.004, 1.2) / 20.0, rel=1e-13)
 
 
 def test_a_scanner_states_the_t1_of_its_snr():

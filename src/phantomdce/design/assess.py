@@ -795,10 +795,13 @@ def recommendation_lines(
             stands += f" ({fmt(value)} {'>=' if stands == 'follows' else '<'} {fmt(thr)})"
         elif kind == "category" and recommended:
             stands = "follows" if _label(value) in recommended else "deviates"
-        elif kind == "range" and recommended:  # a direction ("as low as possible")
-            follows = _label(value) in recommended
+        elif kind == "range" and recommended and _number(value) is not None:
+            # a direction ("as low as possible"), read as the lowest value the study swept
+            lowest = min(float(v) for v in rec["recommended"])
+            follows = float(value) <= lowest + 1e-9
             stands = "follows" if follows else "deviates"
-            stands += f" (the study's reading: {', '.join(fmt(v) for v in rec['recommended'])})"
+            stands += (f" ({fmt(value)} {'<=' if follows else '>'} {fmt(lowest)}, the lowest"
+                       " value the study swept)")  # fmt: skip
         else:
             stands = "no recommended value"
         if rec["knob"] == "pipeline.aif" and site.pipeline.get("aif", "true") == "true":
@@ -836,9 +839,10 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
         if own:
             mine = own
         else:
+            shown = ", ".join(f.split(" (", 1)[1].rstrip(")") for f in mine if " (" in f)
             note = (
-                " (the site's AIF is none of the study's options: each option shown, the"
-                " class is the first's)"
+                f" (none of the study's options ({shown}) is the site's: each option shown,"
+                " the class is the first's)"
             )
     if not mine:
         first = next(iter(section))
@@ -858,7 +862,7 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
         parts.append(f"{tag}: {words}".strip(": ").strip() if tag else words)
         classes += cls
         first_option = cls if first_option is None else first_option
-    if note.startswith(" (the site's AIF") and first_option is not None:
+    if note.startswith(" (none of the study's options") and first_option is not None:
         # none of the options is the site's: the badge is the first option's, the
         # recommendation's primary way, as a category verdict's (report.verdict.judge)
         return "; ".join(parts) + note, _worst(first_option)

@@ -104,7 +104,7 @@ _SIGNAL_ONLY = (
 )
 #: Protocol fields that only set the noise: protocols equal in all other fields share one
 #: noise-free fit.
-_NOISE_ONLY = ("snr", "vfa_averages", "vfa_sigma_ratio")
+_NOISE_ONLY = ("snr", "vfa_averages", "vfa_sigma_ratio", "snr_t1_s")
 
 
 def vfa_sigma_ratio(protocol: Protocol) -> float:
@@ -397,7 +397,7 @@ def score_protocols(
         longest = max(members, key=lambda i: protocols[i].n_frames)
         n_frames_max = protocols[longest].n_frames
         timing = _Timing(protocols[longest], model_, kin, grid_step)  # shorter: a prefix
-        dyn_cache: dict[tuple, tuple[NDArray, NDArray, NDArray]] = {}
+        dyn_cache: dict[tuple, NDArray] = {}
         vfa_cache: dict[tuple, NDArray] = {}
         rows: list[int] = []
         for i in members:
@@ -411,9 +411,7 @@ def score_protocols(
                 continue  # no noise: the bound is 0
             sig = (pr.fa, pr.tr, pr.b1, pr.relaxivity, pr.field_strength)
             if sig not in dyn_cache:
-                s_pre = m0 * _spgr_and_slope(1.0 / t10, pr.fa, pr.tr, pr.b1)[0]
-                dyn_cache[sig] = (timing.dynamic(pr.fa, pr.tr, pr.b1, pr.relaxivity, t10, m0),
-                                  s_pre, t10)
+                dyn_cache[sig] = timing.dynamic(pr.fa, pr.tr, pr.b1, pr.relaxivity, t10, m0)
             vkey = (pr.flip_angles, pr.tr, pr.b1, pr.field_strength)
             if vkey not in vfa_cache:
                 vfa_cache[vkey] = _vfa_jacobian(pr.flip_angles, pr.tr, pr.b1, t10, m0)
@@ -430,7 +428,7 @@ def score_protocols(
             ratio = np.empty((k, 1))
             for c, i in enumerate(chunk):
                 pr = protocols[i]
-                full, s_pre, _ = dyn_cache[
+                full = dyn_cache[
                     (pr.fa, pr.tr, pr.b1, pr.relaxivity, pr.field_strength)
                 ]
                 jd[c, :, : pr.n_frames] = full[:, : pr.n_frames]

@@ -417,8 +417,9 @@ class Protocol:
         ndarray
             The broadcast shape of ``t10`` and ``m0``: ``spgr(1/t10, fa, tr, m0, b1) / snr``
             (every voxel at SNR ``snr``) when ``snr_t1_s`` is None; the receiver's one SD
-            ``spgr(1/snr_t1_s, fa, tr, RECEIVER_REFERENCE_M0, b1) / snr`` in every voxel when
-            it is set (a scanner model). Zero when ``snr`` is inf (no noise).
+            ``spgr(1/snr_t1_s, fa, tr, RECEIVER_REFERENCE_M0) / snr`` in every voxel when it
+            is set (a scanner model; at the nominal angle: the receiver's noise does not
+            depend on the transmit field ``b1``). Zero when ``snr`` is inf (no noise).
         """
         from phantomdce.signal import spgr
 
@@ -430,9 +431,8 @@ class Protocol:
         if self.snr_t1_s is None:
             pre = spgr(1.0 / t10_, fa=self.fa, tr=self.tr, m0=m0_, b1=self.b1)
         else:
-            ref = spgr(
-                1.0 / self.snr_t1_s, fa=self.fa, tr=self.tr, m0=RECEIVER_REFERENCE_M0, b1=self.b1
-            )
+            # the receiver's SD: independent of the transmit field, so at the nominal angle
+            ref = spgr(1.0 / self.snr_t1_s, fa=self.fa, tr=self.tr, m0=RECEIVER_REFERENCE_M0)
             pre = np.full(shape, float(ref))
         return np.broadcast_to(pre / self.snr, shape).copy()
 

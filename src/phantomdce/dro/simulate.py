@@ -32,7 +32,14 @@ from phantomdce.noise import add_rician_noise, rng_for
 from phantomdce.params import MODELS, PARAMETERS
 from phantomdce.signal import native_t1, r1_from_concentration, spgr, vfa_signal
 
-__all__ = ["NOISE_BLOCK_VOXELS", "simulate_case", "case_aif", "arterial_truth", "SNR_DEFINITION"]
+__all__ = [
+    "NOISE_BLOCK_VOXELS",
+    "SNR_DEFINITION",
+    "arterial_noise_sigma",
+    "arterial_truth",
+    "case_aif",
+    "simulate_case",
+]
 
 #: Voxels per noise block: the unit of random-stream assignment (part of the store format).
 NOISE_BLOCK_VOXELS = 1024
@@ -53,6 +60,34 @@ SNR_DEFINITION = (
     " the same in every voxel (tissue and arterial): the pre-contrast signal of a tissue of"
     " T1 snr_t1_s and M0 1000 / snr"
 )
+
+
+def arterial_noise_sigma(protocol: Protocol, arterial_pre: float | None = None) -> float:
+    """Noise SD per channel (a.u.) of the simulated arterial (carotid) voxels.
+
+    Parameters
+    ----------
+    protocol : Protocol
+        The acquisition.
+    arterial_pre : float, optional
+        The arterial voxel's noise-free pre-contrast signal, a.u. (default: computed by
+        :func:`arterial_truth`).
+
+    Returns
+    -------
+    float
+        The receiver's one SD (:meth:`Protocol.noise_sigma
+        <phantomdce.dro.protocol.Protocol.noise_sigma>`) when ``protocol.snr_t1_s`` is set;
+        else the voxel's own pre-contrast signal / ``snr`` (every voxel at SNR ``snr``).
+        Zero without noise.
+    """
+    if not np.isfinite(protocol.snr):
+        return 0.0
+    if protocol.snr_t1_s is not None:  # the receiver's noise, as in the tissue voxels
+        return float(protocol.noise_sigma(protocol.snr_t1_s))
+    if arterial_pre is None:
+        arterial_pre = arterial_truth(protocol)[2]
+    return float(arterial_pre) / protocol.snr
 
 
 def case_injection(protocol: Protocol) -> Injection | None:
@@ -281,10 +316,7 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     n_art = protocol.arterial_voxels
     if n_art:
         art_clean, _, art_pre = arterial_truth(protocol)
-        if protocol.snr_t1_s is None:  # every voxel at SNR snr: the arterial one too
-            art_sigma = np.full(1, art_pre / protocol.snr if np.isfinite(protocol.snr) else 0.0)
-        else:  # the receiver's noise, the same as in the tissue voxels
-            art_sigma = protocol.noise_sigma(protocol.snr_t1_s).reshape(1)
+        art_sigma = np.full(1, arterial_noise_sigma(protocol, art_pre))
         arterial = _noisy(
             art_clean[None, :],
             np.zeros(n_art, dtype=np.int64),

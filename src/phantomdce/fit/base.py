@@ -148,8 +148,9 @@ def concentration_inputs(
     Raises
     ------
     ValueError
-        A missing variable or coordinate, wrong dimensions, a non-finite AIF or time, or a
-        time axis that is not strictly increasing with ``min_frames`` samples.
+        A missing variable or coordinate, wrong dimensions, a non-finite AIF or time, fewer
+        than ``min_frames`` samples or a time axis that is not strictly increasing (the
+        message names the variable, the first bad index and its value).
 
     Examples
     --------
@@ -169,10 +170,22 @@ def concentration_inputs(
         raise ValueError(f"ca has dims {data['ca'].dims}: expected ('time',)")
     t = np.array(data["time"].values, dtype=np.float64)
     ca = np.array(data["ca"].values, dtype=np.float64)
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(ca))):
-        raise ValueError("time or ca has non-finite values: the AIF must be finite")
-    if t.size < min_frames or np.any(np.diff(t) <= 0):
-        raise ValueError(f"time must be strictly increasing with >= {min_frames} samples (s)")
+    for name, arr, unit in (("time", t, "s"), ("ca", ca, "mM")):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise ValueError(
+                f"{name}[{bad[0]}] = {float(arr[bad[0]])!r} {unit}: expected finite values"
+                f" ({bad.size} of {arr.size} are not)"
+            )
+    if t.size < min_frames:
+        raise ValueError(f"time has {t.size} samples: expected >= {min_frames}")
+    step = np.flatnonzero(np.diff(t) <= 0)
+    if step.size:
+        i = int(step[0])
+        raise ValueError(
+            f"time[{i + 1}] = {float(t[i + 1])!r} s after time[{i}] = {float(t[i])!r} s:"
+            " expected strictly increasing frame times"
+        )
     ct = np.array(data["ct"].transpose("voxel", "time").values, dtype=np.float64)
     return t, ca, ct
 

@@ -777,6 +777,14 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
                     " each subject gets its own AIF shape; expected no aif, or"
                     " subject_aif = 'same'"
                 )
+    for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
+        if "snr_t1_s" in table:
+            raise ConfigError(
+                f"{where}.snr_t1_s = {table['snr_t1_s']!r} in a phantom scenario: the neck"
+                " phantom's noise is always one receiver SD, with snr stated in muscle at"
+                " its reference voxel (phantomdce.phantom.acquire); expected no snr_t1_s"
+                " (a DRO scenario's key)"
+            )
     shape_l = ph.get("shape", [40, 160, 160])
     acq_sweep = {k: list(sweep.pop(k)) if isinstance(sweep[k], list) else sweep.pop(k)
                  for k in list(sweep) if k in (*ACQ_KEYS, *CASE_KEYS)}

@@ -641,10 +641,11 @@ def flip_angle_sensitivity(protocols: Any) -> dict[str, np.ndarray]:
         receiver's noise SD per unit M0), ``noise_equivalent_peak_mM`` (mM: the SD of a
         blood concentration read at the peak from one voxel, to first order, with M0 of blood
         equal to that of tissue), ``arterial_sigma_ratio`` (the simulator's arterial-voxel
-        noise SD, the voxel's pre-contrast signal over ``snr``, over the receiver's: 1 when
-        blood and tumour have the same pre-contrast signal).
+        noise SD, :func:`phantomdce.dro.simulate.arterial_noise_sigma`, over the receiver's:
+        1 when the protocol states ``snr_t1_s``, as a scanner model does).
     """
-    from phantomdce.dro.simulate import M0_BLOOD, arterial_truth
+    from phantomdce.dro.protocol import RECEIVER_REFERENCE_M0
+    from phantomdce.dro.simulate import M0_BLOOD, arterial_noise_sigma, arterial_truth
     from phantomdce.signal import native_t1, spgr
 
     out: dict[str, list[float]] = {
@@ -666,14 +667,17 @@ def flip_angle_sensitivity(protocols: Any) -> dict[str, np.ndarray]:
         r10_tumour = 1.0 / native_t1("tumour", p.field_strength)
         dsdc = float(spgr_concentration_sensitivity(p.fa, p.tr, r10_blood, peak, p.relaxivity))
         base = float(spgr_concentration_sensitivity(p.fa, p.tr, r10_blood, 0.0, p.relaxivity))
-        sigma = float(spgr(r10_tumour, fa=p.fa, tr=p.tr)) / p.snr
+        if p.snr_t1_s is None:  # the receiver's SD: SNR snr in tumour, per unit M0
+            sigma = float(spgr(r10_tumour, fa=p.fa, tr=p.tr)) / p.snr
+        else:  # the receiver's SD the simulator uses (stated at T1 snr_t1_s), per unit M0
+            sigma = float(p.noise_sigma(p.snr_t1_s)) / RECEIVER_REFERENCE_M0
         out["fa_deg"].append(float(p.fa))
         out["peak_blood_mM"].append(peak)
         out["dsdc_peak_per_m0"].append(dsdc)
         out["dsdc_baseline_per_m0"].append(base)
         out["sigma_per_m0"].append(sigma)
         out["noise_equivalent_peak_mM"].append(sigma / dsdc)
-        out["arterial_sigma_ratio"].append(art_pre / M0_BLOOD / p.snr / sigma)
+        out["arterial_sigma_ratio"].append(arterial_noise_sigma(p, art_pre) / M0_BLOOD / sigma)
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
@@ -760,7 +764,7 @@ def flip_angle_run_figures(run_dir: Any) -> list[tuple[Any, str]]:
         f" {ne[hi]:.3g} mM at {fa[hi]:g} deg; at the peak the slope is {100 * ratio[lo]:.2g}%"
         f" of its pre-contrast value at {fa[lo]:g} deg and {100 * ratio[hi]:.2g}% at"
         f" {fa[hi]:g} deg (the signal saturates with R1 sooner at a low angle). The"
-        f" simulator's arterial noise SD (voxel's pre-contrast signal / SNR) is"
+        f" simulator's arterial noise SD is"
         f" {np.min(sens['arterial_sigma_ratio']):.2f}-{np.max(sens['arterial_sigma_ratio']):.2f}"
         " of the receiver's over the swept angles."
     )

@@ -360,9 +360,11 @@ SECTION_TEXT = (
 PUBLISHED_TEXT = (
     "Published test-retest wCV of tumour Ktrans, two scans 2-7 days apart without therapy:"
     " 8.9% in liver and 17.9% in lung tumours (AJR Am J Roentgenol 2010;194:W134,"
-    " doi:10.2214/AJR.09.3116), an SDC of 25% and 50%. The phantom's wCV is a lower bound: it"
-    " leaves out the tumour's physiological change between sessions, scanner drift and T1-map"
-    " (B1) changes. The QIBA DCE-MRI profile's claim and a head-and-neck tumour test-retest"
+    " doi:10.2214/AJR.09.3116), an SDC of 25% and 50%, with other organs and protocols: an"
+    " order of magnitude to hold the phantom's numbers against, not a test. For patients"
+    " scanned with the protocol simulated here, the phantom's wCV is a lower bound: it leaves"
+    " out the tumour's physiological change between sessions, scanner drift and T1-map (B1)"
+    " changes. The QIBA DCE-MRI profile's claim and a head-and-neck tumour test-retest"
     " value could not be verified; docs/repeatability_literature.md lists the sources read."
 )
 
