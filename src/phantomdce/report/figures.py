@@ -757,6 +757,13 @@ def flip_angle_run_figures(run_dir: Any) -> list[tuple[Any, str]]:
     fa, ne = sens["fa_deg"], sens["noise_equivalent_peak_mM"]
     lo, hi = int(np.argmin(fa)), int(np.argmax(fa))
     ratio = sens["dsdc_peak_per_m0"] / sens["dsdc_baseline_per_m0"]
+    art = sens["arterial_sigma_ratio"]
+    if np.allclose(art, 1.0, rtol=1e-9):
+        art_words = "is the receiver's at every angle (one noise SD in every voxel)."
+    else:
+        art_words = (
+            f"is {np.min(art):.2f}-{np.max(art):.2f} of the receiver's over the swept angles."
+        )
     caption = (
         f"dS/dC of blood's SPGR signal at the AIF peak ({np.max(sens['peak_blood_mM']):.2g} mM"
         f" whole blood) and before contrast, and the noise-equivalent concentration at the"
@@ -764,8 +771,6 @@ def flip_angle_run_figures(run_dir: Any) -> list[tuple[Any, str]]:
         f" {ne[hi]:.3g} mM at {fa[hi]:g} deg; at the peak the slope is {100 * ratio[lo]:.2g}%"
         f" of its pre-contrast value at {fa[lo]:g} deg and {100 * ratio[hi]:.2g}% at"
         f" {fa[hi]:g} deg (the signal saturates with R1 sooner at a low angle). The"
-        f" simulator's arterial noise SD is"
-        f" {np.min(sens['arterial_sigma_ratio']):.2f}-{np.max(sens['arterial_sigma_ratio']):.2f}"
-        " of the receiver's over the swept angles."
+        f" simulator's arterial noise SD {art_words}"
     )
     return [(path, caption)]
