@@ -207,11 +207,13 @@ def test_timing_uses_the_same_data_for_fitter_and_baseline(monkeypatch, tmp_path
     assert row["timing_item"] == "tiny" and row["timing_error"] == ""
     assert row["baseline_time_per_voxel_s"] > 0 and row["time_per_voxel_s"] > 0
     assert row["time_ratio"] == row["time_per_voxel_s"] / row["baseline_time_per_voxel_s"]
+    assert row["timing_fits"] == 2
     # a fitter slower than the budget is fitted once
     seen["fitter"].clear()
     monkeypatch.setattr(L, "TIMING_BUDGET_S", 0.0)
-    L.time_fitters([_entrant(Recorder())], [item], rounds=3)
+    once = L.time_fitters([_entrant(Recorder())], [item], rounds=3)["lbtest_recorder"]
     assert [c.shape[0] for c in seen["fitter"]] == [L.WARMUP_VOXELS, scenario.n_voxels]
+    assert once["timing_fits"] == 1
 
 
 def test_bad_panel_and_replicates(tmp_path):
