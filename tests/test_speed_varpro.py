@@ -74,3 +74,32 @@ def test_one_pass_model_equals_separate_recursions():
         _lm._conv_f(T, slope, kt / ve, fs)
         np.testing.assert_allclose(model, kt * f + vp * c, rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(jac[:, 3], -(kt * fs + vp * slope), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("even", [True, False])
+def test_segment_basis_gives_the_shifted_model(even):
+    """Within a segment between kinks the polish takes the delayed AIF from a basis (its
+    value at the segment's lower end and its constant slope): the model and Jacobian equal
+    those from the shifted AIF, also with an AIF that does not start at 0 (a jump at the
+    kinks) and uneven frames, and on the lower kink itself."""
+    rng = np.random.default_rng(9)
+    t = np.arange(40) * 2.5 if even else np.cumsum(rng.uniform(2.0, 3.5, 40))
+    ca = np.interp(t, T, CA) + 0.3  # ca[0] != 0
+    kinks = _varpro.kinks(t, -10.0, 30.0)
+    edges = np.r_[-10.0, kinks, 30.0]
+    ws = _lm.workspace(t.size, 4)
+    n = t.size
+    w = np.empty((9, n))
+    for s_lo, s_hi in zip(edges[:-1], edges[1:], strict=True):
+        if s_hi - s_lo < 1e-9:
+            continue
+        _lm.set_segment(t, ca, s_lo, s_hi, ws)
+        for delay in np.r_[s_lo, s_lo + (s_hi - s_lo) * rng.uniform(0, 1, 4)]:
+            theta = np.array([0.004, 0.3, 0.05, delay])
+            m1, j1, m2, j2 = np.empty(n), np.empty((4, n)), np.empty(n), np.empty((4, n))
+            _lm._model_jac_seg(1, theta, t, ca, True, ws[0], ws[6], m1, j1)
+            _lm._model_jac(1, theta, t, ca, True, w, m2, j2)
+            np.testing.assert_allclose(m1, m2, rtol=1e-12, atol=1e-13)
+            np.testing.assert_allclose(j1, j2, rtol=1e-10, atol=1e-12)
+        _lm.clear_segment(ws)
+        assert ws[6][0] == 0.0

@@ -200,19 +200,73 @@ def _shift(t, ca, delay, out, slope):
 @njit(cache=True)
 def _model_jac(code, theta, t, ca, fit_delay, w, model, jac):
     """Model curve and Jacobian, transposed (n_params, n_t), at theta; w (9, n_t) scratch."""
+    if fit_delay:
+        _shift(t, ca, theta[theta.shape[0] - 1], w[4], w[5])
+        _model_jac_at(code, theta, t, w[4], w[5], True, w, model, jac)
+    else:
+        _model_jac_at(code, theta, t, ca, w[5], False, w, model, jac)
+
+
+@njit(cache=True)
+def _model_jac_seg(code, theta, t, ca, fit_delay, vec, seg, model, jac):
+    """:func:`_model_jac` (``w = vec[:9]``), with the delayed AIF from a segment's basis.
+
+    Between two kinks the delayed AIF is linear in the delay: with ``seg[0]`` set
+    (:func:`set_segment`) and a delay other than the segment's lower end ``seg[1]`` it is
+    ``vec[11] - (delay - seg[1]) vec[12]`` (its value at the lower end and its slope, which
+    is constant there), one multiply-add a frame instead of :func:`_shift`'s search.
+    """
+    if fit_delay and seg[0] != 0.0:
+        delay = theta[theta.shape[0] - 1]
+        if delay != seg[1]:  # on the lower kink itself _shift's conventions apply
+            cad = vec[4]
+            base = vec[11]
+            sl = vec[12]
+            dd = delay - seg[1]
+            for i in range(t.shape[0]):
+                cad[i] = base[i] - dd * sl[i]
+            _model_jac_at(code, theta, t, cad, sl, True, vec[:9], model, jac)
+            return
+    _model_jac(code, theta, t, ca, fit_delay, vec[:9], model, jac)
+
+
+@njit(cache=True)
+def set_segment(t, ca, s_lo, s_hi, ws):
+    """Let :func:`_fit_one` take the delayed AIF for delays in ``(s_lo, s_hi]`` from a basis.
+
+    ``s_lo`` and ``s_hi`` are neighbouring kinks (or a bound of the delay): the delayed
+    AIF is linear in the delay between them (:func:`_model_jac_seg`). Undone by
+    :func:`clear_segment`.
+    """
+    vec = ws[0]
+    seg = ws[6]
+    base = vec[11]
+    sl = vec[12]
+    mid = 0.5 * (s_lo + s_hi)
+    _shift(t, ca, mid, base, sl)  # inside the segment: its slopes
+    h = mid - s_lo
+    for i in range(t.shape[0]):
+        base[i] += h * sl[i]
+    seg[0] = 1.0
+    seg[1] = s_lo
+
+
+@njit(cache=True)
+def clear_segment(ws):
+    """Undo :func:`set_segment`: every delay by :func:`_shift` again."""
+    ws[6][0] = 0.0
+
+
+@njit(cache=True)
+def _model_jac_at(code, theta, t, cad, slope, fit_delay, w, model, jac):
+    """:func:`_model_jac` from the (delayed) AIF ``cad`` and its slope (used with a delay)."""
     n = t.shape[0]
     f1 = w[0]
     g1 = w[1]
     f2 = w[2]
     g2 = w[3]
-    cad = w[4]
-    slope = w[5]
     s1 = w[6]  # convolutions of the AIF's slope: exact delay derivative of the sampled model
     s2 = w[7]
-    if fit_delay:
-        _shift(t, ca, theta[theta.shape[0] - 1], cad, slope)
-    else:
-        cad = ca
     di = theta.shape[0] - 1  # delay column when fitted
     if code <= 1:
         kt = theta[0]
@@ -431,13 +485,14 @@ def workspace(n, p):
     Allocated once and reused for every voxel a thread fits (an allocation costs about
     as much as one model evaluation).
     """
-    vec = np.empty((11, n))  # 0-8 model scratch, 9 model, 10 trial model
+    vec = np.empty((13, n))  # 0-8 model scratch, 9 model, 10 trial model, 11-12 segment
     jacs = np.empty((2, p, n))  # Jacobian (transposed) at the point, at the trial
     mats = np.empty((3, p, p))  # J^T J, damped system, Cholesky factor
     vecs = np.empty((6, p))  # J^T r, right-hand side, step, trial, point, solve scratch
     free = np.empty(p, dtype=np.bool_)
     idx = np.empty(p, dtype=np.int64)
-    return vec, jacs, mats, vecs, free, idx
+    seg = np.zeros(2)  # segment basis in use (:func:`set_segment`), its lower delay
+    return vec, jacs, mats, vecs, free, idx, seg
 
 
 @njit(cache=True)
@@ -462,8 +517,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws)
     relative-reduction test), not by running out of damping or iterations.
     """
     p = theta0.shape[0]
-    vec, jacs, mats, vecs, free, idx = ws
-    w = vec[:9]
+    vec, jacs, mats, vecs, free, idx, seg = ws
     model = vec[9]
     model_n = vec[10]
     jac = jacs[0]
@@ -479,7 +533,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws)
     scratch = vecs[5]
     for q in range(p):
         theta[q] = min(max(theta0[q], lo[q]), hi[q])
-    _model_jac(code, theta, t, ca, fit_delay, w, model, jac)
+    _model_jac_seg(code, theta, t, ca, fit_delay, vec, seg, model, jac)
     sse = _sumsq(y, model)
     lam = 1e-3
     nu = 2.0
@@ -531,7 +585,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws)
                 for r1 in range(nf):
                     qa = idx[r1]
                     trial[qa] = min(max(theta[qa] + step[r1], lo[qa]), hi[qa])
-                _model_jac(code, trial, t, ca, fit_delay, w, model_n, jac_n)
+                _model_jac_seg(code, trial, t, ca, fit_delay, vec, seg, model_n, jac_n)
                 sse_n = _sumsq(y, model_n)
                 if sse_n < sse and math.isfinite(sse_n):
                     rel = (sse - sse_n) / sse
@@ -571,7 +625,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws)
 @njit(cache=True)
 def final_normal(ws, y, jtj_out):
     """``J^T J`` at the point :func:`_fit_one` returned (from its workspace) into jtj_out."""
-    vec, jacs, mats, vecs, _, _ = ws
+    vec, jacs, mats, vecs, _, _, _ = ws
     _normal(jacs[0], vec[9], y, jtj_out, vecs[5])
 
 

@@ -577,7 +577,9 @@ def _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, thet
     # at a kink the model's delay derivative is the one of the segment above it: the upper
     # end of a segment is held just below its kink, where the derivative is this segment's
     bhi[dq] = s_hi - KINK_EPS * (s_hi - s_lo) if m < kinks.shape[0] else s_hi
+    _lm.set_segment(t, ca, s_lo, s_hi, ws)  # the delayed AIF is linear in the delay there
     sse, acc, conv = _lm._fit_one(code, t, ca, y, cand, blo, bhi, True, max_iter, theta, ws)
+    _lm.clear_segment(ws)
     if sse < out[p] or out[p] == np.inf:  # the first polish is kept whatever its cost
         _keep(out, jtj, theta, p, sse, acc, conv, ws, y)
     return m
@@ -668,7 +670,7 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
 @njit(cache=True)
 def _delay_gradient(code, t, ca, y, theta, ws):
     """``J_delay . r`` at theta: positive where the cost decreases as the delay grows."""
-    vec, jacs, _, _, _, _ = ws
+    vec, jacs, _, _, _, _, _ = ws
     model = vec[10]
     jac = jacs[1]
     _lm._model_jac(code, theta, t, ca, True, vec[:9], model, jac)
