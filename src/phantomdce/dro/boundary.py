@@ -79,6 +79,7 @@ SUBJECT_TRUTH_ATTRS = frozenset(
         "aif",  # the subject's AIF shape
         "aif_scale",
         "snr",
+        "snr_t1_s",  # s, the T1 at which snr is stated (the noise model, with snr)
         "noise_sigma",
         "vfa_noise_sigma",
         "blood_fraction",
