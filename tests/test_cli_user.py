@@ -236,6 +236,7 @@ def test_a_fitter_module_in_the_current_folder_is_found(small, tmp_path, capsys,
     assert "'h5_nowhere:F'" in err and "current folder" in err
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_fitter_that_failed_on_every_chunk_makes_the_run_exit_3(
     small, tmp_path, capsys, monkeypatch
 ):

@@ -206,6 +206,7 @@ def test_faulty_plugins_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "ran past the time limit of 2 s per chunk" in hang["error"]
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_the_time_limit_counts_the_fit_not_the_child_start_up(monkeypatch):
     # a plug-in whose import takes 2 s (a heavy library, or a loaded machine) and whose fit
     # is instant: a 1 s limit per chunk must not stop it, since the fit itself is quick

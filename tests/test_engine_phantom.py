@@ -87,6 +87,7 @@ def test_a_subject_without_a_tumour_roi_is_recorded_not_fatal(tmp_path):
     assert by_case["case_0001"]["n_voxels"] == 0
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_lost_unit_store_is_redone_and_the_result_is_unchanged(tmp_path):
     path = phantom(tmp_path)
     out = tmp_path / "out"
@@ -118,6 +119,7 @@ def test_a_phantom_run_gives_the_same_result_on_every_scheduler(tmp_path):
     assert metrics_without_timing(tmp_path / "procs") == metrics_without_timing(tmp_path / "local")
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_the_acquired_phantom_does_not_depend_on_the_blas_threads(tmp_path):
     # a dask worker runs BLAS on 1 thread, the run on all cores: the truth must not differ
     import os

@@ -170,6 +170,7 @@ def test_each_chunk_sees_the_environment_of_its_time(monkeypatch):
     assert first["pid"] == second["pid"] == third["pid"]
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_child_whose_pipes_are_past_descriptor_1024_serves():
     import resource
 
@@ -198,6 +199,7 @@ def test_a_changed_sys_path_gets_a_new_child(monkeypatch, tmp_path):
     assert wait_group_gone(pid) == []  # replaced, not left idle
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_close_workers_ends_the_children():
     pid = whoami().attrs["pid"]
     assert len(group_members(pid)) == 2  # the child and its reaper
@@ -207,6 +209,7 @@ def test_close_workers_ends_the_children():
     assert whoami().attrs["pid"] != pid
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_timeout_ends_every_process_the_plugin_started(tmp_path):
     pidfile = tmp_path / "pids"
     info = SimpleNamespace(name="acme_spawns")
@@ -268,6 +271,7 @@ fit_isolated("acme_tree:SpawnsAndHangs", SimpleNamespace(name="acme_spawns"), da
 """
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_killed_parent_takes_its_child_and_grandchildren_along(tmp_path):
     # the run (parent) is SIGKILLed alone, not its process group: nothing may outlive it,
     # and nothing may stay in its temporary folder

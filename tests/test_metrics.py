@@ -491,6 +491,7 @@ class Absurd:
 '''
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_run_counts_a_plugins_absurd_successes_in_metrics_csv(tmp_path, monkeypatch):
     from phantomdce.engine.run import run as run_engine
 

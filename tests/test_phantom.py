@@ -381,6 +381,7 @@ def test_roi_means_count_a_roi_as_failed_when_too_many_of_its_voxels_failed():
     np.testing.assert_allclose(truth["Ktrans"], CLASSES["tumour_rim"].kinetics["Ktrans"])
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_phantom_roi_means_store_the_failed_fraction_and_count_failed_rois(
     tmp_path, monkeypatch
 ):
@@ -415,6 +416,7 @@ def test_phantom_roi_means_store_the_failed_fraction_and_count_failed_rois(
     assert meta["phantom"]["roi_max_failed_fraction"] == ROI_MAX_FAILED_FRACTION
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_phantom_runs_store_at_limit_flags_and_metrics_count_them(tmp_path, monkeypatch):
     # review of issue 11: the phantom runner dropped the fitters' at_limit_<param> flags,
     # so a parameter at its limit counted as a failed fit
@@ -650,6 +652,7 @@ def test_phantom_scenario_refuses_settings_that_would_be_ignored_or_cannot_fit(t
             Acquisition(**kw)
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_cli_runs_a_phantom_scenario_on_its_own(tmp_path, capsys):
     from phantomdce.cli import main
 
@@ -714,8 +717,15 @@ def _brute_force_image(ph, proto, acq, ds):
     "kw",
     [
         {},  # sinc PSF, laminar inflow
-        {"in_plane_psf": "hann", "slice_profile": "hann", "inflow_offset_mm": 0.0},
-        {"in_plane_psf": "box", "slice_profile": "gaussian", "gap_mm": 1.0, "slice_mm": 2.0},
+        # the other PSFs and slice profiles: 2.5 s each, in the slow pass
+        pytest.param(
+            {"in_plane_psf": "hann", "slice_profile": "hann", "inflow_offset_mm": 0.0},
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            {"in_plane_psf": "box", "slice_profile": "gaussian", "gap_mm": 1.0, "slice_mm": 2.0},
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_acquired_image_equals_a_brute_force_build_from_the_truth_grid(kw):

@@ -95,6 +95,7 @@ HOLD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_second_run_into_a_running_folder_exits_at_once_naming_the_first(tmp_path, capsys):
     import os
     import socket

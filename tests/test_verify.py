@@ -76,6 +76,7 @@ def test_an_edited_metrics_file_is_refused_by_the_gate_and_rewritten_by_a_rerun(
     assert check_run(out, baseline) == []
 
 
+@pytest.mark.slow  # child processes or an engine run: the default pytest stays under 4 minutes
 def test_a_damaged_phantom_unit_or_case_node_is_found_and_repaired(tmp_path, capsys):
     from test_engine_phantom import estimates as phantom_estimates
     from test_engine_phantom import phantom
