@@ -1358,6 +1358,7 @@ def _repeatability_section(
         detectable_words,
         repeatability,
         repeatability_figure,
+        repeatability_rows,
     )
 
     raw = repeatability_scenario(
@@ -1393,21 +1394,12 @@ def _repeatability_section(
         " Physiological change between sessions is not simulated: these are lower limits."
     )
     words = detectable_words(table)
-    head = ["tumour (mm)", "pairs", "mean Ktrans (/min)", "wSD (/min)", "wCV %", "RC (/min)",
-            "SDC % [95% CI]", f"{table['change_percent'].iloc[0]:g}% change"]
-    rows = [
-        [
-            f"{r['tumour_diameter_mm']:g}",
-            f"{int(r['n_pairs'])}",
-            f"{r['mean']:.3f}",
-            f"{r['wsd']:.4f}",
-            f"{100 * r['wcv']:.1f}",
-            f"{r['rc']:.4f}",
-            f"{r['sdc_percent']:.1f} [{r['sdc_percent_lo']:.1f}, {r['sdc_percent_hi']:.1f}]",
-            "detectable" if r["detectable"] else "not detectable",
-        ]
-        for _, r in table.sort_values("tumour_diameter_mm").iterrows()
-    ]
+    head, rows = repeatability_rows(
+        table.sort_values("tumour_diameter_mm"),
+        keys=["tumour_diameter_mm"],
+        labels={"tumour_diameter_mm": "tumour (mm)"},
+        sdc_decimals=1,  # an SDC of 29.9% against a 30% change is detectable, not "30"
+    )
     html = (
         f"<p>{html_escape(intro)}</p>"
         + "".join(f"<p>{html_escape(w)}</p>" for w in words)

@@ -32,7 +32,7 @@ subjects: the 95 % intervals are a percentile bootstrap over subjects (seeded).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "within_subject",
     "repeatability_figure",
     "repeatability_blocks",
+    "repeatability_rows",
     "detectable_words",
     "is_test_retest_run",
 ]
@@ -319,11 +320,40 @@ def detectable_words(table: pd.DataFrame, *, size: str = "tumour_diameter_mm") -
     return out
 
 
-def _columns(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    keys = [*table.attrs.get("setting_keys", []), "fitter"]
+def repeatability_rows(
+    table: pd.DataFrame,
+    keys: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    sdc_decimals: int = 0,
+) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells of a repeatability table, one row per setting and fitter.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The output of :func:`repeatability`.
+    keys : sequence of str, optional
+        Columns that name the row; default: the table's setting keys and ``fitter``.
+    labels : mapping, optional
+        Header text for some of ``keys`` (e.g. ``{"tumour_diameter_mm": "tumour (mm)"}``).
+    sdc_decimals : int
+        Decimals of the SDC (%) and its interval: 1 where an SDC just below the change
+        would otherwise print as the change itself.
+
+    Returns
+    -------
+    header, rows : list of str, list of list of str
+        The columns: the keys, subjects (pairs), mean, wSD, wCV (%), RC, SDC (%) with its 95%
+        interval, and whether the table's change is detectable; units from the table's attrs.
+    """
+    if keys is None:
+        keys = [*table.attrs.get("setting_keys", []), "fitter"]
+    labels = dict(labels or {})
     units = table.attrs.get("units", "")
-    header = [*keys, "subjects (pairs)", f"mean ({units})", f"wSD ({units})", "wCV (%)",
-              f"RC ({units})", "SDC (%), 95% CI", "detects the change"]
+    d = sdc_decimals
+    header = [*(labels.get(k, k) for k in keys), "subjects (pairs)", f"mean ({units})",
+              f"wSD ({units})", "wCV (%)", f"RC ({units})", "SDC (%), 95% CI",
+              "detects the change"]  # fmt: skip
     rows = []
     for _, r in table.iterrows():
         rows.append(
@@ -334,7 +364,8 @@ def _columns(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
                 f"{r['wsd']:.3g}",
                 f"{100 * r['wcv']:.1f}",
                 f"{r['rc']:.3g}",
-                f"{r['sdc_percent']:.0f} ({r['sdc_percent_lo']:.0f}-{r['sdc_percent_hi']:.0f})",
+                f"{r['sdc_percent']:.{d}f}"
+                f" ({r['sdc_percent_lo']:.{d}f}-{r['sdc_percent_hi']:.{d}f})",
                 ("yes" if r["detectable"] else "no") + f" ({r['change_percent']:g}% change)",
             ]
         )
@@ -401,7 +432,7 @@ def repeatability_blocks(
                 )
             )
             continue
-        header, rows = _columns(table)
+        header, rows = repeatability_rows(table)
         fig = repeatability_figure(table)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
