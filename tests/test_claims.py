@@ -270,6 +270,7 @@ def test_map_mean_and_median_equal_a_direct_computation_from_the_stored_map(tiny
     assert not np.allclose(runs["map_mean"]["Ktrans"].values, runs["map_median"]["Ktrans"].values)
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_mean_curve_is_one_fit_of_the_rois_mean_signal(tiny_runs):
     from phantomdce.engine.phantom import mean_curve_case, unit_case
     from phantomdce.engine.run import fit_config
@@ -306,6 +307,7 @@ def test_mean_curve_is_one_fit_of_the_rois_mean_signal(tiny_runs):
         )
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_extraction_runs_reach_the_report_with_a_crossover(tiny_runs, tmp_path):
     import shutil
 

@@ -214,6 +214,7 @@ class Local:
 '''
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_a_fitter_module_in_the_current_folder_is_found(small, tmp_path, capsys, monkeypatch):
     import os
     import sys
@@ -291,6 +292,7 @@ def test_run_report_problems_are_refused_before_the_sweep(small, tmp_path, capsy
 # -- the regression gate ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_check_names_a_baseline_fitter_the_run_lacks_and_refuses_junk(
     small, tmp_path, capsys, monkeypatch
 ):
@@ -361,6 +363,7 @@ def test_open_results_is_public_ordered_integer_indexed_and_quiet(tmp_path):
     assert "open_results" in phantomdce.__all__ and phantomdce.open_results.__doc__
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_failures_csv_names_the_type_once_and_keeps_the_last_frames(tmp_path, monkeypatch):
     import csv
 

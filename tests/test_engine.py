@@ -238,6 +238,7 @@ def test_gate_fails_a_degraded_fitter_and_passes_an_unchanged_one(tmp_path, monk
     assert "acme_et ve" not in report  # ve was not degraded
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_baseline_of_another_scenario_is_refused(tmp_path):
     run(scenario(tmp_path), tmp_path / "a")
     baseline = make_baseline(tmp_path / "a")
@@ -288,6 +289,7 @@ def test_assert_fitter_accuracy(tmp_path):
         assert_fitter_accuracy("nlls_tofts", path)  # Tofts on data with a plasma volume
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_cases_keep_the_written_axis_order(tmp_path):
     """Sweep axes written in non-alphabetical order: every stored case is that case."""
     from phantomdce.dro.scenario import load_scenario
@@ -319,6 +321,7 @@ def test_dask_local_processes_scheduler_gives_identical_estimates(tmp_path):
     assert_same(estimates(tmp_path / "procs"), estimates(tmp_path / "local"))
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_a_unit_marked_done_without_its_data_is_redone(tmp_path):
     import shutil
 

@@ -46,6 +46,7 @@ def assert_same(a, b):
             np.testing.assert_array_equal(a[case][k], b[case][k])
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_phantom_units_are_case_and_subject_and_failures_are_recorded(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(PLUGINS)
     fit = (
@@ -76,6 +77,7 @@ def test_phantom_units_are_case_and_subject_and_failures_are_recorded(tmp_path, 
     assert "acme solver exploded" in next(r["error"] for r in rows if r["fitter"] == "acme_raises")
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_a_subject_without_a_tumour_roi_is_recorded_not_fatal(tmp_path):
     # 40 mm voxels on a 96 mm phantom: no voxel is mostly tumour
     path = phantom(tmp_path, subjects=1, sweep="in_plane_mm = [2.0, 40.0]")

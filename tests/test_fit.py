@@ -55,6 +55,7 @@ def _sse(model, est, row, t, c, ca, delayed):
     return float(np.sum((c - m) ** 2))
 
 
+@pytest.mark.slow  # compiles every model's kernels (~40 s on a fresh install): in the slow pass
 def test_osipi_model_data_within_tolerance():
     """Every OSIPI DCEmodels case, undelayed and with the 5 s delay (delay fitted).
 

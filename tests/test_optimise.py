@@ -348,6 +348,7 @@ def test_search_refuses_a_site_without_scanner() -> None:
         search(site, parse_target("Ktrans:cv<=10"), 400.0)
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_optimise_cli_end_to_end(tmp_path, capsys) -> None:
     """A tiny space (8 protocols, 2 tissues, 4 replicates): about 5 s."""
     from phantomdce.cli import main

@@ -283,6 +283,7 @@ def test_phantom_scenarios_run_in_a_study_and_reach_the_report(tmp_path):
         run_phantom_scenario(bad, tmp_path / "bad_out")
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_roi_rule_scenario_summarises_each_roi_against_the_enhancing_truth(tmp_path):
     from phantomdce.engine.run import run as run_phantom_scenario
 
@@ -498,6 +499,7 @@ def test_inflow_signal_limits_and_voxel_average():
         spgr_inflow(r1, fa=fa, tr=tr, pulses=-1.0)
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid_aif():
     from phantomdce.dro.simulate import case_aif
     from phantomdce.fit.roi import carotid_roi_manual, roi_aif
@@ -541,6 +543,7 @@ def test_inflow_brightens_the_arteries_near_the_slab_edge_and_biases_the_carotid
     assert mid[-1] < 1.5 * steady[0]
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_phantom_draws_haemorrhage_and_a_cystic_node_and_the_recommended_roi_avoids_the_bleed():
     from phantomdce.fit.roi import tumour_rois
     from phantomdce.phantom.acquire import class_fractions

@@ -132,6 +132,7 @@ def test_carotid_aif_from_the_images():
         carotid_roi_manual(fine, (500.0, 0.0, 0.0))
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_recommended_roi_avoids_necrosis():
     ph = make_neck((24, 128, 128), seed=2)
     proto = Protocol.from_mapping({"dt": 3.0, "duration": 240.0, "snr": float("inf")})
@@ -271,6 +272,7 @@ def test_the_store_places_its_carotid_roi_from_the_truth_alone(neck, acquired):
         arterial_roi(neck, acquired, "somewhere")
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_the_truth_side_runs_a_phantom_case_and_a_store_without_estimation(tmp_path):
     code = f"""
 import sys

@@ -314,6 +314,7 @@ def test_a_worker_killed_mid_run_on_a_dask_cluster_changes_nothing(tmp_path):
     assert metrics_without_timing(out) == metrics_without_timing(tmp_path / "local")
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_the_plan_prints_its_size_and_an_estimated_time_before_work_starts(tmp_path, capsys):
     from phantomdce.cli import main
     from phantomdce.engine.run import estimate_seconds, plan_run

@@ -176,6 +176,7 @@ fitters = ["llsq_extended_tofts"]
     return tmp / "out"
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_rc_and_sdc_equal_a_direct_computation_from_the_stored_estimates(trt_run):
     from phantomdce.engine.run import open_results
     from phantomdce.report.repeatability import repeatability
@@ -227,6 +228,7 @@ def test_repeatability_refuses_a_run_without_sessions(tmp_path):
         repeatability(tmp_path / "out")
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_the_report_shows_the_test_retest_table_and_figure(trt_run, tmp_path):
     from phantomdce.report.render import write_report
     from phantomdce.report.repeatability import repeatability, repeatability_blocks

@@ -34,6 +34,7 @@ def phantom_run(tmp_path_factory):
     return tmp / "out"
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_phantom_run_figures_are_drawn_once_then_reused(phantom_run, monkeypatch):
     figures = phantom_run_figures(phantom_run)
     assert [p.name for p, _ in figures] == [

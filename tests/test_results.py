@@ -15,6 +15,7 @@ from test_phantom import PHANTOM_SCENARIO
 from test_verdict import make_result, metrics
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_phantom_subjects_are_the_bootstrap_blocks_and_their_spread_is_in_the_cv(tmp_path):
     from phantomdce.engine.run import run
 

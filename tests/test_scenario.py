@@ -271,6 +271,7 @@ def test_a_phantom_subject_whose_bolus_arrives_late_must_keep_a_window():
             subject_protocol(short, 7, s, "varied")
 
 
+@pytest.mark.slow  # an engine or phantom run: the default pytest stays under 4 minutes
 def test_a_study_caps_the_subjects_of_its_phantom_scenarios(tmp_path):
     import json
 
