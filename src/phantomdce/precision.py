@@ -634,10 +634,7 @@ def _bound_one(
         return out
     jd, jv, _ = jac
     sigma = dataclasses.replace(sm.protocol, snr=snr).noise_sigma(t10, m0)
-    if sm.protocol.vfa_sigma_ratio is None:
-        sigma_vfa = sigma / np.sqrt(sm.protocol.vfa_averages)
-    else:  # set by a scanner model (phantomdce.scanner)
-        sigma_vfa = sigma * sm.protocol.vfa_sigma_ratio
+    sigma_vfa = sm.protocol.vfa_noise_sigma(sigma)
     cov, columns = covariance(jd, jv, sigma=sigma, sigma_vfa=sigma_vfa, kind=kind)
     p = len(names)
     with np.errstate(invalid="ignore"):

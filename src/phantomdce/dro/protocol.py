@@ -402,6 +402,17 @@ class Protocol:
             return self.vfa_sigma_ratio
         return float(1.0 / np.sqrt(self.vfa_averages))
 
+    def vfa_noise_sigma(self, sigma: ArrayLike) -> np.ndarray:
+        """Noise SD per channel (a.u.) of each VFA image, from the dynamic frames' ``sigma``.
+
+        ``sigma * vfa_sigma_ratio`` when a scanner model set that ratio, else
+        ``sigma / sqrt(vfa_averages)`` (:attr:`vfa_noise_ratio` as a division: the
+        simulator, the phantom and the bound draw the same numbers).
+        """
+        if self.vfa_sigma_ratio is None:
+            return np.asarray(sigma) / np.sqrt(self.vfa_averages)
+        return np.asarray(sigma) * self.vfa_sigma_ratio
+
     def noise_sigma(self, t10: ArrayLike, m0: ArrayLike = RECEIVER_REFERENCE_M0) -> np.ndarray:
         """Noise SD per channel (a.u.) of the dynamic frames in tissues of native T1 ``t10``.
 

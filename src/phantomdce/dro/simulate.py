@@ -307,10 +307,7 @@ def simulate_case(scenario: Scenario, case: Case, *, voxels: range | None = None
     )
     common = {"seed": scenario.seed, "case_index": case.index, "voxels": voxels}
     signal = _noisy(sig_clean, tissue_of_voxel, sigma, stream=STREAM_DYNAMIC, **common)
-    if protocol.vfa_sigma_ratio is None:
-        vfa_sigma = sigma / np.sqrt(protocol.vfa_averages)
-    else:
-        vfa_sigma = sigma * protocol.vfa_sigma_ratio
+    vfa_sigma = protocol.vfa_noise_sigma(sigma)
     vfa = _noisy(vfa_clean, tissue_of_voxel, vfa_sigma, stream=STREAM_VFA, **common)
 
     n_art = protocol.arterial_voxels

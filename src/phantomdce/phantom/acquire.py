@@ -571,10 +571,7 @@ def acquire(
     muscle = next(i for i, p in enumerate(phantom.type_params) if p["class"] == "muscle")
     volume = acq.in_plane_mm**2 * acq.slice_mm
     sigma = pre[muscle] / protocol.snr * (REFERENCE_VOXEL_MM3 / volume)
-    if protocol.vfa_sigma_ratio is None:
-        vfa_sigma = sigma / np.sqrt(protocol.vfa_averages)
-    else:  # set by a scanner model (phantomdce.scanner)
-        vfa_sigma = sigma * protocol.vfa_sigma_ratio
+    vfa_sigma = protocol.vfa_noise_sigma(sigma)
     per_slice = shape[1] * shape[2]
     # slice by slice, so that memory holds one slice of float64 curves at a time
     signal = np.empty((shape[0] * per_slice, protocol.n_frames), dtype=np.float32)
