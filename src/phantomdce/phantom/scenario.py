@@ -719,6 +719,13 @@ def _neck(
     return make_neck(shape, seed=seed, field_strength=field_strength, geometry=geometry)
 
 
+def _refuse_protocol_key(raw: dict[str, Any], sweep: dict[str, Any], key: str, why: str) -> None:
+    """Raise ConfigError naming ``key`` where the scenario sets it (protocol or sweep)."""
+    for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
+        if key in table:
+            raise ConfigError(f"{where}.{key} = {table[key]!r} {why}")
+
+
 def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
     """Check a phantom scenario's TOML mapping.
 
@@ -770,21 +777,17 @@ def parse_phantom_scenario(raw: dict[str, Any]) -> PhantomScenario:
             f" ({', '.join(repr(v) for v in SUMMARIES if v != 'voxel')})"
         )
     if subject_aif == "varied":
-        for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
-            if "aif" in table:
-                raise ConfigError(
-                    f"{where}.aif = {table['aif']!r} with phantom.subject_aif = 'varied':"
-                    " each subject gets its own AIF shape; expected no aif, or"
-                    " subject_aif = 'same'"
-                )
-    for where, table in (("protocol", raw.get("protocol", {})), ("sweep", sweep)):
-        if "snr_t1_s" in table:
-            raise ConfigError(
-                f"{where}.snr_t1_s = {table['snr_t1_s']!r} in a phantom scenario: the neck"
-                " phantom's noise is always one receiver SD, with snr stated in muscle at"
-                " its reference voxel (phantomdce.phantom.acquire); expected no snr_t1_s"
-                " (a DRO scenario's key)"
-            )
+        _refuse_protocol_key(
+            raw, sweep, "aif",
+            "with phantom.subject_aif = 'varied': each subject gets its own AIF shape;"
+            " expected no aif, or subject_aif = 'same'",
+        )  # fmt: skip
+    _refuse_protocol_key(
+        raw, sweep, "snr_t1_s",
+        "in a phantom scenario: the neck phantom's noise is always one receiver SD, with snr"
+        " stated in muscle at its reference voxel (phantomdce.phantom.acquire); expected no"
+        " snr_t1_s (a DRO scenario's key)",
+    )  # fmt: skip
     shape_l = ph.get("shape", [40, 160, 160])
     acq_sweep = {k: list(sweep.pop(k)) if isinstance(sweep[k], list) else sweep.pop(k)
                  for k in list(sweep) if k in (*ACQ_KEYS, *CASE_KEYS)}
