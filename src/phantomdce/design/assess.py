@@ -827,6 +827,7 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
     mine = {f: rows for f, rows in section.items() if f == site.fitter
             or f.startswith(f"{site.fitter} (")}  # fmt: skip
     note = ""
+    no_own_option = False  # several options, none of them the site's
     if rec["knob"] == "fitter":  # the fitted model is the knob: one row label for all
         mine = dict(section)
     elif len(mine) > 1:  # options (the AIF of an injection-rate sweep, the field strength
@@ -839,6 +840,7 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
         if own:
             mine = own
         else:
+            no_own_option = True
             shown = ", ".join(f.split(" (", 1)[1].rstrip(")") for f in mine if " (" in f)
             note = (
                 f" (none of the study's options ({shown}) is the site's: each option shown,"
@@ -862,7 +864,7 @@ def _study_at(settings, rec, site: Site, value, swept, fmt) -> tuple[str, str]:
         parts.append(f"{tag}: {words}".strip(": ").strip() if tag else words)
         classes += cls
         first_option = cls if first_option is None else first_option
-    if note.startswith(" (none of the study's options") and first_option is not None:
+    if no_own_option and first_option is not None:
         # none of the options is the site's: the badge is the first option's, the
         # recommendation's primary way, as a category verdict's (report.verdict.judge)
         return "; ".join(parts) + note, _worst(first_option)
