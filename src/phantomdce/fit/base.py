@@ -209,13 +209,12 @@ def unfittable(ct: np.ndarray) -> np.ndarray:
     >>> unfittable(np.array([[0, 1, 2], [0, 0, 0], [np.nan, 1, 2], [-1, -2, 0], [3, 3, 3]]))
     array([False,  True,  True,  True,  True])
     """
+    # the built-in fitters' screen (non-finite, no positive value, flat), and a mean <= 0
+    from phantomdce.fit._common import screen_voxels
+
     ct = np.asarray(ct, dtype=np.float64)
-    bad = ~np.all(np.isfinite(ct), axis=-1)
     safe = np.where(np.isfinite(ct), ct, 0.0)
-    bad |= np.max(safe, axis=-1) <= 0.0
-    bad |= np.mean(safe, axis=-1) <= 0.0
-    bad |= np.ptp(safe, axis=-1) <= 0.0
-    return bad
+    return screen_voxels(ct) | (np.mean(safe, axis=-1) <= 0.0)
 
 
 @runtime_checkable
