@@ -231,24 +231,43 @@ def _model_jac_seg(code, theta, t, ca, fit_delay, vec, seg, model, jac):
 
 
 @njit(cache=True)
-def set_segment(t, ca, s_lo, s_hi, ws):
-    """Let :func:`_fit_one` take the delayed AIF for delays in ``(s_lo, s_hi]`` from a basis.
+def segment_basis(t, ca, s_lo, s_hi, base, sl):
+    """The delayed AIF at ``s_lo`` and its slope over the segment ``(s_lo, s_hi]``.
 
     ``s_lo`` and ``s_hi`` are neighbouring kinks (or a bound of the delay): the delayed
-    AIF is linear in the delay between them (:func:`_model_jac_seg`). Undone by
-    :func:`clear_segment`.
+    AIF is linear in the delay between them, ``base - (delay - s_lo) sl``. Written into
+    ``base`` and ``sl``.
     """
-    vec = ws[0]
-    seg = ws[6]
-    base = vec[11]
-    sl = vec[12]
     mid = 0.5 * (s_lo + s_hi)
     _shift(t, ca, mid, base, sl)  # inside the segment: its slopes
     h = mid - s_lo
     for i in range(t.shape[0]):
         base[i] += h * sl[i]
-    seg[0] = 1.0
-    seg[1] = s_lo
+
+
+@njit(cache=True)
+def set_segment(t, ca, s_lo, s_hi, ws):
+    """Let :func:`_fit_one` take the delayed AIF for delays in ``(s_lo, s_hi]`` from a basis.
+
+    The basis is :func:`segment_basis` (:func:`_model_jac_seg`). Undone by
+    :func:`clear_segment`.
+    """
+    vec = ws[0]
+    segment_basis(t, ca, s_lo, s_hi, vec[11], vec[12])
+    ws[6][0] = 1.0
+    ws[6][1] = s_lo
+
+
+@njit(cache=True)
+def use_segment(base, sl, s_lo, ws):
+    """:func:`set_segment` from a basis computed before (:func:`segment_basis`)."""
+    b = ws[0][11]
+    s = ws[0][12]
+    for i in range(b.shape[0]):
+        b[i] = base[i]
+        s[i] = sl[i]
+    ws[6][0] = 1.0
+    ws[6][1] = s_lo
 
 
 @njit(cache=True)
@@ -599,8 +618,7 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws)
                     rho = (sse - sse_n) / pred if pred > 0.0 else 0.0
                     for q in range(p):
                         theta[q] = trial[q]
-                    model[:] = model_n
-                    jac[:, :] = jac_n
+                    _copy_point(model_n, jac_n, model, jac)
                     sse = sse_n
                     improved = True
                     accepted += 1
@@ -620,6 +638,16 @@ def _fit_one(code, t, ca, y, theta0, lo, hi, fit_delay, max_iter, theta_out, ws)
     for q in range(p):
         theta_out[q] = theta[q]
     return sse, accepted, converged
+
+
+@njit(cache=True, inline="always")
+def _copy_point(model_src, jac_src, model, jac):
+    """Copy a model curve and Jacobian (explicit loops: a slice copy costs 4x as much)."""
+    for i in range(model.shape[0]):
+        model[i] = model_src[i]
+    for q in range(jac.shape[0]):
+        for i in range(jac.shape[1]):
+            jac[q, i] = jac_src[q, i]
 
 
 @njit(cache=True)
