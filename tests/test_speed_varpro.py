@@ -103,3 +103,73 @@ def test_segment_basis_gives_the_shifted_model(even):
             np.testing.assert_allclose(j1, j2, rtol=1e-10, atol=1e-12)
         _lm.clear_segment(ws)
         assert ws[6][0] == 0.0
+
+
+def test_block_products_equal_dot_products_in_any_slot():
+    """The coarse search's products, computed BLOCK voxels at a time, equal the dot products;
+    a voxel's products are bitwise the same whatever slot of a block it takes and whatever
+    shares the block (a padded last block included), so no result depends on chunking."""
+    rng = np.random.default_rng(11)
+    n = T.size
+    rows = rng.normal(size=(30, n))  # an even count, as coarse_rows pads
+    ys = rng.normal(size=(9, n))
+    pb = np.empty((_varpro.BLOCK, rows.shape[0]))
+    _varpro._block_products(rows, ys[: _varpro.BLOCK].copy(), pb)
+    np.testing.assert_allclose(pb, ys[: _varpro.BLOCK] @ rows.T, rtol=1e-12, atol=1e-12)
+    first = pb[0].copy()
+    for slot in range(_varpro.BLOCK):
+        yb = np.zeros((_varpro.BLOCK, n))
+        yb[slot] = ys[0]
+        if slot:
+            yb[0] = ys[8]
+        _varpro._block_products(rows, yb, pb)
+        np.testing.assert_array_equal(pb[slot], first)
+
+
+def test_coarse_search_equals_the_direct_search():
+    """The coarse search from the block products and the contiguous node data gives, at
+    every coarse delay, the node the direct search (_search) finds, to rounding."""
+    names = N._names("extended_tofts", True)
+    lo, hi = N._bounds("extended_tofts", names)
+    keps = _varpro.kep_grid(1, lo, hi, _varpro.KEP_PER_DECADE_DELAY)
+    delays = N.DELAY_GRID
+    tabs = _varpro.tables(1, T, CA, keps, delays, lo, hi, True)
+    nk = keps.size
+    coarse = np.arange(_varpro.DELAY_COARSE // 2, delays.size, _varpro.DELAY_COARSE)
+    for k_stride in (1, 2):
+        rows = _varpro.coarse_rows(tabs, k_stride)
+        nodes = _varpro.coarse_nodes(tabs, k_stride)
+        ys = _curves(4 * _varpro.BLOCK, 5)
+        for b0 in range(0, ys.shape[0], _varpro.BLOCK):
+            pb = np.empty((_varpro.BLOCK, rows.shape[0]))
+            _varpro._block_products(rows, ys[b0 : b0 + _varpro.BLOCK].copy(), pb)
+            for v in range(_varpro.BLOCK):
+                y = ys[b0 + v]
+                syy = float(y @ y)
+                got = np.full((delays.size, 4), np.inf)
+                want = np.full((delays.size, 4), np.inf)
+                _varpro._search_coarse(pb[v], tabs, nodes, syy, got, k_stride, np.empty(nk),
+                                       np.empty(nk), np.empty(nk))  # fmt: skip
+                _varpro._search(y, tabs, syy, want, coarse[0], delays.size,
+                                _varpro.DELAY_COARSE, np.empty(nk), k_stride,
+                                np.empty(nk))  # fmt: skip
+                np.testing.assert_allclose(got[coarse, 0], want[coarse, 0], rtol=1e-10)
+                assert np.all(got[coarse, 3] == want[coarse, 3])
+                np.testing.assert_allclose(got[coarse, 1:3], want[coarse, 1:3], rtol=1e-8,
+                                           atol=1e-12)  # fmt: skip
+                d = _varpro._argmin_searched(got, 0, 0, 1)
+                assert d == _varpro._argmin_cost(want)
+
+
+def test_segment_bases_are_set_segment_basis():
+    """The bases computed once a fit are bitwise those set_segment computes per polish."""
+    t = np.arange(40) * 2.5
+    ca = np.interp(t, T, CA)
+    kinks = _varpro.kinks(t, -10.0, 30.0)
+    bases = _varpro.segment_bases(t, ca, kinks, -10.0, 30.0)
+    edges = np.r_[-10.0, kinks, 30.0]
+    ws = _lm.workspace(t.size, 4)
+    for m, (s_lo, s_hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        _lm.set_segment(t, ca, s_lo, s_hi, ws)
+        np.testing.assert_array_equal(bases[m, 0], ws[0][11])
+        np.testing.assert_array_equal(bases[m, 1], ws[0][12])

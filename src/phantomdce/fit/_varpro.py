@@ -80,6 +80,12 @@ SEGMENT_MIN = 2.0
 SIDE_MARGIN = 0.05
 COARSE_KEP_STRIDE = 2
 FINE_STRIDE = 4
+#: The products of the coarse search (every DELAY_COARSE-th delay) are computed for BLOCK
+#: voxels at a time from a contiguous copy of their rows of the tables
+#: (:func:`coarse_rows`, :func:`_block_products`): read once a block instead of once a
+#: voxel, the rows no longer limit the search by the memory's speed. Every voxel's products
+#: are computed by the same code whatever block it is in (a short last block is padded).
+BLOCK = 4
 #: A polish within a segment stops this far (relative to the segment) below its upper kink
 #: (:func:`_polish_in`): on a kink the model's delay derivative is that of the segment above.
 KINK_EPS = 1e-9
@@ -290,54 +296,241 @@ def _reduced(code, t, c, y, u, syy, scy, scc, lo, hi, fbuf):
 def _search(y, tabs, syy, per_delay, d0, d1, stride, sfy, k_stride, low):
     """The nodes at delay indices ``d0, d0 + stride, ...`` below ``d1`` of one voxel.
 
-    Every ``k_stride``-th rate is searched.
+    Every ``k_stride``-th rate is searched; :func:`_nodes` says how. ``sfy`` (n_kep) and
+    ``low`` (n_kep) are scratch.
+    """
+    f, c, prod, box = tabs
+    for d in range(d0, d1, stride):
+        _matvec(f, d, y, sfy, k_stride)
+        _nodes(tabs, syy, per_delay, d, _dot_c(c, d, y), sfy, k_stride, low)
 
-    The best (cost, Ktrans, vp, kep index) at each such delay is written into
-    ``per_delay`` (n_delay, 4), cost inf where no node is feasible. The nodes whose
-    unconstrained optimum is feasible are taken first (their cost is the unconstrained
-    one); of the others, only those whose unconstrained cost (a lower bound of their
-    cost) is below the best of all so far at their delay are solved on the box's edges,
-    so few are. ``low`` (n_kep) is scratch.
+
+@njit(cache=True)
+def _search_coarse(prow, tabs, nodes, syy, per_delay, k_stride, sfy, low, cbuf):
+    """:func:`_search` of every :data:`DELAY_COARSE`-th delay from its products ``prow``.
+
+    ``prow`` is one voxel's row of :func:`_block_products` over the rows of
+    :func:`coarse_rows`, ``nodes`` the node data of :func:`coarse_nodes`; the nodes are
+    taken as :func:`_nodes` takes them, from these contiguous arrays (a loop the compiler
+    vectorises). ``sfy``, ``low``, ``cbuf`` (n_kep) are scratch.
+    """
+    f, c, prod, box = tabs
+    nd = f.shape[0]
+    nk = f.shape[1]
+    nj = len(range(0, nk, k_stride))
+    m = 0
+    for d in range(DELAY_COARSE // 2, nd, DELAY_COARSE):
+        r = m * (nj + 1)
+        k0 = m * nj
+        scy = prow[r]
+        lmin = np.inf
+        for q in range(nj):
+            s = prow[r + 1 + q]
+            k = k0 + q
+            a = nodes[0, k] * s + nodes[1, k] * scy
+            b = nodes[1, k] * s + nodes[2, k] * scy
+            cost = syy - (a * s + b * scy)
+            ok = (nodes[3, k] <= a) & (a <= nodes[4, k]) & (nodes[5, k] <= b) & (b <= nodes[6, k])
+            cbuf[q] = cost if ok else np.inf
+            # the lower bound of an infeasible node; -inf where the normal matrix is singular
+            lq = np.inf if ok else (cost if cost == cost else -np.inf)
+            low[q * k_stride] = lq
+            lmin = min(lmin, lq)
+            sfy[q * k_stride] = s
+        dbest = np.inf
+        qbest = -1
+        for q in range(nj):
+            if cbuf[q] < dbest:
+                dbest = cbuf[q]
+                qbest = q
+        per_delay[d, 0] = dbest
+        if qbest >= 0:
+            s = prow[r + 1 + qbest]
+            k = k0 + qbest
+            per_delay[d, 1] = nodes[0, k] * s + nodes[1, k] * scy
+            per_delay[d, 2] = nodes[1, k] * s + nodes[2, k] * scy
+            per_delay[d, 3] = qbest * k_stride
+        if lmin < dbest:  # some node's lower bound beats the best: solve it on the edges
+            _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest)
+        m += 1
+
+
+@njit(cache=True)
+def _search_window(y, tabs, syy, per_delay, d_best, w0, w1, fine, sfy, low, prow, k_stride):
+    """:func:`_search` of every ``fine``-th delay of the window ``w0 <= d < w1``.
+
+    The window spans :data:`DELAY_WINDOW` delays either side of ``d_best`` (within the
+    grid); every rate is searched. ``d_best`` is the best delay of :func:`_search_coarse` (whose
+    products are ``prow``, taken at every ``k_stride``-th rate): its products at those
+    rates are taken from ``prow``, not computed again.
     """
     f, c, prod, box = tabs
     nk = f.shape[1]
-    for d in range(d0, d1, stride):
-        scy = _dot_c(c, d, y)
-        _matvec(f, d, y, sfy, k_stride)
-        dbest = np.inf
-        per_delay[d, 0] = np.inf
+    nj = len(range(0, nk, k_stride))
+    h = DELAY_COARSE // 2
+    coarse = d_best >= h and (d_best - h) % DELAY_COARSE == 0
+    for d in range(w0, w1, fine):
+        if coarse and d == d_best:
+            r = (d - h) // DELAY_COARSE * (nj + 1)
+            scy = prow[r]
+            for j in range(nk):
+                sfy[j] = prow[r + 1 + j // k_stride] if j % k_stride == 0 else _dot(f, d, j, y)
+        else:
+            scy = _dot_c(c, d, y)
+            _matvec(f, d, y, sfy, 1)
+        _nodes(tabs, syy, per_delay, d, scy, sfy, 1, low)
+
+
+@njit(cache=True)
+def _nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low):
+    """The best node of one voxel at delay index ``d``, from its products ``c[d].y``, ``f[d].y``.
+
+    The best (cost, Ktrans, vp, kep index) of every ``k_stride``-th rate is written into
+    ``per_delay[d]`` (cost inf where no node is feasible). The nodes whose unconstrained
+    optimum is feasible are taken first (their cost is the unconstrained one); of the
+    others, only those whose unconstrained cost (a lower bound of their cost) is below the
+    best of all so far at their delay are solved on the box's edges, so few are. ``low``
+    (n_kep) is scratch.
+    """
+    f, c, prod, box = tabs
+    nk = f.shape[1]
+    dbest = np.inf
+    lmin = np.inf  # the least lower bound of the nodes left for the edges
+    per_delay[d, 0] = np.inf
+    for j in range(0, nk, k_stride):
+        low[j] = -np.inf  # solved on the edges unless pruned
+        i_ff = prod[d, j, 3]
+        if i_ff != i_ff:
+            lmin = -np.inf
+        else:
+            s = sfy[j]
+            i_fc = prod[d, j, 4]
+            a = i_ff * s + i_fc * scy
+            b = i_fc * s + prod[d, j, 5] * scy
+            cost = syy - (a * s + b * scy)
+            if box[j, 0] <= a <= box[j, 1] and box[j, 2] <= b <= box[j, 3]:
+                low[j] = np.nan  # feasible: done
+                if cost < dbest:
+                    dbest = cost
+                    per_delay[d, 0] = cost
+                    per_delay[d, 1] = a
+                    per_delay[d, 2] = b
+                    per_delay[d, 3] = j
+            else:
+                low[j] = cost
+                if cost < lmin:
+                    lmin = cost
+    if lmin < dbest:
+        _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest)
+
+
+@njit(cache=True, inline="always")
+def _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest):
+    """The second pass of :func:`_nodes`: nodes whose lower bound ``low`` beats ``dbest``."""
+    f, c, prod, box = tabs
+    for j in range(0, f.shape[1], k_stride):
+        alo = box[j, 0]
+        ahi = box[j, 1]
+        if not (low[j] < dbest) or alo > ahi:
+            continue  # done, infeasible, or its lower bound is not below the best
+        a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], sfy[j], scy, syy,
+                            alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
+        if cost < dbest:
+            dbest = cost
+            per_delay[d, 0] = cost
+            per_delay[d, 1] = a
+            per_delay[d, 2] = b
+            per_delay[d, 3] = j
+
+
+@njit(cache=True)
+def coarse_rows(tabs, k_stride):
+    """The rows of the tables the coarse search reads, contiguous (n_rows, n_t).
+
+    For every :data:`DELAY_COARSE`-th delay d (from ``DELAY_COARSE // 2``): the delayed AIF
+    ``c[d]``, then ``f[d, j]`` for every ``k_stride``-th rate j; a zero row pads the count
+    to an even number (:func:`_block_products` takes two rows at a time).
+    """
+    f, c, _, _ = tabs
+    nd = f.shape[0]
+    nk = f.shape[1]
+    n_d = len(range(DELAY_COARSE // 2, nd, DELAY_COARSE))
+    n_rows = n_d * (1 + len(range(0, nk, k_stride)))
+    rows = np.zeros((n_rows + n_rows % 2, f.shape[2]))
+    r = 0
+    for d in range(DELAY_COARSE // 2, nd, DELAY_COARSE):
+        rows[r] = c[d]
+        r += 1
         for j in range(0, nk, k_stride):
-            low[j] = -np.inf  # solved on the edges unless pruned
-            i_ff = prod[d, j, 3]
-            if i_ff == i_ff:
-                s = sfy[j]
-                i_fc = prod[d, j, 4]
-                a = i_ff * s + i_fc * scy
-                b = i_fc * s + prod[d, j, 5] * scy
-                cost = syy - (a * s + b * scy)
-                if box[j, 0] <= a <= box[j, 1] and box[j, 2] <= b <= box[j, 3]:
-                    low[j] = np.nan  # feasible: done
-                    if cost < dbest:
-                        dbest = cost
-                        per_delay[d, 0] = cost
-                        per_delay[d, 1] = a
-                        per_delay[d, 2] = b
-                        per_delay[d, 3] = j
-                else:
-                    low[j] = cost
+            rows[r] = f[d, j]
+            r += 1
+    return rows
+
+
+@njit(cache=True)
+def coarse_nodes(tabs, k_stride):
+    """The coarse search's nodes in the order of :func:`coarse_rows`, contiguous (7, n_nodes).
+
+    Per node: the inverse normal matrix's entries ff, fc, cc (:func:`tables`) and the box
+    of (Ktrans, vp) ``alo, ahi, blo, bhi``.
+    """
+    f, c, prod, box = tabs
+    nd = f.shape[0]
+    nk = f.shape[1]
+    n_d = len(range(DELAY_COARSE // 2, nd, DELAY_COARSE))
+    nodes = np.empty((7, n_d * len(range(0, nk, k_stride))))
+    k = 0
+    for d in range(DELAY_COARSE // 2, nd, DELAY_COARSE):
         for j in range(0, nk, k_stride):
-            alo = box[j, 0]
-            ahi = box[j, 1]
-            if not (low[j] < dbest) or alo > ahi:
-                continue  # done, infeasible, or its lower bound is not below the best
-            a, b, cost = _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], sfy[j], scy, syy,
-                                alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
-            if cost < dbest:
-                dbest = cost
-                per_delay[d, 0] = cost
-                per_delay[d, 1] = a
-                per_delay[d, 2] = b
-                per_delay[d, 3] = j
+            for q in range(3):
+                nodes[q, k] = prod[d, j, 3 + q]
+            for q in range(4):
+                nodes[3 + q, k] = box[j, q]
+            k += 1
+    return nodes
+
+
+@njit(cache=True, fastmath=True)
+def _block_products(rows, yb, pb):
+    """``pb[v, r] = rows[r] . yb[v]`` for the :data:`BLOCK` voxels of ``yb`` (BLOCK, n_t).
+
+    Two rows and four voxels at a time: each value read serves four or two products, so
+    the products run at the speed of the arithmetic, not of the memory (reassociated
+    freely, as :func:`_dot`: they rank nodes, they are not the final cost).
+    """
+    n = rows.shape[1]
+    for r in range(0, rows.shape[0], 2):
+        s00 = 0.0
+        s01 = 0.0
+        s02 = 0.0
+        s03 = 0.0
+        s10 = 0.0
+        s11 = 0.0
+        s12 = 0.0
+        s13 = 0.0
+        for i in range(n):
+            f0 = rows[r, i]
+            f1 = rows[r + 1, i]
+            y0 = yb[0, i]
+            y1 = yb[1, i]
+            y2 = yb[2, i]
+            y3 = yb[3, i]
+            s00 += f0 * y0
+            s01 += f0 * y1
+            s02 += f0 * y2
+            s03 += f0 * y3
+            s10 += f1 * y0
+            s11 += f1 * y1
+            s12 += f1 * y2
+            s13 += f1 * y3
+        pb[0, r] = s00
+        pb[1, r] = s01
+        pb[2, r] = s02
+        pb[3, r] = s03
+        pb[0, r + 1] = s10
+        pb[1, r + 1] = s11
+        pb[2, r + 1] = s12
+        pb[3, r + 1] = s13
 
 
 @njit(cache=True)
@@ -445,10 +638,37 @@ def _argmin_cost(per_delay):
 
 
 @njit(cache=True)
+def _argmin_searched(per_delay, w0, w1, w_stride):
+    """:func:`_argmin_cost` over the delays a delay search wrote (the others are stale).
+
+    Those are every :data:`DELAY_COARSE`-th delay from ``DELAY_COARSE // 2`` and every
+    ``w_stride``-th delay of the window ``w0 <= d < w1``; of equal costs the lowest index
+    wins, as in :func:`_argmin_cost`. Returns a written delay (of cost inf if none is
+    finite; 0 if none was written).
+    """
+    best = -1
+    b_cost = np.inf
+    for d in range(w0, w1, w_stride):
+        c = per_delay[d, 0]
+        if best < 0 or c < b_cost:
+            best = d
+            b_cost = c
+    for d in range(DELAY_COARSE // 2, per_delay.shape[0], DELAY_COARSE):
+        c = per_delay[d, 0]
+        if best < 0 or c < b_cost or (c == b_cost and d < best):
+            best = d
+            b_cost = c
+    return max(best, 0)
+
+
+@njit(cache=True)
 def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
                jtj, ws, per_delay, sfy, fbuf, start, theta, segmented, blo, bhi, seg_ws,
-               done_ws):  # fmt: skip
+               done_ws, prep, prow):  # fmt: skip
     """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
+
+    ``prep`` is :func:`_prepare`'s. With a delay, the coarse search takes its products from
+    ``prow`` (the voxel's row of :func:`_block_products` over :func:`coarse_rows`).
 
     With a delay and ``segmented`` (:func:`segmented`), see :func:`_fit_segments`;
     with a delay otherwise, the :data:`DELAY_REFINED` best delays of the fine search are
@@ -462,35 +682,38 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         syy += y[i] * y[i]
     nd = delays.shape[0]
     nk = keps.shape[0]
-    low = sfy[nk:]  # scratch of the search
+    low = sfy[nk : 2 * nk]  # scratch of the search
+    cbuf = sfy[2 * nk :]
     sfy = sfy[:nk]
-    for d in range(nd):
-        per_delay[d, 0] = np.inf
+    w0 = 0
+    w1 = nd
+    fine = 1
     if fit_delay and nd > 1:
         # the coarse delays, then every delay within one coarse step of the best of them
-        # (with segments, every COARSE_KEP_STRIDE-th rate and FINE_STRIDE-th delay)
+        # (with segments, every COARSE_KEP_STRIDE-th rate and FINE_STRIDE-th delay); only
+        # these delays of per_delay are written, and read (_argmin_searched)
         k_stride = COARSE_KEP_STRIDE if segmented else 1
         fine = FINE_STRIDE if segmented else 1
-        _search(y, tabs, syy, per_delay, DELAY_COARSE // 2, nd, DELAY_COARSE, sfy, k_stride,
-                low)  # fmt: skip
-        d_best = _argmin_cost(per_delay)
-        _search(y, tabs, syy, per_delay, max(d_best - DELAY_WINDOW, 0),
-                min(d_best + DELAY_WINDOW + 1, nd), fine, sfy, 1, low)  # fmt: skip
+        _search_coarse(prow, tabs, prep[1], syy, per_delay, k_stride, sfy, low, cbuf)
+        d_best = _argmin_searched(per_delay, 0, 0, 1)
+        w0 = max(d_best - DELAY_WINDOW, 0)
+        w1 = min(d_best + DELAY_WINDOW + 1, nd)
+        _search_window(y, tabs, syy, per_delay, d_best, w0, w1, fine, sfy, low, prow, k_stride)
     else:
         _search(y, tabs, syy, per_delay, 0, nd, 1, sfy, 1, low)
     node = np.empty(5)
     cand = np.empty(p)
     if fit_delay and nd > 1 and segmented:
-        _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, out, jtj, ws,
-                      per_delay, fbuf, theta, syy, node, cand, blo, bhi, seg_ws,
-                      done_ws)  # fmt: skip
+        _fit_segments(code, t, ca, y, keps, delays, kinks, prep[2], tabs, lo, hi, max_iter, out,
+                      jtj, ws, per_delay, w0, w1, fine, fbuf, theta, syy, node, cand, blo, bhi,
+                      seg_ws, done_ws)  # fmt: skip
         return
     if fit_delay and nd > 1:
         # the delays ranked by their cost at the refined kep: the grid's kep resolution
         # cannot rank delays whose costs differ by less than its own error
         best = np.inf
         for _ in range(DELAY_REFINED):
-            d_best = _argmin_cost(per_delay)
+            d_best = _argmin_searched(per_delay, w0, w1, fine)
             if per_delay[d_best, 0] == np.inf:
                 break
             for q in range(4):
@@ -565,8 +788,29 @@ def _segment(kinks, delay, lo, hi):
 
 
 @njit(cache=True)
-def _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, theta, blo, bhi):
-    """Polish ``cand`` with the delay bounded to its segment; keep it if better. Returns m."""
+def segment_bases(t, ca, kinks, lo, hi):
+    """The delayed AIF's basis (:func:`phantomdce.fit._lm.segment_basis`) of every segment.
+
+    Segment m (:func:`_segment`) spans ``[kinks[m-1], kinks[m]]`` (``lo``, ``hi`` beyond the
+    first and last kink); returns (n_kinks + 1, 2, n_t): the delayed AIF at its lower end
+    and its slope. Computed once a fit, not once a polish.
+    """
+    nm = kinks.shape[0] + 1
+    bases = np.empty((nm, 2, t.shape[0]))
+    for m in range(nm):
+        s_lo = kinks[m - 1] if m > 0 else lo
+        s_hi = kinks[m] if m < kinks.shape[0] else hi
+        _lm.segment_basis(t, ca, s_lo, s_hi, bases[m, 0], bases[m, 1])
+    return bases
+
+
+@njit(cache=True)
+def _polish_in(code, t, ca, y, cand, lo, hi, kinks, bases, max_iter, out, jtj, ws, theta, blo,
+               bhi):  # fmt: skip
+    """Polish ``cand`` with the delay bounded to its segment; keep it if better. Returns m.
+
+    ``bases`` are the segments' :func:`segment_bases`.
+    """
     p = lo.shape[0]
     dq = p - 1
     m, s_lo, s_hi = _segment(kinks, cand[dq], lo[dq], hi[dq])
@@ -577,7 +821,7 @@ def _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, thet
     # at a kink the model's delay derivative is the one of the segment above it: the upper
     # end of a segment is held just below its kink, where the derivative is this segment's
     bhi[dq] = s_hi - KINK_EPS * (s_hi - s_lo) if m < kinks.shape[0] else s_hi
-    _lm.set_segment(t, ca, s_lo, s_hi, ws)  # the delayed AIF is linear in the delay there
+    _lm.use_segment(bases[m, 0], bases[m, 1], s_lo, ws)  # the delayed AIF is linear there
     sse, acc, conv = _lm._fit_one(code, t, ca, y, cand, blo, bhi, True, max_iter, theta, ws)
     _lm.clear_segment(ws)
     if sse < out[p] or out[p] == np.inf:  # the first polish is kept whatever its cost
@@ -586,8 +830,9 @@ def _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, thet
 
 
 @njit(cache=True)
-def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, out, jtj, ws,
-                  per_delay, fbuf, theta, syy, node, cand, blo, bhi, seg_ws, done_ws):  # fmt: skip
+def _fit_segments(code, t, ca, y, keps, delays, kinks, bases, tabs, lo, hi, max_iter, out, jtj,
+                  ws, per_delay, w0, w1, fine, fbuf, theta, syy, node, cand, blo, bhi, seg_ws,
+                  done_ws):  # fmt: skip
     """Delay fit polished within segments between kinks (the cost is smooth within one).
 
     The :data:`DELAY_REFINED` best nodes of the search are refined in kep
@@ -595,7 +840,9 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
     its segment, the others in other segments too if their refined cost is within
     :data:`SIDE_MARGIN` of the polished one. A result within :data:`KINK_NEAR` of a
     segment's end (a kink) is polished in the segment beyond it as well, from the
-    mirrored delay; the best polished result is kept. ``seg_ws`` (DELAY_REFINED + 1,
+    mirrored delay; the best polished result is kept. ``bases`` are the segments'
+    :func:`segment_bases`; ``per_delay`` holds the search's delays (:func:`_argmin_searched`
+    with the window ``w0``, ``w1``, ``fine``). ``seg_ws`` (DELAY_REFINED + 1,
     max(p, DELAY_REFINED)) and ``done_ws`` (DELAY_REFINED + 1, int) are scratch.
     """
     p = lo.shape[0]
@@ -607,7 +854,7 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
     done = done_ws
     for c in range(DELAY_REFINED):
         costs[c] = np.inf
-        d_best = _argmin_cost(per_delay)
+        d_best = _argmin_searched(per_delay, w0, w1, fine)
         if per_delay[d_best, 0] == np.inf:
             break
         for q in range(4):
@@ -621,16 +868,16 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
         return  # no feasible node: not fitted (cost inf)
     done[:] = -1
     c1 = np.argmin(costs[:n_c])
-    done[0] = _polish_in(code, t, ca, y, starts[c1, :p], lo, hi, kinks, max_iter, out, jtj, ws,
-                         theta, blo, bhi)  # fmt: skip
+    done[0] = _polish_in(code, t, ca, y, starts[c1, :p], lo, hi, kinks, bases, max_iter, out, jtj,
+                         ws, theta, blo, bhi)  # fmt: skip
     for c in range(n_c):
         m = _segment(kinks, starts[c, dq], lo[dq], hi[dq])[0]
         seen = False
         for k in range(DELAY_REFINED + 1):
             seen = seen or done[k] == m
         if not seen and costs[c] < out[p] * (1.0 + SIDE_MARGIN):
-            done[c + 1] = _polish_in(code, t, ca, y, starts[c, :p], lo, hi, kinks, max_iter, out,
-                                     jtj, ws, theta, blo, bhi)  # fmt: skip
+            done[c + 1] = _polish_in(code, t, ca, y, starts[c, :p], lo, hi, kinks, bases, max_iter,
+                                     out, jtj, ws, theta, blo, bhi)  # fmt: skip
     # near a kink the cost can have a lower minimum on its other side: polish there too
     delay = out[dq]
     k = np.searchsorted(kinks, delay)
@@ -664,7 +911,8 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, max_iter, o
         if side * _delay_gradient(code, t, ca, y, cand, ws) <= 0.0:
             return
     cand[dq] = kink + side * min(max(abs(delay - kink), KINK_STEP * gap), 0.5 * gap)
-    _polish_in(code, t, ca, y, cand, lo, hi, kinks, max_iter, out, jtj, ws, theta, blo, bhi)
+    _polish_in(code, t, ca, y, cand, lo, hi, kinks, bases, max_iter, out, jtj, ws, theta, blo,
+               bhi)  # fmt: skip
 
 
 @njit(cache=True)
@@ -693,13 +941,15 @@ def _keep(out, jtj, theta, p, sse, acc, conv, ws, y):
 
 
 @njit(cache=True)
-def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out, jtj,
-               v0, v1):  # fmt: skip
+def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, prep, lo, hi, fit_delay, max_iter,
+               out, jtj, v0, v1):  # fmt: skip
+    """Fit voxels ``v0`` to ``v1``, :data:`BLOCK` at a time (``prep``: :func:`_prepare`)."""
     p = lo.shape[0]
-    ws = _lm.workspace(t.shape[0], p)
+    n = t.shape[0]
+    ws = _lm.workspace(n, p)
     per_delay = np.empty((delays.shape[0], 4))
-    sfy = np.empty(2 * keps.shape[0])  # the products f.y and the search's scratch
-    fbuf = np.empty(t.shape[0])
+    sfy = np.empty(3 * keps.shape[0])  # the products f.y and the search's scratch
+    fbuf = np.empty(n)
     start = np.empty(p)
     theta = np.empty(p)
     blo = np.empty(p)
@@ -707,13 +957,41 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, ma
     seg = fit_delay and segmented(kinks)
     seg_ws = np.empty((DELAY_REFINED + 1, max(p, DELAY_REFINED)))
     done_ws = np.empty(DELAY_REFINED + 1, dtype=np.int64)
-    for v in range(v0, v1):
-        if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
-            _fit_voxel(
-                code, t, ca, ys[v], keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter,
-                out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta, seg, blo, bhi, seg_ws,
-                done_ws,
-            )  # fmt: skip
+    rows = prep[0]
+    blocked = fit_delay and delays.shape[0] > 1
+    yb = np.zeros((BLOCK, n))
+    pb = np.empty((BLOCK, rows.shape[0]))
+    for b0 in range(v0, v1, BLOCK):
+        b1 = min(b0 + BLOCK, v1)
+        if blocked:
+            for k in range(BLOCK):
+                for i in range(n):
+                    yb[k, i] = ys[b0 + k, i] if b0 + k < b1 else 0.0
+            _block_products(rows, yb, pb)
+        for v in range(b0, b1):
+            if out[v, 0] == out[v, 0]:  # NaN marks a voxel screened out as unfittable
+                _fit_voxel(
+                    code, t, ca, ys[v], keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter,
+                    out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta, seg, blo, bhi,
+                    seg_ws, done_ws, prep, pb[v - b0],
+                )  # fmt: skip
+
+
+@njit(cache=True)
+def _prepare(t, ca, tabs, kinks, lo, hi, fit_delay):
+    """What every voxel of a delay fit shares beside the tables (empty arrays without one).
+
+    :func:`coarse_rows` and :func:`coarse_nodes` (at the rate stride :func:`_fit_voxel`
+    takes) and, with segments (:func:`segmented`), :func:`segment_bases`.
+    """
+    n = t.shape[0]
+    if not fit_delay or tabs[0].shape[0] < 2:
+        return np.zeros((0, n)), np.zeros((7, 0)), np.zeros((0, 2, n))
+    seg = segmented(kinks)
+    k_stride = COARSE_KEP_STRIDE if seg else 1
+    dq = lo.shape[0] - 1
+    bases = segment_bases(t, ca, kinks, lo[dq], hi[dq]) if seg else np.zeros((0, 2, n))
+    return coarse_rows(tabs, k_stride), coarse_nodes(tabs, k_stride), bases
 
 
 @njit(cache=True, nogil=True)
@@ -728,8 +1006,9 @@ def fit_serial(code, t, ca, ys, keps, delays, kinks, lo, hi, fit_delay, max_iter
     normal matrix at the solution. A row of ``out`` whose first value is NaN is skipped.
     """
     tabs = tables(code, t, ca, keps, delays, lo, hi, fit_delay)
-    _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out, jtj,
-               0, ys.shape[0])  # fmt: skip
+    prep = _prepare(t, ca, tabs, kinks, lo, hi, fit_delay)
+    _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, prep, lo, hi, fit_delay, max_iter, out,
+               jtj, 0, ys.shape[0])  # fmt: skip
 
 
 @njit(cache=True, parallel=True)
@@ -737,8 +1016,9 @@ def fit_parallel(code, t, ca, ys, keps, delays, kinks, lo, hi, fit_delay, max_it
                  n_chunks):
     """As :func:`fit_serial`, voxels shared across numba's threads in ``n_chunks`` chunks."""
     tabs = tables(code, t, ca, keps, delays, lo, hi, fit_delay)
+    prep = _prepare(t, ca, tabs, kinks, lo, hi, fit_delay)
     n_vox = ys.shape[0]
     n_chunks = max(min(n_chunks, n_vox), 1)
     for ch in prange(n_chunks):
-        _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
-                   jtj, ch * n_vox // n_chunks, (ch + 1) * n_vox // n_chunks)  # fmt: skip
+        _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, prep, lo, hi, fit_delay, max_iter,
+                   out, jtj, ch * n_vox // n_chunks, (ch + 1) * n_vox // n_chunks)  # fmt: skip
