@@ -173,3 +173,40 @@ def test_segment_bases_are_set_segment_basis():
         _lm.set_segment(t, ca, s_lo, s_hi, ws)
         np.testing.assert_array_equal(bases[m, 0], ws[0][11])
         np.testing.assert_array_equal(bases[m, 1], ws[0][12])
+
+
+def test_paired_refinement_is_each_refinement_alone():
+    """Two nodes refined side by side (their recursions in one loop) give bitwise the starts
+    and costs each gives alone; so do two recursions run in one loop."""
+    n = T.size
+    f1, f2, g = np.empty(n), np.empty(n), np.empty(n)
+    c2 = np.roll(CA, 3)
+    _lm._conv_f_pair(T, CA, 0.01, f1, c2, 0.3, f2)
+    _lm._conv_f(T, CA, 0.01, g)
+    np.testing.assert_array_equal(f1, g)
+    _lm._conv_f(T, c2, 0.3, g)
+    np.testing.assert_array_equal(f2, g)
+    names = N._names("extended_tofts", True)
+    lo, hi = N._bounds("extended_tofts", names)
+    keps = _varpro.kep_grid(1, lo, hi, _varpro.KEP_PER_DECADE_DELAY)
+    delays = N.DELAY_GRID
+    tabs = _varpro.tables(1, T, CA, keps, delays, lo, hi, True)
+    for y in _curves(30, 8):
+        syy = float(y @ y)
+        per_delay = np.full((delays.size, 4), np.inf)
+        _varpro._search(y, tabs, syy, per_delay, 0, delays.size, 1, np.empty(keps.size), 1,
+                        np.empty(keps.size))  # fmt: skip
+        order = np.argsort(per_delay[:, 0], kind="stable")[:2]
+        if not np.isfinite(per_delay[order, 0]).all():
+            continue
+        nodes = np.column_stack([per_delay[order], order])
+        starts, costs = np.empty((2, 4)), np.empty(2)
+        _varpro._refined_pair(1, T, y, keps, delays, tabs, lo, hi, syy, nodes, np.empty(n),
+                              np.empty(n), starts, costs, np.empty((2, 15)))  # fmt: skip
+        for c in range(2):
+            alone = np.empty(4)
+            cost = _varpro._refined_start(1, T, y, keps, delays, tabs, lo, hi, True, syy,
+                                          nodes[c], np.empty(n), alone,
+                                          np.empty(15))  # fmt: skip
+            assert cost == costs[c]
+            np.testing.assert_array_equal(alone, starts[c])

@@ -127,6 +127,36 @@ def _conv_f(t, ca, k, f):
 
 
 @njit(cache=True, fastmath={"contract"})
+def _conv_f_pair(t, ca1, k1, f1, ca2, k2, f2):
+    """:func:`_conv_f` of two inputs at two rates in one loop (each as :func:`_conv_f`)."""
+    n = t.shape[0]
+    f1[0] = 0.0
+    f2[0] = 0.0
+    last = -1.0
+    e1 = dh1 = dp11 = e2 = dh2 = dp12 = 0.0
+    x1 = 0.0
+    x2 = 0.0
+    for i in range(n - 1):
+        d = t[i + 1] - t[i]
+        if d != last:
+            e1, h1, p11, _ = _weights(k1 * d)
+            e2, h2, p12, _ = _weights(k2 * d)
+            dh1 = d * h1
+            dp11 = d * p11
+            dh2 = d * h2
+            dp12 = d * p12
+            last = d
+        c1 = ca1[i + 1]
+        dc1 = ca1[i] - c1
+        c2 = ca2[i + 1]
+        dc2 = ca2[i] - c2
+        x1 = e1 * x1 + (c1 * dh1 + dc1 * dp11)
+        x2 = e2 * x2 + (c2 * dh2 + dc2 * dp12)
+        f1[i + 1] = x1
+        f2[i + 1] = x2
+
+
+@njit(cache=True, fastmath={"contract"})
 def _conv_fg_f(t, ca, sl, k, f, g, fs):
     """:func:`_conv_fg` of ``ca`` and :func:`_conv_f` of ``sl`` in one pass (same weights).
 

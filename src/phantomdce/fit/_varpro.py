@@ -135,24 +135,31 @@ def tables(code, t, ca, keps, delays, lo, hi, fit_delay):
         scc = 0.0
         for i in range(n):
             scc += c[d, i] * c[d, i]
-        for j in range(nk):
-            fj = f[d, j]
-            _lm._conv_f(t, c[d], keps[j], fj)
+        # two rates at a time: their recursions and sums run side by side (the same results)
+        for j in range(0, nk - 1, 2):
+            f0 = f[d, j]
+            f1 = f[d, j + 1]
+            _lm._conv_f_pair(t, c[d], keps[j], f0, c[d], keps[j + 1], f1)
+            sff0 = 0.0
+            sfc0 = 0.0
+            sff1 = 0.0
+            sfc1 = 0.0
+            for i in range(n):
+                sff0 += f0[i] * f0[i]
+                sfc0 += f0[i] * c[d, i]
+                sff1 += f1[i] * f1[i]
+                sfc1 += f1[i] * c[d, i]
+            _products(code, prod[d, j], sff0, sfc0, scc)
+            _products(code, prod[d, j + 1], sff1, sfc1, scc)
+        if nk % 2:
+            fj = f[d, nk - 1]
+            _lm._conv_f(t, c[d], keps[nk - 1], fj)
             sff = 0.0
             sfc = 0.0
             for i in range(n):
                 sff += fj[i] * fj[i]
                 sfc += fj[i] * c[d, i]
-            det = sff * scc - sfc * sfc
-            prod[d, j, 0] = sff
-            prod[d, j, 1] = sfc
-            prod[d, j, 2] = scc
-            if code != 0 and det > 1e-12 * sff * scc:
-                prod[d, j, 3] = scc / det
-                prod[d, j, 4] = -sfc / det
-                prod[d, j, 5] = sff / det
-            else:
-                prod[d, j, 3:] = np.nan
+            _products(code, prod[d, nk - 1], sff, sfc, scc)
     box = np.empty((nk, 4))
     for j in range(nk):
         alo, ahi, blo, bhi = _linear_bounds(code, keps[j], lo, hi)
@@ -161,6 +168,21 @@ def tables(code, t, ca, keps, delays, lo, hi, fit_delay):
         box[j, 2] = blo
         box[j, 3] = bhi
     return f, c, prod, box
+
+
+@njit(cache=True, inline="always")
+def _products(code, out, sff, sfc, scc):
+    """A node's ``F.F``, ``F.c``, ``c.c`` and inverse normal matrix into out (:func:`tables`)."""
+    det = sff * scc - sfc * sfc
+    out[0] = sff
+    out[1] = sfc
+    out[2] = scc
+    if code != 0 and det > 1e-12 * sff * scc:
+        out[3] = scc / det
+        out[4] = -sfc / det
+        out[5] = sff / det
+    else:
+        out[3:] = np.nan
 
 
 @njit(cache=True, fastmath=True)
@@ -274,11 +296,31 @@ def _node(code, k, prod, d, j, sfy, scy, syy, lo, hi, best):
     return _edges(prod[d, j, 0], prod[d, j, 1], prod[d, j, 2], sfy, scy, syy, alo, ahi, blo, bhi)
 
 
-@njit(cache=True, fastmath={"contract", "reassoc"})
+@njit(cache=True)
 def _reduced(code, t, c, y, u, syy, scy, scc, lo, hi, fbuf):
     """Reduced cost at the rate ``exp(u)``: ``(a, b, cost)`` with a, b solved exactly."""
     k = math.exp(u)
     _lm._conv_f(t, c, k, fbuf)
+    return _reduced_from(code, t, c, y, k, syy, scy, scc, lo, hi, fbuf)
+
+
+@njit(cache=True)
+def _reduced_pair(code, t, c1, c2, y, u1, u2, syy, scy1, scy2, scc1, scc2, lo, hi, fbuf, gbuf):
+    """:func:`_reduced` of two (curve, rate) pairs, their recursions run side by side.
+
+    Returns ``(a1, b1, cost1, a2, b2, cost2)``, each equal to :func:`_reduced`'s.
+    """
+    k1 = math.exp(u1)
+    k2 = math.exp(u2)
+    _lm._conv_f_pair(t, c1, k1, fbuf, c2, k2, gbuf)
+    a1, b1, f1 = _reduced_from(code, t, c1, y, k1, syy, scy1, scc1, lo, hi, fbuf)
+    a2, b2, f2 = _reduced_from(code, t, c2, y, k2, syy, scy2, scc2, lo, hi, gbuf)
+    return a1, b1, f1, a2, b2, f2
+
+
+@njit(cache=True, fastmath={"contract", "reassoc"})
+def _reduced_from(code, t, c, y, k, syy, scy, scc, lo, hi, fbuf):
+    """:func:`_reduced` from the recursion's result ``fbuf`` at the rate ``k``."""
     sff = 0.0
     sfc = 0.0
     sfy = 0.0
@@ -533,11 +575,133 @@ def _block_products(rows, yb, pb):
         pb[3, r + 1] = s13
 
 
+#: Entries of the state of a refinement (:func:`_brent_init`): the bracket (UA, UB) of
+#: ln kep, the best point UX and the two next best UW, UV with their costs FX, FW, FV, the
+#: last two steps E, STEP, the linear parameters at UX, the rate exp(UX), c.y, and the
+#: delay index.
+UA, UB, UX, UW, UV, FX, FW, FV, E, STEP, BEST_A, BEST_B, RATE, SCY, DELAY = range(15)
+
+
 @njit(cache=True)
-def _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, theta):
+def _brent_init(code, y, keps, tabs, lo, hi, syy, node, st):
+    """State ``st`` of the refinement of ``node`` (:func:`_refined_start`); True if it runs.
+
+    The bracket (ua, ux, ub) of ln kep around the node, with exact costs. Patlak and a
+    node without two neighbours on either side are not refined.
+    """
+    f, c, prod, box = tabs
+    nk = keps.shape[0]
+    best_j = int(node[3])
+    best_d = int(node[4])
+    st[FX] = node[0]
+    st[BEST_A] = node[1]
+    st[BEST_B] = node[2]
+    st[RATE] = keps[best_j]
+    st[DELAY] = best_d
+    if not (code != 2 and 2 <= best_j <= nk - 2):
+        return False
+    scy = _dot_c(c, best_d, y)
+    st[SCY] = scy
+    ua = math.log(keps[best_j - 1])
+    ub = math.log(keps[best_j + 1])
+    ja = best_j - 1
+    jb = best_j + 1
+    fa = _node(code, keps[ja], prod, best_d, ja, _dot(f, best_d, ja, y), scy, syy, lo, hi,
+               np.inf)[2]  # fmt: skip
+    fb = _node(code, keps[jb], prod, best_d, jb, _dot(f, best_d, jb, y), scy, syy, lo, hi,
+               np.inf)[2]  # fmt: skip
+    st[UA] = ua
+    st[UB] = ub
+    st[UX] = math.log(st[RATE])
+    # Brent's minimisation (parabolas through the three best points, golden-section steps
+    # when a parabola misbehaves), bracket [ua, ub]
+    if fa < fb:
+        st[UW], st[FW], st[UV], st[FV] = ua, fa, ub, fb
+    else:
+        st[UW], st[FW], st[UV], st[FV] = ub, fb, ua, fa
+    st[E] = ub - ua
+    st[STEP] = 0.0
+    return True
+
+
+@njit(cache=True, inline="always")
+def _brent_propose(st):
+    """The next rate (ln kep) of a refinement, and False once its step is below the tolerance."""
+    ua, ub, ux, uw, uv = st[UA], st[UB], st[UX], st[UW], st[UV]
+    fx, fw, fv = st[FX], st[FW], st[FV]
+    e = st[E]
+    step = st[STEP]
+    um = 0.5 * (ua + ub)
+    golden = True
+    if abs(e) > REFINE_TOL:
+        r = (ux - uw) * (fx - fv)
+        q = (ux - uv) * (fx - fw)
+        pp = (ux - uv) * q - (ux - uw) * r
+        q = 2.0 * (q - r)
+        if q > 0.0:
+            pp = -pp
+        q = abs(q)
+        if abs(pp) < abs(0.5 * q * e) and pp > q * (ua - ux) and pp < q * (ub - ux):
+            e = step
+            step = pp / q
+            golden = False
+    if golden:
+        e = (ua - ux) if ux >= um else (ub - ux)
+        step = 0.381966 * e
+    st[E] = e
+    st[STEP] = step
+    return ux + step, abs(step) >= REFINE_TOL
+
+
+@njit(cache=True, inline="always")
+def _brent_take(st, u, a, b, fu):
+    """Take the cost ``fu`` (linear parameters a, b) at ``u`` into a refinement's state."""
+    ux = st[UX]
+    if fu <= st[FX]:
+        if u >= ux:
+            st[UA] = ux
+        else:
+            st[UB] = ux
+        st[UV], st[FV], st[UW], st[FW] = st[UW], st[FW], ux, st[FX]
+        st[UX] = u
+        st[FX] = fu
+        st[BEST_A] = a
+        st[BEST_B] = b
+        st[RATE] = math.exp(u)
+    else:
+        if u < ux:
+            st[UA] = u
+        else:
+            st[UB] = u
+        if fu <= st[FW] or st[UW] == ux:
+            st[UV], st[FV], st[UW], st[FW] = st[UW], st[FW], u, fu
+        elif fu <= st[FV] or st[UV] == ux or st[UV] == st[UW]:
+            st[UV], st[FV] = u, fu
+
+
+@njit(cache=True, inline="always")
+def _brent_start(code, delays, lo, hi, fit_delay, st, theta):
+    """The polish's start from a refinement's state, written into theta; its cost."""
+    k = st[RATE]
+    theta[0] = st[BEST_A]
+    if code == 2:
+        theta[1] = st[BEST_B]
+    else:
+        theta[1] = _clip(st[BEST_A] / k, lo[1], hi[1]) if k > 0.0 else VE_AT_ZERO_RATE
+        if code == 1:
+            theta[2] = st[BEST_B]
+    if fit_delay:
+        theta[theta.shape[0] - 1] = delays[int(st[DELAY])]
+    return st[FX]
+
+
+@njit(cache=True)
+def _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, theta,
+                   st):  # fmt: skip
     """Start of the polish from a node, refined in kep, written into theta; its cost.
 
-    ``node`` is (cost, Ktrans, vp, kep index, delay index); theta the full parameter vector.
+    ``node`` is (cost, Ktrans, vp, kep index, delay index); theta the full parameter vector;
+    ``st`` (15,) scratch.
 
     The refinement is Brent's minimisation in ``ln kep`` between the node's neighbours
     (:data:`REFINE_ITER` steps at most, :data:`REFINE_ITER_DELAY` with a fitted delay, to
@@ -545,86 +709,60 @@ def _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node,
     Levenberg-Marquardt polish does the rest.
     """
     f, c, prod, box = tabs
-    nk = keps.shape[0]
-    best = node[0]
-    best_a = node[1]
-    best_b = node[2]
-    best_j = int(node[3])
-    best_d = int(node[4])
-    k = keps[best_j]
-    fx = best
-    if code != 2 and 2 <= best_j <= nk - 2:
-        # bracket (ua, ux, ub) of ln kep around the best node, with exact costs
-        cd = c[best_d]
-        scy = _dot_c(c, best_d, y)
-        ua = math.log(keps[best_j - 1])
-        ux = math.log(k)
-        ub = math.log(keps[best_j + 1])
-        ja = best_j - 1
-        jb = best_j + 1
-        fa = _node(code, keps[ja], prod, best_d, ja, _dot(f, best_d, ja, y), scy, syy, lo, hi,
-                   np.inf)[2]  # fmt: skip
-        fb = _node(code, keps[jb], prod, best_d, jb, _dot(f, best_d, jb, y), scy, syy, lo, hi,
-                   np.inf)[2]  # fmt: skip
-        fx = best
-        # Brent's minimisation (parabolas through the three best points, golden-section
-        # steps when a parabola misbehaves), bracket [ua, ub]
-        if fa < fb:
-            uw, fw, uv, fv = ua, fa, ub, fb
-        else:
-            uw, fw, uv, fv = ub, fb, ua, fa
-        e = ub - ua
-        step = 0.0
+    if _brent_init(code, y, keps, tabs, lo, hi, syy, node, st):
+        d = int(st[DELAY])
         for _ in range(REFINE_ITER_DELAY if fit_delay else REFINE_ITER):
-            um = 0.5 * (ua + ub)
-            golden = True
-            if abs(e) > REFINE_TOL:
-                r = (ux - uw) * (fx - fv)
-                q = (ux - uv) * (fx - fw)
-                pp = (ux - uv) * q - (ux - uw) * r
-                q = 2.0 * (q - r)
-                if q > 0.0:
-                    pp = -pp
-                q = abs(q)
-                if abs(pp) < abs(0.5 * q * e) and pp > q * (ua - ux) and pp < q * (ub - ux):
-                    e = step
-                    step = pp / q
-                    golden = False
-            if golden:
-                e = (ua - ux) if ux >= um else (ub - ux)
-                step = 0.381966 * e
-            if abs(step) < REFINE_TOL:
+            u, go = _brent_propose(st)
+            if not go:
                 break
-            u = ux + step
-            a, b, fu = _reduced(code, t, cd, y, u, syy, scy, prod[best_d, 0, 2], lo, hi, fbuf)
-            if fu <= fx:
-                if u >= ux:
-                    ua = ux
-                else:
-                    ub = ux
-                uv, fv, uw, fw, ux, fx = uw, fw, ux, fx, u, fu
-                best_a = a
-                best_b = b
-                k = math.exp(u)
-            else:
-                if u < ux:
-                    ua = u
-                else:
-                    ub = u
-                if fu <= fw or uw == ux:
-                    uv, fv, uw, fw = uw, fw, u, fu
-                elif fu <= fv or uv == ux or uv == uw:
-                    uv, fv = u, fu
-    theta[0] = best_a
-    if code == 2:
-        theta[1] = best_b
-    else:
-        theta[1] = _clip(best_a / k, lo[1], hi[1]) if k > 0.0 else VE_AT_ZERO_RATE
-        if code == 1:
-            theta[2] = best_b
-    if fit_delay:
-        theta[theta.shape[0] - 1] = delays[best_d]
-    return fx
+            a, b, fu = _reduced(code, t, c[d], y, u, syy, st[SCY], prod[d, 0, 2], lo, hi, fbuf)
+            _brent_take(st, u, a, b, fu)
+    return _brent_start(code, delays, lo, hi, fit_delay, st, theta)
+
+
+@njit(cache=True)
+def _refined_pair(code, t, y, keps, delays, tabs, lo, hi, syy, nodes, fbuf, gbuf, starts, costs,
+                  sts):  # fmt: skip
+    """:func:`_refined_start` of two nodes of a delay fit (rows of ``nodes``) side by side.
+
+    Each refinement takes the steps it would take alone, and its result is the same; the
+    two recursions of a step run in one loop (each alone waits on its own latency).
+    Writes the starts into ``starts[0]``, ``starts[1]`` and their costs into ``costs``;
+    ``sts`` (2, 15) is scratch.
+    """
+    f, c, prod, box = tabs
+    s1 = sts[0]
+    s2 = sts[1]
+    on1 = _brent_init(code, y, keps, tabs, lo, hi, syy, nodes[0], s1)
+    on2 = _brent_init(code, y, keps, tabs, lo, hi, syy, nodes[1], s2)
+    d1 = int(s1[DELAY])
+    d2 = int(s2[DELAY])
+    for _ in range(REFINE_ITER_DELAY):
+        u1 = 0.0
+        u2 = 0.0
+        if on1:
+            u1, on1 = _brent_propose(s1)
+        if on2:
+            u2, on2 = _brent_propose(s2)
+        if on1 and on2:
+            a1, b1, f1, a2, b2, f2 = _reduced_pair(code, t, c[d1], c[d2], y, u1, u2, syy,
+                                                   s1[SCY], s2[SCY], prod[d1, 0, 2],
+                                                   prod[d2, 0, 2], lo, hi, fbuf,
+                                                   gbuf)  # fmt: skip
+            _brent_take(s1, u1, a1, b1, f1)
+            _brent_take(s2, u2, a2, b2, f2)
+        elif on1:
+            a1, b1, f1 = _reduced(code, t, c[d1], y, u1, syy, s1[SCY], prod[d1, 0, 2], lo, hi,
+                                  fbuf)  # fmt: skip
+            _brent_take(s1, u1, a1, b1, f1)
+        elif on2:
+            a2, b2, f2 = _reduced(code, t, c[d2], y, u2, syy, s2[SCY], prod[d2, 0, 2], lo, hi,
+                                  fbuf)  # fmt: skip
+            _brent_take(s2, u2, a2, b2, f2)
+        else:
+            break
+    costs[0] = _brent_start(code, delays, lo, hi, True, s1, starts[0])
+    costs[1] = _brent_start(code, delays, lo, hi, True, s2, starts[1])
 
 
 @njit(cache=True)
@@ -664,7 +802,7 @@ def _argmin_searched(per_delay, w0, w1, w_stride):
 @njit(cache=True)
 def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter, out,
                jtj, ws, per_delay, sfy, fbuf, start, theta, segmented, blo, bhi, seg_ws,
-               done_ws, prep, prow):  # fmt: skip
+               done_ws, prep, prow, brent):  # fmt: skip
     """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
 
     ``prep`` is :func:`_prepare`'s. With a delay, the coarse search takes its products from
@@ -674,7 +812,7 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     with a delay otherwise, the :data:`DELAY_REFINED` best delays of the fine search are
     refined in kep and the best of them is polished; a result near a kink is polished
     again from the kink's other side (:data:`KINK_NEAR`) and the better result is kept.
-    ``blo``, ``bhi``, ``seg_ws``, ``done_ws`` are scratch (:func:`_fit_segments`).
+    ``blo``, ``bhi``, ``seg_ws``, ``done_ws``, ``brent`` are scratch (:func:`_fit_range`).
     """
     p = lo.shape[0]
     syy = 0.0
@@ -706,7 +844,7 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     if fit_delay and nd > 1 and segmented:
         _fit_segments(code, t, ca, y, keps, delays, kinks, prep[2], tabs, lo, hi, max_iter, out,
                       jtj, ws, per_delay, w0, w1, fine, fbuf, theta, syy, node, cand, blo, bhi,
-                      seg_ws, done_ws)  # fmt: skip
+                      seg_ws, done_ws, brent)  # fmt: skip
         return
     if fit_delay and nd > 1:
         # the delays ranked by their cost at the refined kep: the grid's kep resolution
@@ -721,7 +859,7 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
             node[4] = d_best
             per_delay[d_best, 0] = np.inf
             cost = _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node,
-                                  fbuf, cand)  # fmt: skip
+                                  fbuf, cand, brent[0])  # fmt: skip
             if cost < best:
                 best = cost
                 for q in range(p):
@@ -731,7 +869,8 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         for q in range(4):
             node[q] = per_delay[d_best, q]
         node[4] = d_best
-        _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, start)
+        _refined_start(code, t, y, keps, delays, tabs, lo, hi, fit_delay, syy, node, fbuf, start,
+                       brent[0])  # fmt: skip
     sse, acc, conv = _lm._fit_one(code, t, ca, y, start, lo, hi, fit_delay, max_iter, theta, ws)
     _keep(out, jtj, theta, p, sse, acc, conv, ws, y)
     if not fit_delay or kinks.shape[0] < 2:
@@ -832,7 +971,7 @@ def _polish_in(code, t, ca, y, cand, lo, hi, kinks, bases, max_iter, out, jtj, w
 @njit(cache=True)
 def _fit_segments(code, t, ca, y, keps, delays, kinks, bases, tabs, lo, hi, max_iter, out, jtj,
                   ws, per_delay, w0, w1, fine, fbuf, theta, syy, node, cand, blo, bhi, seg_ws,
-                  done_ws):  # fmt: skip
+                  done_ws, brent):  # fmt: skip
     """Delay fit polished within segments between kinks (the cost is smooth within one).
 
     The :data:`DELAY_REFINED` best nodes of the search are refined in kep
@@ -843,7 +982,8 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, bases, tabs, lo, hi, max_
     mirrored delay; the best polished result is kept. ``bases`` are the segments'
     :func:`segment_bases`; ``per_delay`` holds the search's delays (:func:`_argmin_searched`
     with the window ``w0``, ``w1``, ``fine``). ``seg_ws`` (DELAY_REFINED + 1,
-    max(p, DELAY_REFINED)) and ``done_ws`` (DELAY_REFINED + 1, int) are scratch.
+    max(p, DELAY_REFINED)), ``done_ws`` (DELAY_REFINED + 1, int) and ``brent``
+    (:func:`_fit_range`) are scratch.
     """
     p = lo.shape[0]
     dq = p - 1
@@ -852,20 +992,26 @@ def _fit_segments(code, t, ca, y, keps, delays, kinks, bases, tabs, lo, hi, max_
     costs = seg_ws[0]
     starts = seg_ws[1:]
     done = done_ws
+    nodes = brent[2:, :5]
     for c in range(DELAY_REFINED):
         costs[c] = np.inf
         d_best = _argmin_searched(per_delay, w0, w1, fine)
         if per_delay[d_best, 0] == np.inf:
             break
         for q in range(4):
-            node[q] = per_delay[d_best, q]
-        node[4] = d_best
+            nodes[c, q] = per_delay[d_best, q]
+        nodes[c, 4] = d_best
         per_delay[d_best, 0] = np.inf
-        costs[c] = _refined_start(code, t, y, keps, delays, tabs, lo, hi, True, syy, node,
-                                  fbuf, starts[c, :p])  # fmt: skip
         n_c += 1
     if n_c == 0:
         return  # no feasible node: not fitted (cost inf)
+    if n_c == 2:
+        _refined_pair(code, t, y, keps, delays, tabs, lo, hi, syy, nodes, fbuf,
+                      brent[4, : t.shape[0]], starts[:, :p], costs, brent[:2])  # fmt: skip
+    else:
+        for c in range(n_c):
+            costs[c] = _refined_start(code, t, y, keps, delays, tabs, lo, hi, True, syy, nodes[c],
+                                      fbuf, starts[c, :p], brent[0])  # fmt: skip
     done[:] = -1
     c1 = np.argmin(costs[:n_c])
     done[0] = _polish_in(code, t, ca, y, starts[c1, :p], lo, hi, kinks, bases, max_iter, out, jtj,
@@ -961,6 +1107,8 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, prep, lo, hi, fit_del
     blocked = fit_delay and delays.shape[0] > 1
     yb = np.zeros((BLOCK, n))
     pb = np.empty((BLOCK, rows.shape[0]))
+    # the refinements' states (rows 0-1), nodes (2-3) and second recursion's curve (4)
+    brent = np.empty((5, max(15, n)))
     for b0 in range(v0, v1, BLOCK):
         b1 = min(b0 + BLOCK, v1)
         if blocked:
@@ -973,7 +1121,7 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, prep, lo, hi, fit_del
                 _fit_voxel(
                     code, t, ca, ys[v], keps, delays, kinks, tabs, lo, hi, fit_delay, max_iter,
                     out[v], jtj[v], ws, per_delay, sfy, fbuf, start, theta, seg, blo, bhi,
-                    seg_ws, done_ws, prep, pb[v - b0],
+                    seg_ws, done_ws, prep, pb[v - b0], brent,
                 )  # fmt: skip
 
 
