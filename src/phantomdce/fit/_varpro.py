@@ -25,7 +25,11 @@ bound instead of by many short steps across it.
 ``F`` is computed by the same recursion as the Levenberg-Marquardt model
 (:func:`phantomdce.fit._lm._conv_fg`: exact for the sampled, piecewise-linear AIF, shifted
 by the delay with :func:`phantomdce.fit._lm._shift`), once per grid node for all voxels
-(:func:`tables`); per voxel a node costs one dot product and the 2 x 2 solve.
+(:func:`tables`); per voxel a node costs one dot product and the 2 x 2 solve. With a
+delay, the coarse search's dot products are taken for :data:`BLOCK` voxels at a time from
+a contiguous copy of the rows it reads (:func:`coarse_rows`, :func:`_block_products`), and
+the two best nodes are refined side by side (:func:`_refined_pair`): the same results,
+with the memory and the recursions' latency no longer the limit.
 
 The bounds of the linear parameters at a node: ``Ktrans`` in its box and, through
 ``ve = Ktrans / kep`` in ``[ve_lo, ve_hi]``, in ``[ve_lo kep, ve_hi kep]``; ``vp`` in its
