@@ -458,16 +458,22 @@ def _nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low):
                 low[j] = np.nan  # feasible: done
                 if cost < dbest:
                     dbest = cost
-                    per_delay[d, 0] = cost
-                    per_delay[d, 1] = a
-                    per_delay[d, 2] = b
-                    per_delay[d, 3] = j
+                    _record(per_delay, d, cost, a, b, j)
             else:
                 low[j] = cost
                 if cost < lmin:
                     lmin = cost
     if lmin < dbest:
         _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest)
+
+
+@njit(cache=True, inline="always")
+def _record(per_delay, d, cost, a, b, j):
+    """Write a delay's best node so far: its cost, Ktrans, vp and kep index."""
+    per_delay[d, 0] = cost
+    per_delay[d, 1] = a
+    per_delay[d, 2] = b
+    per_delay[d, 3] = j
 
 
 @njit(cache=True, inline="always")
@@ -483,10 +489,7 @@ def _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest):
                             alo, ahi, box[j, 2], box[j, 3])  # fmt: skip
         if cost < dbest:
             dbest = cost
-            per_delay[d, 0] = cost
-            per_delay[d, 1] = a
-            per_delay[d, 2] = b
-            per_delay[d, 3] = j
+            _record(per_delay, d, cost, a, b, j)
 
 
 @njit(cache=True)
