@@ -476,7 +476,7 @@ def _record(per_delay, d, cost, a, b, j):
     per_delay[d, 3] = j
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest):
     """The second pass of :func:`_nodes`: nodes whose lower bound ``low`` beats ``dbest``."""
     f, c, prod, box = tabs
@@ -631,7 +631,7 @@ def _brent_init(code, y, keps, tabs, lo, hi, syy, node, st):
     return True
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _brent_propose(st):
     """The next rate (ln kep) of a refinement, and False once its step is below the tolerance."""
     ua, ub, ux, uw, uv = st[UA], st[UB], st[UX], st[UW], st[UV]
@@ -660,7 +660,7 @@ def _brent_propose(st):
     return ux + step, abs(step) >= REFINE_TOL
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _brent_take(st, u, a, b, fu):
     """Take the cost ``fu`` (linear parameters a, b) at ``u`` into a refinement's state."""
     ux = st[UX]
@@ -686,7 +686,7 @@ def _brent_take(st, u, a, b, fu):
             st[UV], st[FV] = u, fu
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _brent_start(code, delays, lo, hi, fit_delay, st, theta):
     """The polish's start from a refinement's state, written into theta; its cost."""
     k = st[RATE]
