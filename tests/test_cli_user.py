@@ -406,7 +406,10 @@ def test_sigint_during_a_real_run_prints_one_line_and_the_run_resumes(tmp_path):
     )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "phantomdce.cli", "run", str(path), "-o", str(out), "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal: a job started in the background of a non-interactive shell
+    # (as a CI script may start pytest) inherits SIGINT ignored, and Python keeps it ignored
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((out / "progress").glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
