@@ -28,8 +28,10 @@ by the delay with :func:`phantomdce.fit._lm._shift`), once per grid node for all
 (:func:`tables`); per voxel a node costs one dot product and the 2 x 2 solve. With a
 delay, the coarse search's dot products are taken for :data:`BLOCK` voxels at a time from
 a contiguous copy of the rows it reads (:func:`coarse_rows`, :func:`_block_products`), and
-the two best nodes are refined side by side (:func:`_refined_pair`): the same results,
-with the memory and the recursions' latency no longer the limit.
+the two best nodes are refined side by side (:func:`_refined_pair`), so that neither the
+memory nor the recursions' latency limits the search. The block products are summed in
+another order than a voxel's own (:func:`_dot`), so a node's cost can differ in its last
+bits (about 4e-15 relative): the fits' costs are the same to that rounding.
 
 The bounds of the linear parameters at a node: ``Ktrans`` in its box and, through
 ``ve = Ktrans / kep`` in ``[ve_lo, ve_hi]``, in ``[ve_lo kep, ve_hi kep]``; ``vp`` in its
@@ -379,9 +381,10 @@ def _search_coarse(prow, tabs, nodes, syy, per_delay, k_stride, sfy, low, cbuf):
             ok = (nodes[3, k] <= a) & (a <= nodes[4, k]) & (nodes[5, k] <= b) & (b <= nodes[6, k])
             cbuf[q] = cost if ok else np.inf
             # the lower bound of an infeasible node; -inf where the normal matrix is singular
-            lq = np.inf if ok else (cost if cost == cost else -np.inf)
+            lq = np.inf if ok else (cost if nodes[0, k] == nodes[0, k] else -np.inf)
             low[q * k_stride] = lq
-            lmin = min(lmin, lq)
+            if lq < lmin:  # a NaN lower bound (a non-finite curve) is skipped, as in _nodes
+                lmin = lq
             sfy[q * k_stride] = s
         dbest = np.inf
         qbest = -1
@@ -544,8 +547,9 @@ def _block_products(rows, yb, pb):
     """``pb[v, r] = rows[r] . yb[v]`` for the :data:`BLOCK` voxels of ``yb`` (BLOCK, n_t).
 
     Two rows and four voxels at a time: each value read serves four or two products, so
-    the products run at the speed of the arithmetic, not of the memory (reassociated
-    freely, as :func:`_dot`: they rank nodes, they are not the final cost).
+    the products run at the speed of the arithmetic, not of the memory. Reassociated freely,
+    in another order than :func:`_dot`'s (they differ in the last bits): they rank nodes,
+    they are not the final cost.
     """
     n = rows.shape[1]
     for r in range(0, rows.shape[0], 2):
