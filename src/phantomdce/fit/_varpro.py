@@ -850,13 +850,13 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
         _search_window(y, tabs, syy, per_delay, d_best, w0, w1, fine, sfy, low, prow, k_stride)
     else:
         _search(y, tabs, syy, per_delay, 0, nd, 1, sfy, 1, low)
-    node = np.empty(5)
     cand = np.empty(p)
     if fit_delay and nd > 1 and segmented:
         _fit_segments(code, t, ca, y, keps, delays, kinks, prep[2], tabs, lo, hi, max_iter, out,
-                      jtj, ws, per_delay, w0, w1, fine, fbuf, theta, syy, node, cand, blo, bhi,
-                      seg_ws, done_ws, brent)  # fmt: skip
+                      jtj, ws, per_delay, w0, w1, fine, fbuf, theta, syy, cand, blo, bhi, seg_ws,
+                      done_ws, brent)  # fmt: skip
         return
+    node = np.empty(5)
     if fit_delay and nd > 1:
         # the delays ranked by their cost at the refined kep: the grid's kep resolution
         # cannot rank delays whose costs differ by less than its own error
@@ -981,8 +981,8 @@ def _polish_in(code, t, ca, y, cand, lo, hi, kinks, bases, max_iter, out, jtj, w
 
 @njit(cache=True)
 def _fit_segments(code, t, ca, y, keps, delays, kinks, bases, tabs, lo, hi, max_iter, out, jtj,
-                  ws, per_delay, w0, w1, fine, fbuf, theta, syy, node, cand, blo, bhi, seg_ws,
-                  done_ws, brent):  # fmt: skip
+                  ws, per_delay, w0, w1, fine, fbuf, theta, syy, cand, blo, bhi, seg_ws, done_ws,
+                  brent):  # fmt: skip
     """Delay fit polished within segments between kinks (the cost is smooth within one).
 
     The :data:`DELAY_REFINED` best nodes of the search are refined in kep
