@@ -111,7 +111,7 @@ def test_block_products_equal_dot_products_in_any_slot():
     shares the block (a padded last block included), so no result depends on chunking."""
     rng = np.random.default_rng(11)
     n = T.size
-    rows = rng.normal(size=(30, n))  # an even count, as coarse_rows pads
+    rows = rng.normal(size=(30, n))  # an even count, as coarse_search_data pads
     ys = rng.normal(size=(9, n))
     pb = np.empty((_varpro.BLOCK, rows.shape[0]))
     _varpro._block_products(rows, ys[: _varpro.BLOCK].copy(), pb)
@@ -137,8 +137,7 @@ def test_coarse_search_equals_the_direct_search():
     nk = keps.size
     coarse = np.arange(_varpro.DELAY_COARSE // 2, delays.size, _varpro.DELAY_COARSE)
     for k_stride in (1, 2):
-        rows = _varpro.coarse_rows(tabs, k_stride)
-        nodes = _varpro.coarse_nodes(tabs, k_stride)
+        rows, nodes = _varpro.coarse_search_data(tabs, k_stride)
         ys = _curves(4 * _varpro.BLOCK, 5)
         for b0 in range(0, ys.shape[0], _varpro.BLOCK):
             pb = np.empty((_varpro.BLOCK, rows.shape[0]))

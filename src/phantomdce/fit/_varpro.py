@@ -27,7 +27,7 @@ bound instead of by many short steps across it.
 by the delay with :func:`phantomdce.fit._lm._shift`), once per grid node for all voxels
 (:func:`tables`); per voxel a node costs one dot product and the 2 x 2 solve. With a
 delay, the coarse search's dot products are taken for :data:`BLOCK` voxels at a time from
-a contiguous copy of the rows it reads (:func:`coarse_rows`, :func:`_block_products`), and
+a contiguous copy of the rows it reads (:func:`coarse_search_data`, :func:`_block_products`), and
 the two best nodes are refined side by side (:func:`_refined_pair`), so that neither the
 memory nor the recursions' latency limits the search. The block products are summed in
 another order than a voxel's own (:func:`_dot`), so a node's cost can differ in its last
@@ -88,7 +88,7 @@ COARSE_KEP_STRIDE = 2
 FINE_STRIDE = 4
 #: The products of the coarse search (every DELAY_COARSE-th delay) are computed for BLOCK
 #: voxels at a time from a contiguous copy of their rows of the tables
-#: (:func:`coarse_rows`, :func:`_block_products`): read once a block instead of once a
+#: (:func:`coarse_search_data`, :func:`_block_products`): read once a block instead of once a
 #: voxel, the rows no longer limit the search by the memory's speed. Every voxel's products
 #: are computed by the same code whatever block it is in (a short last block is padded).
 BLOCK = 4
@@ -358,7 +358,7 @@ def _search_coarse(prow, tabs, nodes, syy, per_delay, k_stride, sfy, low, cbuf):
     """:func:`_search` of every :data:`DELAY_COARSE`-th delay from its products ``prow``.
 
     ``prow`` is one voxel's row of :func:`_block_products` over the rows of
-    :func:`coarse_rows`, ``nodes`` the node data of :func:`coarse_nodes`; the nodes are
+    :func:`coarse_search_data`, ``nodes`` its node data; the nodes are
     taken as :func:`_nodes` takes them, from these contiguous arrays (a loop the compiler
     vectorises). ``sfy``, ``low``, ``cbuf`` (n_kep) are scratch.
     """
@@ -496,50 +496,38 @@ def _edge_nodes(tabs, syy, per_delay, d, scy, sfy, k_stride, low, dbest):
 
 
 @njit(cache=True)
-def coarse_rows(tabs, k_stride):
-    """The rows of the tables the coarse search reads, contiguous (n_rows, n_t).
+def coarse_search_data(tabs, k_stride):
+    """What the coarse search reads, copied contiguous: ``(rows, nodes)``.
 
-    For every :data:`DELAY_COARSE`-th delay d (from ``DELAY_COARSE // 2``): the delayed AIF
-    ``c[d]``, then ``f[d, j]`` for every ``k_stride``-th rate j; a zero row pads the count
-    to an even number (:func:`_block_products` takes two rows at a time).
+    ``rows`` (n_rows, n_t): for every :data:`DELAY_COARSE`-th delay d (from
+    ``DELAY_COARSE // 2``) the delayed AIF ``c[d]``, then ``f[d, j]`` for every
+    ``k_stride``-th rate j; a zero row pads the count to an even number
+    (:func:`_block_products` takes two rows at a time). ``nodes`` (7, n_nodes): per node, in
+    the same order, the inverse normal matrix's entries ff, fc, cc (:func:`tables`) and the
+    box of (Ktrans, vp) ``alo, ahi, blo, bhi``.
     """
-    f, c, _, _ = tabs
+    f, c, prod, box = tabs
     nd = f.shape[0]
     nk = f.shape[1]
     n_d = len(range(DELAY_COARSE // 2, nd, DELAY_COARSE))
-    n_rows = n_d * (1 + len(range(0, nk, k_stride)))
+    nj = len(range(0, nk, k_stride))
+    n_rows = n_d * (1 + nj)
     rows = np.zeros((n_rows + n_rows % 2, f.shape[2]))
+    nodes = np.empty((7, n_d * nj))
     r = 0
+    k = 0
     for d in range(DELAY_COARSE // 2, nd, DELAY_COARSE):
         rows[r] = c[d]
         r += 1
         for j in range(0, nk, k_stride):
             rows[r] = f[d, j]
             r += 1
-    return rows
-
-
-@njit(cache=True)
-def coarse_nodes(tabs, k_stride):
-    """The coarse search's nodes in the order of :func:`coarse_rows`, contiguous (7, n_nodes).
-
-    Per node: the inverse normal matrix's entries ff, fc, cc (:func:`tables`) and the box
-    of (Ktrans, vp) ``alo, ahi, blo, bhi``.
-    """
-    f, c, prod, box = tabs
-    nd = f.shape[0]
-    nk = f.shape[1]
-    n_d = len(range(DELAY_COARSE // 2, nd, DELAY_COARSE))
-    nodes = np.empty((7, n_d * len(range(0, nk, k_stride))))
-    k = 0
-    for d in range(DELAY_COARSE // 2, nd, DELAY_COARSE):
-        for j in range(0, nk, k_stride):
             for q in range(3):
                 nodes[q, k] = prod[d, j, 3 + q]
             for q in range(4):
                 nodes[3 + q, k] = box[j, q]
             k += 1
-    return nodes
+    return rows, nodes
 
 
 @njit(cache=True, fastmath=True)
@@ -817,7 +805,7 @@ def _fit_voxel(code, t, ca, y, keps, delays, kinks, tabs, lo, hi, fit_delay, max
     """Search the nodes and polish the best; ``out``, ``jtj`` as in :func:`fit_serial`.
 
     ``prep`` is :func:`_prepare`'s. With a delay, the coarse search takes its products from
-    ``prow`` (the voxel's row of :func:`_block_products` over :func:`coarse_rows`).
+    ``prow`` (the voxel's row of :func:`_block_products` over :func:`coarse_search_data`).
 
     With a delay and ``segmented`` (:func:`segmented`), see :func:`_fit_segments`;
     with a delay otherwise, the :data:`DELAY_REFINED` best delays of the fine search are
@@ -1140,8 +1128,8 @@ def _fit_range(code, t, ca, ys, keps, delays, kinks, tabs, prep, lo, hi, fit_del
 def _prepare(t, ca, tabs, kinks, lo, hi, fit_delay):
     """What every voxel of a delay fit shares beside the tables (empty arrays without one).
 
-    :func:`coarse_rows` and :func:`coarse_nodes` (at the rate stride :func:`_fit_voxel`
-    takes) and, with segments (:func:`segmented`), :func:`segment_bases`.
+    :func:`coarse_search_data` (at the rate stride :func:`_fit_voxel` takes) and, with
+    segments (:func:`segmented`), :func:`segment_bases`.
     """
     n = t.shape[0]
     if not fit_delay or tabs[0].shape[0] < 2:
@@ -1150,7 +1138,8 @@ def _prepare(t, ca, tabs, kinks, lo, hi, fit_delay):
     k_stride = COARSE_KEP_STRIDE if seg else 1
     dq = lo.shape[0] - 1
     bases = segment_bases(t, ca, kinks, lo[dq], hi[dq]) if seg else np.zeros((0, 2, n))
-    return coarse_rows(tabs, k_stride), coarse_nodes(tabs, k_stride), bases
+    rows, nodes = coarse_search_data(tabs, k_stride)
+    return rows, nodes, bases
 
 
 @njit(cache=True, nogil=True)
