@@ -93,7 +93,9 @@ def test_segment_basis_gives_the_shifted_model(even):
     for s_lo, s_hi in zip(edges[:-1], edges[1:], strict=True):
         if s_hi - s_lo < 1e-9:
             continue
-        _lm.set_segment(t, ca, s_lo, s_hi, ws)
+        base, sl = np.empty(n), np.empty(n)
+        _lm.segment_basis(t, ca, s_lo, s_hi, base, sl)
+        _lm.use_segment(base, sl, s_lo, ws)
         for delay in np.r_[s_lo, s_lo + (s_hi - s_lo) * rng.uniform(0, 1, 4)]:
             theta = np.array([0.004, 0.3, 0.05, delay])
             m1, j1, m2, j2 = np.empty(n), np.empty((4, n)), np.empty(n), np.empty((4, n))
@@ -160,8 +162,9 @@ def test_coarse_search_equals_the_direct_search():
                 assert d == _varpro._argmin_cost(want)
 
 
-def test_segment_bases_are_set_segment_basis():
-    """The bases computed once a fit are bitwise those set_segment computes per polish."""
+def test_segment_bases_are_each_segments_basis():
+    """The bases computed once a fit are bitwise each segment's own basis, between the kinks
+    (or bounds) that end it, and use_segment puts them where the polish reads them."""
     t = np.arange(40) * 2.5
     ca = np.interp(t, T, CA)
     kinks = _varpro.kinks(t, -10.0, 30.0)
@@ -169,9 +172,14 @@ def test_segment_bases_are_set_segment_basis():
     edges = np.r_[-10.0, kinks, 30.0]
     ws = _lm.workspace(t.size, 4)
     for m, (s_lo, s_hi) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        _lm.set_segment(t, ca, s_lo, s_hi, ws)
-        np.testing.assert_array_equal(bases[m, 0], ws[0][11])
-        np.testing.assert_array_equal(bases[m, 1], ws[0][12])
+        base, sl = np.empty(t.size), np.empty(t.size)
+        _lm.segment_basis(t, ca, s_lo, s_hi, base, sl)
+        np.testing.assert_array_equal(bases[m, 0], base)
+        np.testing.assert_array_equal(bases[m, 1], sl)
+        _lm.use_segment(bases[m, 0], bases[m, 1], s_lo, ws)
+        np.testing.assert_array_equal(ws[0][11], base)
+        np.testing.assert_array_equal(ws[0][12], sl)
+        assert ws[6][0] == 1.0 and ws[6][1] == s_lo
 
 
 def test_paired_refinement_is_each_refinement_alone():

@@ -242,7 +242,7 @@ def _model_jac_seg(code, theta, t, ca, fit_delay, vec, seg, model, jac):
     """:func:`_model_jac` (``w = vec[:9]``), with the delayed AIF from a segment's basis.
 
     Between two kinks the delayed AIF is linear in the delay: with ``seg[0]`` set
-    (:func:`set_segment`) and a delay other than the segment's lower end ``seg[1]`` it is
+    (:func:`use_segment`) and a delay other than the segment's lower end ``seg[1]`` it is
     ``vec[11] - (delay - seg[1]) vec[12]`` (its value at the lower end and its slope, which
     is constant there), one multiply-add a frame instead of :func:`_shift`'s search.
     """
@@ -276,21 +276,12 @@ def segment_basis(t, ca, s_lo, s_hi, base, sl):
 
 
 @njit(cache=True)
-def set_segment(t, ca, s_lo, s_hi, ws):
+def use_segment(base, sl, s_lo, ws):
     """Let :func:`_fit_one` take the delayed AIF for delays in ``(s_lo, s_hi]`` from a basis.
 
-    The basis is :func:`segment_basis` (:func:`_model_jac_seg`). Undone by
-    :func:`clear_segment`.
+    ``base``, ``sl`` are the segment's :func:`segment_basis` (computed once, used by every
+    polish in the segment; :func:`_model_jac_seg`). Undone by :func:`clear_segment`.
     """
-    vec = ws[0]
-    segment_basis(t, ca, s_lo, s_hi, vec[11], vec[12])
-    ws[6][0] = 1.0
-    ws[6][1] = s_lo
-
-
-@njit(cache=True)
-def use_segment(base, sl, s_lo, ws):
-    """:func:`set_segment` from a basis computed before (:func:`segment_basis`)."""
     b = ws[0][11]
     s = ws[0][12]
     for i in range(b.shape[0]):
@@ -302,7 +293,7 @@ def use_segment(base, sl, s_lo, ws):
 
 @njit(cache=True)
 def clear_segment(ws):
-    """Undo :func:`set_segment`: every delay by :func:`_shift` again."""
+    """Undo :func:`use_segment`: every delay by :func:`_shift` again."""
     ws[6][0] = 0.0
 
 
@@ -540,7 +531,7 @@ def workspace(n, p):
     vecs = np.empty((6, p))  # J^T r, right-hand side, step, trial, point, solve scratch
     free = np.empty(p, dtype=np.bool_)
     idx = np.empty(p, dtype=np.int64)
-    seg = np.zeros(2)  # segment basis in use (:func:`set_segment`), its lower delay
+    seg = np.zeros(2)  # segment basis in use (:func:`use_segment`), its lower delay
     return vec, jacs, mats, vecs, free, idx, seg
 
 
